@@ -1,0 +1,5 @@
+//! tessera's on-disk metadata formats. Each format module knows how to find, read and write
+//! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
+
+pub mod lvm2;
+pub mod signature;

@@ -1,0 +1,1 @@
+//! PV label and PV header.

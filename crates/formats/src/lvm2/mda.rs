@@ -1,0 +1,1 @@
+//! Metadata area header and text buffer.
