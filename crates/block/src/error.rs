@@ -17,6 +17,12 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{device}: cannot make writes durable (flush failed): {source}")]
+    Flush {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{device}: request at byte {offset} of length {len} runs past the end of the device ({size} bytes)")]
     OutOfRange {
         device: String,

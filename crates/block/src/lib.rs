@@ -7,7 +7,14 @@
 use std::sync::Arc;
 
 mod error;
+mod fault;
+mod file;
+mod memory;
+
 pub use error::{BlockError, Result};
+pub use fault::{ErrorOn, FaultDevice, PowerDomain};
+pub use file::{FileDevice, OpenOptions};
+pub use memory::MemoryDevice;
 
 /// A device that stores bytes at offsets: an image file, a block device, memory, or a
 /// wrapper around another device. Usable from many threads at once.

@@ -1,1 +1,429 @@
-fn main() {}
+//! `tessera`: one command for physical volumes, volume groups and logical volumes, on the
+//! real LVM2 on-disk format (lvm2 reads what tessera writes, and the reverse).
+
+mod demo;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tessera_engine::ops::{LvCreateOptions, PvCreateOptions};
+use tessera_engine::units::{parse_extents, parse_size, Amount, SizeArg, Units};
+use tessera_engine::Engine;
+
+const AFTER_HELP: &str = "\
+Sizes take lvm2's suffixes: b, s (512-byte sectors), k, m, g, t, p, e (powers of 1024; m when
+none is given). Extent counts take percentages: 100%FREE, 50%VG, 100%PVS.
+
+Examples:
+  tessera --devices 'disks/*.img' pv create disks/a.img disks/b.img
+  tessera --devices 'disks/*.img' vg create vg0 disks/a.img disks/b.img
+  tessera --devices 'disks/*.img' lv create vg0/data --size 100M
+  tessera --devices 'disks/*.img' lv create vg0/fast -l 50%FREE --stripes 2 --stripe-size 64k
+  tessera --devices 'disks/*.img' lv list --segments -o +seg_pe_ranges";
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "A volume manager: LVM2 volume groups on disks and image files", after_help = AFTER_HELP)]
+struct Cli {
+    /// Where to look for PVs: a device, an image file or a glob (repeatable; TESSERA_DEVICES
+    /// takes a comma-separated list). Without it, every block device is scanned.
+    #[arg(long, global = true, env = "TESSERA_DEVICES", value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Directory for locks, the metadata archive and backups (default /var/lib/tessera for
+    /// root, else ~/.local/state/tessera).
+    #[arg(long, global = true, env = "TESSERA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// More log output (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Physical volumes: devices or image files labelled for LVM2.
+    #[command(subcommand)]
+    Pv(PvCommand),
+    /// Volume groups: pools of extents over one or more PVs.
+    #[command(subcommand)]
+    Vg(VgCommand),
+    /// Logical volumes: linear or striped runs of extents in a VG.
+    #[command(subcommand)]
+    Lv(LvCommand),
+    /// Make a VG over image files in a folder and list it: a first look at tessera.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Clone)]
+struct ListArgs {
+    /// Fields to show, lvm2's names (e.g. pv_name,pv_size); a leading '+' adds to the defaults.
+    #[arg(short = 'o', long = "options")]
+    fields: Option<String>,
+    /// JSON, shaped as lvm2's `--reportformat json`.
+    #[arg(long)]
+    json: bool,
+    /// Units for sizes: h (human), b, s, k, m, g, t, p, e; upper case for powers of 1000.
+    #[arg(long, default_value = "h")]
+    units: String,
+    /// Sizes without the unit letter.
+    #[arg(long)]
+    nosuffix: bool,
+    /// No heading line.
+    #[arg(long)]
+    noheadings: bool,
+    /// Separate columns with this string instead of aligning them.
+    #[arg(long)]
+    separator: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PvCommand {
+    /// Label devices as PVs (as pvcreate). Refuses devices holding another format without --force.
+    Create {
+        #[arg(required = true)]
+        devices: Vec<String>,
+        /// Overwrite a filesystem, RAID, LUKS or partition-table signature.
+        #[arg(short, long)]
+        force: bool,
+        /// Offset of the first extent (default 1M).
+        #[arg(long)]
+        pe_start: Option<String>,
+    },
+    /// Remove the label of PVs that belong to no VG (as pvremove).
+    Remove {
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// List PVs (as pvs).
+    List(ListArgs),
+}
+
+#[derive(Subcommand)]
+enum VgCommand {
+    /// Create a VG; devices that are not PVs yet are labelled first.
+    Create {
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+        /// Extent size (default 4M).
+        #[arg(short = 's', long)]
+        extent_size: Option<String>,
+        /// Overwrite other formats' signatures on devices that become PVs.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Add PVs to a VG.
+    Extend {
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Take unused PVs out of a VG.
+    Reduce {
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Remove a VG; its PVs stay labelled. With LVs in it, needs --force.
+    Remove {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Rename a VG.
+    Rename { old: String, new: String },
+    /// List VGs (as vgs).
+    List {
+        names: Vec<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Write a VG's metadata to a file in lvm2's vgcfgbackup format.
+    Backup {
+        name: String,
+        /// Output file (default: STATE_DIR/backup/NAME).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+    },
+    /// Write a VG's metadata back from a backup file (ours or lvm2's vgcfgbackup).
+    Restore {
+        name: String,
+        /// Backup file (default: the newest archived copy).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// List the archived copies instead of restoring.
+        #[arg(short, long)]
+        list: bool,
+    },
+}
+
+#[derive(Args)]
+struct SizeArgs {
+    /// Size, e.g. 10G, 512M (relative +/- for extend/reduce).
+    #[arg(short = 'L', long, allow_hyphen_values = true, conflicts_with = "extents")]
+    size: Option<String>,
+    /// Extents, e.g. 100, 100%FREE, 50%VG (relative +/- for extend/reduce).
+    #[arg(short = 'l', long, allow_hyphen_values = true)]
+    extents: Option<String>,
+}
+
+impl SizeArgs {
+    fn parse(&self) -> Result<SizeArg> {
+        match (&self.size, &self.extents) {
+            (Some(s), _) => Ok(parse_size(s)?),
+            (None, Some(e)) => Ok(parse_extents(e)?),
+            (None, None) => bail!("give a size with --size (e.g. 10G) or --extents (e.g. 100%FREE)"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum LvCommand {
+    /// Create a linear or striped LV (as lvcreate).
+    Create {
+        /// VG/LV
+        name: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Number of stripes, each on its own PV.
+        #[arg(short = 'i', long)]
+        stripes: Option<u32>,
+        /// Stripe size (default 64k).
+        #[arg(short = 'I', long)]
+        stripe_size: Option<String>,
+        /// Allocate only from these PVs.
+        #[arg(long = "pv")]
+        pvs: Vec<String>,
+    },
+    /// Grow an LV.
+    Extend {
+        name: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        #[arg(short = 'i', long)]
+        stripes: Option<u32>,
+        #[arg(short = 'I', long)]
+        stripe_size: Option<String>,
+        #[arg(long = "pv")]
+        pvs: Vec<String>,
+    },
+    /// Shrink an LV: the data past the new end is lost, so it needs --force.
+    Reduce {
+        name: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove an LV.
+    Remove { name: String },
+    /// Rename an LV: `lv rename VG/OLD NEW`.
+    Rename { name: String, new: String },
+    /// List LVs (as lvs).
+    List {
+        /// Only this VG.
+        vg: Option<String>,
+        /// One row per segment.
+        #[arg(long)]
+        segments: bool,
+        /// Also hidden LVs (raid images, pool metadata...).
+        #[arg(short, long)]
+        all: bool,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+}
+
+fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/tessera");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("tessera");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/tessera")
+}
+
+fn split_vg_lv(name: &str) -> Result<(&str, &str)> {
+    let name = name.strip_prefix("/dev/").unwrap_or(name);
+    match name.split_once('/') {
+        Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => Ok((vg, lv)),
+        _ => bail!("'{name}': expected VG/LV"),
+    }
+}
+
+fn byte_size(text: &str, what: &str) -> Result<u64> {
+    match parse_size(text).with_context(|| format!("--{what}"))? {
+        SizeArg { sign: None, amount: Amount::Bytes(b) } => Ok(b),
+        _ => bail!("--{what} '{text}': expected a size such as 64k"),
+    }
+}
+
+fn opt_size(text: &Option<String>, what: &str) -> Result<Option<u64>> {
+    text.as_deref().map(|t| byte_size(t, what)).transpose()
+}
+
+fn list_options(args: &ListArgs) -> Result<report::Options> {
+    Ok(report::Options {
+        fields: args.fields.clone(),
+        json: args.json,
+        units: Units::parse(&args.units, !args.nosuffix)?,
+        headings: !args.noheadings,
+        separator: args.separator.clone(),
+    })
+}
+
+/// Prints what the scan could not read; the list still shows the rest. Returns whether
+/// anything was wrong, which makes the exit status 1.
+fn report_problems(scan: &tessera_engine::Scan) -> bool {
+    for p in &scan.problems {
+        eprintln!("tessera: warning: {p}");
+    }
+    !scan.problems.is_empty()
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let mut engine = Engine::new(state_dir, cli.devices.clone());
+    engine.set_description(format!("Write from tessera {}.", std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
+    match cli.command {
+        Command::Demo(args) => return demo::run(&args),
+        Command::Pv(cmd) => match cmd {
+            PvCommand::Create { devices, force, pe_start } => {
+                let opts = PvCreateOptions { force, pe_start_bytes: opt_size(&pe_start, "pe-start")? };
+                engine.pv_create(&devices, &opts)?;
+                for d in devices {
+                    println!("Physical volume \"{d}\" successfully created.");
+                }
+            }
+            PvCommand::Remove { devices } => {
+                engine.pv_remove(&devices)?;
+                for d in devices {
+                    println!("Labels on physical volume \"{d}\" successfully wiped.");
+                }
+            }
+            PvCommand::List(args) => {
+                let scan = engine.scan()?;
+                print!("{}", report::pv_list(&scan, &list_options(&args)?)?);
+                return Ok(!report_problems(&scan));
+            }
+        },
+        Command::Vg(cmd) => match cmd {
+            VgCommand::Create { name, devices, extent_size, force } => {
+                engine.vg_create(&name, &devices, opt_size(&extent_size, "extent-size")?, force)?;
+                println!("Volume group \"{name}\" successfully created");
+            }
+            VgCommand::Extend { name, devices, force } => {
+                engine.vg_extend(&name, &devices, force)?;
+                println!("Volume group \"{name}\" successfully extended");
+            }
+            VgCommand::Reduce { name, devices } => {
+                engine.vg_reduce(&name, &devices)?;
+                println!("Removed {} PV(s) from volume group \"{name}\"", devices.len());
+            }
+            VgCommand::Remove { name, force } => {
+                engine.vg_remove(&name, force)?;
+                println!("Volume group \"{name}\" successfully removed");
+            }
+            VgCommand::Rename { old, new } => {
+                engine.vg_rename(&old, &new)?;
+                println!("Volume group \"{old}\" successfully renamed to \"{new}\"");
+            }
+            VgCommand::List { names, list } => {
+                let scan = engine.scan()?;
+                print!("{}", report::vg_list(&scan, &names, &list_options(&list)?)?);
+                return Ok(!report_problems(&scan));
+            }
+            VgCommand::Backup { name, file } => {
+                let path = engine.vg_backup(&name, file.as_deref())?;
+                println!("Volume group \"{name}\" successfully backed up to {}", path.display());
+            }
+            VgCommand::Restore { name, file, list } => {
+                if list {
+                    for entry in engine.archive().list(&name)? {
+                        println!("{:>8}  {}", entry.seqno, entry.path.display());
+                    }
+                } else {
+                    let vg = engine.vg_restore(&name, file.as_deref())?;
+                    println!("Restored volume group \"{name}\" (seqno {})", vg.seqno);
+                }
+            }
+        },
+        Command::Lv(cmd) => match cmd {
+            LvCommand::Create { name, size, stripes, stripe_size, pvs } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                let opts = LvCreateOptions {
+                    size: size.parse()?,
+                    stripes,
+                    stripe_size_bytes: opt_size(&stripe_size, "stripe-size")?,
+                    pvs,
+                };
+                engine.lv_create(vg, lv, &opts)?;
+                println!("Logical volume \"{lv}\" created.");
+            }
+            LvCommand::Extend { name, size, stripes, stripe_size, pvs } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                let result =
+                    engine.lv_resize(vg, lv, size.parse()?, true, stripes, opt_size(&stripe_size, "stripe-size")?, &pvs)?;
+                println!("Logical volume {vg}/{lv} successfully resized to {} extents.", result.extent_count());
+            }
+            LvCommand::Reduce { name, size, force } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                if !force {
+                    bail!("reducing {vg}/{lv} destroys the data past its new end; add --force to go ahead");
+                }
+                let result = engine.lv_resize(vg, lv, size.parse()?, false, None, None, &[])?;
+                println!("Logical volume {vg}/{lv} successfully resized to {} extents.", result.extent_count());
+            }
+            LvCommand::Remove { name } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                engine.lv_remove(vg, lv)?;
+                println!("Logical volume \"{lv}\" successfully removed.");
+            }
+            LvCommand::Rename { name, new } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                let new = new.strip_prefix(&format!("{vg}/")).unwrap_or(&new);
+                engine.lv_rename(vg, lv, new)?;
+                println!("Renamed \"{lv}\" to \"{new}\" in volume group \"{vg}\"");
+            }
+            LvCommand::List { vg, segments, all, list } => {
+                let scan = engine.scan()?;
+                print!("{}", report::lv_list(&scan, vg.as_deref(), all, segments, &list_options(&list)?)?);
+                return Ok(!report_problems(&scan));
+            }
+        },
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("tessera: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,20 @@
+//! tessera's engine: finds the devices, reads every PV and VG on them into one model, and
+//! makes each change to a VG a transaction that lands crash-safely in every metadata area.
+//!
+//! The engine never touches data bytes; it reads and writes metadata through the formats
+//! crate and leaves I/O scheduling to the block layer.
 
+pub mod alloc;
+mod archive;
+mod commit;
+pub mod devices;
+mod error;
+mod lock;
+pub mod ops;
+pub mod scan;
+pub mod units;
+
+pub use archive::{Archive, ArchiveEntry};
+pub use error::{EngineError, Result};
+pub use ops::Engine;
+pub use scan::{PvInfo, Scan, VgState};

@@ -1,1 +1,993 @@
-//! The VG model.
+//! The volume-group model: a typed view of the VG section of lvm2's metadata text.
+//!
+//! What tessera understands (PVs, LVs, striped segments) is typed; everything else (keys it
+//! does not know, segment types it cannot activate yet, such as raid, snapshot or thin) is
+//! kept as parsed and written back unchanged, so a change to one LV never damages another.
+//! Sizes in the text are 512-byte sectors; extents count in units of `extent_size_sectors`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use thiserror::Error;
+
+use super::config::{self, ConfigError, Node, Section, Style, Value};
+use super::id::Id;
+
+/// Keys of the metadata text that follow the VG section.
+pub const CONTENTS: &str = "Text Format Volume Group";
+
+/// Names longer than this are refused, as lvm2 does (NAME_LEN - 1).
+pub const MAX_NAME_LEN: usize = 127;
+
+/// Problems in a VG's metadata, each a sentence naming where in the VG it is.
+#[derive(Debug, Error, PartialEq)]
+pub enum VgError {
+    #[error("metadata text does not parse: {0}")]
+    Syntax(#[from] ConfigError),
+    #[error("metadata text holds no volume group section")]
+    NoVgSection,
+    #[error("{at}: '{key}' is missing")]
+    Missing { at: String, key: String },
+    #[error("{at}: '{key}' has the wrong type (expected {expected})")]
+    WrongType { at: String, key: String, expected: &'static str },
+    #[error("{at}: '{key}' = {value} is out of range ({why})")]
+    OutOfRange { at: String, key: String, value: i64, why: String },
+    #[error("{at}: bad identifier: {why}")]
+    BadId { at: String, why: String },
+    #[error("{at}: name '{name}' is invalid: {why}")]
+    BadName { at: String, name: String, why: String },
+    #[error("{at}: {why}")]
+    Inconsistent { at: String, why: String },
+}
+
+/// A segment's share of a PV: `count` extents from `start_pe` on PV `pv` (its key, `pvN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvArea {
+    pub pv: String,
+    pub start_pe: u64,
+    pub count: u64,
+}
+
+/// One stripe of a striped segment: where on which PV it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stripe {
+    pub pv: String,
+    pub start_pe: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SegmentKind {
+    /// `striped` (linear is one stripe). `stripe_size_sectors` is 0 for one stripe.
+    Striped { stripe_size_sectors: u64, stripes: Vec<Stripe> },
+    /// Any other type, kept as written: every key but start_extent, extent_count and type.
+    Other { segtype: String, body: Section },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub start_extent: u64,
+    pub extent_count: u64,
+    pub kind: SegmentKind,
+}
+
+impl Segment {
+    /// "linear", "striped" or the stored type, as lvm2 reports it.
+    pub fn type_name(&self) -> &str {
+        match &self.kind {
+            SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => "linear",
+            SegmentKind::Striped { .. } => "striped",
+            SegmentKind::Other { segtype, .. } => segtype,
+        }
+    }
+
+    pub fn stripe_count(&self) -> u64 {
+        match &self.kind {
+            SegmentKind::Striped { stripes, .. } => stripes.len() as u64,
+            SegmentKind::Other { body, .. } => body
+                .get_int("stripe_count")
+                .or_else(|| body.get_int("device_count"))
+                .unwrap_or(1)
+                .max(1) as u64,
+        }
+    }
+
+    /// The PV extents this segment occupies. Segment types tessera does not model may still
+    /// name PVs directly (`"pvN", start` pairs in an array); those count as used for their
+    /// whole extent count, so allocation never hands them out.
+    pub fn pv_areas(&self, pv_keys: &HashSet<&str>) -> Vec<PvArea> {
+        match &self.kind {
+            SegmentKind::Striped { stripes, .. } => {
+                let per = self.extent_count / (stripes.len().max(1) as u64);
+                stripes
+                    .iter()
+                    .map(|s| PvArea { pv: s.pv.clone(), start_pe: s.start_pe, count: per })
+                    .collect()
+            }
+            SegmentKind::Other { body, .. } => {
+                let mut areas = Vec::new();
+                for (_, node) in &body.entries {
+                    if let Node::Value(Value::Array(items)) = node {
+                        for pair in items.windows(2) {
+                            if let [Value::Str(name), Value::Int(pe)] = pair {
+                                if pv_keys.contains(name.as_str()) && *pe >= 0 {
+                                    areas.push(PvArea {
+                                        pv: name.clone(),
+                                        start_pe: *pe as u64,
+                                        count: self.extent_count,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                areas
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogicalVolume {
+    pub name: String,
+    pub id: Id,
+    pub status: Vec<String>,
+    pub flags: Vec<String>,
+    pub creation_time: Option<i64>,
+    pub creation_host: Option<String>,
+    /// Keys tessera does not model (tags, allocation_policy, read_ahead, ...), in order.
+    pub extra: Vec<(String, Node)>,
+    pub segments: Vec<Segment>,
+}
+
+impl LogicalVolume {
+    pub fn extent_count(&self) -> u64 {
+        self.segments.iter().map(|s| s.extent_count).sum()
+    }
+    pub fn is_visible(&self) -> bool {
+        self.status.iter().any(|s| s == "VISIBLE")
+    }
+    /// True if every segment is striped or linear, the types tessera can change.
+    pub fn is_plain(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s.kind, SegmentKind::Striped { .. }))
+    }
+    /// The other LVs this one's segments name (sub-LVs of raid, snapshot origins, pools).
+    pub fn referenced_names<'a>(&'a self, names: &HashSet<&'a str>) -> Vec<&'a str> {
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            if let SegmentKind::Other { body, .. } = &seg.kind {
+                collect_strings(body, &mut |s| {
+                    if names.contains(s) && s != self.name {
+                        out.push(s);
+                    }
+                });
+            }
+        }
+        out
+    }
+}
+
+fn collect_strings<'a>(section: &'a Section, f: &mut dyn FnMut(&'a str)) {
+    for (_, node) in &section.entries {
+        match node {
+            Node::Value(Value::Str(s)) => f(s),
+            Node::Value(Value::Array(items)) => items.iter().for_each(|v| {
+                if let Value::Str(s) = v {
+                    f(s)
+                }
+            }),
+            Node::Section(sub) => collect_strings(sub, f),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhysicalVolume {
+    /// The key of its section, `pvN`, by which segments refer to it.
+    pub key: String,
+    pub id: Id,
+    /// The path it was last seen at: a hint only, PVs are found by id.
+    pub device: String,
+    pub status: Vec<String>,
+    pub flags: Vec<String>,
+    pub dev_size_sectors: u64,
+    pub pe_start_sectors: u64,
+    pub pe_count: u64,
+    pub extra: Vec<(String, Node)>,
+}
+
+impl PhysicalVolume {
+    pub fn is_allocatable(&self) -> bool {
+        self.status.iter().any(|s| s == "ALLOCATABLE")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeGroup {
+    pub name: String,
+    pub id: Id,
+    pub seqno: u64,
+    pub format: String,
+    pub status: Vec<String>,
+    pub flags: Vec<String>,
+    pub extent_size_sectors: u64,
+    pub max_lv: u64,
+    pub max_pv: u64,
+    pub metadata_copies: u64,
+    /// Keys of the VG section tessera does not model (tags, system_id, lock_type, ...).
+    pub extra: Vec<(String, Node)>,
+    pub pvs: Vec<PhysicalVolume>,
+    pub lvs: Vec<LogicalVolume>,
+    /// Sections after `logical_volumes` (e.g. historical_logical_volumes), kept as written.
+    pub tail: Vec<(String, Node)>,
+}
+
+/// The text around the VG section: who wrote it, when, and why.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TextInfo {
+    pub description: String,
+    pub creation_host: String,
+    pub creation_time: i64,
+}
+
+impl VolumeGroup {
+    pub fn pv(&self, key: &str) -> Option<&PhysicalVolume> {
+        self.pvs.iter().find(|p| p.key == key)
+    }
+    pub fn pv_by_id(&self, id: &Id) -> Option<&PhysicalVolume> {
+        self.pvs.iter().find(|p| p.id == *id)
+    }
+    pub fn lv(&self, name: &str) -> Option<&LogicalVolume> {
+        self.lvs.iter().find(|l| l.name == name)
+    }
+    pub fn lv_mut(&mut self, name: &str) -> Option<&mut LogicalVolume> {
+        self.lvs.iter_mut().find(|l| l.name == name)
+    }
+    pub fn extent_size_bytes(&self) -> u64 {
+        self.extent_size_sectors * 512
+    }
+    pub fn pe_total(&self) -> u64 {
+        self.pvs.iter().map(|p| p.pe_count).sum()
+    }
+    pub fn pv_keys(&self) -> HashSet<&str> {
+        self.pvs.iter().map(|p| p.key.as_str()).collect()
+    }
+    /// Every PV area in use, by PV key, with the LV that holds it.
+    pub fn used_areas(&self) -> BTreeMap<String, Vec<(PvArea, String)>> {
+        let keys = self.pv_keys();
+        let mut map: BTreeMap<String, Vec<(PvArea, String)>> = BTreeMap::new();
+        for lv in &self.lvs {
+            for seg in &lv.segments {
+                for area in seg.pv_areas(&keys) {
+                    map.entry(area.pv.clone()).or_default().push((area, lv.name.clone()));
+                }
+            }
+        }
+        for areas in map.values_mut() {
+            areas.sort_by_key(|(a, _)| a.start_pe);
+        }
+        map
+    }
+    pub fn pe_used(&self, pv_key: &str) -> u64 {
+        self.used_areas().get(pv_key).map_or(0, |a| a.iter().map(|(a, _)| a.count).sum())
+    }
+    pub fn pe_free_total(&self) -> u64 {
+        let used: u64 =
+            self.used_areas().values().flat_map(|a| a.iter().map(|(a, _)| a.count)).sum();
+        self.pe_total().saturating_sub(used)
+    }
+    /// A key `pvN` not used yet.
+    pub fn next_pv_key(&self) -> String {
+        (0..)
+            .map(|n| format!("pv{n}"))
+            .find(|k| self.pv(k).is_none())
+            .unwrap_or_default()
+    }
+
+    /// Reads a VG from a whole metadata text (VG section first, then the info keys).
+    pub fn from_text(text: &[u8]) -> Result<(VolumeGroup, TextInfo), VgError> {
+        let root = config::parse(text)?;
+        let (name, section) = root.sections().next().ok_or(VgError::NoVgSection)?;
+        let vg = VolumeGroup::from_section(name, section)?;
+        let info = TextInfo {
+            description: root.get_str("description").unwrap_or_default().to_string(),
+            creation_host: root.get_str("creation_host").unwrap_or_default().to_string(),
+            creation_time: root.get_int("creation_time").unwrap_or(0),
+        };
+        Ok((vg, info))
+    }
+
+    /// The whole metadata text: the VG section, then `contents`, `version` and `info`.
+    pub fn to_text(&self, info: &TextInfo, style: Style) -> String {
+        let mut root = Section::new();
+        root.entries.push((self.name.clone(), Node::Section(self.to_section())));
+        root.set_value("contents", Value::Str(CONTENTS.into()));
+        root.set_value("version", Value::Int(1));
+        root.set_value("description", Value::Str(info.description.clone()));
+        root.set_value("creation_host", Value::Str(info.creation_host.clone()));
+        root.set_value("creation_time", Value::Int(info.creation_time));
+        config::print(&root, style)
+    }
+
+    pub fn from_section(name: &str, s: &Section) -> Result<VolumeGroup, VgError> {
+        let at = format!("VG '{name}'");
+        check_name(&at, name)?;
+        let mut vg = VolumeGroup {
+            name: name.to_string(),
+            id: get_id(s, &at)?,
+            seqno: get_u64(s, &at, "seqno")?,
+            format: s.get_str("format").unwrap_or("lvm2").to_string(),
+            status: get_strings(s, &at, "status")?,
+            flags: get_strings_or_empty(s, &at, "flags")?,
+            extent_size_sectors: get_u64(s, &at, "extent_size")?,
+            max_lv: get_u64_or(s, &at, "max_lv", 0)?,
+            max_pv: get_u64_or(s, &at, "max_pv", 0)?,
+            metadata_copies: get_u64_or(s, &at, "metadata_copies", 0)?,
+            extra: Vec::new(),
+            pvs: Vec::new(),
+            lvs: Vec::new(),
+            tail: Vec::new(),
+        };
+        if vg.format != "lvm2" {
+            return Err(VgError::Inconsistent {
+                at,
+                why: format!("format '{}' is not lvm2", vg.format),
+            });
+        }
+        // lvm2 accepts extents of at least one sector-aligned KiB multiple; anything absurd
+        // here would make every size computed below overflow.
+        if vg.extent_size_sectors < 8 || vg.extent_size_sectors > (1 << 32) {
+            return Err(out_of_range(&at, "extent_size", vg.extent_size_sectors, "8 sectors to 2 TiB"));
+        }
+        let mut seen_lvs = false;
+        for (key, node) in &s.entries {
+            match (key.as_str(), node) {
+                ("id" | "seqno" | "format" | "status" | "flags" | "extent_size" | "max_lv"
+                | "max_pv" | "metadata_copies", _) => {}
+                ("physical_volumes", Node::Section(pvs)) => {
+                    for (key, pv) in pvs.sections() {
+                        vg.pvs.push(PhysicalVolume::from_section(key, pv, &at)?);
+                    }
+                }
+                ("logical_volumes", Node::Section(lvs)) => {
+                    seen_lvs = true;
+                    for (key, lv) in lvs.sections() {
+                        vg.lvs.push(LogicalVolume::from_section(key, lv, &at)?);
+                    }
+                }
+                _ if seen_lvs => vg.tail.push((key.clone(), node.clone())),
+                _ => vg.extra.push((key.clone(), node.clone())),
+            }
+        }
+        vg.validate()?;
+        Ok(vg)
+    }
+
+    pub fn to_section(&self) -> Section {
+        let mut s = Section::new();
+        s.set_value("id", Value::Str(self.id.to_string()));
+        s.set_value("seqno", int(self.seqno));
+        s.set_value("format", Value::Str(self.format.clone()));
+        s.set_value("status", strings(&self.status));
+        s.set_value("flags", strings(&self.flags));
+        s.entries.extend(self.extra.iter().cloned());
+        s.set_value("extent_size", int(self.extent_size_sectors));
+        s.set_value("max_lv", int(self.max_lv));
+        s.set_value("max_pv", int(self.max_pv));
+        s.set_value("metadata_copies", int(self.metadata_copies));
+        let mut pvs = Section::new();
+        for pv in &self.pvs {
+            pvs.entries.push((pv.key.clone(), Node::Section(pv.to_section())));
+        }
+        s.set("physical_volumes", Node::Section(pvs));
+        if !self.lvs.is_empty() {
+            let mut lvs = Section::new();
+            for lv in &self.lvs {
+                lvs.entries.push((lv.name.clone(), Node::Section(lv.to_section())));
+            }
+            s.set("logical_volumes", Node::Section(lvs));
+        }
+        s.entries.extend(self.tail.iter().cloned());
+        s
+    }
+
+    /// Checks what lvm2 would refuse or what would corrupt data: names, references,
+    /// segment ranges, and no two segments on the same extents.
+    pub fn validate(&self) -> Result<(), VgError> {
+        let at = format!("VG '{}'", self.name);
+        let mut keys = HashSet::new();
+        let mut ids = HashSet::new();
+        for pv in &self.pvs {
+            let pat = format!("{at}, PV {}", pv.key);
+            if !keys.insert(pv.key.as_str()) || !ids.insert(pv.id) {
+                return Err(VgError::Inconsistent { at: pat, why: "listed twice".into() });
+            }
+            let end = pv
+                .pe_count
+                .checked_mul(self.extent_size_sectors)
+                .and_then(|x| x.checked_add(pv.pe_start_sectors));
+            match end {
+                Some(end) if end <= pv.dev_size_sectors || pv.pe_count == 0 => {}
+                _ => {
+                    return Err(VgError::Inconsistent {
+                        at: pat,
+                        why: format!(
+                            "{} extents of {} sectors from sector {} do not fit in its {} sectors",
+                            pv.pe_count, self.extent_size_sectors, pv.pe_start_sectors, pv.dev_size_sectors
+                        ),
+                    })
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for lv in &self.lvs {
+            let lat = format!("{at}, LV '{}'", lv.name);
+            if !names.insert(lv.name.as_str()) {
+                return Err(VgError::Inconsistent { at: lat, why: "listed twice".into() });
+            }
+            let mut next = 0u64;
+            for (i, seg) in lv.segments.iter().enumerate() {
+                let sat = format!("{lat}, segment {}", i + 1);
+                if seg.start_extent != next {
+                    return Err(VgError::Inconsistent {
+                        at: sat,
+                        why: format!("starts at extent {} but the previous one ends at {}", seg.start_extent, next),
+                    });
+                }
+                next = seg.start_extent.checked_add(seg.extent_count).ok_or_else(|| {
+                    out_of_range(&sat, "extent_count", seg.extent_count, "overflows")
+                })?;
+                if let SegmentKind::Striped { stripes, .. } = &seg.kind {
+                    if seg.extent_count % stripes.len() as u64 != 0 {
+                        return Err(VgError::Inconsistent {
+                            at: sat,
+                            why: format!("{} extents do not divide among {} stripes", seg.extent_count, stripes.len()),
+                        });
+                    }
+                }
+                for area in seg.pv_areas(&keys) {
+                    let Some(pv) = self.pv(&area.pv) else {
+                        return Err(VgError::Inconsistent {
+                            at: sat,
+                            why: format!("names PV '{}', which the VG does not have", area.pv),
+                        });
+                    };
+                    if area.start_pe.checked_add(area.count).is_none_or(|e| e > pv.pe_count) {
+                        return Err(VgError::Inconsistent {
+                            at: sat,
+                            why: format!(
+                                "uses extents {}..{} of {}, which has {} extents",
+                                area.start_pe,
+                                area.start_pe.saturating_add(area.count),
+                                pv.key,
+                                pv.pe_count
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        for (pv, areas) in self.used_areas() {
+            for pair in areas.windows(2) {
+                let (a, lva) = &pair[0];
+                let (b, lvb) = &pair[1];
+                if a.start_pe + a.count > b.start_pe {
+                    return Err(VgError::Inconsistent {
+                        at: format!("{at}, PV {pv}"),
+                        why: format!(
+                            "extents {}..{} of LV '{lva}' overlap extents {}..{} of LV '{lvb}'",
+                            a.start_pe,
+                            a.start_pe + a.count,
+                            b.start_pe,
+                            b.start_pe + b.count
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PhysicalVolume {
+    fn from_section(key: &str, s: &Section, vg_at: &str) -> Result<PhysicalVolume, VgError> {
+        let at = format!("{vg_at}, PV {key}");
+        let mut extra = Vec::new();
+        for (k, node) in &s.entries {
+            if !matches!(
+                k.as_str(),
+                "id" | "device" | "status" | "flags" | "dev_size" | "pe_start" | "pe_count"
+            ) {
+                extra.push((k.clone(), node.clone()));
+            }
+        }
+        Ok(PhysicalVolume {
+            key: key.to_string(),
+            id: get_id(s, &at)?,
+            device: s.get_str("device").unwrap_or_default().to_string(),
+            status: get_strings(s, &at, "status")?,
+            flags: get_strings_or_empty(s, &at, "flags")?,
+            dev_size_sectors: get_u64_or(s, &at, "dev_size", 0)?,
+            pe_start_sectors: get_u64(s, &at, "pe_start")?,
+            pe_count: get_u64(s, &at, "pe_count")?,
+            extra,
+        })
+    }
+
+    fn to_section(&self) -> Section {
+        let mut s = Section::new();
+        s.set_value("id", Value::Str(self.id.to_string()));
+        s.set_value("device", Value::Str(self.device.clone()));
+        s.set_value("status", strings(&self.status));
+        s.set_value("flags", strings(&self.flags));
+        s.set_value("dev_size", int(self.dev_size_sectors));
+        s.set_value("pe_start", int(self.pe_start_sectors));
+        s.set_value("pe_count", int(self.pe_count));
+        s.entries.extend(self.extra.iter().cloned());
+        s
+    }
+}
+
+impl LogicalVolume {
+    fn from_section(name: &str, s: &Section, vg_at: &str) -> Result<LogicalVolume, VgError> {
+        let at = format!("{vg_at}, LV '{name}'");
+        check_name(&at, name)?;
+        let count = get_u64(s, &at, "segment_count")?;
+        let mut extra = Vec::new();
+        let mut segments = Vec::new();
+        for (k, node) in &s.entries {
+            match (k.as_str(), node) {
+                ("id" | "status" | "flags" | "creation_time" | "creation_host" | "segment_count", _) => {}
+                (seg, Node::Section(body)) if is_segment_key(seg) => {
+                    segments.push(Segment::from_section(body, &format!("{at}, {seg}"))?)
+                }
+                _ => extra.push((k.clone(), node.clone())),
+            }
+        }
+        if count != segments.len() as u64 {
+            return Err(VgError::Inconsistent {
+                at,
+                why: format!("segment_count is {count} but {} segments are listed", segments.len()),
+            });
+        }
+        segments.sort_by_key(|s| s.start_extent);
+        Ok(LogicalVolume {
+            name: name.to_string(),
+            id: get_id(s, &at)?,
+            status: get_strings(s, &at, "status")?,
+            flags: get_strings_or_empty(s, &at, "flags")?,
+            creation_time: s.get_int("creation_time"),
+            creation_host: s.get_str("creation_host").map(str::to_string),
+            extra,
+            segments,
+        })
+    }
+
+    fn to_section(&self) -> Section {
+        let mut s = Section::new();
+        s.set_value("id", Value::Str(self.id.to_string()));
+        s.set_value("status", strings(&self.status));
+        s.set_value("flags", strings(&self.flags));
+        if let Some(t) = self.creation_time {
+            s.set_value("creation_time", Value::Int(t));
+        }
+        if let Some(h) = &self.creation_host {
+            s.set_value("creation_host", Value::Str(h.clone()));
+        }
+        s.entries.extend(self.extra.iter().cloned());
+        s.set_value("segment_count", int(self.segments.len() as u64));
+        for (i, seg) in self.segments.iter().enumerate() {
+            s.entries.push((format!("segment{}", i + 1), Node::Section(seg.to_section())));
+        }
+        s
+    }
+}
+
+fn is_segment_key(key: &str) -> bool {
+    key.strip_prefix("segment").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Segment {
+    fn from_section(s: &Section, at: &str) -> Result<Segment, VgError> {
+        let start_extent = get_u64(s, at, "start_extent")?;
+        let extent_count = get_u64(s, at, "extent_count")?;
+        if extent_count == 0 {
+            return Err(out_of_range(at, "extent_count", 0, "a segment holds at least one extent"));
+        }
+        let segtype = s
+            .get_str("type")
+            .ok_or_else(|| missing_or_wrong(s, at, "type", "a string"))?;
+        let kind = if segtype == "striped" {
+            let count = get_u64(s, at, "stripe_count")?;
+            let items = s.get_array("stripes").ok_or_else(|| missing_or_wrong(s, at, "stripes", "an array"))?;
+            if count == 0 || count > 128 || items.len() as u64 != count * 2 {
+                return Err(VgError::Inconsistent {
+                    at: at.to_string(),
+                    why: format!("stripe_count is {count} but 'stripes' has {} entries", items.len()),
+                });
+            }
+            let mut stripes = Vec::new();
+            for pair in items.chunks(2) {
+                match pair {
+                    [Value::Str(pv), Value::Int(pe)] if *pe >= 0 => {
+                        stripes.push(Stripe { pv: pv.clone(), start_pe: *pe as u64 })
+                    }
+                    _ => {
+                        return Err(VgError::WrongType {
+                            at: at.to_string(),
+                            key: "stripes".into(),
+                            expected: "pairs of PV name and start extent",
+                        })
+                    }
+                }
+            }
+            let stripe_size_sectors = if count > 1 { get_u64(s, at, "stripe_size")? } else { 0 };
+            if count > 1 && (stripe_size_sectors < 8 || !stripe_size_sectors.is_power_of_two()) {
+                return Err(out_of_range(at, "stripe_size", stripe_size_sectors, "a power of two of at least 8 sectors"));
+            }
+            SegmentKind::Striped { stripe_size_sectors, stripes }
+        } else {
+            let mut body = s.clone();
+            for k in ["start_extent", "extent_count", "type"] {
+                body.remove(k);
+            }
+            SegmentKind::Other { segtype: segtype.to_string(), body }
+        };
+        Ok(Segment { start_extent, extent_count, kind })
+    }
+
+    fn to_section(&self) -> Section {
+        let mut s = Section::new();
+        s.set_value("start_extent", int(self.start_extent));
+        s.set_value("extent_count", int(self.extent_count));
+        match &self.kind {
+            SegmentKind::Striped { stripe_size_sectors, stripes } => {
+                s.set_value("type", Value::Str("striped".into()));
+                s.set_value("stripe_count", int(stripes.len() as u64));
+                if stripes.len() > 1 {
+                    s.set_value("stripe_size", int(*stripe_size_sectors));
+                }
+                let items = stripes
+                    .iter()
+                    .flat_map(|st| [Value::Str(st.pv.clone()), int(st.start_pe)])
+                    .collect();
+                s.set_value("stripes", Value::Array(items));
+            }
+            SegmentKind::Other { segtype, body } => {
+                s.set_value("type", Value::Str(segtype.clone()));
+                s.entries.extend(body.entries.iter().cloned());
+            }
+        }
+        s
+    }
+}
+
+/// lvm2's rules for VG and LV names.
+pub fn check_name(at: &str, name: &str) -> Result<(), VgError> {
+    let bad = |why: &str| {
+        Err(VgError::BadName { at: at.to_string(), name: name.to_string(), why: why.to_string() })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("it is longer than 127 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are reserved");
+    }
+    if name.starts_with('-') {
+        return bad("it starts with '-'");
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "+_.-".contains(*c))) {
+        return Err(VgError::BadName {
+            at: at.to_string(),
+            name: name.to_string(),
+            why: format!("'{c}' is not allowed (only a-z, A-Z, 0-9, '+', '_', '.' and '-')"),
+        });
+    }
+    Ok(())
+}
+
+/// lvm2's extra rules for names of new LVs: reserved prefixes and the suffixes of its sub-LVs.
+pub fn check_new_lv_name(at: &str, name: &str) -> Result<(), VgError> {
+    check_name(at, name)?;
+    let bad = |why: String| {
+        Err(VgError::BadName { at: at.to_string(), name: name.to_string(), why })
+    };
+    for prefix in ["snapshot", "pvmove"] {
+        if name.starts_with(prefix) {
+            return bad(format!("names starting with '{prefix}' are reserved"));
+        }
+    }
+    for part in [
+        "_cdata", "_cmeta", "_corig", "_iorig", "_imeta", "_mimage", "_mlog", "_pmspare",
+        "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig",
+    ] {
+        if name.contains(part) {
+            return bad(format!("'{part}' is reserved for lvm2's internal volumes"));
+        }
+    }
+    Ok(())
+}
+
+fn int(v: u64) -> Value {
+    // Every value stored comes from validated u64s far below i64::MAX.
+    Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::Array(items.iter().map(|s| Value::Str(s.clone())).collect())
+}
+
+fn out_of_range(at: &str, key: &str, value: u64, why: &str) -> VgError {
+    VgError::OutOfRange {
+        at: at.to_string(),
+        key: key.to_string(),
+        value: i64::try_from(value).unwrap_or(i64::MAX),
+        why: why.to_string(),
+    }
+}
+
+fn missing_or_wrong(s: &Section, at: &str, key: &str, expected: &'static str) -> VgError {
+    if s.get(key).is_some() {
+        VgError::WrongType { at: at.to_string(), key: key.to_string(), expected }
+    } else {
+        VgError::Missing { at: at.to_string(), key: key.to_string() }
+    }
+}
+
+fn get_u64(s: &Section, at: &str, key: &str) -> Result<u64, VgError> {
+    match s.get_int(key) {
+        Some(v) if v >= 0 => Ok(v as u64),
+        Some(v) => Err(VgError::OutOfRange {
+            at: at.to_string(),
+            key: key.to_string(),
+            value: v,
+            why: "must not be negative".into(),
+        }),
+        None => Err(missing_or_wrong(s, at, key, "an integer")),
+    }
+}
+
+fn get_u64_or(s: &Section, at: &str, key: &str, default: u64) -> Result<u64, VgError> {
+    if s.get(key).is_none() {
+        Ok(default)
+    } else {
+        get_u64(s, at, key)
+    }
+}
+
+fn get_strings(s: &Section, at: &str, key: &str) -> Result<Vec<String>, VgError> {
+    let items = s.get_array(key).ok_or_else(|| missing_or_wrong(s, at, key, "an array of strings"))?;
+    items
+        .iter()
+        .map(|v| match v {
+            Value::Str(s) => Ok(s.clone()),
+            _ => Err(VgError::WrongType { at: at.to_string(), key: key.to_string(), expected: "an array of strings" }),
+        })
+        .collect()
+}
+
+fn get_strings_or_empty(s: &Section, at: &str, key: &str) -> Result<Vec<String>, VgError> {
+    if s.get(key).is_none() {
+        Ok(Vec::new())
+    } else {
+        get_strings(s, at, key)
+    }
+}
+
+fn get_id(s: &Section, at: &str) -> Result<Id, VgError> {
+    let text = s.get_str("id").ok_or_else(|| missing_or_wrong(s, at, "id", "a string"))?;
+    text.parse().map_err(|e: super::id::IdError| VgError::BadId { at: at.to_string(), why: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VG as lvm2 2.03 writes it: a linear LV spanning two PVs, a striped LV, and a raid1
+    /// LV with its sub-LVs, which tessera must carry unchanged.
+    pub(crate) const SAMPLE: &str = r#"vg0 {
+id = "GxcpjS-hnrn-M2oA-1cVn-t1hJ-6Dzt-xawGVU"
+seqno = 7
+format = "lvm2"
+status = ["RESIZEABLE", "READ", "WRITE"]
+flags = []
+tags = ["web"]
+extent_size = 8192
+max_lv = 0
+max_pv = 0
+metadata_copies = 0
+physical_volumes {
+pv0 {
+id = "thNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+device = "/dev/loop0"
+status = ["ALLOCATABLE"]
+flags = []
+dev_size = 131072
+pe_start = 2048
+pe_count = 15
+}
+pv1 {
+id = "aaNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+device = "/dev/loop1"
+status = ["ALLOCATABLE"]
+flags = []
+dev_size = 131072
+pe_start = 2048
+pe_count = 15
+}
+}
+logical_volumes {
+lin {
+id = "bbNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+creation_time = 1795387712
+creation_host = "vm"
+segment_count = 2
+segment1 {
+start_extent = 0
+extent_count = 10
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 0]
+}
+segment2 {
+start_extent = 10
+extent_count = 2
+type = "striped"
+stripe_count = 1
+stripes = ["pv1", 0]
+}
+}
+str {
+id = "ccNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 4
+type = "striped"
+stripe_count = 2
+stripe_size = 128
+stripes = ["pv0", 10, "pv1", 2]
+}
+}
+r1 {
+id = "ddNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "raid1"
+device_count = 2
+region_size = 4096
+raids = ["r1_rmeta_0", "r1_rimage_0", "r1_rmeta_1", "r1_rimage_1"]
+}
+}
+r1_rimage_0 {
+id = "eeNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 12]
+}
+}
+}
+}
+# Generated by LVM2 version 2.03.16(2) (2022-05-18): Sun Nov 22 22:48:32 2026
+contents = "Text Format Volume Group"
+version = 1
+description = "Write from lvcreate."
+creation_host = "vm"	# Linux vm
+creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
+"#;
+
+    fn sample() -> VolumeGroup {
+        VolumeGroup::from_text(SAMPLE.as_bytes()).expect("sample parses").0
+    }
+
+    #[test]
+    fn reads_lvm2_text() {
+        let (vg, info) = VolumeGroup::from_text(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(vg.name, "vg0");
+        assert_eq!(vg.seqno, 7);
+        assert_eq!(vg.extent_size_bytes(), 4 << 20);
+        assert_eq!(vg.pvs.len(), 2);
+        assert_eq!(info.description, "Write from lvcreate.");
+        let lin = vg.lv("lin").unwrap();
+        assert_eq!(lin.extent_count(), 12);
+        assert_eq!(lin.segments[1].type_name(), "linear");
+        let st = vg.lv("str").unwrap();
+        assert_eq!(st.segments[0].type_name(), "striped");
+        assert_eq!(st.segments[0].stripe_count(), 2);
+        assert_eq!(vg.lv("r1").unwrap().segments[0].type_name(), "raid1");
+        assert!(!vg.lv("r1").unwrap().is_plain());
+        // lin 10 + str 2 + r1_rimage_0 1 on pv0; lin 2 + str 2 on pv1.
+        assert_eq!(vg.pe_used("pv0"), 13);
+        assert_eq!(vg.pe_used("pv1"), 4);
+        assert_eq!(vg.pe_free_total(), 30 - 17);
+        assert_eq!(vg.extra, vec![("tags".to_string(), Node::Value(Value::Array(vec![Value::Str("web".into())])))]);
+    }
+
+    #[test]
+    fn round_trips_in_both_styles_keeping_unknown_parts() {
+        let (vg, info) = VolumeGroup::from_text(SAMPLE.as_bytes()).unwrap();
+        for style in [Style::Disk, Style::File] {
+            let text = vg.to_text(&info, style);
+            let (again, info2) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+            assert_eq!(again, vg);
+            assert_eq!(info2, info);
+        }
+        // A change to one LV leaves the raid LV's section as it was.
+        let mut changed = vg.clone();
+        changed.lvs.retain(|l| l.name != "lin");
+        let text = changed.to_text(&info, Style::Disk);
+        let (again, _) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+        assert_eq!(again.lv("r1"), vg.lv("r1"));
+        assert!(text.contains("raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]"));
+    }
+
+    fn broken(from: &str, to: &str) -> VgError {
+        assert!(SAMPLE.contains(from), "sample lacks {from}");
+        VolumeGroup::from_text(SAMPLE.replacen(from, to, 1).as_bytes()).expect_err("must be refused")
+    }
+
+    #[test]
+    fn refuses_inconsistent_metadata_with_a_precise_message() {
+        let cases: Vec<(&str, &str, &str)> = vec![
+            ("stripes = [\"pv0\", 10, \"pv1\", 2]", "stripes = [\"pv0\", 9, \"pv1\", 2]", "overlap"),
+            ("stripes = [\"pv1\", 0]", "stripes = [\"pv1\", 14]", "has 15 extents"),
+            ("stripes = [\"pv1\", 0]", "stripes = [\"pv7\", 0]", "which the VG does not have"),
+            ("segment_count = 2", "segment_count = 3", "segment_count is 3"),
+            ("extent_size = 8192", "extent_size = 0", "extent_size"),
+            ("pe_count = 15\n}\npv1", "pe_count = 99999999999\n}\npv1", "do not fit"),
+            ("start_extent = 10", "start_extent = 11", "starts at extent 11"),
+            ("stripe_count = 2", "stripe_count = 3", "stripe_count is 3"),
+            ("stripe_size = 128", "stripe_size = 100", "stripe_size"),
+            ("seqno = 7", "seqno = -7", "negative"),
+            ("seqno = 7", "seqno = \"7\"", "wrong type"),
+            ("id = \"GxcpjS-hnrn-M2oA-1cVn-t1hJ-6Dzt-xawGVU\"", "id = \"short\"", "identifier"),
+            ("vg0 {", "vg$0 {", "not allowed"),
+            ("extent_count = 4", "extent_count = 5", "do not divide"),
+            ("pv1 {\nid = \"aaNLKr", "pv1 {\nid = \"thNLKr", "listed twice"),
+            ("format = \"lvm2\"", "format = \"lvm1\"", "not lvm2"),
+        ];
+        for (from, to, expected) in cases {
+            let err = broken(from, to).to_string();
+            assert!(err.contains(expected), "{from} -> {to}: got '{err}', expected '{expected}'");
+            assert!(err.contains("VG '") || err.contains("vg$0"), "{err} does not say where");
+        }
+    }
+
+    #[test]
+    fn counts_pv_areas_named_by_unknown_segment_types() {
+        let text = SAMPLE.replacen(
+            "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]",
+            "mirrors = [\"pv1\", 6]",
+            1,
+        );
+        let vg = VolumeGroup::from_text(text.as_bytes()).unwrap().0;
+        assert_eq!(vg.pe_used("pv1"), 5);
+    }
+
+    #[test]
+    fn names_follow_lvm2_rules() {
+        assert!(check_name("x", "vg_data-1.+").is_ok());
+        for bad in ["", "-vg", ".", "..", "a b", "a/b", "é", &"x".repeat(128)] {
+            assert!(check_name("x", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_new_lv_name("x", "data_rimage_0").is_err());
+        assert!(check_new_lv_name("x", "snapshot1").is_err());
+        assert!(check_new_lv_name("x", "data").is_ok());
+    }
+}

@@ -1,0 +1,402 @@
+//! Reports in lvm2's shape: the same field names (`pv_name`, `lv_size`, `seg_pe_ranges`...),
+//! columns aligned as `pvs`/`vgs`/`lvs` align them, and JSON as `--reportformat json`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{bail, Result};
+use serde_json::{Map, Value};
+use tessera_engine::units::Units;
+use tessera_engine::{Scan, VgState};
+use tessera_formats::lvm2::vg::{LogicalVolume, Segment, SegmentKind};
+
+/// One field: its lvm2 name, column heading, and whether it is right-aligned (numbers).
+struct Field {
+    name: &'static str,
+    heading: &'static str,
+    numeric: bool,
+}
+
+const fn f(name: &'static str, heading: &'static str, numeric: bool) -> Field {
+    Field { name, heading, numeric }
+}
+
+const FIELDS: &[Field] = &[
+    f("pv_name", "PV", false),
+    f("pv_uuid", "PV UUID", false),
+    f("pv_fmt", "Fmt", false),
+    f("pv_attr", "Attr", false),
+    f("pv_size", "PSize", true),
+    f("pv_free", "PFree", true),
+    f("pv_used", "Used", true),
+    f("dev_size", "DevSize", true),
+    f("pe_start", "1st PE", true),
+    f("pv_pe_count", "PE", true),
+    f("pv_pe_alloc_count", "Alloc", true),
+    f("pv_mda_count", "#PMda", true),
+    f("vg_name", "VG", false),
+    f("vg_uuid", "VG UUID", false),
+    f("vg_attr", "Attr", false),
+    f("vg_size", "VSize", true),
+    f("vg_free", "VFree", true),
+    f("vg_extent_size", "Ext", true),
+    f("vg_extent_count", "#Ext", true),
+    f("vg_free_count", "Free", true),
+    f("vg_seqno", "Seq", true),
+    f("vg_mda_count", "#VMda", true),
+    f("pv_count", "#PV", true),
+    f("lv_count", "#LV", true),
+    f("snap_count", "#SN", true),
+    f("lv_name", "LV", false),
+    f("lv_uuid", "LV UUID", false),
+    f("lv_attr", "Attr", false),
+    f("lv_size", "LSize", true),
+    f("lv_path", "Path", false),
+    f("seg_count", "#Seg", true),
+    f("segtype", "Type", false),
+    f("stripes", "#Str", true),
+    f("stripe_size", "Stripe", true),
+    f("seg_start", "Start", true),
+    f("seg_start_pe", "Start", true),
+    f("seg_size", "SSize", true),
+    f("seg_size_pe", "SSize", true),
+    f("seg_pe_ranges", "PE Ranges", false),
+    f("devices", "Devices", false),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pv,
+    Vg,
+    Lv,
+    Seg,
+}
+
+impl Kind {
+    fn json_key(self) -> &'static str {
+        match self {
+            Kind::Pv => "pv",
+            Kind::Vg => "vg",
+            Kind::Lv => "lv",
+            Kind::Seg => "seg",
+        }
+    }
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Pv => "pv_",
+            Kind::Vg => "vg_",
+            Kind::Lv | Kind::Seg => "lv_",
+        }
+    }
+    fn defaults(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pv => &["pv_name", "vg_name", "pv_fmt", "pv_attr", "pv_size", "pv_free"],
+            Kind::Vg => &["vg_name", "pv_count", "lv_count", "snap_count", "vg_attr", "vg_size", "vg_free"],
+            Kind::Lv => &["lv_name", "vg_name", "lv_attr", "lv_size"],
+            Kind::Seg => &["lv_name", "vg_name", "lv_attr", "stripes", "segtype", "seg_size"],
+        }
+    }
+}
+
+/// Options shared by every list.
+pub struct Options {
+    pub fields: Option<String>,
+    pub json: bool,
+    pub units: Units,
+    pub headings: bool,
+    pub separator: Option<String>,
+}
+
+fn resolve(kind: Kind, spec: Option<&str>) -> Result<Vec<&'static Field>> {
+    let mut names: Vec<String> = kind.defaults().iter().map(|s| s.to_string()).collect();
+    if let Some(spec) = spec {
+        let spec = spec.trim();
+        let (append, list) = match spec.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, spec),
+        };
+        if !append {
+            names.clear();
+        }
+        names.extend(list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+    }
+    names
+        .iter()
+        .map(|n| {
+            let candidates = [n.clone(), format!("{}{n}", kind.prefix()), format!("seg_{n}")];
+            candidates
+                .iter()
+                .find_map(|c| FIELDS.iter().find(|f| f.name == c))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown field '{n}'; known fields: {}",
+                        FIELDS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+type Row = BTreeMap<&'static str, String>;
+
+fn pv_rows(scan: &Scan, u: &Units) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for pv in &scan.pvs {
+        let mut r = Row::new();
+        r.insert("pv_name", pv.path.clone());
+        r.insert("pv_uuid", pv.label.pv_id.to_string());
+        r.insert("pv_fmt", "lvm2".into());
+        r.insert("dev_size", u.format(pv.device.size_bytes()));
+        r.insert("pv_mda_count", pv.mdas.len().to_string());
+        let pe_start = pv.label.data_areas.first().map_or(0, |a| a.offset);
+        r.insert("pe_start", u.format(pe_start));
+        let state = pv.vg_name.as_ref().and_then(|n| scan.vg(n));
+        match state.and_then(|s| s.vg.pv_by_id(&pv.label.pv_id).map(|p| (s, p))) {
+            Some((s, p)) => {
+                let ext = s.vg.extent_size_bytes();
+                let used = s.vg.pe_used(&p.key);
+                r.insert("vg_name", s.vg.name.clone());
+                r.insert("pv_attr", format!("{}--", if p.is_allocatable() { 'a' } else { '-' }));
+                r.insert("pv_size", u.format(p.pe_count * ext));
+                r.insert("pv_free", u.format((p.pe_count - used.min(p.pe_count)) * ext));
+                r.insert("pv_used", u.format(used * ext));
+                r.insert("pv_pe_count", p.pe_count.to_string());
+                r.insert("pv_pe_alloc_count", used.to_string());
+                r.insert("pe_start", u.format(p.pe_start_sectors * 512));
+            }
+            None => {
+                let size = pv.device.size_bytes().saturating_sub(pe_start);
+                r.insert("vg_name", String::new());
+                r.insert("pv_attr", "---".into());
+                r.insert("pv_size", u.format(size));
+                r.insert("pv_free", u.format(size));
+                r.insert("pv_used", u.format(0));
+                r.insert("pv_pe_count", "0".into());
+                r.insert("pv_pe_alloc_count", "0".into());
+            }
+        }
+        rows.push(r);
+    }
+    rows
+}
+
+fn vg_fields(s: &VgState, u: &Units, r: &mut Row) {
+    let vg = &s.vg;
+    let ext = vg.extent_size_bytes();
+    let free = vg.pe_free_total();
+    r.insert("vg_name", vg.name.clone());
+    r.insert("vg_uuid", vg.id.to_string());
+    let writeable = vg.status.iter().any(|x| x == "WRITE");
+    let resizeable = vg.status.iter().any(|x| x == "RESIZEABLE");
+    r.insert(
+        "vg_attr",
+        format!(
+            "{}{}-{}n-",
+            if writeable { 'w' } else { 'r' },
+            if resizeable { 'z' } else { '-' },
+            if s.is_partial() { 'p' } else { '-' }
+        ),
+    );
+    r.insert("vg_size", u.format(vg.pe_total() * ext));
+    r.insert("vg_free", u.format(free * ext));
+    r.insert("vg_extent_size", u.format(ext));
+    r.insert("vg_extent_count", vg.pe_total().to_string());
+    r.insert("vg_free_count", free.to_string());
+    r.insert("vg_seqno", vg.seqno.to_string());
+    r.insert("vg_mda_count", vg.pvs.len().to_string());
+    r.insert("pv_count", vg.pvs.len().to_string());
+    r.insert("lv_count", vg.lvs.iter().filter(|l| l.is_visible()).count().to_string());
+    let snaps = vg.lvs.iter().filter(|l| l.segments.iter().any(|s| s.type_name() == "snapshot")).count();
+    r.insert("snap_count", snaps.to_string());
+}
+
+fn vg_rows(scan: &Scan, u: &Units) -> Vec<Row> {
+    scan.vgs
+        .values()
+        .map(|s| {
+            let mut r = Row::new();
+            vg_fields(s, u, &mut r);
+            r
+        })
+        .collect()
+}
+
+fn lv_attr(lv: &LogicalVolume) -> String {
+    let kind = match lv.segments.first().map(|s| s.type_name()) {
+        Some(t) if t.starts_with("raid") => if lv.is_visible() { 'r' } else { 'i' },
+        Some("mirror") => 'm',
+        Some("snapshot") => 's',
+        Some("thin-pool") => 't',
+        Some("thin") => 'V',
+        _ if !lv.is_visible() => 'i',
+        _ => '-',
+    };
+    let write = if lv.status.iter().any(|s| s == "WRITE") { 'w' } else { 'r' };
+    format!("{kind}{write}i-------")
+}
+
+fn pv_name(s: &VgState, scan: &Scan, key: &str) -> String {
+    match s.present.get(key) {
+        Some(&i) => scan.pvs[i].path.clone(),
+        None => "[unknown]".into(),
+    }
+}
+
+fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
+    let ext = s.vg.extent_size_bytes();
+    r.insert("segtype", seg.type_name().to_string());
+    r.insert("stripes", seg.stripe_count().to_string());
+    r.insert("seg_start", u.format(seg.start_extent * ext));
+    r.insert("seg_start_pe", seg.start_extent.to_string());
+    r.insert("seg_size", u.format(seg.extent_count * ext));
+    r.insert("seg_size_pe", seg.extent_count.to_string());
+    match &seg.kind {
+        SegmentKind::Striped { stripe_size_sectors, stripes } => {
+            let per = seg.extent_count / stripes.len().max(1) as u64;
+            r.insert("stripe_size", u.format(stripe_size_sectors * 512));
+            let ranges: Vec<String> = stripes
+                .iter()
+                .map(|st| format!("{}:{}-{}", pv_name(s, scan, &st.pv), st.start_pe, st.start_pe + per - 1))
+                .collect();
+            r.insert("seg_pe_ranges", ranges.join(" "));
+            let devices: Vec<String> =
+                stripes.iter().map(|st| format!("{}({})", pv_name(s, scan, &st.pv), st.start_pe)).collect();
+            r.insert("devices", devices.join(","));
+        }
+        SegmentKind::Other { body, .. } => {
+            r.insert("stripe_size", u.format(body.get_int("stripe_size").unwrap_or(0).max(0) as u64 * 512));
+            r.insert("seg_pe_ranges", String::new());
+            r.insert("devices", String::new());
+        }
+    }
+}
+
+fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments: bool) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for s in scan.vgs.values().filter(|s| vg_filter.is_none_or(|f| f == s.vg.name)) {
+        let ext = s.vg.extent_size_bytes();
+        for lv in &s.vg.lvs {
+            if !all && !lv.is_visible() {
+                continue;
+            }
+            let mut base = Row::new();
+            vg_fields(s, u, &mut base);
+            base.insert("lv_name", if lv.is_visible() { lv.name.clone() } else { format!("[{}]", lv.name) });
+            base.insert("lv_uuid", lv.id.to_string());
+            base.insert("lv_attr", lv_attr(lv));
+            base.insert("lv_size", u.format(lv.extent_count() * ext));
+            base.insert("lv_path", format!("/dev/{}/{}", s.vg.name, lv.name));
+            base.insert("seg_count", lv.segments.len().to_string());
+            if segments {
+                for seg in &lv.segments {
+                    let mut r = base.clone();
+                    seg_fields(s, scan, seg, u, &mut r);
+                    rows.push(r);
+                }
+            } else {
+                if let Some(first) = lv.segments.first() {
+                    seg_fields(s, scan, first, u, &mut base);
+                    // Whole-LV values where a segment's would mislead.
+                    let ranges: Vec<String> = lv
+                        .segments
+                        .iter()
+                        .map(|seg| {
+                            let mut r = Row::new();
+                            seg_fields(s, scan, seg, u, &mut r);
+                            r.remove("seg_pe_ranges").unwrap_or_default()
+                        })
+                        .collect();
+                    base.insert("seg_pe_ranges", ranges.join(" "));
+                }
+                rows.push(base);
+            }
+        }
+    }
+    rows
+}
+
+/// Renders rows as lvm2 does: a table with aligned columns, or JSON.
+fn render(kind: Kind, rows: &[Row], fields: &[&Field], opts: &Options) -> String {
+    if opts.json {
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut m = Map::new();
+                for f in fields {
+                    m.insert(f.name.to_string(), Value::String(r.get(f.name).cloned().unwrap_or_default()));
+                }
+                Value::Object(m)
+            })
+            .collect();
+        let mut report = Map::new();
+        report.insert(kind.json_key().to_string(), Value::Array(items));
+        let root = serde_json::json!({ "report": [Value::Object(report)] });
+        return serde_json::to_string_pretty(&root).unwrap_or_default() + "\n";
+    }
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| fields.iter().map(|f| r.get(f.name).cloned().unwrap_or_default()).collect()).collect();
+    let mut out = String::new();
+    if let Some(sep) = &opts.separator {
+        if opts.headings {
+            out += &format!("  {}\n", fields.iter().map(|f| f.heading).collect::<Vec<_>>().join(sep));
+        }
+        for row in &cells {
+            out += &format!("  {}\n", row.join(sep));
+        }
+        return out;
+    }
+    let widths: Vec<usize> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let head = if opts.headings { f.heading.len() } else { 0 };
+            cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(head)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let parts: Vec<String> = values
+            .iter()
+            .zip(fields)
+            .zip(&widths)
+            .map(|((v, f), &w)| if f.numeric { format!("{v:>w$}") } else { format!("{v:<w$}") })
+            .collect();
+        format!("  {}\n", parts.join(" ").trim_end())
+    };
+    if opts.headings {
+        out += &line(fields.iter().map(|f| f.heading).collect());
+    }
+    for row in &cells {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn pv_list(scan: &Scan, opts: &Options) -> Result<String> {
+    let fields = resolve(Kind::Pv, opts.fields.as_deref())?;
+    Ok(render(Kind::Pv, &pv_rows(scan, &opts.units), &fields, opts))
+}
+
+pub fn vg_list(scan: &Scan, names: &[String], opts: &Options) -> Result<String> {
+    let fields = resolve(Kind::Vg, opts.fields.as_deref())?;
+    for n in names {
+        if scan.vg(n).is_none() {
+            bail!("volume group '{n}' not found");
+        }
+    }
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let rows: Vec<Row> = vg_rows(scan, &opts.units)
+        .into_iter()
+        .filter(|r| wanted.is_empty() || r.get("vg_name").is_some_and(|n| wanted.contains(n.as_str())))
+        .collect();
+    Ok(render(Kind::Vg, &rows, &fields, opts))
+}
+
+pub fn lv_list(scan: &Scan, vg: Option<&str>, all: bool, segments: bool, opts: &Options) -> Result<String> {
+    if let Some(v) = vg {
+        if scan.vg(v).is_none() {
+            bail!("volume group '{v}' not found");
+        }
+    }
+    let kind = if segments { Kind::Seg } else { Kind::Lv };
+    let fields = resolve(kind, opts.fields.as_deref())?;
+    Ok(render(kind, &lv_rows(scan, &opts.units, vg, all, segments), &fields, opts))
+}

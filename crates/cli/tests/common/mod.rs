@@ -1,0 +1,130 @@
+//! Shared pieces of the tests that run tessera beside the real lvm2: image files attached
+//! as loop devices, lvm2 commands restricted to those devices, and the tessera binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Image files in a fresh folder, each attached to a loop device until dropped.
+pub struct Loops {
+    pub dir: tempfile::TempDir,
+    pub images: Vec<PathBuf>,
+    pub devices: Vec<String>,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)"));
+    out
+}
+
+impl Loops {
+    /// `count` images of `mib` MiB each, attached to loop devices.
+    pub fn new(count: usize, mib: u64) -> Loops {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary folder");
+        let mut loops = Loops { dir, images: Vec::new(), devices: Vec::new() };
+        for i in 0..count {
+            let path = loops.dir.path().join(format!("pv{i}.img"));
+            let f = std::fs::File::create(&path).expect("create image");
+            f.set_len(mib << 20).expect("size image");
+            loops.images.push(path);
+        }
+        loops.attach();
+        loops
+    }
+
+    /// Attaches every image to a loop device.
+    pub fn attach(&mut self) {
+        assert!(self.devices.is_empty());
+        for path in &self.images {
+            let out = run(Command::new("losetup").args(["-f", "--show"]).arg(path));
+            assert!(out.status.success(), "losetup {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            self.devices.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+    }
+
+    /// Detaches the loop devices; the images stay.
+    pub fn detach(&mut self) {
+        for dev in self.devices.drain(..) {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+    }
+
+    /// The loop devices, comma-separated, as `--devices` takes them.
+    pub fn list(&self) -> String {
+        self.devices.join(",")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Runs an lvm2 command restricted to `devices`; panics with its output if it fails.
+pub fn lvm(devices: &str, args: &[&str]) -> String {
+    let out = lvm_output(devices, args);
+    assert!(
+        out.status.success(),
+        "lvm {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn lvm_output(devices: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("lvm");
+    cmd.arg(args[0]).args(["--devices", devices]).args(&args[1..]).env("LVM_SUPPRESS_FD_WARNINGS", "1");
+    run(&mut cmd)
+}
+
+/// The tessera binary built for these tests.
+pub fn tessera_path() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+pub fn tessera_output(devices: &str, state: &Path, args: &[&str]) -> Output {
+    run(Command::new(tessera_path()).arg("--devices").arg(devices).arg("--state-dir").arg(state).args(args))
+}
+
+/// Runs tessera; panics with its output if it fails.
+pub fn tessera(devices: &str, state: &Path, args: &[&str]) -> String {
+    let out = tessera_output(devices, state, args);
+    assert!(
+        out.status.success(),
+        "tessera {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rows of an lvm2-shaped JSON report (`{"report":[{"lv":[...]}]}`), sorted.
+pub fn report_rows(json: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad JSON report ({e}): {json}"));
+    let report = &v["report"][0];
+    let obj = report.as_object().expect("report object");
+    let mut rows: Vec<Value> = obj.values().next().and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    rows.sort_by_key(|r| r.to_string());
+    rows
+}
+
+/// The same report from lvm2 and from tessera, as sorted rows, for the fields given.
+pub fn both_reports(loops: &Loops, lvm_cmd: &[&str], tessera_cmd: &[&str], fields: &str) -> (Vec<Value>, Vec<Value>) {
+    let mut l: Vec<&str> = lvm_cmd.to_vec();
+    l.extend(["-o", fields, "--units", "b", "--nosuffix", "--reportformat", "json"]);
+    let lvm_rows = report_rows(&lvm(&loops.list(), &l));
+    let mut t: Vec<&str> = tessera_cmd.to_vec();
+    t.extend(["-o", fields, "--units", "b", "--nosuffix", "--json"]);
+    let tessera_rows = report_rows(&tessera(&loops.list(), &loops.state_dir(), &t));
+    (lvm_rows, tessera_rows)
+}

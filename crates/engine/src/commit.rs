@@ -1,0 +1,86 @@
+//! The commit, as lvm2 does it: the new text goes after the current one in every metadata
+//! area, every device is flushed, then every area's header is pointed at the new text, and
+//! every device is flushed again. A power cut before the second phase leaves the old text
+//! current everywhere; during it, some areas hold the new seqno and the scan takes the
+//! highest, so the old or the new VG comes back, never a mix.
+
+use tessera_block::SharedDevice;
+use tessera_formats::lvm2::config::Style;
+use tessera_formats::lvm2::label::{write_label, PvLabel, PV_EXT_USED};
+use tessera_formats::lvm2::mda::{next_text_offset, write_mda_header, write_text, MdaHeader};
+use tessera_formats::lvm2::vg::{TextInfo, VolumeGroup};
+
+use crate::error::Result;
+use crate::scan::PvInfo;
+
+/// Runs `f` on every item on its own thread, so flushes to many devices overlap; returns
+/// the first error.
+fn on_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&f);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|item| s.spawn(|| f(item))).collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or(Ok(())))
+    })
+}
+
+fn flush_all(devices: &[SharedDevice]) -> Result<()> {
+    on_each(devices, |d| Ok(d.flush()?))
+}
+
+/// An empty header for an area whose header could not be read.
+fn fresh_header(start: u64, size: u64) -> MdaHeader {
+    MdaHeader { start, size, raw_locns: Vec::new() }
+}
+
+/// Writes `vg` to every metadata area of `pvs` (crash-safely, as described above).
+pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()> {
+    let text = vg.to_text(info, Style::Disk);
+    let mut staged: Vec<(SharedDevice, MdaHeader)> = Vec::new();
+    for pv in pvs {
+        for mda in &pv.mdas {
+            if mda.is_ignored() {
+                continue;
+            }
+            let mut header = mda.header.clone().unwrap_or_else(|| fresh_header(mda.start, mda.size));
+            let offset = next_text_offset(&header, text.len() as u64)
+                .map_err(|e| e.on_device(&pv.path))?;
+            let locn = write_text(pv.device.as_ref(), &header, offset, text.as_bytes())?;
+            header.raw_locns = vec![locn];
+            staged.push((pv.device.clone(), header));
+        }
+    }
+    let devices: Vec<SharedDevice> = pvs.iter().map(|p| p.device.clone()).collect();
+    flush_all(&devices)?;
+    on_each(&staged, |(dev, header)| Ok(write_mda_header(dev.as_ref(), header)?))?;
+    flush_all(&devices)
+}
+
+/// Makes `pvs` orphans: empties their metadata areas and clears the in-use flag.
+pub fn release_pvs(pvs: &[&PvInfo]) -> Result<()> {
+    for pv in pvs {
+        for mda in &pv.mdas {
+            let mut header = mda.header.clone().unwrap_or_else(|| fresh_header(mda.start, mda.size));
+            header.raw_locns.clear();
+            write_mda_header(pv.device.as_ref(), &header)?;
+        }
+        let mut label = pv.label.clone();
+        label.ext_flags &= !PV_EXT_USED;
+        write_label(pv.device.as_ref(), &label)?;
+    }
+    flush_all(&pvs.iter().map(|p| p.device.clone()).collect::<Vec<_>>())
+}
+
+/// Marks `pvs` as in use by a VG, as lvm2 does once they hold its metadata.
+pub fn mark_used(pvs: &[&PvInfo]) -> Result<()> {
+    let mut changed = Vec::new();
+    for pv in pvs {
+        if pv.label.ext_flags & PV_EXT_USED == 0 {
+            let label = PvLabel { ext_flags: pv.label.ext_flags | PV_EXT_USED, ..pv.label.clone() };
+            write_label(pv.device.as_ref(), &label)?;
+            changed.push(pv.device.clone());
+        }
+    }
+    flush_all(&changed)
+}

@@ -1,0 +1,64 @@
+//! Where to look for PVs: the paths and globs given with `--devices`, or else every block
+//! device the kernel lists.
+
+use std::path::Path;
+
+use crate::error::{EngineError, Result};
+
+/// Expands `--devices` arguments: each is a path or a glob; a glob that matches nothing and a
+/// path that does not exist are errors, so a typo never silently hides a PV.
+pub fn expand(patterns: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for pattern in patterns {
+        let is_glob = pattern.contains(['*', '?', '[']);
+        if !is_glob {
+            if !Path::new(pattern).exists() {
+                return Err(EngineError::DeviceUnusable {
+                    device: pattern.clone(),
+                    why: "no such file or device".into(),
+                });
+            }
+            push_unique(&mut out, pattern.clone());
+            continue;
+        }
+        let paths = glob::glob(pattern)
+            .map_err(|e| EngineError::BadArgument(format!("--devices '{pattern}': {e}")))?;
+        let mut matched = false;
+        for path in paths.flatten() {
+            matched = true;
+            push_unique(&mut out, path.to_string_lossy().into_owned());
+        }
+        if !matched {
+            return Err(EngineError::DeviceUnusable {
+                device: pattern.clone(),
+                why: "the pattern matches no file or device".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn push_unique(out: &mut Vec<String>, path: String) {
+    if !out.contains(&path) {
+        out.push(path);
+    }
+}
+
+/// Every block device in /sys/class/block that has a size, as /dev paths. Loop devices
+/// without a backing file and zero-sized devices are left out.
+pub fn block_devices() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/block") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let size: u64 = std::fs::read_to_string(e.path().join("size")).ok()?.trim().parse().ok()?;
+            let dev = format!("/dev/{name}");
+            (size > 0 && Path::new(&dev).exists()).then_some(dev)
+        })
+        .collect();
+    out.sort();
+    out
+}
