@@ -179,9 +179,10 @@ impl Pending {
     /// Performs the part `[lo, hi)` of this write on `inner`.
     fn apply(&self, inner: &dyn BlockDevice, lo: u64, hi: u64) -> Result<()> {
         match &self.payload {
-            Payload::Data(d) => {
-                inner.write_at(&d[(lo - self.offset) as usize..(hi - self.offset) as usize], lo)
-            }
+            Payload::Data(d) => inner.write_at(
+                &d[(lo - self.offset) as usize..(hi - self.offset) as usize],
+                lo,
+            ),
             Payload::Zeroes(_) => inner.write_zeroes(lo, hi - lo),
             Payload::Discard(_) => inner.discard(lo, hi - lo),
         }
@@ -429,7 +430,10 @@ mod tests {
         dev.write_zeroes(200, 10).unwrap();
         dev.write_at(&[2; 4], 1098).unwrap();
         assert_eq!(dev.unflushed_writes(), 3);
-        assert!(inner.contents().iter().all(|&b| b == 0), "nothing reaches inner before flush");
+        assert!(
+            inner.contents().iter().all(|&b| b == 0),
+            "nothing reaches inner before flush"
+        );
 
         let mut expect = vec![0u8; 2000];
         expect[100..1100].fill(1);
@@ -459,16 +463,28 @@ mod tests {
         assert_eq!(domain.writes_seen(), 3);
 
         // Everything afterwards fails, flush included.
-        assert!(matches!(dev.write_at(&[5; 512], 2048), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            dev.write_at(&[5; 512], 2048),
+            Err(BlockError::PowerCut { .. })
+        ));
         assert!(matches!(dev.flush(), Err(BlockError::PowerCut { .. })));
         let mut buf = [0u8; 1];
-        assert!(matches!(dev.read_at(&mut buf, 0), Err(BlockError::PowerCut { .. })));
-        assert!(matches!(dev.discard(0, 512), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            dev.read_at(&mut buf, 0),
+            Err(BlockError::PowerCut { .. })
+        ));
+        assert!(matches!(
+            dev.discard(0, 512),
+            Err(BlockError::PowerCut { .. })
+        ));
 
         let disk = inner.contents();
         assert!(disk[..512].iter().all(|&b| b == 1));
         assert!(disk[512..1024].iter().all(|&b| b == 2));
-        assert!(disk[1024..].iter().all(|&b| b == 0), "unflushed and later writes are lost");
+        assert!(
+            disk[1024..].iter().all(|&b| b == 0),
+            "unflushed and later writes are lost"
+        );
     }
 
     #[test]
@@ -477,7 +493,10 @@ mod tests {
         let domain = PowerDomain::new();
         let dev = FaultDevice::new(inner.clone(), domain.clone());
         domain.cut_after(0);
-        assert!(matches!(dev.write_at(&[9; 16], 0), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            dev.write_at(&[9; 16], 0),
+            Err(BlockError::PowerCut { .. })
+        ));
         assert_eq!(domain.writes_seen(), 0);
         assert!(inner.contents().iter().all(|&b| b == 0));
     }
@@ -499,15 +518,24 @@ mod tests {
         assert_eq!(domain.writes_seen(), 3);
         // Write 4 on pv2 is accepted but unflushed; write 5 on pv0 cuts the whole domain.
         devs[2].write_at(&[0xEE; 512], 512).unwrap();
-        assert!(matches!(devs[0].write_at(&[0xFF; 512], 512), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            devs[0].write_at(&[0xFF; 512], 512),
+            Err(BlockError::PowerCut { .. })
+        ));
         assert_eq!(domain.writes_seen(), 4);
         for d in &devs {
             assert!(matches!(d.flush(), Err(BlockError::PowerCut { .. })));
         }
         for (i, m) in inners.iter().enumerate() {
             let disk = m.contents();
-            assert!(disk[..512].iter().all(|&b| b == i as u8 + 1), "pv{i} kept its flushed write");
-            assert!(disk[512..].iter().all(|&b| b == 0), "pv{i} lost its unflushed write");
+            assert!(
+                disk[..512].iter().all(|&b| b == i as u8 + 1),
+                "pv{i} kept its flushed write"
+            );
+            assert!(
+                disk[512..].iter().all(|&b| b == 0),
+                "pv{i} lost its unflushed write"
+            );
         }
     }
 
@@ -532,7 +560,10 @@ mod tests {
         domain.set_torn(seed);
         domain.cut_after(1);
         dev.write_at(&[0xAB; 8 * 512], 0).unwrap();
-        assert!(matches!(dev.write_at(&[0xCD; 8 * 512], 8 * 512), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            dev.write_at(&[0xCD; 8 * 512], 8 * 512),
+            Err(BlockError::PowerCut { .. })
+        ));
         let disk = inner.contents();
         let sectors = |range: std::ops::Range<usize>, byte: u8| -> Vec<bool> {
             range
@@ -570,7 +601,10 @@ mod tests {
         dev.flush().unwrap();
         domain.set_torn(3);
         domain.cut_after(1);
-        assert!(matches!(dev.write_at(&[2; 1500], 300), Err(BlockError::PowerCut { .. })));
+        assert!(matches!(
+            dev.write_at(&[2; 1500], 300),
+            Err(BlockError::PowerCut { .. })
+        ));
         let disk = inner.contents();
         // Outside the interrupted write, the flushed data is intact.
         assert!(disk[..300].iter().all(|&b| b == 1));
@@ -592,15 +626,26 @@ mod tests {
         let mut buf = [0u8; 512];
 
         let err = dev.write_at(&[1; 100], 1500).unwrap_err();
-        assert!(matches!(err, BlockError::Injected { ref device, offset: 1500 } if device == "pv0"));
-        assert!(matches!(dev.write_zeroes(0, 1025), Err(BlockError::Injected { offset: 1024, .. })));
-        assert!(matches!(dev.discard(1535, 10), Err(BlockError::Injected { .. })));
+        assert!(
+            matches!(err, BlockError::Injected { ref device, offset: 1500 } if device == "pv0")
+        );
+        assert!(matches!(
+            dev.write_zeroes(0, 1025),
+            Err(BlockError::Injected { offset: 1024, .. })
+        ));
+        assert!(matches!(
+            dev.discard(1535, 10),
+            Err(BlockError::Injected { .. })
+        ));
         dev.read_at(&mut buf, 1024).unwrap(); // reads of a write-error range work
         dev.write_at(&[1; 1024], 0).unwrap(); // touching the edge is not overlapping
         dev.write_at(&[1; 10], 1536).unwrap();
         assert_eq!(domain.writes_seen(), 2, "failed writes are not counted");
 
-        assert!(matches!(dev.read_at(&mut buf, 3600), Err(BlockError::Injected { offset: 4096, .. })));
+        assert!(matches!(
+            dev.read_at(&mut buf, 3600),
+            Err(BlockError::Injected { offset: 4096, .. })
+        ));
         dev.write_at(&[1; 512], 4096).unwrap();
         dev.add_error_range(6000, 10, ErrorOn::Both);
         assert!(dev.read_at(&mut buf, 5800).is_err());
@@ -616,11 +661,23 @@ mod tests {
         let inner = Arc::new(MemoryDevice::new("pv0", 4096));
         let dev = FaultDevice::new(inner.clone(), PowerDomain::new());
         let mut buf = [0u8; 8];
-        assert!(matches!(dev.read_at(&mut buf, 4090), Err(BlockError::OutOfRange { .. })));
-        assert!(matches!(dev.write_at(&buf, 4089), Err(BlockError::OutOfRange { .. })));
-        assert!(matches!(dev.write_zeroes(u64::MAX, 2), Err(BlockError::OutOfRange { .. })));
+        assert!(matches!(
+            dev.read_at(&mut buf, 4090),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write_at(&buf, 4089),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write_zeroes(u64::MAX, 2),
+            Err(BlockError::OutOfRange { .. })
+        ));
         inner.set_read_only(true);
-        assert!(matches!(dev.write_at(&buf, 0), Err(BlockError::ReadOnly { .. })));
+        assert!(matches!(
+            dev.write_at(&buf, 0),
+            Err(BlockError::ReadOnly { .. })
+        ));
         assert_eq!(dev.domain().writes_seen(), 0);
     }
 }

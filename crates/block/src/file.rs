@@ -191,6 +191,9 @@ impl FileDevice {
         d.buffered
             .read_exact_at(tail, tail_off)
             .map_err(|e| self.io_err(tail_off, tail.len(), e))?;
+        if head.is_empty() {
+            return Ok(());
+        }
 
         let mut bounce = AlignedBuf::new(bounce_len(d.align, offset, head.len()), d.align);
         let mut done = 0;
@@ -363,7 +366,11 @@ impl BlockDevice for FileDevice {
             // Unaligned edges keep their data, which discard's contract allows.
             return self.block_range_op(BLKDISCARD, offset, len, false);
         }
-        match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        match self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
             Ok(()) => Ok(()),
             Err(e) if unsupported(&e) => self.write_zero_buffers(offset, len),
             Err(e) => Err(self.io_err(offset, len as usize, e)),
@@ -378,7 +385,11 @@ impl BlockDevice for FileDevice {
         if self.is_block {
             return self.block_range_op(BLKZEROOUT, offset, len, true);
         }
-        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        match self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
             Ok(()) => Ok(()),
             Err(e) if unsupported(&e) => self.write_zero_buffers(offset, len),
             Err(e) => Err(self.io_err(offset, len as usize, e)),
@@ -400,7 +411,12 @@ fn block_geometry(file: &File) -> io::Result<(u64, u32, u32)> {
         if libc::ioctl(fd, libc::BLKSSZGET as _, &mut logical as *mut libc::c_int) != 0 {
             logical = 512;
         }
-        if libc::ioctl(fd, libc::BLKPBSZGET as _, &mut physical as *mut libc::c_uint) != 0 {
+        if libc::ioctl(
+            fd,
+            libc::BLKPBSZGET as _,
+            &mut physical as *mut libc::c_uint,
+        ) != 0
+        {
             physical = 0;
         }
     }
@@ -408,7 +424,11 @@ fn block_geometry(file: &File) -> io::Result<(u64, u32, u32)> {
         .ok()
         .filter(|l| *l >= 512 && l.is_power_of_two())
         .unwrap_or(512);
-    let physical = if physical.is_power_of_two() { physical.max(logical) } else { logical };
+    let physical = if physical.is_power_of_two() {
+        physical.max(logical)
+    } else {
+        logical
+    };
     Ok((size, logical, physical))
 }
 
@@ -421,9 +441,8 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 fn to_off_t(offset: u64, len: u64) -> io::Result<(libc::off_t, libc::off_t)> {
-    let conv = |v: u64| {
-        libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
-    };
+    let conv =
+        |v: u64| libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG));
     Ok((conv(offset)?, conv(len)?))
 }
 
@@ -480,7 +499,7 @@ mod tests {
     #[test]
     fn ioctl_numbers_match_libc_encoding() {
         // Our hand-encoded numbers use the same scheme as libc's BLKSSZGET (_IO(0x12, 104)).
-        assert_eq!(libc::BLKSSZGET as u64, ioc::NONE | 0x1200 | 104);
+        assert_eq!(libc::BLKSSZGET, (ioc::NONE | 0x1200 | 104) as _);
         #[cfg(target_arch = "x86_64")]
         {
             assert_eq!(BLKGETSIZE64, 0x8008_1272);
@@ -492,7 +511,12 @@ mod tests {
     #[test]
     fn windows_cover_requests_exactly() {
         let align = 4096u64;
-        for &(offset, len, cap) in &[(0u64, 1usize, 4096usize), (100, 9000, 8192), (4095, 2, 8192), (8192, 4096, 4096)] {
+        for &(offset, len, cap) in &[
+            (0u64, 1usize, 4096usize),
+            (100, 9000, 8192),
+            (4095, 2, 8192),
+            (8192, 4096, 4096),
+        ] {
             let mut pos = offset;
             let mut left = len;
             while left > 0 {
@@ -511,7 +535,10 @@ mod tests {
     fn aligned_buf_is_aligned() {
         for align in [4096u64, 8192, 65536] {
             let mut b = AlignedBuf::new(3 * align as usize, align);
-            assert_eq!(b.slice(align as usize).as_ptr() as usize % align as usize, 0);
+            assert_eq!(
+                b.slice(align as usize).as_ptr() as usize % align as usize,
+                0
+            );
         }
     }
 }

@@ -191,7 +191,9 @@ mod tests {
     #[test]
     fn round_trip_across_chunks() {
         let dev = MemoryDevice::new("mem0", 4 * CHUNK);
-        let data: Vec<u8> = (0..CHUNK as usize + 1000).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..CHUNK as usize + 1000)
+            .map(|i| (i % 251) as u8)
+            .collect();
         dev.write_at(&data, CHUNK - 500).unwrap();
         let mut back = vec![0u8; data.len()];
         dev.read_at(&mut back, CHUNK - 500).unwrap();
@@ -207,7 +209,15 @@ mod tests {
         let dev = MemoryDevice::new("mem1", 4096);
         let mut buf = [0u8; 16];
         let err = dev.read_at(&mut buf, 4090).unwrap_err();
-        assert!(matches!(err, BlockError::OutOfRange { offset: 4090, len: 16, size: 4096, .. }));
+        assert!(matches!(
+            err,
+            BlockError::OutOfRange {
+                offset: 4090,
+                len: 16,
+                size: 4096,
+                ..
+            }
+        ));
         assert!(err.to_string().starts_with("mem1:"));
         assert!(dev.write_at(&buf, u64::MAX).is_err());
         assert!(dev.write_zeroes(4000, 97).is_err());
@@ -225,7 +235,8 @@ mod tests {
         let all = dev.contents();
         for (i, &b) in all.iter().enumerate() {
             let i = i as u64;
-            let zero = (100..CHUNK + 300).contains(&i) || (2 * CHUNK + 10..2 * CHUNK + 30).contains(&i);
+            let zero =
+                (100..CHUNK + 300).contains(&i) || (2 * CHUNK + 10..2 * CHUNK + 30).contains(&i);
             assert_eq!(b, if zero { 0 } else { 0xAA }, "byte {i}");
         }
     }
@@ -236,9 +247,18 @@ mod tests {
         assert_eq!(dev.logical_block_size(), 4096);
         dev.set_read_only(true);
         assert!(dev.is_read_only());
-        assert!(matches!(dev.write_at(&[1], 0), Err(BlockError::ReadOnly { .. })));
-        assert!(matches!(dev.write_zeroes(0, 1), Err(BlockError::ReadOnly { .. })));
-        assert!(matches!(dev.discard(0, 1), Err(BlockError::ReadOnly { .. })));
+        assert!(matches!(
+            dev.write_at(&[1], 0),
+            Err(BlockError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            dev.write_zeroes(0, 1),
+            Err(BlockError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            dev.discard(0, 1),
+            Err(BlockError::ReadOnly { .. })
+        ));
         dev.set_read_only(false);
         dev.write_at(&[1], 0).unwrap();
     }

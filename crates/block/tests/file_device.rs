@@ -6,8 +6,14 @@ use std::process::Command;
 
 use tessera_block::{BlockDevice, BlockError, FileDevice, OpenOptions};
 
-const DIRECT: OpenOptions = OpenOptions { read_only: false, direct: true };
-const BUFFERED: OpenOptions = OpenOptions { read_only: false, direct: false };
+const DIRECT: OpenOptions = OpenOptions {
+    read_only: false,
+    direct: true,
+};
+const BUFFERED: OpenOptions = OpenOptions {
+    read_only: false,
+    direct: false,
+};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
@@ -20,7 +26,9 @@ fn image(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 }
 
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
 }
 
 /// Random unaligned reads and writes, checked against an in-memory model and the file itself.
@@ -43,7 +51,11 @@ fn model_check(dev: &FileDevice, model: &mut [u8]) {
         } else {
             let mut buf = vec![0u8; len];
             dev.read_at(&mut buf, offset).unwrap();
-            assert_eq!(buf, &model[offset as usize..offset as usize + len], "read {len} at {offset}");
+            assert_eq!(
+                buf,
+                &model[offset as usize..offset as usize + len],
+                "read {len} at {offset}"
+            );
         }
     }
     let mut all = vec![0u8; model.len()];
@@ -72,12 +84,23 @@ fn direct_unaligned_round_trip() {
     let mut model = pattern(5 * 4096 + 1234, 3);
     let path = image(dir.path(), "d.img", &model);
     let dev = FileDevice::open(&path, DIRECT).unwrap();
-    assert!(dev.is_direct(), "ext4/xfs under the target dir accepts O_DIRECT");
+    assert!(
+        dev.is_direct(),
+        "ext4/xfs under the target dir accepts O_DIRECT"
+    );
     model_check(&dev, &mut model);
 
     // Requests straddling every interesting boundary, including the device end.
     let size = model.len() as u64;
-    for (offset, len) in [(0u64, 1usize), (4095, 2), (4096, 4096), (1, 3 * 4096), (5 * 4096 - 1, 2), (size - 1, 1), (0, size as usize)] {
+    for (offset, len) in [
+        (0u64, 1usize),
+        (4095, 2),
+        (4096, 4096),
+        (1, 3 * 4096),
+        (5 * 4096 - 1, 2),
+        (size - 1, 1),
+        (0, size as usize),
+    ] {
         let data = pattern(len, offset as u8 ^ 0x5A);
         dev.write_at(&data, offset).unwrap();
         model[offset as usize..offset as usize + len].copy_from_slice(&data);
@@ -87,14 +110,20 @@ fn direct_unaligned_round_trip() {
     }
     dev.flush().unwrap();
     let on_disk = std::fs::read(&path).unwrap();
-    assert_eq!(on_disk.len(), model.len(), "direct writes never extend the file");
+    assert_eq!(
+        on_disk.len(),
+        model.len(),
+        "direct writes never extend the file"
+    );
     assert_eq!(on_disk, model);
 }
 
 #[test]
 fn direct_on_shm_works_whether_or_not_o_direct_is_taken() {
     // tmpfs refuses O_DIRECT before Linux 6.6; then the device falls back to buffered I/O.
-    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
     let mut model = pattern(9000, 1);
     let path = image(dir.path(), "s.img", &model);
     let dev = FileDevice::open(&path, DIRECT).unwrap();
@@ -109,20 +138,49 @@ fn range_checks_and_errors_name_the_device() {
         let dev = FileDevice::open(&path, opts).unwrap();
         let mut buf = [0u8; 10];
         let err = dev.read_at(&mut buf, 8190).unwrap_err();
-        assert!(matches!(err, BlockError::OutOfRange { offset: 8190, len: 10, size: 8192, .. }));
+        assert!(matches!(
+            err,
+            BlockError::OutOfRange {
+                offset: 8190,
+                len: 10,
+                size: 8192,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("r.img"));
-        assert!(matches!(dev.write_at(&buf, u64::MAX - 3), Err(BlockError::OutOfRange { .. })));
-        assert!(matches!(dev.discard(8000, 193), Err(BlockError::OutOfRange { .. })));
-        assert!(matches!(dev.write_zeroes(8193, 0), Err(BlockError::OutOfRange { .. })));
+        assert!(matches!(
+            dev.write_at(&buf, u64::MAX - 3),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.discard(8000, 193),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.write_zeroes(8193, 0),
+            Err(BlockError::OutOfRange { .. })
+        ));
         dev.read_at(&mut buf, 8182).unwrap();
         dev.write_at(&[], 8192).unwrap();
     }
 
     let missing = dir.path().join("missing.img");
     let err = FileDevice::open(&missing, BUFFERED).unwrap_err();
-    assert!(matches!(err, BlockError::Open { ref device, .. } if device == &missing.display().to_string()));
-    let err = FileDevice::open(dir.path(), OpenOptions { read_only: true, direct: false }).unwrap_err();
-    assert!(matches!(err, BlockError::Open { .. }), "a directory is not a device: {err}");
+    assert!(
+        matches!(err, BlockError::Open { ref device, .. } if device == &missing.display().to_string())
+    );
+    let err = FileDevice::open(
+        dir.path(),
+        OpenOptions {
+            read_only: true,
+            direct: false,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, BlockError::Open { .. }),
+        "a directory is not a device: {err}"
+    );
 }
 
 #[test]
@@ -143,7 +201,11 @@ fn discard_and_write_zeroes_read_back_zero() {
             let zero = (100..5100).contains(&i) || (20_000..32_345).contains(&i) || i >= size - 300;
             assert_eq!(b, if zero { 0 } else { 0xAA }, "byte {i}, {opts:?}");
         }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), size as u64, "size kept");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            size as u64,
+            "size kept"
+        );
     }
 }
 
@@ -151,14 +213,30 @@ fn discard_and_write_zeroes_read_back_zero() {
 fn read_only_refuses_writes() {
     let dir = tempdir();
     let path = image(dir.path(), "ro.img", &pattern(4096, 9));
-    let dev = FileDevice::open(&path, OpenOptions { read_only: true, direct: false }).unwrap();
+    let dev = FileDevice::open(
+        &path,
+        OpenOptions {
+            read_only: true,
+            direct: false,
+        },
+    )
+    .unwrap();
     assert!(dev.is_read_only());
     let mut buf = [0u8; 16];
     dev.read_at(&mut buf, 0).unwrap();
     assert_eq!(&buf[..], &pattern(4096, 9)[..16]);
-    assert!(matches!(dev.write_at(&buf, 0), Err(BlockError::ReadOnly { .. })));
-    assert!(matches!(dev.discard(0, 512), Err(BlockError::ReadOnly { .. })));
-    assert!(matches!(dev.write_zeroes(0, 512), Err(BlockError::ReadOnly { .. })));
+    assert!(matches!(
+        dev.write_at(&buf, 0),
+        Err(BlockError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        dev.discard(0, 512),
+        Err(BlockError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        dev.write_zeroes(0, 512),
+        Err(BlockError::ReadOnly { .. })
+    ));
     assert_eq!(std::fs::read(&path).unwrap(), pattern(4096, 9));
 }
 
@@ -167,8 +245,14 @@ struct Loop(String);
 
 impl Loop {
     fn attach(path: &Path) -> Option<Loop> {
-        let out = Command::new("losetup").args(["--show", "-f"]).arg(path).output().ok()?;
-        out.status.success().then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        let out = Command::new("losetup")
+            .args(["--show", "-f"])
+            .arg(path)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
     }
 }
 
