@@ -253,11 +253,7 @@ impl<'a> Lexer<'a> {
         if self.tok == Tok::Eof {
             return "end of text".into();
         }
-        let text = String::from_utf8_lossy(self.token());
-        match text.char_indices().nth(40) {
-            Some((n, _)) => format!("'{}...'", &text[..n]),
-            None => format!("'{text}'"),
-        }
+        format!("'{}'", clip(&String::from_utf8_lossy(self.token())))
     }
 
     fn advance(&mut self) -> Result<(), ConfigError> {
@@ -292,7 +288,10 @@ impl<'a> Lexer<'a> {
             b'=' => Tok::Eq,
             b'"' => loop {
                 match t.get(e) {
-                    Some(b'"') => break Tok::Escaped,
+                    Some(b'"') => {
+                        e += 1;
+                        break Tok::Escaped;
+                    }
                     Some(b'\\') if e + 1 < t.len() => e += 2,
                     Some(b'\\') => {
                         return Err(self.error(i, "unterminated string: '\\' at end of text"))
@@ -303,7 +302,7 @@ impl<'a> Lexer<'a> {
             },
             b'\'' => match t[e..].iter().position(|&b| b == b'\'') {
                 Some(n) => {
-                    e += n;
+                    e += n + 1;
                     Tok::Quoted
                 }
                 None => return Err(self.error(i, "unterminated string")),
@@ -331,9 +330,6 @@ impl<'a> Lexer<'a> {
                 }
             }
         };
-        if matches!(self.tok, Tok::Escaped | Tok::Quoted) {
-            e += 1; // the closing quote
-        }
         self.end = e;
         Ok(())
     }
@@ -365,7 +361,8 @@ impl Parser<'_> {
                     return match open {
                         None => Ok(()),
                         Some((name, at)) => Err(self.error(format!(
-                            "unbalanced braces: section '{name}' opened at line {} is never closed",
+                            "unbalanced braces: section '{}' opened at line {} is never closed",
+                            clip(name),
                             self.lx.line_of(at)
                         ))),
                     }
@@ -394,7 +391,7 @@ impl Parser<'_> {
         // lvm2 reads `a/b = 1` as `a { b = 1 }`, skipping empty components but making an
         // empty key of a trailing one, which we refuse instead.
         if key.ends_with('/') {
-            return Err(self.error(format!("key '{key}' ends with '/'")));
+            return Err(self.error(format!("key '{}' ends with '/'", clip(&key))));
         }
         let path: Vec<&str> = key.split('/').filter(|s| !s.is_empty()).collect();
         let depth = depth + path.len();
@@ -415,7 +412,8 @@ impl Parser<'_> {
             }
             _ => {
                 return Err(self.error(format!(
-                    "expected '=' or '{{' after '{key}', found {}",
+                    "expected '=' or '{{' after '{}', found {}",
+                    clip(&key),
                     self.lx.describe()
                 )))
             }
@@ -497,6 +495,14 @@ impl Parser<'_> {
             _ => raw.to_vec(),
         };
         String::from_utf8(bytes).map_err(|_| self.error("invalid UTF-8"))
+    }
+}
+
+/// Shortens text quoted in a message.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((n, _)) => format!("{}...", &text[..n]),
+        None => text.to_string(),
     }
 }
 
