@@ -60,7 +60,7 @@ pub fn extend_linear(
         return Err(NoSpace { need: extents, free: total, detail: String::new() });
     }
     let mut next_le: u64 = segments.iter().map(|s| s.extent_count).sum();
-    let mut push = |segments: &mut Vec<Segment>, area: FreeArea, take: u64, next_le: &mut u64| {
+    let push = |segments: &mut Vec<Segment>, area: FreeArea, take: u64, next_le: &mut u64| {
         let pv = vg.pvs[area.pv].key.clone();
         // Continue the last segment when the new extents follow it on the same PV.
         if let Some(Segment { extent_count, kind: SegmentKind::Striped { stripes, .. }, .. }) = segments.last_mut() {

@@ -44,8 +44,8 @@ pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()
                 continue;
             }
             let mut header = mda.header.clone().unwrap_or_else(|| fresh_header(mda.start, mda.size));
-            let offset = next_text_offset(&header, text.len() as u64)
-                .map_err(|e| e.on_device(&pv.path))?;
+            // The stored text carries a trailing NUL.
+            let offset = next_text_offset(&pv.path, &header, text.len() as u64 + 1)?;
             let locn = write_text(pv.device.as_ref(), &header, offset, text.as_bytes())?;
             header.raw_locns = vec![locn];
             staged.push((pv.device.clone(), header));

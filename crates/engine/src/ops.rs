@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tessera_block::{BlockDevice, FileDevice, OpenOptions, SharedDevice};
+use tessera_block::{FileDevice, OpenOptions, SharedDevice};
 use tessera_formats::lvm2::id::Id;
 use tessera_formats::lvm2::label::{wipe_label, write_label, PvLabel};
 use tessera_formats::lvm2::mda::{write_mda_header, MdaHeader};

@@ -892,10 +892,6 @@ creation_host = "vm"	# Linux vm
 creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
 "#;
 
-    fn sample() -> VolumeGroup {
-        VolumeGroup::from_text(SAMPLE.as_bytes()).expect("sample parses").0
-    }
-
     #[test]
     fn reads_lvm2_text() {
         let (vg, info) = VolumeGroup::from_text(SAMPLE.as_bytes()).unwrap();
