@@ -83,8 +83,8 @@ struct ListArgs {
 enum PvCommand {
     /// Label devices as PVs (as pvcreate). Refuses devices holding another format without --force.
     Create {
-        #[arg(required = true)]
-        devices: Vec<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        targets: Vec<String>,
         /// Overwrite a filesystem, RAID, LUKS or partition-table signature.
         #[arg(short, long)]
         force: bool,
@@ -94,8 +94,8 @@ enum PvCommand {
     },
     /// Remove the label of PVs that belong to no VG (as pvremove).
     Remove {
-        #[arg(required = true)]
-        devices: Vec<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        targets: Vec<String>,
     },
     /// List PVs (as pvs).
     List(ListArgs),
@@ -106,8 +106,8 @@ enum VgCommand {
     /// Create a VG; devices that are not PVs yet are labelled first.
     Create {
         name: String,
-        #[arg(required = true)]
-        devices: Vec<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        targets: Vec<String>,
         /// Extent size (default 4M).
         #[arg(short = 's', long)]
         extent_size: Option<String>,
@@ -118,16 +118,16 @@ enum VgCommand {
     /// Add PVs to a VG.
     Extend {
         name: String,
-        #[arg(required = true)]
-        devices: Vec<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        targets: Vec<String>,
         #[arg(short, long)]
         force: bool,
     },
     /// Take unused PVs out of a VG.
     Reduce {
         name: String,
-        #[arg(required = true)]
-        devices: Vec<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        targets: Vec<String>,
     },
     /// Remove a VG; its PVs stay labelled. With LVs in it, needs --force.
     Remove {
@@ -296,16 +296,16 @@ fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
         Command::Pv(cmd) => match cmd {
-            PvCommand::Create { devices, force, pe_start } => {
+            PvCommand::Create { targets, force, pe_start } => {
                 let opts = PvCreateOptions { force, pe_start_bytes: opt_size(&pe_start, "pe-start")? };
-                engine.pv_create(&devices, &opts)?;
-                for d in devices {
+                engine.pv_create(&targets, &opts)?;
+                for d in targets {
                     println!("Physical volume \"{d}\" successfully created.");
                 }
             }
-            PvCommand::Remove { devices } => {
-                engine.pv_remove(&devices)?;
-                for d in devices {
+            PvCommand::Remove { targets } => {
+                engine.pv_remove(&targets)?;
+                for d in targets {
                     println!("Labels on physical volume \"{d}\" successfully wiped.");
                 }
             }
@@ -316,17 +316,17 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Vg(cmd) => match cmd {
-            VgCommand::Create { name, devices, extent_size, force } => {
-                engine.vg_create(&name, &devices, opt_size(&extent_size, "extent-size")?, force)?;
+            VgCommand::Create { name, targets, extent_size, force } => {
+                engine.vg_create(&name, &targets, opt_size(&extent_size, "extent-size")?, force)?;
                 println!("Volume group \"{name}\" successfully created");
             }
-            VgCommand::Extend { name, devices, force } => {
-                engine.vg_extend(&name, &devices, force)?;
+            VgCommand::Extend { name, targets, force } => {
+                engine.vg_extend(&name, &targets, force)?;
                 println!("Volume group \"{name}\" successfully extended");
             }
-            VgCommand::Reduce { name, devices } => {
-                engine.vg_reduce(&name, &devices)?;
-                println!("Removed {} PV(s) from volume group \"{name}\"", devices.len());
+            VgCommand::Reduce { name, targets } => {
+                engine.vg_reduce(&name, &targets)?;
+                println!("Removed {} PV(s) from volume group \"{name}\"", targets.len());
             }
             VgCommand::Remove { name, force } => {
                 engine.vg_remove(&name, force)?;

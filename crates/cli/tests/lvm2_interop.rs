@@ -30,8 +30,10 @@ fn lvm_change(loops: &Loops, cmd: &str, args: &[&str]) {
 /// Every report of lvm2 and tessera agrees on the loop devices.
 fn assert_agree(loops: &Loops, context: &str) {
     let (l, t) = both_reports(loops, &["lvs", "--segments"], &["lv", "list", "--segments"], SEG_FIELDS);
+    assert!(!l.is_empty(), "{context}: lvm2 lists no segments");
     assert_eq!(l, t, "{context}: segments differ\nlvm2:    {l:?}\ntessera: {t:?}");
     let (l, t) = both_reports(loops, &["pvs"], &["pv", "list"], PV_FIELDS);
+    assert!(!l.is_empty(), "{context}: lvm2 lists no PVs");
     assert_eq!(l, t, "{context}: PVs differ");
     let (l, t) = both_reports(loops, &["vgs"], &["vg", "list"], VG_FIELDS);
     assert_eq!(l, t, "{context}: VGs differ");

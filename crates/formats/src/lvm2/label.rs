@@ -321,7 +321,7 @@ mod tests {
         assert!(matches!(PvLabel::decode(&b, 1, "d", 64 << 20), Err(LabelError::UnknownType { .. })));
         // A list without its terminating entry runs off the sector.
         let mut b = good;
-        for at in (72..512).step_by(16) {
+        for at in (72..496).step_by(16) {
             b[at..at + 8].copy_from_slice(&4096u64.to_le_bytes());
             b[at + 8..at + 16].copy_from_slice(&4096u64.to_le_bytes());
         }
