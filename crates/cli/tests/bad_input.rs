@@ -120,7 +120,7 @@ fn cases() -> Vec<Case> {
             let t = text(b);
             set_text(b, &t[..t.len() / 2]);
         }, &["metadata area", "line"], true),
-        case("unbalanced braces", |b| edit_text(b, "physical_volumes {", "physical_volumes {{"), &["brace"], true),
+        case("unbalanced braces", |b| edit_text(b, "}\ncontents", "\ncontents"), &["unbalanced braces", "never closed"], true),
         case("garbage text", |b| set_text(b, "\u{1}\u{2} not = [ lvm2"), &["metadata area", "line"], true),
         case("extent size zero", |b| edit_text(b, "extent_size = 8192", "extent_size = 0"), &["extent_size"], true),
         case("absurd extent count", |b| edit_text(b, "pe_count = 15", "pe_count = 9223372036854775807"), &["extents"], true),
@@ -240,7 +240,7 @@ fn a_truncated_device_is_named() {
     std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4096 + 256).unwrap();
     let (code, _, err) = tessera_list(&img, &state, "vg");
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&img) && err.contains("past the end"), "{err}");
+    assert!(err.contains(&img) && err.contains("does not fit in the device"), "{err}");
 }
 
 #[test]
