@@ -35,9 +35,14 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     for i in 0..args.disks {
         let path = dir.join(format!("disk{i}.img"));
         if !path.exists() {
-            let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
             f.set_len(size)?;
-            println!("made image file {} ({})", path.display(), Units::default().format(size));
+            println!(
+                "made image file {} ({})",
+                path.display(),
+                Units::default().format(size)
+            );
         }
         disks.push(path.to_string_lossy().into_owned());
     }
@@ -48,7 +53,12 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     if scan.vg("demo").is_none() {
         engine.vg_create("demo", &disks, None, false)?;
         println!("created VG demo over {} image files", disks.len());
-        let linear = LvCreateOptions { size: parse_size("64M")?, stripes: None, stripe_size_bytes: None, pvs: vec![] };
+        let linear = LvCreateOptions {
+            size: parse_size("64M")?,
+            stripes: None,
+            stripe_size_bytes: None,
+            pvs: vec![],
+        };
         engine.lv_create("demo", "linear", &linear)?;
         let striped = LvCreateOptions {
             size: parse_size("128M")?,
@@ -60,12 +70,21 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         println!("created LVs demo/linear (64 MiB) and demo/striped (128 MiB, 2 stripes)");
     }
     let scan = engine.scan()?;
-    let opts = report::Options { fields: None, json: false, units: Units::default(), headings: true, separator: None };
+    let opts = report::Options {
+        fields: None,
+        json: false,
+        units: Units::default(),
+        headings: true,
+        separator: None,
+    };
     println!("\n$ tessera --devices '{pattern}' pv list");
     print!("{}", report::pv_list(&scan, &opts)?);
     println!("\n$ tessera --devices '{pattern}' vg list");
     print!("{}", report::vg_list(&scan, &[], &opts)?);
-    let seg_opts = report::Options { fields: Some("+seg_pe_ranges".into()), ..opts };
+    let seg_opts = report::Options {
+        fields: Some("+seg_pe_ranges".into()),
+        ..opts
+    };
     println!("\n$ tessera --devices '{pattern}' lv list --segments -o +seg_pe_ranges");
     print!("{}", report::lv_list(&scan, None, false, true, &seg_opts)?);
     println!(

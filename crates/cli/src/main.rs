@@ -165,7 +165,12 @@ enum VgCommand {
 #[derive(Args)]
 struct SizeArgs {
     /// Size, e.g. 10G, 512M (relative +/- for extend/reduce).
-    #[arg(short = 'L', long, allow_hyphen_values = true, conflicts_with = "extents")]
+    #[arg(
+        short = 'L',
+        long,
+        allow_hyphen_values = true,
+        conflicts_with = "extents"
+    )]
     size: Option<String>,
     /// Extents, e.g. 100, 100%FREE, 50%VG (relative +/- for extend/reduce).
     #[arg(short = 'l', long, allow_hyphen_values = true)]
@@ -177,7 +182,9 @@ impl SizeArgs {
         match (&self.size, &self.extents) {
             (Some(s), _) => Ok(parse_size(s)?),
             (None, Some(e)) => Ok(parse_extents(e)?),
-            (None, None) => bail!("give a size with --size (e.g. 10G) or --extents (e.g. 100%FREE)"),
+            (None, None) => {
+                bail!("give a size with --size (e.g. 10G) or --extents (e.g. 100%FREE)")
+            }
         }
     }
 }
@@ -247,7 +254,9 @@ fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("tessera");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/tessera")
 }
 
@@ -261,7 +270,10 @@ fn split_vg_lv(name: &str) -> Result<(&str, &str)> {
 
 fn byte_size(text: &str, what: &str) -> Result<u64> {
     match parse_size(text).with_context(|| format!("--{what}"))? {
-        SizeArg { sign: None, amount: Amount::Bytes(b) } => Ok(b),
+        SizeArg {
+            sign: None,
+            amount: Amount::Bytes(b),
+        } => Ok(b),
         _ => bail!("--{what} '{text}': expected a size such as 64k"),
     }
 }
@@ -292,12 +304,22 @@ fn report_problems(scan: &tessera_engine::Scan) -> bool {
 fn run(cli: Cli) -> Result<bool> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let mut engine = Engine::new(state_dir, cli.devices.clone());
-    engine.set_description(format!("Write from tessera {}.", std::env::args().skip(1).collect::<Vec<_>>().join(" ")));
+    engine.set_description(format!(
+        "Write from tessera {}.",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    ));
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
         Command::Pv(cmd) => match cmd {
-            PvCommand::Create { targets, force, pe_start } => {
-                let opts = PvCreateOptions { force, pe_start_bytes: opt_size(&pe_start, "pe-start")? };
+            PvCommand::Create {
+                targets,
+                force,
+                pe_start,
+            } => {
+                let opts = PvCreateOptions {
+                    force,
+                    pe_start_bytes: opt_size(&pe_start, "pe-start")?,
+                };
                 engine.pv_create(&targets, &opts)?;
                 for d in targets {
                     println!("Physical volume \"{d}\" successfully created.");
@@ -316,17 +338,34 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Vg(cmd) => match cmd {
-            VgCommand::Create { name, targets, extent_size, force } => {
-                engine.vg_create(&name, &targets, opt_size(&extent_size, "extent-size")?, force)?;
+            VgCommand::Create {
+                name,
+                targets,
+                extent_size,
+                force,
+            } => {
+                engine.vg_create(
+                    &name,
+                    &targets,
+                    opt_size(&extent_size, "extent-size")?,
+                    force,
+                )?;
                 println!("Volume group \"{name}\" successfully created");
             }
-            VgCommand::Extend { name, targets, force } => {
+            VgCommand::Extend {
+                name,
+                targets,
+                force,
+            } => {
                 engine.vg_extend(&name, &targets, force)?;
                 println!("Volume group \"{name}\" successfully extended");
             }
             VgCommand::Reduce { name, targets } => {
                 engine.vg_reduce(&name, &targets)?;
-                println!("Removed {} PV(s) from volume group \"{name}\"", targets.len());
+                println!(
+                    "Removed {} PV(s) from volume group \"{name}\"",
+                    targets.len()
+                );
             }
             VgCommand::Remove { name, force } => {
                 engine.vg_remove(&name, force)?;
@@ -343,7 +382,10 @@ fn run(cli: Cli) -> Result<bool> {
             }
             VgCommand::Backup { name, file } => {
                 let path = engine.vg_backup(&name, file.as_deref())?;
-                println!("Volume group \"{name}\" successfully backed up to {}", path.display());
+                println!(
+                    "Volume group \"{name}\" successfully backed up to {}",
+                    path.display()
+                );
             }
             VgCommand::Restore { name, file, list } => {
                 if list {
@@ -357,7 +399,13 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Lv(cmd) => match cmd {
-            LvCommand::Create { name, size, stripes, stripe_size, pvs } => {
+            LvCommand::Create {
+                name,
+                size,
+                stripes,
+                stripe_size,
+                pvs,
+            } => {
                 let (vg, lv) = split_vg_lv(&name)?;
                 let opts = LvCreateOptions {
                     size: size.parse()?,
@@ -368,19 +416,36 @@ fn run(cli: Cli) -> Result<bool> {
                 engine.lv_create(vg, lv, &opts)?;
                 println!("Logical volume \"{lv}\" created.");
             }
-            LvCommand::Extend { name, size, stripes, stripe_size, pvs } => {
+            LvCommand::Extend {
+                name,
+                size,
+                stripes,
+                stripe_size,
+                pvs,
+            } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                let result =
-                    engine.lv_resize(vg, lv, size.parse()?, true, stripes, opt_size(&stripe_size, "stripe-size")?, &pvs)?;
-                println!("Logical volume {vg}/{lv} successfully resized to {} extents.", result.extent_count());
+                let opts = LvCreateOptions {
+                    size: size.parse()?,
+                    stripes,
+                    stripe_size_bytes: opt_size(&stripe_size, "stripe-size")?,
+                    pvs,
+                };
+                let result = engine.lv_extend(vg, lv, &opts)?;
+                println!(
+                    "Logical volume {vg}/{lv} successfully resized to {} extents.",
+                    result.extent_count()
+                );
             }
             LvCommand::Reduce { name, size, force } => {
                 let (vg, lv) = split_vg_lv(&name)?;
                 if !force {
                     bail!("reducing {vg}/{lv} destroys the data past its new end; add --force to go ahead");
                 }
-                let result = engine.lv_resize(vg, lv, size.parse()?, false, None, None, &[])?;
-                println!("Logical volume {vg}/{lv} successfully resized to {} extents.", result.extent_count());
+                let result = engine.lv_reduce(vg, lv, size.parse()?)?;
+                println!(
+                    "Logical volume {vg}/{lv} successfully resized to {} extents.",
+                    result.extent_count()
+                );
             }
             LvCommand::Remove { name } => {
                 let (vg, lv) = split_vg_lv(&name)?;
@@ -393,9 +458,17 @@ fn run(cli: Cli) -> Result<bool> {
                 engine.lv_rename(vg, lv, new)?;
                 println!("Renamed \"{lv}\" to \"{new}\" in volume group \"{vg}\"");
             }
-            LvCommand::List { vg, segments, all, list } => {
+            LvCommand::List {
+                vg,
+                segments,
+                all,
+                list,
+            } => {
                 let scan = engine.scan()?;
-                print!("{}", report::lv_list(&scan, vg.as_deref(), all, segments, &list_options(&list)?)?);
+                print!(
+                    "{}",
+                    report::lv_list(&scan, vg.as_deref(), all, segments, &list_options(&list)?)?
+                );
                 return Ok(!report_problems(&scan));
             }
         },
@@ -413,7 +486,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .without_time()

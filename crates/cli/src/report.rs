@@ -17,7 +17,11 @@ struct Field {
 }
 
 const fn f(name: &'static str, heading: &'static str, numeric: bool) -> Field {
-    Field { name, heading, numeric }
+    Field {
+        name,
+        heading,
+        numeric,
+    }
 }
 
 const FIELDS: &[Field] = &[
@@ -89,10 +93,22 @@ impl Kind {
     }
     fn defaults(self) -> &'static [&'static str] {
         match self {
-            Kind::Pv => &["pv_name", "vg_name", "pv_fmt", "pv_attr", "pv_size", "pv_free"],
-            Kind::Vg => &["vg_name", "pv_count", "lv_count", "snap_count", "vg_attr", "vg_size", "vg_free"],
+            Kind::Pv => &[
+                "pv_name", "vg_name", "pv_fmt", "pv_attr", "pv_size", "pv_free",
+            ],
+            Kind::Vg => &[
+                "vg_name",
+                "pv_count",
+                "lv_count",
+                "snap_count",
+                "vg_attr",
+                "vg_size",
+                "vg_free",
+            ],
             Kind::Lv => &["lv_name", "vg_name", "lv_attr", "lv_size"],
-            Kind::Seg => &["lv_name", "vg_name", "lv_attr", "stripes", "segtype", "seg_size"],
+            Kind::Seg => &[
+                "lv_name", "vg_name", "lv_attr", "stripes", "segtype", "seg_size",
+            ],
         }
     }
 }
@@ -117,12 +133,20 @@ fn resolve(kind: Kind, spec: Option<&str>) -> Result<Vec<&'static Field>> {
         if !append {
             names.clear();
         }
-        names.extend(list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+        names.extend(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
     }
     names
         .iter()
         .map(|n| {
-            let candidates = [n.clone(), format!("{}{n}", kind.prefix()), format!("seg_{n}")];
+            let candidates = [
+                n.clone(),
+                format!("{}{n}", kind.prefix()),
+                format!("seg_{n}"),
+            ];
             candidates
                 .iter()
                 .find_map(|c| FIELDS.iter().find(|f| f.name == c))
@@ -155,9 +179,15 @@ fn pv_rows(scan: &Scan, u: &Units) -> Vec<Row> {
                 let ext = s.vg.extent_size_bytes();
                 let used = s.vg.pe_used(&p.key);
                 r.insert("vg_name", s.vg.name.clone());
-                r.insert("pv_attr", format!("{}--", if p.is_allocatable() { 'a' } else { '-' }));
+                r.insert(
+                    "pv_attr",
+                    format!("{}--", if p.is_allocatable() { 'a' } else { '-' }),
+                );
                 r.insert("pv_size", u.format(p.pe_count * ext));
-                r.insert("pv_free", u.format((p.pe_count - used.min(p.pe_count)) * ext));
+                r.insert(
+                    "pv_free",
+                    u.format((p.pe_count - used.min(p.pe_count)) * ext),
+                );
                 r.insert("pv_used", u.format(used * ext));
                 r.insert("pv_pe_count", p.pe_count.to_string());
                 r.insert("pv_pe_alloc_count", used.to_string());
@@ -204,8 +234,15 @@ fn vg_fields(s: &VgState, u: &Units, r: &mut Row) {
     r.insert("vg_seqno", vg.seqno.to_string());
     r.insert("vg_mda_count", vg.pvs.len().to_string());
     r.insert("pv_count", vg.pvs.len().to_string());
-    r.insert("lv_count", vg.lvs.iter().filter(|l| l.is_visible()).count().to_string());
-    let snaps = vg.lvs.iter().filter(|l| l.segments.iter().any(|s| s.type_name() == "snapshot")).count();
+    r.insert(
+        "lv_count",
+        vg.lvs.iter().filter(|l| l.is_visible()).count().to_string(),
+    );
+    let snaps = vg
+        .lvs
+        .iter()
+        .filter(|l| l.segments.iter().any(|s| s.type_name() == "snapshot"))
+        .count();
     r.insert("snap_count", snaps.to_string());
 }
 
@@ -222,7 +259,13 @@ fn vg_rows(scan: &Scan, u: &Units) -> Vec<Row> {
 
 fn lv_attr(lv: &LogicalVolume) -> String {
     let kind = match lv.segments.first().map(|s| s.type_name()) {
-        Some(t) if t.starts_with("raid") => if lv.is_visible() { 'r' } else { 'i' },
+        Some(t) if t.starts_with("raid") => {
+            if lv.is_visible() {
+                'r'
+            } else {
+                'i'
+            }
+        }
         Some("mirror") => 'm',
         Some("snapshot") => 's',
         Some("thin-pool") => 't',
@@ -230,7 +273,11 @@ fn lv_attr(lv: &LogicalVolume) -> String {
         _ if !lv.is_visible() => 'i',
         _ => '-',
     };
-    let write = if lv.status.iter().any(|s| s == "WRITE") { 'w' } else { 'r' };
+    let write = if lv.status.iter().any(|s| s == "WRITE") {
+        'w'
+    } else {
+        'r'
+    };
     format!("{kind}{write}i-------")
 }
 
@@ -250,20 +297,35 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
     r.insert("seg_size", u.format(seg.extent_count * ext));
     r.insert("seg_size_pe", seg.extent_count.to_string());
     match &seg.kind {
-        SegmentKind::Striped { stripe_size_sectors, stripes } => {
+        SegmentKind::Striped {
+            stripe_size_sectors,
+            stripes,
+        } => {
             let per = seg.extent_count / stripes.len().max(1) as u64;
             r.insert("stripe_size", u.format(stripe_size_sectors * 512));
             let ranges: Vec<String> = stripes
                 .iter()
-                .map(|st| format!("{}:{}-{}", pv_name(s, scan, &st.pv), st.start_pe, st.start_pe + per - 1))
+                .map(|st| {
+                    format!(
+                        "{}:{}-{}",
+                        pv_name(s, scan, &st.pv),
+                        st.start_pe,
+                        st.start_pe + per - 1
+                    )
+                })
                 .collect();
             r.insert("seg_pe_ranges", ranges.join(" "));
-            let devices: Vec<String> =
-                stripes.iter().map(|st| format!("{}({})", pv_name(s, scan, &st.pv), st.start_pe)).collect();
+            let devices: Vec<String> = stripes
+                .iter()
+                .map(|st| format!("{}({})", pv_name(s, scan, &st.pv), st.start_pe))
+                .collect();
             r.insert("devices", devices.join(","));
         }
         SegmentKind::Other { body, .. } => {
-            r.insert("stripe_size", u.format(body.get_int("stripe_size").unwrap_or(0).max(0) as u64 * 512));
+            r.insert(
+                "stripe_size",
+                u.format(body.get_int("stripe_size").unwrap_or(0).max(0) as u64 * 512),
+            );
             r.insert("seg_pe_ranges", String::new());
             r.insert("devices", String::new());
         }
@@ -272,7 +334,11 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
 
 fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments: bool) -> Vec<Row> {
     let mut rows = Vec::new();
-    for s in scan.vgs.values().filter(|s| vg_filter.is_none_or(|f| f == s.vg.name)) {
+    for s in scan
+        .vgs
+        .values()
+        .filter(|s| vg_filter.is_none_or(|f| f == s.vg.name))
+    {
         let ext = s.vg.extent_size_bytes();
         for lv in &s.vg.lvs {
             if !all && !lv.is_visible() {
@@ -280,7 +346,14 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
             }
             let mut base = Row::new();
             vg_fields(s, u, &mut base);
-            base.insert("lv_name", if lv.is_visible() { lv.name.clone() } else { format!("[{}]", lv.name) });
+            base.insert(
+                "lv_name",
+                if lv.is_visible() {
+                    lv.name.clone()
+                } else {
+                    format!("[{}]", lv.name)
+                },
+            );
             base.insert("lv_uuid", lv.id.to_string());
             base.insert("lv_attr", lv_attr(lv));
             base.insert("lv_size", u.format(lv.extent_count() * ext));
@@ -322,7 +395,10 @@ fn render(kind: Kind, rows: &[Row], fields: &[&Field], opts: &Options) -> String
             .map(|r| {
                 let mut m = Map::new();
                 for f in fields {
-                    m.insert(f.name.to_string(), Value::String(r.get(f.name).cloned().unwrap_or_default()));
+                    m.insert(
+                        f.name.to_string(),
+                        Value::String(r.get(f.name).cloned().unwrap_or_default()),
+                    );
                 }
                 Value::Object(m)
             })
@@ -332,12 +408,26 @@ fn render(kind: Kind, rows: &[Row], fields: &[&Field], opts: &Options) -> String
         let root = serde_json::json!({ "report": [Value::Object(report)] });
         return serde_json::to_string_pretty(&root).unwrap_or_default() + "\n";
     }
-    let cells: Vec<Vec<String>> =
-        rows.iter().map(|r| fields.iter().map(|f| r.get(f.name).cloned().unwrap_or_default()).collect()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            fields
+                .iter()
+                .map(|f| r.get(f.name).cloned().unwrap_or_default())
+                .collect()
+        })
+        .collect();
     let mut out = String::new();
     if let Some(sep) = &opts.separator {
         if opts.headings {
-            out += &format!("  {}\n", fields.iter().map(|f| f.heading).collect::<Vec<_>>().join(sep));
+            out += &format!(
+                "  {}\n",
+                fields
+                    .iter()
+                    .map(|f| f.heading)
+                    .collect::<Vec<_>>()
+                    .join(sep)
+            );
         }
         for row in &cells {
             out += &format!("  {}\n", row.join(sep));
@@ -349,7 +439,12 @@ fn render(kind: Kind, rows: &[Row], fields: &[&Field], opts: &Options) -> String
         .enumerate()
         .map(|(i, f)| {
             let head = if opts.headings { f.heading.len() } else { 0 };
-            cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(head)
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(head)
         })
         .collect();
     let line = |values: Vec<&str>| {
@@ -357,7 +452,13 @@ fn render(kind: Kind, rows: &[Row], fields: &[&Field], opts: &Options) -> String
             .iter()
             .zip(fields)
             .zip(&widths)
-            .map(|((v, f), &w)| if f.numeric { format!("{v:>w$}") } else { format!("{v:<w$}") })
+            .map(|((v, f), &w)| {
+                if f.numeric {
+                    format!("{v:>w$}")
+                } else {
+                    format!("{v:<w$}")
+                }
+            })
             .collect();
         format!("  {}\n", parts.join(" ").trim_end())
     };
@@ -385,12 +486,22 @@ pub fn vg_list(scan: &Scan, names: &[String], opts: &Options) -> Result<String> 
     let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
     let rows: Vec<Row> = vg_rows(scan, &opts.units)
         .into_iter()
-        .filter(|r| wanted.is_empty() || r.get("vg_name").is_some_and(|n| wanted.contains(n.as_str())))
+        .filter(|r| {
+            wanted.is_empty()
+                || r.get("vg_name")
+                    .is_some_and(|n| wanted.contains(n.as_str()))
+        })
         .collect();
     Ok(render(Kind::Vg, &rows, &fields, opts))
 }
 
-pub fn lv_list(scan: &Scan, vg: Option<&str>, all: bool, segments: bool, opts: &Options) -> Result<String> {
+pub fn lv_list(
+    scan: &Scan,
+    vg: Option<&str>,
+    all: bool,
+    segments: bool,
+    opts: &Options,
+) -> Result<String> {
     if let Some(v) = vg {
         if scan.vg(v).is_none() {
             bail!("volume group '{v}' not found");
@@ -398,5 +509,10 @@ pub fn lv_list(scan: &Scan, vg: Option<&str>, all: bool, segments: bool, opts: &
     }
     let kind = if segments { Kind::Seg } else { Kind::Lv };
     let fields = resolve(kind, opts.fields.as_deref())?;
-    Ok(render(kind, &lv_rows(scan, &opts.units, vg, all, segments), &fields, opts))
+    Ok(render(
+        kind,
+        &lv_rows(scan, &opts.units, vg, all, segments),
+        &fields,
+        opts,
+    ))
 }

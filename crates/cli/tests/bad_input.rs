@@ -64,74 +64,214 @@ struct Case {
     both: bool,
 }
 
-const fn case(name: &'static str, damage: fn(&mut Vec<u8>), expect: &'static [&'static str], both: bool) -> Case {
-    Case { name, damage, expect, both }
+const fn case(
+    name: &'static str,
+    damage: fn(&mut Vec<u8>),
+    expect: &'static [&'static str],
+    both: bool,
+) -> Case {
+    Case {
+        name,
+        damage,
+        expect,
+        both,
+    }
 }
 
 fn cases() -> Vec<Case> {
     vec![
-        case("label checksum", |b| b[LABEL + 40] ^= 0xff, &["label", "checksum"], false),
-        case("label in the wrong sector", |b| {
-            put_u64(b, LABEL + 8, 3);
-            fix_label_crc(b);
-        }, &["sector"], false),
-        case("label of an unknown type", |b| {
-            b[LABEL + 24..LABEL + 32].copy_from_slice(b"LVM9 001");
-            fix_label_crc(b);
-        }, &["LVM9"], false),
-        case("label offset", |b| {
-            put_u32(b, LABEL + 20, 400);
-            fix_label_crc(b);
-        }, &["offset"], false),
-        case("metadata area past the device end", |b| {
-            put_u64(b, LABEL + 104, 1 << 40);
-            fix_label_crc(b);
-        }, &["metadata area"], false),
-        case("device size absurd", |b| {
-            put_u64(b, LABEL + 64, u64::MAX);
-            fix_label_crc(b);
-        }, &["size"], false),
-        case("mda header checksum", |b| b[MDA + 100] ^= 1, &["checksum"], false),
-        case("mda header magic", |b| {
-            b[MDA + 4] = b'X';
-            fix_mda_crc(b);
-        }, &["magic"], false),
-        case("mda header version", |b| {
-            put_u32(b, MDA + 20, 9);
-            fix_mda_crc(b);
-        }, &["version"], false),
-        case("mda header start", |b| {
-            put_u64(b, MDA + 24, 8192);
-            fix_mda_crc(b);
-        }, &["8192"], false),
-        case("text location past the area", |b| {
-            put_u64(b, MDA + 40, 1 << 30);
-            fix_mda_crc(b);
-        }, &["metadata area"], false),
-        case("text size absurd", |b| {
-            put_u64(b, MDA + 48, 1 << 40);
-            fix_mda_crc(b);
-        }, &["metadata area"], false),
-        case("text checksum", |b| {
-            let off = u64_at(b, MDA + 40) as usize;
-            b[MDA + off + 20] ^= 0x20;
-        }, &["checksum"], false),
-        case("truncated text", |b| {
-            let t = text(b);
-            set_text(b, &t[..t.len() / 2]);
-        }, &["metadata area", "line"], true),
-        case("unbalanced braces", |b| edit_text(b, "}\ncontents", "\ncontents"), &["unbalanced braces", "never closed"], true),
-        case("garbage text", |b| set_text(b, "\u{1}\u{2} not = [ lvm2"), &["metadata area", "line"], true),
-        case("extent size zero", |b| edit_text(b, "extent_size = 8192", "extent_size = 0"), &["extent_size"], true),
-        case("absurd extent count", |b| edit_text(b, "pe_count = 15", "pe_count = 9223372036854775807"), &["extents"], true),
-        case("integer overflow", |b| edit_text(b, "seqno = ", "seqno = 99999999999999999999"), &["out of range"], true),
-        case("segment past the PV end", |b| edit_text(b, "stripes = [\"pv0\", 0]", "stripes = [\"pv0\", 14]"), &["extents"], true),
-        case("overlapping segments", |b| edit_text(b, "stripes = [\"pv1\", 0]", "stripes = [\"pv0\", 0]"), &["overlap"], true),
-        case("unknown PV in a segment", |b| edit_text(b, "stripes = [\"pv1\", 0]", "stripes = [\"pv9\", 0]"), &["pv9"], true),
-        case("segment count mismatch", |b| edit_text(b, "segment_count = 1", "segment_count = 4"), &["segment_count"], true),
-        case("bad VG name", |b| edit_text(b, "bad {", "b@d {"), &["@"], true),
-        case("negative seqno", |b| edit_text(b, "seqno = ", "seqno = -"), &["negative"], true),
-        case("missing id", |b| edit_text(b, "id = ", "idx = "), &["'id' is missing"], true),
+        case(
+            "label checksum",
+            |b| b[LABEL + 40] ^= 0xff,
+            &["label", "checksum"],
+            false,
+        ),
+        case(
+            "label in the wrong sector",
+            |b| {
+                put_u64(b, LABEL + 8, 3);
+                fix_label_crc(b);
+            },
+            &["sector"],
+            false,
+        ),
+        case(
+            "label of an unknown type",
+            |b| {
+                b[LABEL + 24..LABEL + 32].copy_from_slice(b"LVM9 001");
+                fix_label_crc(b);
+            },
+            &["LVM9"],
+            false,
+        ),
+        case(
+            "label offset",
+            |b| {
+                put_u32(b, LABEL + 20, 400);
+                fix_label_crc(b);
+            },
+            &["offset"],
+            false,
+        ),
+        case(
+            "metadata area past the device end",
+            |b| {
+                put_u64(b, LABEL + 104, 1 << 40);
+                fix_label_crc(b);
+            },
+            &["metadata area"],
+            false,
+        ),
+        case(
+            "device size absurd",
+            |b| {
+                put_u64(b, LABEL + 64, u64::MAX);
+                fix_label_crc(b);
+            },
+            &["size"],
+            false,
+        ),
+        case(
+            "mda header checksum",
+            |b| b[MDA + 100] ^= 1,
+            &["checksum"],
+            false,
+        ),
+        case(
+            "mda header magic",
+            |b| {
+                b[MDA + 4] = b'X';
+                fix_mda_crc(b);
+            },
+            &["magic"],
+            false,
+        ),
+        case(
+            "mda header version",
+            |b| {
+                put_u32(b, MDA + 20, 9);
+                fix_mda_crc(b);
+            },
+            &["version"],
+            false,
+        ),
+        case(
+            "mda header start",
+            |b| {
+                put_u64(b, MDA + 24, 8192);
+                fix_mda_crc(b);
+            },
+            &["8192"],
+            false,
+        ),
+        case(
+            "text location past the area",
+            |b| {
+                put_u64(b, MDA + 40, 1 << 30);
+                fix_mda_crc(b);
+            },
+            &["metadata area"],
+            false,
+        ),
+        case(
+            "text size absurd",
+            |b| {
+                put_u64(b, MDA + 48, 1 << 40);
+                fix_mda_crc(b);
+            },
+            &["metadata area"],
+            false,
+        ),
+        case(
+            "text checksum",
+            |b| {
+                let off = u64_at(b, MDA + 40) as usize;
+                b[MDA + off + 20] ^= 0x20;
+            },
+            &["checksum"],
+            false,
+        ),
+        case(
+            "truncated text",
+            |b| {
+                let t = text(b);
+                set_text(b, &t[..t.len() / 2]);
+            },
+            &["metadata area", "line"],
+            true,
+        ),
+        case(
+            "unbalanced braces",
+            |b| edit_text(b, "}\ncontents", "\ncontents"),
+            &["unbalanced braces", "never closed"],
+            true,
+        ),
+        case(
+            "garbage text",
+            |b| set_text(b, "\u{1}\u{2} not = [ lvm2"),
+            &["metadata area", "line"],
+            true,
+        ),
+        case(
+            "extent size zero",
+            |b| edit_text(b, "extent_size = 8192", "extent_size = 0"),
+            &["extent_size"],
+            true,
+        ),
+        case(
+            "absurd extent count",
+            |b| edit_text(b, "pe_count = 15", "pe_count = 9223372036854775807"),
+            &["extents"],
+            true,
+        ),
+        case(
+            "integer overflow",
+            |b| edit_text(b, "seqno = ", "seqno = 99999999999999999999"),
+            &["out of range"],
+            true,
+        ),
+        case(
+            "segment past the PV end",
+            |b| edit_text(b, "stripes = [\"pv0\", 0]", "stripes = [\"pv0\", 14]"),
+            &["extents"],
+            true,
+        ),
+        case(
+            "overlapping segments",
+            |b| edit_text(b, "stripes = [\"pv1\", 0]", "stripes = [\"pv0\", 0]"),
+            &["overlap"],
+            true,
+        ),
+        case(
+            "unknown PV in a segment",
+            |b| edit_text(b, "stripes = [\"pv1\", 0]", "stripes = [\"pv9\", 0]"),
+            &["pv9"],
+            true,
+        ),
+        case(
+            "segment count mismatch",
+            |b| edit_text(b, "segment_count = 1", "segment_count = 4"),
+            &["segment_count"],
+            true,
+        ),
+        case(
+            "bad VG name",
+            |b| edit_text(b, "bad {", "b@d {"),
+            &["@"],
+            true,
+        ),
+        case(
+            "negative seqno",
+            |b| edit_text(b, "seqno = ", "seqno = -"),
+            &["negative"],
+            true,
+        ),
+        case(
+            "missing id",
+            |b| edit_text(b, "id = ", "idx = "),
+            &["'id' is missing"],
+            true,
+        ),
     ]
 }
 
@@ -140,7 +280,12 @@ fn read_meta(path: &Path) -> Vec<u8> {
 }
 fn write_meta(path: &Path, data: &[u8]) {
     use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(data, 0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(data, 0)
+        .unwrap();
 }
 
 fn tessera_list(devices: &str, state: &Path, what: &str) -> (i32, String, String) {
@@ -161,15 +306,29 @@ fn tessera_list(devices: &str, state: &Path, what: &str) -> (i32, String, String
 fn corrupted_images_get_clear_errors() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let state = dir.path().join("state");
-    let imgs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("pv{i}.img"))).collect();
+    let imgs: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("pv{i}.img")))
+        .collect();
     for p in &imgs {
         std::fs::File::create(p).unwrap().set_len(64 << 20).unwrap();
     }
     let devices = format!("{},{}", imgs[0].display(), imgs[1].display());
     let paths: Vec<&str> = imgs.iter().map(|p| p.to_str().unwrap()).collect();
-    common::tessera(&devices, &state, &["vg", "create", "bad", paths[0], paths[1]]);
-    common::tessera(&devices, &state, &["lv", "create", "bad/a", "-l", "15", "--pv", paths[0]]);
-    common::tessera(&devices, &state, &["lv", "create", "bad/b", "-l", "2", "--pv", paths[1]]);
+    common::tessera(
+        &devices,
+        &state,
+        &["vg", "create", "bad", paths[0], paths[1]],
+    );
+    common::tessera(
+        &devices,
+        &state,
+        &["lv", "create", "bad/a", "-l", "15", "--pv", paths[0]],
+    );
+    common::tessera(
+        &devices,
+        &state,
+        &["lv", "create", "bad/b", "-l", "2", "--pv", paths[1]],
+    );
     let good: Vec<Vec<u8>> = imgs.iter().map(|p| read_meta(p)).collect();
 
     let cases = cases();
@@ -185,19 +344,42 @@ fn corrupted_images_get_clear_errors() {
         for what in ["pv", "vg", "lv"] {
             let (code, _out, err) = tessera_list(&devices, &state, what);
             assert_ne!(code, 101, "{}: tessera panicked: {err}", case.name);
-            assert_eq!(code, 1, "{}: `{what} list` must fail; stderr: {err}", case.name);
-            assert!(err.contains(paths[0]), "{}: the error must name {}: {err}", case.name, paths[0]);
+            assert_eq!(
+                code, 1,
+                "{}: `{what} list` must fail; stderr: {err}",
+                case.name
+            );
+            assert!(
+                err.contains(paths[0]),
+                "{}: the error must name {}: {err}",
+                case.name,
+                paths[0]
+            );
             for word in case.expect {
-                assert!(err.contains(word), "{}: the error must say '{word}': {err}", case.name);
+                assert!(
+                    err.contains(word),
+                    "{}: the error must say '{word}': {err}",
+                    case.name
+                );
             }
         }
         // A change is refused when no good copy is left, and nothing is written by lists.
         if case.both {
-            let out = common::tessera_output(&devices, &state, &["lv", "create", "bad/c", "-l", "1"]);
-            assert_eq!(out.status.code(), Some(1), "{}: a change must be refused", case.name);
+            let out =
+                common::tessera_output(&devices, &state, &["lv", "create", "bad/c", "-l", "1"]);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{}: a change must be refused",
+                case.name
+            );
         }
         let after: Vec<Vec<u8>> = imgs.iter().map(|p| read_meta(p)).collect();
-        assert!(after == damaged, "{}: the damaged images were written to", case.name);
+        assert!(
+            after == damaged,
+            "{}: the damaged images were written to",
+            case.name
+        );
         for (img, g) in imgs.iter().zip(&good) {
             write_meta(img, g);
         }
@@ -215,7 +397,10 @@ fn a_missing_pv_is_named_and_blocks_changes() {
     let imgs: Vec<String> = (0..2)
         .map(|i| {
             let p = dir.path().join(format!("m{i}.img"));
-            std::fs::File::create(&p).unwrap().set_len(64 << 20).unwrap();
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
             p.to_string_lossy().into_owned()
         })
         .collect();
@@ -235,12 +420,23 @@ fn a_truncated_device_is_named() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let state = dir.path().join("state");
     let img = dir.path().join("t.img").to_string_lossy().into_owned();
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     common::tessera(&img, &state, &["vg", "create", "trunc", &img]);
-    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4096 + 256).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(4096 + 256)
+        .unwrap();
     let (code, _, err) = tessera_list(&img, &state, "vg");
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&img) && err.contains("does not fit in the device"), "{err}");
+    assert!(
+        err.contains(&img) && err.contains("does not fit in the device"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -248,16 +444,28 @@ fn pv_create_refuses_other_formats_without_force() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let state = dir.path().join("state");
     let img = dir.path().join("fs.img").to_string_lossy().into_owned();
-    std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    let mkfs = Command::new("mkfs.ext4").args(["-q", "-F", &img]).status().expect("mkfs.ext4 runs");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", &img])
+        .status()
+        .expect("mkfs.ext4 runs");
     assert!(mkfs.success());
     let out = common::tessera_output(&img, &state, &["pv", "create", &img]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&img) && err.contains("ext4") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains(&img) && err.contains("ext4") && err.contains("--force"),
+        "{err}"
+    );
     common::tessera(&img, &state, &["pv", "create", "--force", &img]);
     // The ext4 signature is gone: blkid no longer sees a filesystem.
-    let blkid = Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", &img]).output().unwrap();
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE", &img])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), "LVM2_member");
     // Names with bad characters are refused before anything is written.
     let out = common::tessera_output(&img, &state, &["vg", "create", "bad/name", &img]);

@@ -9,7 +9,8 @@ use serde_json::Value;
 use tessera_formats::lvm2::vg::VolumeGroup;
 
 const SEG_FIELDS: &str = "lv_name,vg_name,lv_size,seg_start_pe,seg_size_pe,seg_size,segtype,stripes,stripe_size,seg_pe_ranges,devices";
-const PV_FIELDS: &str = "pv_name,vg_name,pv_uuid,pv_size,pv_free,dev_size,pe_start,pv_pe_count,pv_pe_alloc_count";
+const PV_FIELDS: &str =
+    "pv_name,vg_name,pv_uuid,pv_size,pv_free,dev_size,pe_start,pv_pe_count,pv_pe_alloc_count";
 const VG_FIELDS: &str = "vg_name,vg_uuid,pv_count,lv_count,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count,vg_seqno";
 
 const LVM_CREATE: &[&str] = &["--driverloaded", "n", "-an", "-Zn", "-Wn", "-q"];
@@ -29,9 +30,17 @@ fn lvm_change(loops: &Loops, cmd: &str, args: &[&str]) {
 
 /// Every report of lvm2 and tessera agrees on the loop devices.
 fn assert_agree(loops: &Loops, context: &str) {
-    let (l, t) = both_reports(loops, &["lvs", "--segments"], &["lv", "list", "--segments"], SEG_FIELDS);
+    let (l, t) = both_reports(
+        loops,
+        &["lvs", "--segments"],
+        &["lv", "list", "--segments"],
+        SEG_FIELDS,
+    );
     assert!(!l.is_empty(), "{context}: lvm2 lists no segments");
-    assert_eq!(l, t, "{context}: segments differ\nlvm2:    {l:?}\ntessera: {t:?}");
+    assert_eq!(
+        l, t,
+        "{context}: segments differ\nlvm2:    {l:?}\ntessera: {t:?}"
+    );
     let (l, t) = both_reports(loops, &["pvs"], &["pv", "list"], PV_FIELDS);
     assert!(!l.is_empty(), "{context}: lvm2 lists no PVs");
     assert_eq!(l, t, "{context}: PVs differ");
@@ -43,7 +52,11 @@ fn vgck(loops: &Loops, vg: &str) {
     lvm(&loops.list(), &["vgck", vg]);
     for dev in &loops.devices {
         let out = lvm_output(&loops.list(), &["pvck", dev]);
-        assert!(out.status.success(), "pvck {dev}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pvck {dev}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -55,9 +68,20 @@ fn lvm2_made_vgs_are_read_by_tessera() {
     args.extend(d.iter().map(String::as_str));
     lvm(&loops.list(), &args);
     lvcreate(&loops, &["-L", "8M", "-n", "lin", "vgl"]);
-    lvcreate(&loops, &["-i", "2", "-I", "64k", "-L", "16M", "-n", "st2", "vgl"]);
-    lvcreate(&loops, &["-i", "3", "-I", "128k", "-L", "24M", "-n", "st3", "vgl"]);
-    lvcreate(&loops, &["-i", "2", "-I", "4k", "-L", "8M", "-n", "st2small", "vgl", &d[3], &d[4]]);
+    lvcreate(
+        &loops,
+        &["-i", "2", "-I", "64k", "-L", "16M", "-n", "st2", "vgl"],
+    );
+    lvcreate(
+        &loops,
+        &["-i", "3", "-I", "128k", "-L", "24M", "-n", "st3", "vgl"],
+    );
+    lvcreate(
+        &loops,
+        &[
+            "-i", "2", "-I", "4k", "-L", "8M", "-n", "st2small", "vgl", &d[3], &d[4],
+        ],
+    );
     // A linear LV that spans three PVs in three segments.
     lvcreate(&loops, &["-L", "20M", "-n", "span", "vgl", &d[0]]);
     lvm_change(&loops, "lvextend", &["-L", "+24M", "vgl/span", &d[1]]);
@@ -66,7 +90,18 @@ fn lvm2_made_vgs_are_read_by_tessera() {
     lvm_change(&loops, "lvextend", &["-L", "+8M", "vgl/st2"]);
     assert_agree(&loops, "lvm2-made VG");
 
-    let t = report_rows(&tessera(&loops.list(), &loops.state_dir(), &["lv", "list", "--segments", "-o", "lv_name,seg_pe_ranges", "--json"]));
+    let t = report_rows(&tessera(
+        &loops.list(),
+        &loops.state_dir(),
+        &[
+            "lv",
+            "list",
+            "--segments",
+            "-o",
+            "lv_name,seg_pe_ranges",
+            "--json",
+        ],
+    ));
     let spans: Vec<&Value> = t.iter().filter(|r| r["lv_name"] == "span").collect();
     assert_eq!(spans.len(), 3, "span has three segments: {spans:?}");
     let st3 = t.iter().find(|r| r["lv_name"] == "st3").unwrap();
@@ -82,8 +117,20 @@ fn tessera_made_vgs_pass_lvm2_checks() {
     t(&["pv", "create", &d[0], &d[1], &d[2]]);
     t(&["vg", "create", "vgt", &d[0], &d[1], &d[2]]);
     t(&["lv", "create", "vgt/lin", "--size", "8M"]);
-    t(&["lv", "create", "vgt/st2", "-L", "16M", "--stripes", "2", "--stripe-size", "64k"]);
-    t(&["lv", "create", "vgt/st3", "-L", "24M", "-i", "3", "-I", "128k"]);
+    t(&[
+        "lv",
+        "create",
+        "vgt/st2",
+        "-L",
+        "16M",
+        "--stripes",
+        "2",
+        "--stripe-size",
+        "64k",
+    ]);
+    t(&[
+        "lv", "create", "vgt/st3", "-L", "24M", "-i", "3", "-I", "128k",
+    ]);
     t(&["lv", "create", "vgt/big", "-l", "100%FREE"]);
     vgck(&loops, "vgt");
     assert_agree(&loops, "after creating LVs");
@@ -96,12 +143,28 @@ fn tessera_made_vgs_pass_lvm2_checks() {
     t(&["lv", "remove", "vgt/st3"]);
     vgck(&loops, "vgt");
     assert_agree(&loops, "after changing LVs");
-    let lvs = report_rows(&lvm(&loops.list(), &["lvs", "--segments", "-o", "lv_name,seg_pe_ranges", "--reportformat", "json"]));
-    assert!(lvs.iter().filter(|r| r["lv_name"] == "linear").count() >= 2, "the extended LV spans PVs: {lvs:?}");
+    let lvs = report_rows(&lvm(
+        &loops.list(),
+        &[
+            "lvs",
+            "--segments",
+            "-o",
+            "lv_name,seg_pe_ranges",
+            "--reportformat",
+            "json",
+        ],
+    ));
+    assert!(
+        lvs.iter().filter(|r| r["lv_name"] == "linear").count() >= 2,
+        "the extended LV spans PVs: {lvs:?}"
+    );
 
     // lvm2's backup of the VG holds tessera's model: same ids, PVs, LVs and extents.
     let lvm_backup = loops.dir.path().join("lvm2.vg");
-    lvm(&loops.list(), &["vgcfgbackup", "-f", lvm_backup.to_str().unwrap(), "vgt"]);
+    lvm(
+        &loops.list(),
+        &["vgcfgbackup", "-f", lvm_backup.to_str().unwrap(), "vgt"],
+    );
     let ours = loops.dir.path().join("tessera.vg");
     t(&["vg", "backup", "vgt", "--file", ours.to_str().unwrap()]);
     let (theirs, _) = VolumeGroup::from_text(&std::fs::read(&lvm_backup).unwrap()).unwrap();
@@ -110,11 +173,26 @@ fn tessera_made_vgs_pass_lvm2_checks() {
     assert_eq!(theirs.seqno, mine.seqno);
     assert_eq!(theirs.extent_size_sectors, mine.extent_size_sectors);
     let pv_view = |vg: &VolumeGroup| {
-        vg.pvs.iter().map(|p| (p.key.clone(), p.id, p.pe_start_sectors, p.pe_count, p.dev_size_sectors)).collect::<Vec<_>>()
+        vg.pvs
+            .iter()
+            .map(|p| {
+                (
+                    p.key.clone(),
+                    p.id,
+                    p.pe_start_sectors,
+                    p.pe_count,
+                    p.dev_size_sectors,
+                )
+            })
+            .collect::<Vec<_>>()
     };
     assert_eq!(pv_view(&theirs), pv_view(&mine));
     let lv_view = |vg: &VolumeGroup| {
-        let mut v: Vec<_> = vg.lvs.iter().map(|l| (l.name.clone(), l.id, l.segments.clone())).collect();
+        let mut v: Vec<_> = vg
+            .lvs
+            .iter()
+            .map(|l| (l.name.clone(), l.id, l.segments.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
@@ -125,11 +203,17 @@ fn tessera_made_vgs_pass_lvm2_checks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     t(&["vg", "remove", "vgt", "--force"]);
-    let pvs = report_rows(&lvm(&loops.list(), &["pvs", "-o", "pv_name,vg_name", "--reportformat", "json"]));
+    let pvs = report_rows(&lvm(
+        &loops.list(),
+        &["pvs", "-o", "pv_name,vg_name", "--reportformat", "json"],
+    ));
     assert_eq!(pvs.len(), 4);
     assert!(pvs.iter().all(|r| r["vg_name"] == ""), "{pvs:?}");
     t(&["pv", "remove", &d[3]]);
-    let pvs = report_rows(&lvm(&loops.list(), &["pvs", "-o", "pv_name", "--reportformat", "json"]));
+    let pvs = report_rows(&lvm(
+        &loops.list(),
+        &["pvs", "-o", "pv_name", "--reportformat", "json"],
+    ));
     assert_eq!(pvs.len(), 3);
 }
 
@@ -145,7 +229,10 @@ fn backups_restore_across_tools() {
     t(&["vg", "backup", "vgb", "-f", ours.to_str().unwrap()]);
     t(&["lv", "remove", "vgb/a"]);
     // lvm2 restores tessera's backup: the LV is back.
-    lvm(&loops.list(), &["vgcfgrestore", "-q", "-f", ours.to_str().unwrap(), "vgb"]);
+    lvm(
+        &loops.list(),
+        &["vgcfgrestore", "-q", "-f", ours.to_str().unwrap(), "vgb"],
+    );
     vgck(&loops, "vgb");
     let lvs = report_rows(&tessera(&loops.list(), &state, &["lv", "list", "--json"]));
     assert_eq!(lvs.len(), 1, "{lvs:?}");
@@ -154,12 +241,18 @@ fn backups_restore_across_tools() {
     // tessera restores lvm2's backup.
     let theirs = loops.dir.path().join("theirs.vg");
     lvcreate(&loops, &["-L", "8M", "-n", "b", "vgb"]);
-    lvm(&loops.list(), &["vgcfgbackup", "-q", "-f", theirs.to_str().unwrap(), "vgb"]);
+    lvm(
+        &loops.list(),
+        &["vgcfgbackup", "-q", "-f", theirs.to_str().unwrap(), "vgb"],
+    );
     lvm_change(&loops, "lvremove", &["-f", "vgb/b"]);
     t(&["vg", "restore", "vgb", "--file", theirs.to_str().unwrap()]);
     vgck(&loops, "vgb");
     assert_agree(&loops, "after restoring lvm2's backup");
-    let lvs = report_rows(&lvm(&loops.list(), &["lvs", "-o", "lv_name", "--reportformat", "json"]));
+    let lvs = report_rows(&lvm(
+        &loops.list(),
+        &["lvs", "-o", "lv_name", "--reportformat", "json"],
+    ));
     assert_eq!(lvs.len(), 2, "{lvs:?}");
 
     // The archive kept every committed text; restoring without a file takes the newest.
@@ -173,18 +266,28 @@ fn lvm2_and_tessera_take_turns() {
     let d = loops.devices.clone();
     let state = loops.state_dir();
     let t = |args: &[&str]| tessera(&loops.list(), &state, args);
-    lvm(&loops.list(), &["vgcreate", "-q", "turns", &d[0], &d[1], &d[2]]);
+    lvm(
+        &loops.list(),
+        &["vgcreate", "-q", "turns", &d[0], &d[1], &d[2]],
+    );
     let mut rounds = 0;
     for round in 0..20 {
         let name = format!("turns/lv{}", round / 4);
         let renamed = format!("r{}", round / 4);
         let by_lvm = round % 2 == 0;
         match (round % 4, by_lvm) {
-            (0, true) => lvcreate(&loops, &["-L", "8M", "-n", &format!("lv{}", round / 4), "turns"]),
+            (0, true) => lvcreate(
+                &loops,
+                &["-L", "8M", "-n", &format!("lv{}", round / 4), "turns"],
+            ),
             (1, false) => {
                 t(&["lv", "extend", &name, "-L", "+12M"]);
             }
-            (2, true) => lvm_change(&loops, "lvextend", &["-i", "2", "-I", "64k", "-L", "+8M", &name]),
+            (2, true) => lvm_change(
+                &loops,
+                "lvextend",
+                &["-i", "2", "-I", "64k", "-L", "+8M", &name],
+            ),
             (3, false) => {
                 t(&["lv", "rename", &name, &renamed]);
             }
@@ -205,6 +308,9 @@ fn lvm2_and_tessera_take_turns() {
         rounds += 1;
     }
     assert_eq!(rounds, 20);
-    let vgs = report_rows(&lvm(&loops.list(), &["vgs", "-o", "vg_seqno", "--reportformat", "json"]));
+    let vgs = report_rows(&lvm(
+        &loops.list(),
+        &["vgs", "-o", "vg_seqno", "--reportformat", "json"],
+    ));
     assert!(vgs[0]["vg_seqno"].as_str().unwrap().parse::<u64>().unwrap() >= 24);
 }

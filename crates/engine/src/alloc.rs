@@ -28,12 +28,20 @@ pub fn free_areas(vg: &VolumeGroup, allowed: Option<&[String]>) -> Vec<FreeArea>
         let areas = used.get(&pv.key).map(Vec::as_slice).unwrap_or_default();
         for (area, _) in areas {
             if area.start_pe > next {
-                out.push(FreeArea { pv: i, start_pe: next, count: area.start_pe - next });
+                out.push(FreeArea {
+                    pv: i,
+                    start_pe: next,
+                    count: area.start_pe - next,
+                });
             }
             next = next.max(area.start_pe + area.count);
         }
         if pv.pe_count > next {
-            out.push(FreeArea { pv: i, start_pe: next, count: pv.pe_count - next });
+            out.push(FreeArea {
+                pv: i,
+                start_pe: next,
+                count: pv.pe_count - next,
+            });
         }
     }
     out
@@ -57,14 +65,26 @@ pub fn extend_linear(
     let mut free = free_areas(vg, allowed);
     let total: u64 = free.iter().map(|a| a.count).sum();
     if total < extents {
-        return Err(NoSpace { need: extents, free: total, detail: String::new() });
+        return Err(NoSpace {
+            need: extents,
+            free: total,
+            detail: String::new(),
+        });
     }
     let mut next_le: u64 = segments.iter().map(|s| s.extent_count).sum();
     let push = |segments: &mut Vec<Segment>, area: FreeArea, take: u64, next_le: &mut u64| {
         let pv = vg.pvs[area.pv].key.clone();
         // Continue the last segment when the new extents follow it on the same PV.
-        if let Some(Segment { extent_count, kind: SegmentKind::Striped { stripes, .. }, .. }) = segments.last_mut() {
-            if stripes.len() == 1 && stripes[0].pv == pv && stripes[0].start_pe + *extent_count == area.start_pe {
+        if let Some(Segment {
+            extent_count,
+            kind: SegmentKind::Striped { stripes, .. },
+            ..
+        }) = segments.last_mut()
+        {
+            if stripes.len() == 1
+                && stripes[0].pv == pv
+                && stripes[0].start_pe + *extent_count == area.start_pe
+            {
                 *extent_count += take;
                 *next_le += take;
                 return;
@@ -73,16 +93,30 @@ pub fn extend_linear(
         segments.push(Segment {
             start_extent: *next_le,
             extent_count: take,
-            kind: SegmentKind::Striped { stripe_size_sectors: 0, stripes: vec![Stripe { pv, start_pe: area.start_pe }] },
+            kind: SegmentKind::Striped {
+                stripe_size_sectors: 0,
+                stripes: vec![Stripe {
+                    pv,
+                    start_pe: area.start_pe,
+                }],
+            },
         });
         *next_le += take;
     };
 
     // 1. In place, after the last linear segment.
-    if let Some(Segment { extent_count, kind: SegmentKind::Striped { stripes, .. }, .. }) = segments.last() {
+    if let Some(Segment {
+        extent_count,
+        kind: SegmentKind::Striped { stripes, .. },
+        ..
+    }) = segments.last()
+    {
         if stripes.len() == 1 {
             let end = stripes[0].start_pe + extent_count;
-            if let Some(i) = free.iter().position(|a| vg.pvs[a.pv].key == stripes[0].pv && a.start_pe == end) {
+            if let Some(i) = free
+                .iter()
+                .position(|a| vg.pvs[a.pv].key == stripes[0].pv && a.start_pe == end)
+            {
                 let take = free[i].count.min(extents);
                 let area = free[i];
                 push(segments, area, take, &mut next_le);
@@ -101,7 +135,12 @@ pub fn extend_linear(
         return Ok(());
     }
     // 3. The largest areas first.
-    free.sort_by(|a, b| b.count.cmp(&a.count).then(a.pv.cmp(&b.pv)).then(a.start_pe.cmp(&b.start_pe)));
+    free.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.pv.cmp(&b.pv))
+            .then(a.start_pe.cmp(&b.start_pe))
+    });
     for area in free {
         if extents == 0 {
             break;
@@ -133,7 +172,12 @@ pub fn extend_striped(
         let mut best: Vec<usize> = Vec::new();
         let mut seen = HashSet::new();
         let mut order: Vec<usize> = (0..free.len()).filter(|&i| free[i].count > 0).collect();
-        order.sort_by(|&a, &b| free[b].count.cmp(&free[a].count).then(free[a].pv.cmp(&free[b].pv)));
+        order.sort_by(|&a, &b| {
+            free[b]
+                .count
+                .cmp(&free[a].count)
+                .then(free[a].pv.cmp(&free[b].pv))
+        });
         for i in order {
             if seen.insert(free[i].pv) {
                 best.push(i);
@@ -154,9 +198,19 @@ pub fn extend_striped(
         best.truncate(stripes);
         // Keep stripe order stable by PV order, as lvm2 lists them.
         best.sort_by_key(|&i| free[i].pv);
-        let take = best.iter().map(|&i| free[i].count).min().unwrap_or(0).min(per_stripe);
-        let areas: Vec<Stripe> =
-            best.iter().map(|&i| Stripe { pv: vg.pvs[free[i].pv].key.clone(), start_pe: free[i].start_pe }).collect();
+        let take = best
+            .iter()
+            .map(|&i| free[i].count)
+            .min()
+            .unwrap_or(0)
+            .min(per_stripe);
+        let areas: Vec<Stripe> = best
+            .iter()
+            .map(|&i| Stripe {
+                pv: vg.pvs[free[i].pv].key.clone(),
+                start_pe: free[i].start_pe,
+            })
+            .collect();
         for &i in &best {
             free[i].start_pe += take;
             free[i].count -= take;
@@ -164,7 +218,10 @@ pub fn extend_striped(
         added.push(Segment {
             start_extent: next_le,
             extent_count: take * stripes_u,
-            kind: SegmentKind::Striped { stripe_size_sectors, stripes: areas },
+            kind: SegmentKind::Striped {
+                stripe_size_sectors,
+                stripes: areas,
+            },
         });
         next_le += take * stripes_u;
         per_stripe -= take;

@@ -21,7 +21,9 @@ fn on_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<
     }
     std::thread::scope(|s| {
         let handles: Vec<_> = items.iter().map(|item| s.spawn(|| f(item))).collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or(Ok(())))
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or(Ok(())))
     })
 }
 
@@ -31,7 +33,11 @@ fn flush_all(devices: &[SharedDevice]) -> Result<()> {
 
 /// An empty header for an area whose header could not be read.
 fn fresh_header(start: u64, size: u64) -> MdaHeader {
-    MdaHeader { start, size, raw_locns: Vec::new() }
+    MdaHeader {
+        start,
+        size,
+        raw_locns: Vec::new(),
+    }
 }
 
 /// Writes `vg` to every metadata area of `pvs` (crash-safely, as described above).
@@ -43,7 +49,10 @@ pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()
             if mda.is_ignored() {
                 continue;
             }
-            let mut header = mda.header.clone().unwrap_or_else(|| fresh_header(mda.start, mda.size));
+            let mut header = mda
+                .header
+                .clone()
+                .unwrap_or_else(|| fresh_header(mda.start, mda.size));
             // The stored text carries a trailing NUL.
             let offset = next_text_offset(&pv.path, &header, text.len() as u64 + 1)?;
             let locn = write_text(pv.device.as_ref(), &header, offset, text.as_bytes())?;
@@ -53,7 +62,9 @@ pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()
     }
     let devices: Vec<SharedDevice> = pvs.iter().map(|p| p.device.clone()).collect();
     flush_all(&devices)?;
-    on_each(&staged, |(dev, header)| Ok(write_mda_header(dev.as_ref(), header)?))?;
+    on_each(&staged, |(dev, header)| {
+        Ok(write_mda_header(dev.as_ref(), header)?)
+    })?;
     flush_all(&devices)
 }
 
@@ -61,7 +72,10 @@ pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()
 pub fn release_pvs(pvs: &[&PvInfo]) -> Result<()> {
     for pv in pvs {
         for mda in &pv.mdas {
-            let mut header = mda.header.clone().unwrap_or_else(|| fresh_header(mda.start, mda.size));
+            let mut header = mda
+                .header
+                .clone()
+                .unwrap_or_else(|| fresh_header(mda.start, mda.size));
             header.raw_locns.clear();
             write_mda_header(pv.device.as_ref(), &header)?;
         }
@@ -77,7 +91,10 @@ pub fn mark_used(pvs: &[&PvInfo]) -> Result<()> {
     let mut changed = Vec::new();
     for pv in pvs {
         if pv.label.ext_flags & PV_EXT_USED == 0 {
-            let label = PvLabel { ext_flags: pv.label.ext_flags | PV_EXT_USED, ..pv.label.clone() };
+            let label = PvLabel {
+                ext_flags: pv.label.ext_flags | PV_EXT_USED,
+                ..pv.label.clone()
+            };
             write_label(pv.device.as_ref(), &label)?;
             changed.push(pv.device.clone());
         }

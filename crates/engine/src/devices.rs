@@ -54,7 +54,11 @@ pub fn block_devices() -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let size: u64 = std::fs::read_to_string(e.path().join("size")).ok()?.trim().parse().ok()?;
+            let size: u64 = std::fs::read_to_string(e.path().join("size"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
             let dev = format!("/dev/{name}");
             (size > 0 && Path::new(&dev).exists()).then_some(dev)
         })

@@ -39,11 +39,20 @@ pub enum EngineError {
     #[error("logical volume '{vg}/{lv}' already exists")]
     LvExists { vg: String, lv: String },
     #[error("volume group '{vg}' is missing {count} physical volume(s): {list}; it can be read but not changed")]
-    VgPartial { vg: String, count: usize, list: String },
+    VgPartial {
+        vg: String,
+        count: usize,
+        list: String,
+    },
     #[error("volume group '{vg}': {why}")]
     Refused { vg: String, why: String },
     #[error("volume group '{vg}': insufficient free space: {need} extents needed, {free} available{detail}")]
-    NoSpace { vg: String, need: u64, free: u64, detail: String },
+    NoSpace {
+        vg: String,
+        need: u64,
+        free: u64,
+        detail: String,
+    },
     #[error("{0}")]
     BadArgument(String),
     #[error("{path}: {source}")]

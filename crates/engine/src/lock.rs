@@ -25,7 +25,10 @@ impl Lock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| EngineError::Io { path: path.display().to_string(), source })?;
+            .map_err(|source| EngineError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         loop {
             // SAFETY: flock on a descriptor we own; it has no memory effects.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -34,7 +37,10 @@ impl Lock {
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(EngineError::Io { path: path.display().to_string(), source: err });
+                return Err(EngineError::Io {
+                    path: path.display().to_string(),
+                    source: err,
+                });
             }
         }
     }

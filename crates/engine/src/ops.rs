@@ -9,7 +9,8 @@ use tessera_formats::lvm2::id::Id;
 use tessera_formats::lvm2::label::{wipe_label, write_label, PvLabel};
 use tessera_formats::lvm2::mda::{write_mda_header, MdaHeader};
 use tessera_formats::lvm2::vg::{
-    check_name, check_new_lv_name, LogicalVolume, PhysicalVolume, SegmentKind, TextInfo, VolumeGroup,
+    check_name, check_new_lv_name, LogicalVolume, PhysicalVolume, SegmentKind, TextInfo,
+    VolumeGroup,
 };
 use tessera_formats::signature;
 
@@ -20,7 +21,7 @@ use crate::devices;
 use crate::error::{EngineError, Result};
 use crate::lock::Lock;
 use crate::scan::{self, PvInfo, Scan, VgState};
-use crate::units::{Amount, PercentOf, SizeArg, Sign};
+use crate::units::{Amount, PercentOf, Sign, SizeArg};
 
 /// lvm2's defaults: 4 MiB extents, data from 1 MiB, 64 KiB stripes.
 pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;
@@ -28,6 +29,9 @@ pub const DEFAULT_PE_START_BYTES: u64 = 1 << 20;
 pub const DEFAULT_STRIPE_BYTES: u64 = 64 << 10;
 /// lvm2 refuses PVs smaller than 2 MiB.
 pub const MIN_PV_BYTES: u64 = 2 << 20;
+
+/// Devices with the names used in messages.
+pub type NamedDevices = Vec<(String, SharedDevice)>;
 
 /// Where the engine finds devices.
 enum Source {
@@ -67,11 +71,16 @@ pub struct LvCreateOptions {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn same_path(a: &str, b: &str) -> bool {
@@ -87,12 +96,24 @@ fn same_path(a: &str, b: &str) -> bool {
 impl Engine {
     /// An engine over `--devices` patterns, or every block device when there are none.
     pub fn new(state_dir: impl Into<PathBuf>, patterns: Vec<String>) -> Engine {
-        let source = if patterns.is_empty() { Source::BlockDevices } else { Source::Patterns(patterns) };
-        Engine { state_dir: state_dir.into(), source, description: String::new(), hostname: hostname() }
+        let source = if patterns.is_empty() {
+            Source::BlockDevices
+        } else {
+            Source::Patterns(patterns)
+        };
+        Engine {
+            state_dir: state_dir.into(),
+            source,
+            description: String::new(),
+            hostname: hostname(),
+        }
     }
 
     /// An engine over devices the caller opened.
-    pub fn with_devices(state_dir: impl Into<PathBuf>, devices: Vec<(String, SharedDevice)>) -> Engine {
+    pub fn with_devices(
+        state_dir: impl Into<PathBuf>,
+        devices: Vec<(String, SharedDevice)>,
+    ) -> Engine {
         Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
@@ -115,19 +136,25 @@ impl Engine {
     }
 
     fn open(path: &str, write: bool) -> Result<SharedDevice> {
-        let rw = OpenOptions { read_only: false, ..Default::default() };
-        let ro = OpenOptions { read_only: true, ..Default::default() };
+        let rw = OpenOptions {
+            read_only: false,
+            ..Default::default()
+        };
+        let ro = OpenOptions {
+            read_only: true,
+            ..Default::default()
+        };
         if write {
-            match FileDevice::open(path, rw) {
-                Ok(d) => return Ok(std::sync::Arc::new(d)),
-                // A read-only image or device can still be listed; writes to it will name it.
-                Err(_) => {}
+            // A read-only image or device can still be listed; writes to it will name it.
+            if let Ok(d) = FileDevice::open(path, rw) {
+                return Ok(std::sync::Arc::new(d));
             }
         }
         Ok(std::sync::Arc::new(FileDevice::open(path, ro)?))
     }
 
-    fn devices(&self, write: bool) -> Result<(Vec<(String, SharedDevice)>, Vec<String>)> {
+    /// The devices to scan, and the problems met opening them.
+    fn devices(&self, write: bool) -> Result<(NamedDevices, Vec<String>)> {
         let paths = match &self.source {
             Source::Given(devs) => return Ok((devs.clone(), Vec::new())),
             Source::Patterns(p) => devices::expand(p)?,
@@ -181,13 +208,19 @@ impl Engine {
                 .iter()
                 .find(|(p, _)| p == path)
                 .cloned()
-                .ok_or_else(|| EngineError::DeviceUnusable { device: path.into(), why: "not among the given devices".into() });
+                .ok_or_else(|| EngineError::DeviceUnusable {
+                    device: path.into(),
+                    why: "not among the given devices".into(),
+                });
         }
         if let Some(i) = scan.pvs.iter().position(|p| same_path(&p.path, path)) {
             return Ok((scan.pvs[i].path.clone(), scan.pvs[i].device.clone()));
         }
         if !Path::new(path).exists() {
-            return Err(EngineError::DeviceUnusable { device: path.into(), why: "no such file or device".into() });
+            return Err(EngineError::DeviceUnusable {
+                device: path.into(),
+                why: "no such file or device".into(),
+            });
         }
         Ok((path.to_string(), Self::open(path, true)?))
     }
@@ -212,12 +245,19 @@ impl Engine {
         let (name, dev) = self.device_for(scan, path)?;
         if let Some(i) = Self::pv_index(scan, path) {
             if let Some(vg) = &scan.pvs[i].vg_name {
-                return Err(EngineError::PvInUse { device: name, vg: vg.clone() });
+                return Err(EngineError::PvInUse {
+                    device: name,
+                    vg: vg.clone(),
+                });
             }
         }
         let found = signature::probe(dev.as_ref())?;
         if !found.is_empty() && !opts.force {
-            let what = found.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+            let what = found
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(EngineError::Occupied { device: name, what });
         }
         let size = dev.size_bytes();
@@ -230,7 +270,10 @@ impl Engine {
         if size < MIN_PV_BYTES.max(pe_start + 512 * 8) {
             return Err(EngineError::DeviceUnusable {
                 device: name,
-                why: format!("is {size} bytes; a PV needs at least {} bytes", MIN_PV_BYTES.max(pe_start + 4096)),
+                why: format!(
+                    "is {size} bytes; a PV needs at least {} bytes",
+                    MIN_PV_BYTES.max(pe_start + 4096)
+                ),
             });
         }
         // Wipe what was found so no other tool still claims the device.
@@ -242,7 +285,14 @@ impl Engine {
         }
         let label = PvLabel::new_pv(Id::random(), size, pe_start);
         for area in &label.metadata_areas {
-            write_mda_header(dev.as_ref(), &MdaHeader { start: area.offset, size: area.size, raw_locns: Vec::new() })?;
+            write_mda_header(
+                dev.as_ref(),
+                &MdaHeader {
+                    start: area.offset,
+                    size: area.size,
+                    raw_locns: Vec::new(),
+                },
+            )?;
         }
         write_label(dev.as_ref(), &label)?;
         dev.flush()?;
@@ -254,10 +304,15 @@ impl Engine {
         let _lock = self.lock_orphans()?;
         let scan = self.scan_with(true)?;
         for path in paths {
-            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv { device: path.clone() })?;
+            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv {
+                device: path.clone(),
+            })?;
             let pv = &scan.pvs[i];
             if let Some(vg) = &pv.vg_name {
-                return Err(EngineError::PvInUse { device: pv.path.clone(), vg: vg.clone() });
+                return Err(EngineError::PvInUse {
+                    device: pv.path.clone(),
+                    vg: vg.clone(),
+                });
             }
             commit::release_pvs(&[pv])?;
             wipe_label(pv.device.as_ref())?;
@@ -269,28 +324,45 @@ impl Engine {
     // ---- VGs ----
 
     fn text_info(&self) -> TextInfo {
-        TextInfo { description: self.description.clone(), creation_host: self.hostname.clone(), creation_time: now() }
+        TextInfo {
+            description: self.description.clone(),
+            creation_host: self.hostname.clone(),
+            creation_time: now(),
+        }
     }
 
     /// Writes `vg` (seqno one past `old`'s) to all its PVs, marks new PVs used, releases
     /// `released`, and archives the old and new texts.
-    fn commit(&self, scan: &Scan, old: Option<&VgState>, mut vg: VolumeGroup, released: &[&PvInfo]) -> Result<VolumeGroup> {
+    fn commit(
+        &self,
+        scan: &Scan,
+        old: Option<&VgState>,
+        mut vg: VolumeGroup,
+        released: &[&PvInfo],
+    ) -> Result<VolumeGroup> {
         // One past the current copy; a restore may ask for more so its text is the newest.
         vg.seqno = old.map_or(1, |o| o.vg.seqno + 1).max(vg.seqno);
         vg.validate()?;
         let mut pvs = Vec::new();
         for pv in &vg.pvs {
-            let found = scan.pvs.iter().find(|p| p.label.pv_id == pv.id).ok_or_else(|| EngineError::VgPartial {
-                vg: vg.name.clone(),
-                count: 1,
-                list: format!("{} ({})", pv.key, pv.device),
-            })?;
+            let found = scan
+                .pvs
+                .iter()
+                .find(|p| p.label.pv_id == pv.id)
+                .ok_or_else(|| EngineError::VgPartial {
+                    vg: vg.name.clone(),
+                    count: 1,
+                    list: format!("{} ({})", pv.key, pv.device),
+                })?;
             pvs.push(found);
         }
         let archive = self.archive();
         if let Some(old) = old {
             if let Err(e) = archive.store(&old.vg, &old.info) {
-                tracing::warn!("could not archive the previous metadata of VG '{}': {e}", old.vg.name);
+                tracing::warn!(
+                    "could not archive the previous metadata of VG '{}': {e}",
+                    old.vg.name
+                );
             }
         }
         let info = self.text_info();
@@ -298,22 +370,36 @@ impl Engine {
         commit::mark_used(&pvs)?;
         commit::release_pvs(released)?;
         if let Err(e) = archive.store(&vg, &info) {
-            tracing::warn!("could not archive the new metadata of VG '{}': {e}", vg.name);
+            tracing::warn!(
+                "could not archive the new metadata of VG '{}': {e}",
+                vg.name
+            );
         }
         Ok(vg)
     }
 
     /// The VG `name`, complete (no PV missing), for a change.
     fn vg_for_change<'a>(scan: &'a Scan, name: &str) -> Result<&'a VgState> {
-        let state = scan.vg(name).ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
+        let state = scan
+            .vg(name)
+            .ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
         if state.is_partial() {
             let list = state
                 .missing
                 .iter()
-                .map(|k| format!("{k} ({})", state.vg.pv(k).map(|p| p.device.as_str()).unwrap_or("?")))
+                .map(|k| {
+                    format!(
+                        "{k} ({})",
+                        state.vg.pv(k).map(|p| p.device.as_str()).unwrap_or("?")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(EngineError::VgPartial { vg: name.to_string(), count: state.missing.len(), list });
+            return Err(EngineError::VgPartial {
+                vg: name.to_string(),
+                count: state.missing.len(),
+                list,
+            });
         }
         Ok(state)
     }
@@ -322,9 +408,16 @@ impl Engine {
     /// does). Returns the scan in which they are all orphans.
     fn orphans_for(&self, scan: Scan, paths: &[String], force: bool) -> Result<(Scan, Vec<usize>)> {
         let mut scan = scan;
-        let missing: Vec<String> = paths.iter().filter(|p| Self::pv_index(&scan, p).is_none()).cloned().collect();
+        let missing: Vec<String> = paths
+            .iter()
+            .filter(|p| Self::pv_index(&scan, p).is_none())
+            .cloned()
+            .collect();
         if !missing.is_empty() {
-            let opts = PvCreateOptions { force, pe_start_bytes: None };
+            let opts = PvCreateOptions {
+                force,
+                pe_start_bytes: None,
+            };
             for path in &missing {
                 self.create_one_pv(&scan, path, &opts)?;
             }
@@ -332,9 +425,14 @@ impl Engine {
         }
         let mut out = Vec::new();
         for path in paths {
-            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv { device: path.clone() })?;
+            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv {
+                device: path.clone(),
+            })?;
             if let Some(vg) = &scan.pvs[i].vg_name {
-                return Err(EngineError::PvInUse { device: scan.pvs[i].path.clone(), vg: vg.clone() });
+                return Err(EngineError::PvInUse {
+                    device: scan.pvs[i].path.clone(),
+                    vg: vg.clone(),
+                });
             }
             if out.contains(&i) {
                 return Err(EngineError::BadArgument(format!("{path} is given twice")));
@@ -347,7 +445,12 @@ impl Engine {
     fn new_pv_entry(vg: &VolumeGroup, pv: &PvInfo, key: String) -> Result<PhysicalVolume> {
         let extent = vg.extent_size_sectors;
         let dev_size = pv.device.size_bytes() / 512;
-        let pe_start = pv.label.data_areas.first().map(|a| a.offset / 512).unwrap_or(DEFAULT_PE_START_BYTES / 512);
+        let pe_start = pv
+            .label
+            .data_areas
+            .first()
+            .map(|a| a.offset / 512)
+            .unwrap_or(DEFAULT_PE_START_BYTES / 512);
         // Extents end where the device or a metadata area at its end begins.
         let end = pv
             .label
@@ -379,10 +482,18 @@ impl Engine {
     }
 
     /// Creates a VG over `paths` (devices that are not PVs yet become PVs).
-    pub fn vg_create(&self, name: &str, paths: &[String], extent_bytes: Option<u64>, force: bool) -> Result<VolumeGroup> {
+    pub fn vg_create(
+        &self,
+        name: &str,
+        paths: &[String],
+        extent_bytes: Option<u64>,
+        force: bool,
+    ) -> Result<VolumeGroup> {
         check_name("new VG", name)?;
         if paths.is_empty() {
-            return Err(EngineError::BadArgument("a VG needs at least one PV".into()));
+            return Err(EngineError::BadArgument(
+                "a VG needs at least one PV".into(),
+            ));
         }
         let extent = extent_bytes.unwrap_or(DEFAULT_EXTENT_BYTES);
         if extent < 4096 || extent % 4096 != 0 || !(extent / 512).is_power_of_two() {
@@ -447,10 +558,15 @@ impl Engine {
         let mut vg = state.vg.clone();
         let mut released = Vec::new();
         for path in paths {
-            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv { device: path.clone() })?;
+            let i = Self::pv_index(&scan, path).ok_or_else(|| EngineError::NotPv {
+                device: path.clone(),
+            })?;
             let pv = &scan.pvs[i];
             let Some(pos) = vg.pvs.iter().position(|p| p.id == pv.label.pv_id) else {
-                return Err(EngineError::Refused { vg: name.into(), why: format!("{} is not one of its PVs", pv.path) });
+                return Err(EngineError::Refused {
+                    vg: name.into(),
+                    why: format!("{} is not one of its PVs", pv.path),
+                });
             };
             let used = vg.pe_used(&vg.pvs[pos].key);
             if used > 0 {
@@ -476,7 +592,9 @@ impl Engine {
         let _orphans = self.lock_orphans()?;
         let _lock = self.lock_vg(name)?;
         let scan = self.scan_with(true)?;
-        let state = scan.vg(name).ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
+        let state = scan
+            .vg(name)
+            .ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
         if state.is_partial() && !force {
             Self::vg_for_change(&scan, name)?;
         }
@@ -486,7 +604,13 @@ impl Engine {
                 why: format!(
                     "it holds {} logical volume(s) ({}); use --force to remove them with it",
                     state.vg.lvs.len(),
-                    state.vg.lvs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                    state
+                        .vg
+                        .lvs
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -516,12 +640,17 @@ impl Engine {
     pub fn vg_backup(&self, name: &str, file: Option<&Path>) -> Result<PathBuf> {
         let _lock = self.lock_vg(name)?;
         let scan = self.scan()?;
-        let state = scan.vg(name).ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
+        let state = scan
+            .vg(name)
+            .ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
         let path = match file {
             Some(f) => f.to_path_buf(),
             None => {
                 let dir = self.state_dir.join("backup");
-                std::fs::create_dir_all(&dir).map_err(|source| EngineError::Io { path: dir.display().to_string(), source })?;
+                std::fs::create_dir_all(&dir).map_err(|source| EngineError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
                 dir.join(name)
             }
         };
@@ -537,13 +666,19 @@ impl Engine {
             None => {
                 let entries = self.archive().list(name)?;
                 entries.last().map(|e| e.path.clone()).ok_or_else(|| {
-                    EngineError::BadArgument(format!("no archived metadata for VG '{name}' in {}", self.state_dir.display()))
+                    EngineError::BadArgument(format!(
+                        "no archived metadata for VG '{name}' in {}",
+                        self.state_dir.display()
+                    ))
                 })?
             }
         };
         let (mut vg, _) = archive::read_backup(&path)?;
         if vg.name != name {
-            return Err(EngineError::BadFile { path: path.display().to_string(), why: format!("holds VG '{}', not '{name}'", vg.name) });
+            return Err(EngineError::BadFile {
+                path: path.display().to_string(),
+                why: format!("holds VG '{}', not '{name}'", vg.name),
+            });
         }
         let _orphans = self.lock_orphans()?;
         let _lock = self.lock_vg(name)?;
@@ -551,11 +686,18 @@ impl Engine {
         let current = scan.vg(name);
         for pv in &vg.pvs {
             let Some(found) = scan.pvs.iter().find(|p| p.label.pv_id == pv.id) else {
-                return Err(EngineError::VgPartial { vg: name.into(), count: 1, list: format!("{} (id {}, {})", pv.key, pv.id, pv.device) });
+                return Err(EngineError::VgPartial {
+                    vg: name.into(),
+                    count: 1,
+                    list: format!("{} (id {}, {})", pv.key, pv.id, pv.device),
+                });
             };
             if let Some(other) = &found.vg_name {
                 if other != name {
-                    return Err(EngineError::PvInUse { device: found.path.clone(), vg: other.clone() });
+                    return Err(EngineError::PvInUse {
+                        device: found.path.clone(),
+                        vg: other.clone(),
+                    });
                 }
             }
         }
@@ -565,7 +707,13 @@ impl Engine {
             }
         }
         let released: Vec<&PvInfo> = current
-            .map(|c| c.present.values().map(|&i| &scan.pvs[i]).filter(|p| vg.pv_by_id(&p.label.pv_id).is_none()).collect())
+            .map(|c| {
+                c.present
+                    .values()
+                    .map(|&i| &scan.pvs[i])
+                    .filter(|p| vg.pv_by_id(&p.label.pv_id).is_none())
+                    .collect()
+            })
             .unwrap_or_default();
         // Past the current seqno, so that every copy of the restored text is the newest.
         vg.seqno = current.map_or(vg.seqno, |c| c.vg.seqno.max(vg.seqno)) + 1;
@@ -594,57 +742,93 @@ impl Engine {
         }
     }
 
-    fn allowed_keys(scan: &Scan, vg: &VolumeGroup, paths: &[String]) -> Result<Option<Vec<String>>> {
+    fn allowed_keys(
+        scan: &Scan,
+        vg: &VolumeGroup,
+        paths: &[String],
+    ) -> Result<Option<Vec<String>>> {
         if paths.is_empty() {
             return Ok(None);
         }
         let mut keys = Vec::new();
         for path in paths {
-            let i = Self::pv_index(scan, path).ok_or_else(|| EngineError::NotPv { device: path.clone() })?;
-            let pv = vg.pv_by_id(&scan.pvs[i].label.pv_id).ok_or_else(|| EngineError::Refused {
-                vg: vg.name.clone(),
-                why: format!("{path} is not one of its PVs"),
+            let i = Self::pv_index(scan, path).ok_or_else(|| EngineError::NotPv {
+                device: path.clone(),
             })?;
+            let pv = vg
+                .pv_by_id(&scan.pvs[i].label.pv_id)
+                .ok_or_else(|| EngineError::Refused {
+                    vg: vg.name.clone(),
+                    why: format!("{path} is not one of its PVs"),
+                })?;
             keys.push(pv.key.clone());
         }
         Ok(Some(keys))
     }
 
     fn no_space(vg: &VolumeGroup, e: NoSpace) -> EngineError {
-        EngineError::NoSpace { vg: vg.name.clone(), need: e.need, free: e.free, detail: e.detail }
+        EngineError::NoSpace {
+            vg: vg.name.clone(),
+            need: e.need,
+            free: e.free,
+            detail: e.detail,
+        }
     }
 
     /// Creates a linear or striped LV.
-    pub fn lv_create(&self, vg_name: &str, lv_name: &str, opts: &LvCreateOptions) -> Result<LogicalVolume> {
+    pub fn lv_create(
+        &self,
+        vg_name: &str,
+        lv_name: &str,
+        opts: &LvCreateOptions,
+    ) -> Result<LogicalVolume> {
         check_new_lv_name(&format!("new LV in VG '{vg_name}'"), lv_name)?;
         if opts.size.sign.is_some() {
-            return Err(EngineError::BadArgument("a new LV's size cannot be relative (+/-)".into()));
+            return Err(EngineError::BadArgument(
+                "a new LV's size cannot be relative (+/-)".into(),
+            ));
         }
         let _lock = self.lock_vg(vg_name)?;
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
         if vg.lv(lv_name).is_some() {
-            return Err(EngineError::LvExists { vg: vg_name.into(), lv: lv_name.into() });
+            return Err(EngineError::LvExists {
+                vg: vg_name.into(),
+                lv: lv_name.into(),
+            });
         }
         if vg.max_lv > 0 && vg.lvs.len() as u64 >= vg.max_lv {
-            return Err(EngineError::Refused { vg: vg_name.into(), why: format!("it already holds its maximum of {} LVs", vg.max_lv) });
+            return Err(EngineError::Refused {
+                vg: vg_name.into(),
+                why: format!("it already holds its maximum of {} LVs", vg.max_lv),
+            });
         }
         let allowed = Self::allowed_keys(&scan, &vg, &opts.pvs)?;
         let stripes = opts.stripes.unwrap_or(1).max(1) as u64;
         let mut extents = Self::extents_for(&vg, opts.size.amount, allowed.as_deref());
         if extents == 0 {
-            return Err(EngineError::BadArgument("the LV would have no extents; give a size of at least one extent".into()));
+            return Err(EngineError::BadArgument(
+                "the LV would have no extents; give a size of at least one extent".into(),
+            ));
         }
         let mut segments = Vec::new();
         if stripes > 1 {
             let stripe_bytes = opts.stripe_size_bytes.unwrap_or(DEFAULT_STRIPE_BYTES);
             Self::check_stripe_size(&vg, stripe_bytes)?;
             extents = extents.div_ceil(stripes) * stripes;
-            alloc::extend_striped(&vg, &mut segments, extents, stripes as usize, stripe_bytes / 512, allowed.as_deref())
-                .map_err(|e| Self::no_space(&vg, e))?;
+            alloc::extend_striped(
+                &vg,
+                &mut segments,
+                extents,
+                stripes as usize,
+                stripe_bytes / 512,
+                allowed.as_deref(),
+            )
+            .map_err(|e| Self::no_space(&vg, e))?;
         } else {
-            alloc::extend_linear(&vg, &mut segments, extents, allowed.as_deref()).map_err(|e| Self::no_space(&vg, e))?;
+            alloc::extend_linear(&vg, &mut segments, extents, allowed.as_deref())
+                .map_err(|e| Self::no_space(&vg, e))?;
         }
         let lv = LogicalVolume {
             name: lv_name.to_string(),
@@ -673,26 +857,70 @@ impl Engine {
 
     /// An LV tessera may change: plain (linear/striped) and not used by another LV.
     fn plain_lv<'a>(vg: &'a VolumeGroup, name: &str, verb: &str) -> Result<&'a LogicalVolume> {
-        let lv = vg.lv(name).ok_or_else(|| EngineError::LvNotFound { vg: vg.name.clone(), lv: name.into() })?;
+        let lv = vg.lv(name).ok_or_else(|| EngineError::LvNotFound {
+            vg: vg.name.clone(),
+            lv: name.into(),
+        })?;
         if !lv.is_plain() {
-            let kind = lv.segments.iter().map(|s| s.type_name()).find(|t| *t != "linear" && *t != "striped").unwrap_or("?");
+            let kind = lv
+                .segments
+                .iter()
+                .map(|s| s.type_name())
+                .find(|t| *t != "linear" && *t != "striped")
+                .unwrap_or("?");
             return Err(EngineError::Refused {
                 vg: vg.name.clone(),
                 why: format!("LV '{name}' is of type {kind}, which tessera cannot {verb} yet; use lvm2 for it"),
             });
         }
         let names = vg.lvs.iter().map(|l| l.name.as_str()).collect();
-        if let Some(user) = vg.lvs.iter().find(|l| l.referenced_names(&names).contains(&name)) {
+        if let Some(user) = vg
+            .lvs
+            .iter()
+            .find(|l| l.referenced_names(&names).contains(&name))
+        {
             return Err(EngineError::Refused {
                 vg: vg.name.clone(),
-                why: format!("LV '{name}' is used by LV '{}'; {verb} that one instead", user.name),
+                why: format!(
+                    "LV '{name}' is used by LV '{}'; {verb} that one instead",
+                    user.name
+                ),
             });
         }
         Ok(lv)
     }
 
-    /// Grows (`extend`) or shrinks an LV to the size `size` says (absolute or relative).
-    pub fn lv_resize(&self, vg_name: &str, lv_name: &str, size: SizeArg, grow: bool, stripes: Option<u32>, stripe_size_bytes: Option<u64>, pvs: &[String]) -> Result<LogicalVolume> {
+    /// Grows an LV to `opts.size` (absolute or `+`), striped like its last segment unless
+    /// `opts.stripes` says otherwise.
+    pub fn lv_extend(
+        &self,
+        vg_name: &str,
+        lv_name: &str,
+        opts: &LvCreateOptions,
+    ) -> Result<LogicalVolume> {
+        self.lv_resize(vg_name, lv_name, true, opts)
+    }
+
+    /// Shrinks an LV to `size` (absolute or `-`); striped segments lose whole rows.
+    pub fn lv_reduce(&self, vg_name: &str, lv_name: &str, size: SizeArg) -> Result<LogicalVolume> {
+        let opts = LvCreateOptions {
+            size,
+            stripes: None,
+            stripe_size_bytes: None,
+            pvs: Vec::new(),
+        };
+        self.lv_resize(vg_name, lv_name, false, &opts)
+    }
+
+    fn lv_resize(
+        &self,
+        vg_name: &str,
+        lv_name: &str,
+        grow: bool,
+        opts: &LvCreateOptions,
+    ) -> Result<LogicalVolume> {
+        let (size, stripes, stripe_size_bytes, pvs) =
+            (opts.size, opts.stripes, opts.stripe_size_bytes, &opts.pvs);
         let _lock = self.lock_vg(vg_name)?;
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
@@ -705,8 +933,16 @@ impl Engine {
             (None, _) => amount,
             (Some(Sign::Plus), true) => current.saturating_add(amount),
             (Some(Sign::Minus), false) => current.saturating_sub(amount),
-            (Some(_), true) => return Err(EngineError::BadArgument("extend takes an absolute size or +SIZE".into())),
-            (Some(_), false) => return Err(EngineError::BadArgument("reduce takes an absolute size or -SIZE".into())),
+            (Some(_), true) => {
+                return Err(EngineError::BadArgument(
+                    "extend takes an absolute size or +SIZE".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(EngineError::BadArgument(
+                    "reduce takes an absolute size or -SIZE".into(),
+                ))
+            }
         };
         let extent_bytes = vg.extent_size_bytes();
         if grow && target <= current {
@@ -722,21 +958,37 @@ impl Engine {
             )));
         }
         if !grow && target == 0 {
-            return Err(EngineError::BadArgument(format!("LV '{vg_name}/{lv_name}' cannot shrink to nothing; use lv remove")));
+            return Err(EngineError::BadArgument(format!(
+                "LV '{vg_name}/{lv_name}' cannot shrink to nothing; use lv remove"
+            )));
         }
         let mut segments = lv.segments.clone();
         if grow {
             let (last_stripes, last_size) = match segments.last().map(|s| &s.kind) {
-                Some(SegmentKind::Striped { stripes, stripe_size_sectors }) => (stripes.len() as u64, *stripe_size_sectors * 512),
+                Some(SegmentKind::Striped {
+                    stripes,
+                    stripe_size_sectors,
+                }) => (stripes.len() as u64, *stripe_size_sectors * 512),
                 _ => (1, 0),
             };
             let stripes = stripes.map(u64::from).unwrap_or(last_stripes).max(1);
             let mut add = target - current;
             if stripes > 1 {
-                let bytes = stripe_size_bytes.unwrap_or(if last_size > 0 { last_size } else { DEFAULT_STRIPE_BYTES });
+                let bytes = stripe_size_bytes.unwrap_or(if last_size > 0 {
+                    last_size
+                } else {
+                    DEFAULT_STRIPE_BYTES
+                });
                 Self::check_stripe_size(&vg, bytes)?;
                 add = add.div_ceil(stripes) * stripes;
-                alloc::extend_striped(&vg, &mut segments, add, stripes as usize, bytes / 512, allowed.as_deref())
+                alloc::extend_striped(
+                    &vg,
+                    &mut segments,
+                    add,
+                    stripes as usize,
+                    bytes / 512,
+                    allowed.as_deref(),
+                )
             } else {
                 alloc::extend_linear(&vg, &mut segments, add, allowed.as_deref())
             }
@@ -744,7 +996,10 @@ impl Engine {
         } else {
             alloc::truncate(&mut segments, target);
         }
-        let lv = vg.lv_mut(lv_name).ok_or_else(|| EngineError::LvNotFound { vg: vg_name.into(), lv: lv_name.into() })?;
+        let lv = vg.lv_mut(lv_name).ok_or_else(|| EngineError::LvNotFound {
+            vg: vg_name.into(),
+            lv: lv_name.into(),
+        })?;
         lv.segments = segments;
         let result = lv.clone();
         self.commit(&scan, Some(state), vg, &[])?;
@@ -770,7 +1025,10 @@ impl Engine {
         let mut vg = state.vg.clone();
         Self::plain_lv(&vg, old, "rename")?;
         if vg.lv(new).is_some() {
-            return Err(EngineError::LvExists { vg: vg_name.into(), lv: new.into() });
+            return Err(EngineError::LvExists {
+                vg: vg_name.into(),
+                lv: new.into(),
+            });
         }
         if let Some(lv) = vg.lv_mut(old) {
             lv.name = new.to_string();

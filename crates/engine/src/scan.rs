@@ -29,7 +29,11 @@ impl MdaState {
             .is_some_and(|l| l.flags & tessera_formats::lvm2::mda::RAW_LOCN_IGNORED != 0)
     }
     fn current(&self) -> Option<&RawLocn> {
-        self.header.as_ref()?.raw_locns.first().filter(|l| l.offset != 0 && l.size != 0)
+        self.header
+            .as_ref()?
+            .raw_locns
+            .first()
+            .filter(|l| l.offset != 0 && l.size != 0)
     }
 }
 
@@ -46,7 +50,10 @@ pub struct PvInfo {
 
 impl std::fmt::Debug for PvInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PvInfo").field("path", &self.path).field("vg", &self.vg_name).finish()
+        f.debug_struct("PvInfo")
+            .field("path", &self.path)
+            .field("vg", &self.vg_name)
+            .finish()
     }
 }
 
@@ -125,13 +132,26 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
                     None
                 }
             };
-            let mda = MdaState { start: area.offset, size: area.size, header };
+            let mda = MdaState {
+                start: area.offset,
+                size: area.size,
+                header,
+            };
             if let (Some(locn), false) = (mda.current(), mda.is_ignored()) {
-                candidates.push(Candidate { pv: index, locn: locn.clone() });
+                candidates.push(Candidate {
+                    pv: index,
+                    locn: *locn,
+                });
             }
             mdas.push(mda);
         }
-        result.pvs.push(PvInfo { path: path.clone(), device: device.clone(), label, mdas, vg_name: None });
+        result.pvs.push(PvInfo {
+            path: path.clone(),
+            device: device.clone(),
+            label,
+            mdas,
+            vg_name: None,
+        });
     }
 
     // Parse each distinct text once: copies of one commit share size and checksum.
@@ -144,15 +164,21 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
             continue;
         }
         let pv = &result.pvs[c.pv];
-        let Some(mda) = pv.mdas.iter().find_map(|m| m.header.as_ref().filter(|h| h.raw_locns.first() == Some(&c.locn)))
-        else {
+        let Some(mda) = pv.mdas.iter().find_map(|m| {
+            m.header
+                .as_ref()
+                .filter(|h| h.raw_locns.first() == Some(&c.locn))
+        }) else {
             continue;
         };
         let value = match read_text(pv.device.as_ref(), mda, &c.locn) {
             Ok(text) => match VolumeGroup::from_text(&text) {
                 Ok(vg) => Some(vg),
                 Err(e) => {
-                    result.problems.push(format!("{}: metadata area at byte {}: {e}", pv.path, mda.start));
+                    result.problems.push(format!(
+                        "{}: metadata area at byte {}: {e}",
+                        pv.path, mda.start
+                    ));
                     None
                 }
             },
@@ -169,9 +195,20 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
     for (key, value) in &parsed {
         let Some((vg, _)) = value else { continue };
         match newest.get(&vg.id) {
-            Some(best) if parsed[best].as_ref().is_some_and(|(b, _)| b.seqno > vg.seqno) => {}
-            Some(best) if parsed[best].as_ref().is_some_and(|(b, _)| b.seqno == vg.seqno) && best <= key => {
-                let paths: Vec<&str> = holders[key].iter().map(|&i| result.pvs[i].path.as_str()).collect();
+            Some(best)
+                if parsed[best]
+                    .as_ref()
+                    .is_some_and(|(b, _)| b.seqno > vg.seqno) => {}
+            Some(best)
+                if parsed[best]
+                    .as_ref()
+                    .is_some_and(|(b, _)| b.seqno == vg.seqno)
+                    && best <= key =>
+            {
+                let paths: Vec<&str> = holders[key]
+                    .iter()
+                    .map(|&i| result.pvs[i].path.as_str())
+                    .collect();
                 result.problems.push(format!(
                     "VG '{}': two different metadata texts carry seqno {} (one on {}); using one of them",
                     vg.name,
@@ -187,7 +224,13 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
 
     let mut chosen: Vec<((u64, u32), VolumeGroup, TextInfo)> = newest
         .values()
-        .filter_map(|key| parsed.get(key).cloned().flatten().map(|(vg, info)| (*key, vg, info)))
+        .filter_map(|key| {
+            parsed
+                .get(key)
+                .cloned()
+                .flatten()
+                .map(|(vg, info)| (*key, vg, info))
+        })
         .collect();
     chosen.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     for (key, vg, info) in chosen {
@@ -222,13 +265,25 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
             }
         }
         for key in &missing {
-            let pv = vg.pv(key).map(|p| (p.id.to_string(), p.device.clone())).unwrap_or_default();
+            let pv = vg
+                .pv(key)
+                .map(|p| (p.id.to_string(), p.device.clone()))
+                .unwrap_or_default();
             result.problems.push(format!(
                 "VG '{}': PV {key} (id {}, last seen at {}) is missing",
                 vg.name, pv.0, pv.1
             ));
         }
-        result.vgs.insert(vg.name.clone(), VgState { vg, info, present, missing, stale });
+        result.vgs.insert(
+            vg.name.clone(),
+            VgState {
+                vg,
+                info,
+                present,
+                missing,
+                stale,
+            },
+        );
     }
     result
 }

@@ -52,7 +52,9 @@ fn split_sign(s: &str) -> (Option<Sign>, &str) {
 pub fn parse_size(text: &str) -> Result<SizeArg> {
     let bad = |why: &str| EngineError::BadArgument(format!("size '{text}': {why}"));
     let (sign, s) = split_sign(text.trim());
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     if number.is_empty() {
         return Err(bad("expected a number, such as 10G or 512M"));
@@ -75,15 +77,26 @@ pub fn parse_size(text: &str) -> Result<SizeArg> {
     if whole.is_empty() && frac.is_empty() || frac.contains('.') {
         return Err(bad("not a number"));
     }
-    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad("number too large"))? };
-    let mut bytes = whole.checked_mul(multiplier).ok_or_else(|| bad("number too large"))?;
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad("number too large"))?
+    };
+    let mut bytes = whole
+        .checked_mul(multiplier)
+        .ok_or_else(|| bad("number too large"))?;
     if !frac.is_empty() {
         let digits = frac.len().min(18) as u32;
-        let frac_value: u128 = frac[..digits as usize].parse().map_err(|_| bad("not a number"))?;
+        let frac_value: u128 = frac[..digits as usize]
+            .parse()
+            .map_err(|_| bad("not a number"))?;
         bytes += frac_value * multiplier / 10u128.pow(digits);
     }
     let bytes = u64::try_from(bytes).map_err(|_| bad("number too large"))?;
-    Ok(SizeArg { sign, amount: Amount::Bytes(bytes) })
+    Ok(SizeArg {
+        sign,
+        amount: Amount::Bytes(bytes),
+    })
 }
 
 /// Parses `--extents`: a count, or a percentage of FREE, VG or PVS (`100%FREE`).
@@ -91,7 +104,9 @@ pub fn parse_extents(text: &str) -> Result<SizeArg> {
     let bad = |why: &str| EngineError::BadArgument(format!("extents '{text}': {why}"));
     let (sign, s) = split_sign(text.trim());
     if let Some((number, of)) = s.split_once('%') {
-        let pct: u64 = number.parse().map_err(|_| bad("expected a whole percentage, such as 100%FREE"))?;
+        let pct: u64 = number
+            .parse()
+            .map_err(|_| bad("expected a whole percentage, such as 100%FREE"))?;
         let of = match of.to_ascii_uppercase().as_str() {
             "FREE" => PercentOf::Free,
             "VG" | "" => PercentOf::Vg,
@@ -101,10 +116,18 @@ pub fn parse_extents(text: &str) -> Result<SizeArg> {
         if pct == 0 || pct > 100 && of != PercentOf::Free {
             return Err(bad("percentage must be between 1 and 100"));
         }
-        return Ok(SizeArg { sign, amount: Amount::Percent(pct, of) });
+        return Ok(SizeArg {
+            sign,
+            amount: Amount::Percent(pct, of),
+        });
     }
-    let n: u64 = s.parse().map_err(|_| bad("expected a number of extents or a percentage such as 100%FREE"))?;
-    Ok(SizeArg { sign, amount: Amount::Extents(n) })
+    let n: u64 = s
+        .parse()
+        .map_err(|_| bad("expected a number of extents or a percentage such as 100%FREE"))?;
+    Ok(SizeArg {
+        sign,
+        amount: Amount::Extents(n),
+    })
 }
 
 /// How report sizes are shown.
@@ -119,7 +142,11 @@ pub struct Units {
 
 impl Default for Units {
     fn default() -> Self {
-        Units { unit: None, si: false, suffix: true }
+        Units {
+            unit: None,
+            si: false,
+            suffix: true,
+        }
     }
 }
 
@@ -133,7 +160,11 @@ impl Units {
         let unit = match c.to_ascii_lowercase() {
             'h' => None,
             u @ ('b' | 's' | 'k' | 'm' | 'g' | 't' | 'p' | 'e') => Some(u),
-            _ => return Err(EngineError::BadArgument(format!("units '{text}': expected one of h, b, s, k, m, g, t, p, e"))),
+            _ => {
+                return Err(EngineError::BadArgument(format!(
+                    "units '{text}': expected one of h, b, s, k, m, g, t, p, e"
+                )))
+            }
         };
         Ok(Units { unit, si, suffix })
     }
@@ -146,7 +177,11 @@ impl Units {
             Some('b') => ('b', 0),
             Some('s') => {
                 let sectors = bytes / 512;
-                return if self.suffix { format!("{sectors}S") } else { sectors.to_string() };
+                return if self.suffix {
+                    format!("{sectors}S")
+                } else {
+                    sectors.to_string()
+                };
             }
             Some(u) => (u, letters.iter().position(|&l| l == u).unwrap_or(0) as i32),
             None => {
@@ -160,13 +195,25 @@ impl Units {
                 (letters[power as usize], power)
             }
         };
-        let letter = if self.si { letter.to_ascii_uppercase() } else { letter };
+        let letter = if self.si {
+            letter.to_ascii_uppercase()
+        } else {
+            letter
+        };
         if power == 0 {
-            return if self.suffix { format!("{bytes}B") } else { bytes.to_string() };
+            return if self.suffix {
+                format!("{bytes}B")
+            } else {
+                bytes.to_string()
+            };
         }
         let value = bytes as f64 / base.powi(power);
         let rounded = (value * 100.0).round() / 100.0;
-        let prefix = if self.unit.is_none() && rounded > value + 1e-9 { "<" } else { "" };
+        let prefix = if self.unit.is_none() && rounded > value + 1e-9 {
+            "<"
+        } else {
+            ""
+        };
         if self.suffix {
             format!("{prefix}{rounded:.2}{letter}")
         } else {
@@ -199,8 +246,17 @@ mod tests {
 
     #[test]
     fn extents() {
-        assert_eq!(parse_extents("100%FREE").unwrap().amount, Amount::Percent(100, PercentOf::Free));
-        assert_eq!(parse_extents("+10").unwrap(), SizeArg { sign: Some(Sign::Plus), amount: Amount::Extents(10) });
+        assert_eq!(
+            parse_extents("100%FREE").unwrap().amount,
+            Amount::Percent(100, PercentOf::Free)
+        );
+        assert_eq!(
+            parse_extents("+10").unwrap(),
+            SizeArg {
+                sign: Some(Sign::Plus),
+                amount: Amount::Extents(10)
+            }
+        );
         assert!(parse_extents("50%BOGUS").is_err());
         assert!(parse_extents("abc").is_err());
     }

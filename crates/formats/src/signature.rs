@@ -28,7 +28,10 @@ const MD_MAGIC: u32 = 0xa92b_4efc;
 
 /// Reads `len` bytes at `offset`, or None when they lie past the device's end.
 fn read(dev: &dyn BlockDevice, offset: u64, len: usize) -> Result<Option<Vec<u8>>, BlockError> {
-    if offset.checked_add(len as u64).is_none_or(|e| e > dev.size_bytes()) {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|e| e > dev.size_bytes())
+    {
         return Ok(None);
     }
     let mut b = vec![0u8; len];
@@ -44,7 +47,13 @@ fn u32_le(b: &[u8], at: usize) -> u32 {
 pub fn probe(dev: &dyn BlockDevice) -> Result<Vec<Signature>, BlockError> {
     let mut found = Vec::new();
     let size = dev.size_bytes();
-    let mut sig = |kind, offset, detail: String| found.push(Signature { kind, offset, detail });
+    let mut sig = |kind, offset, detail: String| {
+        found.push(Signature {
+            kind,
+            offset,
+            detail,
+        })
+    };
 
     if let Some(head) = read(dev, 0, 4096.min(size as usize))? {
         for s in 0..head.len() / 512 {
@@ -53,7 +62,11 @@ pub fn probe(dev: &dyn BlockDevice) -> Result<Vec<Signature>, BlockError> {
             }
         }
         if head.len() >= 6 && &head[0..6] == b"LUKS\xba\xbe" {
-            let version = if head.len() >= 8 { u16::from_be_bytes([head[6], head[7]]) } else { 0 };
+            let version = if head.len() >= 8 {
+                u16::from_be_bytes([head[6], head[7]])
+            } else {
+                0
+            };
             sig("crypto_LUKS", 0, format!("version {version}"));
         }
         if head.len() >= 4 && &head[0..4] == b"XFSB" {

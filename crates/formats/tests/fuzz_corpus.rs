@@ -11,7 +11,9 @@ use tessera_formats::lvm2::mda::{next_text_offset, read_mda_header, read_text};
 use tessera_formats::lvm2::vg::VolumeGroup;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
@@ -64,7 +66,10 @@ fn text_parser_round_trips_what_it_accepts() {
         if let Ok(tree) = config::parse(&input) {
             accepted += 1;
             for style in [Style::Disk, Style::File] {
-                assert_eq!(config::parse(config::print(&tree, style).as_bytes()).unwrap(), tree);
+                assert_eq!(
+                    config::parse(config::print(&tree, style).as_bytes()).unwrap(),
+                    tree
+                );
             }
         }
     }
@@ -78,7 +83,8 @@ fn vg_model_round_trips_what_it_accepts() {
         if let Ok((vg, info)) = VolumeGroup::from_text(&input) {
             accepted += 1;
             for style in [Style::Disk, Style::File] {
-                let (again, _) = VolumeGroup::from_text(vg.to_text(&info, style).as_bytes()).unwrap();
+                let (again, _) =
+                    VolumeGroup::from_text(vg.to_text(&info, style).as_bytes()).unwrap();
                 assert_eq!(again, vg);
             }
         }
@@ -95,7 +101,8 @@ fn label_reader_never_panics_and_round_trips() {
         dev.write_at(&input, 0).unwrap();
         if let Ok(Some(label)) = read_label(&dev) {
             accepted += 1;
-            let again = PvLabel::decode(&label.encode(), label.sector, "fuzz", dev.size_bytes()).unwrap();
+            let again =
+                PvLabel::decode(&label.encode(), label.sector, "fuzz", dev.size_bytes()).unwrap();
             assert_eq!(again, label);
         }
     }

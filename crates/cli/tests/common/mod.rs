@@ -15,7 +15,9 @@ pub struct Loops {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)")
+    });
     out
 }
 
@@ -23,7 +25,11 @@ impl Loops {
     /// `count` images of `mib` MiB each, attached to loop devices.
     pub fn new(count: usize, mib: u64) -> Loops {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary folder");
-        let mut loops = Loops { dir, images: Vec::new(), devices: Vec::new() };
+        let mut loops = Loops {
+            dir,
+            images: Vec::new(),
+            devices: Vec::new(),
+        };
         for i in 0..count {
             let path = loops.dir.path().join(format!("pv{i}.img"));
             let f = std::fs::File::create(&path).expect("create image");
@@ -39,8 +45,14 @@ impl Loops {
         assert!(self.devices.is_empty());
         for path in &self.images {
             let out = run(Command::new("losetup").args(["-f", "--show"]).arg(path));
-            assert!(out.status.success(), "losetup {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-            self.devices.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            assert!(
+                out.status.success(),
+                "losetup {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.devices
+                .push(String::from_utf8_lossy(&out.stdout).trim().to_string());
         }
     }
 
@@ -82,7 +94,10 @@ pub fn lvm(devices: &str, args: &[&str]) -> String {
 
 pub fn lvm_output(devices: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new("lvm");
-    cmd.arg(args[0]).args(["--devices", devices]).args(&args[1..]).env("LVM_SUPPRESS_FD_WARNINGS", "1");
+    cmd.arg(args[0])
+        .args(["--devices", devices])
+        .args(&args[1..])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1");
     run(&mut cmd)
 }
 
@@ -92,7 +107,12 @@ pub fn tessera_path() -> &'static str {
 }
 
 pub fn tessera_output(devices: &str, state: &Path, args: &[&str]) -> Output {
-    run(Command::new(tessera_path()).arg("--devices").arg(devices).arg("--state-dir").arg(state).args(args))
+    run(Command::new(tessera_path())
+        .arg("--devices")
+        .arg(devices)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args))
 }
 
 /// Runs tessera; panics with its output if it fails.
@@ -110,18 +130,37 @@ pub fn tessera(devices: &str, state: &Path, args: &[&str]) -> String {
 
 /// The rows of an lvm2-shaped JSON report (`{"report":[{"lv":[...]}]}`), sorted.
 pub fn report_rows(json: &str) -> Vec<Value> {
-    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad JSON report ({e}): {json}"));
+    let v: Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("bad JSON report ({e}): {json}"));
     let report = &v["report"][0];
     let obj = report.as_object().expect("report object");
-    let mut rows: Vec<Value> = obj.values().next().and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    let mut rows: Vec<Value> = obj
+        .values()
+        .next()
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
     rows.sort_by_key(|r| r.to_string());
     rows
 }
 
 /// The same report from lvm2 and from tessera, as sorted rows, for the fields given.
-pub fn both_reports(loops: &Loops, lvm_cmd: &[&str], tessera_cmd: &[&str], fields: &str) -> (Vec<Value>, Vec<Value>) {
+pub fn both_reports(
+    loops: &Loops,
+    lvm_cmd: &[&str],
+    tessera_cmd: &[&str],
+    fields: &str,
+) -> (Vec<Value>, Vec<Value>) {
     let mut l: Vec<&str> = lvm_cmd.to_vec();
-    l.extend(["-o", fields, "--units", "b", "--nosuffix", "--reportformat", "json"]);
+    l.extend([
+        "-o",
+        fields,
+        "--units",
+        "b",
+        "--nosuffix",
+        "--reportformat",
+        "json",
+    ]);
     let lvm_rows = report_rows(&lvm(&loops.list(), &l));
     let mut t: Vec<&str> = tessera_cmd.to_vec();
     t.extend(["-o", fields, "--units", "b", "--nosuffix", "--json"]);

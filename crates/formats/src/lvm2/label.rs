@@ -55,15 +55,36 @@ pub enum LabelError {
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error("{device}: LVM2 label in sector {sector} has checksum {found:#010x}, expected {expected:#010x}")]
-    Checksum { device: String, sector: u64, found: u32, expected: u32 },
+    Checksum {
+        device: String,
+        sector: u64,
+        found: u32,
+        expected: u32,
+    },
     #[error("{device}: LVM2 label in sector {sector} says it belongs in sector {claimed}")]
-    WrongSector { device: String, sector: u64, claimed: u64 },
+    WrongSector {
+        device: String,
+        sector: u64,
+        claimed: u64,
+    },
     #[error("{device}: LVM2 label in sector {sector} has type '{kind}', not 'LVM2 001'")]
-    UnknownType { device: String, sector: u64, kind: String },
+    UnknownType {
+        device: String,
+        sector: u64,
+        kind: String,
+    },
     #[error("{device}: LVM2 label in sector {sector}: PV header offset {offset} is not 32")]
-    BadOffset { device: String, sector: u64, offset: u32 },
+    BadOffset {
+        device: String,
+        sector: u64,
+        offset: u32,
+    },
     #[error("{device}: LVM2 label in sector {sector}: {why}")]
-    Malformed { device: String, sector: u64, why: String },
+    Malformed {
+        device: String,
+        sector: u64,
+        why: String,
+    },
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -86,7 +107,10 @@ impl PvLabel {
             sector: DEFAULT_LABEL_SECTOR,
             pv_id,
             device_size_bytes,
-            data_areas: vec![DiskLocn { offset: pe_start_bytes, size: 0 }],
+            data_areas: vec![DiskLocn {
+                offset: pe_start_bytes,
+                size: 0,
+            }],
             metadata_areas: vec![DiskLocn {
                 offset: DEFAULT_MDA_OFFSET,
                 size: pe_start_bytes.saturating_sub(DEFAULT_MDA_OFFSET),
@@ -110,7 +134,10 @@ impl PvLabel {
         let put_list = |b: &mut [u8; SECTOR], list: &[DiskLocn], at: &mut usize| {
             // Lists that would run off the sector are cut; encode is only given lists
             // built by tessera, which hold one or two entries.
-            for l in list.iter().chain(std::iter::once(&DiskLocn { offset: 0, size: 0 })) {
+            for l in list
+                .iter()
+                .chain(std::iter::once(&DiskLocn { offset: 0, size: 0 }))
+            {
                 if *at + 16 > SECTOR {
                     break;
                 }
@@ -133,27 +160,53 @@ impl PvLabel {
     }
 
     /// Reads a label sector found at `sector`; `device_size` bounds the areas it lists.
-    pub fn decode(b: &[u8], sector: u64, device: &str, device_size: u64) -> Result<PvLabel, LabelError> {
-        let malformed = |why: String| LabelError::Malformed { device: device.to_string(), sector, why };
+    pub fn decode(
+        b: &[u8],
+        sector: u64,
+        device: &str,
+        device_size: u64,
+    ) -> Result<PvLabel, LabelError> {
+        let malformed = |why: String| LabelError::Malformed {
+            device: device.to_string(),
+            sector,
+            why,
+        };
         if b.len() < SECTOR || &b[0..8] != LABEL_ID {
             return Err(malformed("no LABELONE signature".into()));
         }
         let claimed = le_u64(b, 8);
         if claimed != sector {
-            return Err(LabelError::WrongSector { device: device.into(), sector, claimed });
+            return Err(LabelError::WrongSector {
+                device: device.into(),
+                sector,
+                claimed,
+            });
         }
         let found = le_u32(b, 16);
         let expected = crc::checksum(&b[20..SECTOR]);
         if found != expected {
-            return Err(LabelError::Checksum { device: device.into(), sector, found, expected });
+            return Err(LabelError::Checksum {
+                device: device.into(),
+                sector,
+                found,
+                expected,
+            });
         }
         let offset = le_u32(b, 20);
         if &b[24..32] != LABEL_TYPE {
             let kind = String::from_utf8_lossy(&b[24..32]).into_owned();
-            return Err(LabelError::UnknownType { device: device.into(), sector, kind });
+            return Err(LabelError::UnknownType {
+                device: device.into(),
+                sector,
+                kind,
+            });
         }
         if offset != PV_HEADER_OFFSET {
-            return Err(LabelError::BadOffset { device: device.into(), sector, offset });
+            return Err(LabelError::BadOffset {
+                device: device.into(),
+                sector,
+                offset,
+            });
         }
         let pv_id = Id::from_raw(&b[32..64]).map_err(|e| malformed(format!("PV id: {e}")))?;
         let device_size_bytes = le_u64(b, 64);
@@ -162,9 +215,14 @@ impl PvLabel {
             let mut list = Vec::new();
             loop {
                 if *at + 16 > SECTOR {
-                    return Err(malformed(format!("the {what} list runs off the end of the sector")));
+                    return Err(malformed(format!(
+                        "the {what} list runs off the end of the sector"
+                    )));
                 }
-                let l = DiskLocn { offset: le_u64(b, *at), size: le_u64(b, *at + 8) };
+                let l = DiskLocn {
+                    offset: le_u64(b, *at),
+                    size: le_u64(b, *at + 8),
+                };
                 *at += 16;
                 if l.offset == 0 {
                     return Ok(list);
@@ -199,9 +257,16 @@ impl PvLabel {
 
     /// Every area must lie inside the device, and metadata areas must hold a header.
     fn check_bounds(&self, device: &str, device_size: u64) -> Result<(), LabelError> {
-        let malformed = |why: String| LabelError::Malformed { device: device.to_string(), sector: self.sector, why };
+        let malformed = |why: String| LabelError::Malformed {
+            device: device.to_string(),
+            sector: self.sector,
+            why,
+        };
         if self.device_size_bytes == 0 || self.device_size_bytes > (1u64 << 62) {
-            return Err(malformed(format!("device size {} bytes is absurd", self.device_size_bytes)));
+            return Err(malformed(format!(
+                "device size {} bytes is absurd",
+                self.device_size_bytes
+            )));
         }
         for m in &self.metadata_areas {
             let end = m.offset.checked_add(m.size);
@@ -214,7 +279,10 @@ impl PvLabel {
         }
         for d in &self.data_areas {
             if d.offset > device_size {
-                return Err(malformed(format!("data area starts at byte {}, past the device end ({device_size} bytes)", d.offset)));
+                return Err(malformed(format!(
+                    "data area starts at byte {}, past the device end ({device_size} bytes)",
+                    d.offset
+                )));
             }
         }
         Ok(())
@@ -313,12 +381,21 @@ mod tests {
         };
         let mut b = good;
         b[100] ^= 1;
-        assert!(matches!(PvLabel::decode(&b, 1, "d", 64 << 20), Err(LabelError::Checksum { .. })));
-        assert!(matches!(PvLabel::decode(&good, 2, "d", 64 << 20), Err(LabelError::WrongSector { .. })));
+        assert!(matches!(
+            PvLabel::decode(&b, 1, "d", 64 << 20),
+            Err(LabelError::Checksum { .. })
+        ));
+        assert!(matches!(
+            PvLabel::decode(&good, 2, "d", 64 << 20),
+            Err(LabelError::WrongSector { .. })
+        ));
         let mut b = good;
         b[24..32].copy_from_slice(b"LVM1 001");
         fix(&mut b);
-        assert!(matches!(PvLabel::decode(&b, 1, "d", 64 << 20), Err(LabelError::UnknownType { .. })));
+        assert!(matches!(
+            PvLabel::decode(&b, 1, "d", 64 << 20),
+            Err(LabelError::UnknownType { .. })
+        ));
         // A list without its terminating entry runs off the sector.
         let mut b = good;
         for at in (72..496).step_by(16) {
@@ -326,11 +403,18 @@ mod tests {
             b[at + 8..at + 16].copy_from_slice(&4096u64.to_le_bytes());
         }
         fix(&mut b);
-        let err = PvLabel::decode(&b, 1, "d", 64 << 20).unwrap_err().to_string();
+        let err = PvLabel::decode(&b, 1, "d", 64 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("runs off"), "{err}");
         // A metadata area past the end of a smaller device.
-        let err = PvLabel::decode(&good, 1, "d", 512 << 10).unwrap_err().to_string();
-        assert!(err.starts_with("d: ") && err.contains("metadata area"), "{err}");
+        let err = PvLabel::decode(&good, 1, "d", 512 << 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d: ") && err.contains("metadata area"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use tessera_block::{BlockDevice, BlockError};
 use super::crc;
 
 pub const MDA_HEADER_SIZE: u64 = 512;
-pub const MDA_MAGIC: &[u8; 16] = b"\x20\x4c\x56\x4d\x32\x20\x78\x5b\x35\x41\x25\x72\x30\x4e\x2a\x3e";
+pub const MDA_MAGIC: &[u8; 16] =
+    b"\x20\x4c\x56\x4d\x32\x20\x78\x5b\x35\x41\x25\x72\x30\x4e\x2a\x3e";
 pub const MDA_VERSION: u32 = 1;
 /// raw_locn flag: this area is not used for metadata (`pvchange --metadataignore`).
 pub const RAW_LOCN_IGNORED: u32 = 1;
@@ -46,19 +47,46 @@ pub enum MdaError {
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error("{device}: metadata area at byte {start}: header checksum is {found:#010x}, expected {expected:#010x}")]
-    Checksum { device: String, start: u64, found: u32, expected: u32 },
+    Checksum {
+        device: String,
+        start: u64,
+        found: u32,
+        expected: u32,
+    },
     #[error("{device}: metadata area at byte {start}: header has the wrong magic (not an LVM2 metadata area)")]
     Magic { device: String, start: u64 },
     #[error("{device}: metadata area at byte {start}: header version {version} is not 1")]
-    Version { device: String, start: u64, version: u32 },
+    Version {
+        device: String,
+        start: u64,
+        version: u32,
+    },
     #[error("{device}: metadata area at byte {start}: header says it is at byte {claimed}")]
-    WrongStart { device: String, start: u64, claimed: u64 },
+    WrongStart {
+        device: String,
+        start: u64,
+        claimed: u64,
+    },
     #[error("{device}: metadata area at byte {start}: {why}")]
-    Malformed { device: String, start: u64, why: String },
+    Malformed {
+        device: String,
+        start: u64,
+        why: String,
+    },
     #[error("{device}: metadata area at byte {start}: text checksum is {found:#010x}, expected {expected:#010x}")]
-    TextChecksum { device: String, start: u64, found: u32, expected: u32 },
+    TextChecksum {
+        device: String,
+        start: u64,
+        found: u32,
+        expected: u32,
+    },
     #[error("{device}: metadata area at byte {start} ({size} bytes) is too small for {len} bytes of metadata next to the current copy; the VG's metadata has outgrown it")]
-    TooSmall { device: String, start: u64, size: u64, len: u64 },
+    TooSmall {
+        device: String,
+        start: u64,
+        size: u64,
+        len: u64,
+    },
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -97,18 +125,34 @@ impl MdaHeader {
         let found = le_u32(b, 0);
         let expected = crc::checksum(&b[4..]);
         if found != expected {
-            return Err(MdaError::Checksum { device: device.into(), start, found, expected });
+            return Err(MdaError::Checksum {
+                device: device.into(),
+                start,
+                found,
+                expected,
+            });
         }
         if &b[4..20] != MDA_MAGIC {
-            return Err(MdaError::Magic { device: device.into(), start });
+            return Err(MdaError::Magic {
+                device: device.into(),
+                start,
+            });
         }
         let version = le_u32(b, 20);
         if version != MDA_VERSION {
-            return Err(MdaError::Version { device: device.into(), start, version });
+            return Err(MdaError::Version {
+                device: device.into(),
+                start,
+                version,
+            });
         }
         let claimed = le_u64(b, 24);
         if claimed != start {
-            return Err(MdaError::WrongStart { device: device.into(), start, claimed });
+            return Err(MdaError::WrongStart {
+                device: device.into(),
+                start,
+                claimed,
+            });
         }
         let size = le_u64(b, 32);
         let mut raw_locns = Vec::new();
@@ -125,7 +169,11 @@ impl MdaHeader {
             }
             raw_locns.push(l);
         }
-        Ok(MdaHeader { start, size, raw_locns })
+        Ok(MdaHeader {
+            start,
+            size,
+            raw_locns,
+        })
     }
 
     fn buffer_len(&self) -> u64 {
@@ -148,14 +196,28 @@ pub fn write_mda_header(dev: &dyn BlockDevice, header: &MdaHeader) -> Result<(),
 /// The pieces (device offset, length) a text of `len` bytes at `offset` occupies.
 fn pieces(h: &MdaHeader, offset: u64, len: u64) -> [(u64, u64); 2] {
     let first = len.min(h.size - offset);
-    [(h.start + offset, first), (h.start + MDA_HEADER_SIZE, len - first)]
+    [
+        (h.start + offset, first),
+        (h.start + MDA_HEADER_SIZE, len - first),
+    ]
 }
 
 /// Reads the text `locn` points at, with its trailing NUL, after checking that it lies in
 /// the area and its checksum matches. Sizes are checked before anything is allocated.
-pub fn read_text(dev: &dyn BlockDevice, h: &MdaHeader, locn: &RawLocn) -> Result<Vec<u8>, MdaError> {
-    let malformed = |why: String| MdaError::Malformed { device: dev.name().to_string(), start: h.start, why };
-    let area_end = h.start.checked_add(h.size).filter(|&e| e <= dev.size_bytes());
+pub fn read_text(
+    dev: &dyn BlockDevice,
+    h: &MdaHeader,
+    locn: &RawLocn,
+) -> Result<Vec<u8>, MdaError> {
+    let malformed = |why: String| MdaError::Malformed {
+        device: dev.name().to_string(),
+        start: h.start,
+        why,
+    };
+    let area_end = h
+        .start
+        .checked_add(h.size)
+        .filter(|&e| e <= dev.size_bytes());
     if h.size <= MDA_HEADER_SIZE || area_end.is_none() {
         return Err(malformed(format!(
             "the area's size {} does not fit the device ({} bytes) past its header",
@@ -164,10 +226,17 @@ pub fn read_text(dev: &dyn BlockDevice, h: &MdaHeader, locn: &RawLocn) -> Result
         )));
     }
     if locn.offset < MDA_HEADER_SIZE || locn.offset >= h.size {
-        return Err(malformed(format!("text at offset {} lies outside the area's {} bytes", locn.offset, h.size)));
+        return Err(malformed(format!(
+            "text at offset {} lies outside the area's {} bytes",
+            locn.offset, h.size
+        )));
     }
     if locn.size == 0 || locn.size > h.buffer_len() {
-        return Err(malformed(format!("text of {} bytes does not fit in the area's {} bytes", locn.size, h.buffer_len())));
+        return Err(malformed(format!(
+            "text of {} bytes does not fit in the area's {} bytes",
+            locn.size,
+            h.buffer_len()
+        )));
     }
     let [(a_at, a_len), (b_at, b_len)] = pieces(h, locn.offset, locn.size);
     if b_len > locn.offset - MDA_HEADER_SIZE {
@@ -183,7 +252,12 @@ pub fn read_text(dev: &dyn BlockDevice, h: &MdaHeader, locn: &RawLocn) -> Result
     }
     let found = crc::checksum(&text);
     if found != locn.checksum {
-        return Err(MdaError::TextChecksum { device: dev.name().to_string(), start: h.start, found, expected: locn.checksum });
+        return Err(MdaError::TextChecksum {
+            device: dev.name().to_string(),
+            start: h.start,
+            found,
+            expected: locn.checksum,
+        });
     }
     Ok(text)
 }
@@ -192,13 +266,19 @@ pub fn read_text(dev: &dyn BlockDevice, h: &MdaHeader, locn: &RawLocn) -> Result
 /// 512; back at 512 when that is at or past the area's end. Refuses when the new copy would
 /// overlap the current one, which must stay intact until the header points away from it.
 pub fn next_text_offset(device: &str, h: &MdaHeader, len: u64) -> Result<u64, MdaError> {
-    let too_small = || MdaError::TooSmall { device: device.into(), start: h.start, size: h.size, len };
+    let too_small = || MdaError::TooSmall {
+        device: device.into(),
+        start: h.start,
+        size: h.size,
+        len,
+    };
     let buffer = h.buffer_len();
     if len == 0 || len > buffer {
         return Err(too_small());
     }
-    let Some(old) = h.raw_locns.first().filter(|l| l.offset >= MDA_HEADER_SIZE && l.offset < h.size && l.size > 0 && l.size <= buffer)
-    else {
+    let Some(old) = h.raw_locns.first().filter(|l| {
+        l.offset >= MDA_HEADER_SIZE && l.offset < h.size && l.size > 0 && l.size <= buffer
+    }) else {
         return Ok(MDA_HEADER_SIZE);
     };
     // Positions within the circular buffer, 0 = area offset 512.
@@ -221,20 +301,35 @@ pub fn next_text_offset(device: &str, h: &MdaHeader, len: u64) -> Result<u64, Md
 
 /// Writes `text` (a NUL is appended) at `offset` in the area, wrapping past its end, and
 /// returns the entry that points at it.
-pub fn write_text(dev: &dyn BlockDevice, h: &MdaHeader, offset: u64, text: &[u8]) -> Result<RawLocn, MdaError> {
+pub fn write_text(
+    dev: &dyn BlockDevice,
+    h: &MdaHeader,
+    offset: u64,
+    text: &[u8],
+) -> Result<RawLocn, MdaError> {
     let mut data = Vec::with_capacity(text.len() + 1);
     data.extend_from_slice(text);
     data.push(0);
     let len = data.len() as u64;
     if offset < MDA_HEADER_SIZE || offset >= h.size || len > h.buffer_len() {
-        return Err(MdaError::TooSmall { device: dev.name().into(), start: h.start, size: h.size, len });
+        return Err(MdaError::TooSmall {
+            device: dev.name().into(),
+            start: h.start,
+            size: h.size,
+            len,
+        });
     }
     let [(a_at, a_len), (b_at, _)] = pieces(h, offset, len);
     dev.write_at(&data[..a_len as usize], a_at)?;
     if a_len < len {
         dev.write_at(&data[a_len as usize..], b_at)?;
     }
-    Ok(RawLocn { offset, size: len, checksum: crc::checksum(&data), flags: 0 })
+    Ok(RawLocn {
+        offset,
+        size: len,
+        checksum: crc::checksum(&data),
+        flags: 0,
+    })
 }
 
 #[cfg(test)]
@@ -243,13 +338,25 @@ mod tests {
     use tessera_block::MemoryDevice;
 
     fn area(size: u64) -> (MemoryDevice, MdaHeader) {
-        (MemoryDevice::new("mem0", 4096 + size + 4096), MdaHeader { start: 4096, size, raw_locns: vec![] })
+        (
+            MemoryDevice::new("mem0", 4096 + size + 4096),
+            MdaHeader {
+                start: 4096,
+                size,
+                raw_locns: vec![],
+            },
+        )
     }
 
     #[test]
     fn header_round_trips() {
         let (d, mut h) = area(1 << 20);
-        h.raw_locns.push(RawLocn { offset: 1536, size: 1048, checksum: 0xdead_beef, flags: 0 });
+        h.raw_locns.push(RawLocn {
+            offset: 1536,
+            size: 1048,
+            checksum: 0xdead_beef,
+            flags: 0,
+        });
         write_mda_header(&d, &h).unwrap();
         assert_eq!(read_mda_header(&d, 4096).unwrap(), h);
     }
@@ -261,12 +368,19 @@ mod tests {
         let (d, mut h) = area(512 + buffer);
         let mut seen_wrap = false;
         for i in 0..40u32 {
-            let text = format!("vg{i} {{\nseqno = {i}\n{}\n}}\n", "#".repeat(300 + (i as usize * 37) % 700));
+            let text = format!(
+                "vg{i} {{\nseqno = {i}\n{}\n}}\n",
+                "#".repeat(300 + (i as usize * 37) % 700)
+            );
             let offset = next_text_offset("mem0", &h, text.len() as u64 + 1).unwrap();
             if let Some(old) = h.raw_locns.first() {
                 let old_end = (old.offset - 512 + old.size) % buffer;
                 let aligned = old_end.div_ceil(512) * 512;
-                let expected = if aligned >= buffer { 512 } else { aligned + 512 };
+                let expected = if aligned >= buffer {
+                    512
+                } else {
+                    aligned + 512
+                };
                 assert_eq!(offset, expected);
             } else {
                 assert_eq!(offset, 512);
@@ -284,10 +398,18 @@ mod tests {
     #[test]
     fn refuses_a_text_that_would_overwrite_the_current_one() {
         let (_, mut h) = area(512 + 4096);
-        h.raw_locns = vec![RawLocn { offset: 512, size: 2500, checksum: 0, flags: 0 }];
+        h.raw_locns = vec![RawLocn {
+            offset: 512,
+            size: 2500,
+            checksum: 0,
+            flags: 0,
+        }];
         assert!(next_text_offset("mem0", &h, 1500).is_ok());
         let err = next_text_offset("mem0", &h, 2000).unwrap_err().to_string();
-        assert!(err.contains("too small") && err.starts_with("mem0"), "{err}");
+        assert!(
+            err.contains("too small") && err.starts_with("mem0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -298,8 +420,14 @@ mod tests {
         let good = h.encode();
         let mut b = good;
         b[100] ^= 1;
-        assert!(matches!(MdaHeader::decode(&b, 4096, "d"), Err(MdaError::Checksum { .. })));
-        assert!(matches!(MdaHeader::decode(&good, 8192, "d"), Err(MdaError::WrongStart { .. })));
+        assert!(matches!(
+            MdaHeader::decode(&b, 4096, "d"),
+            Err(MdaError::Checksum { .. })
+        ));
+        assert!(matches!(
+            MdaHeader::decode(&good, 8192, "d"),
+            Err(MdaError::WrongStart { .. })
+        ));
         let fix = |b: &mut [u8; 512]| {
             let s = crc::checksum(&b[4..]);
             b[..4].copy_from_slice(&s.to_le_bytes());
@@ -307,23 +435,53 @@ mod tests {
         let mut b = good;
         b[5] = b'X';
         fix(&mut b);
-        assert!(matches!(MdaHeader::decode(&b, 4096, "d"), Err(MdaError::Magic { .. })));
+        assert!(matches!(
+            MdaHeader::decode(&b, 4096, "d"),
+            Err(MdaError::Magic { .. })
+        ));
         let mut b = good;
         b[20] = 2;
         fix(&mut b);
-        assert!(matches!(MdaHeader::decode(&b, 4096, "d"), Err(MdaError::Version { .. })));
+        assert!(matches!(
+            MdaHeader::decode(&b, 4096, "d"),
+            Err(MdaError::Version { .. })
+        ));
         for bad in [
-            RawLocn { offset: 100, ..locn },
-            RawLocn { offset: 1 << 40, ..locn },
-            RawLocn { size: 1 << 40, ..locn },
-            RawLocn { offset: 8000, size: 7000, ..locn },
+            RawLocn {
+                offset: 100,
+                ..locn
+            },
+            RawLocn {
+                offset: 1 << 40,
+                ..locn
+            },
+            RawLocn {
+                size: 1 << 40,
+                ..locn
+            },
+            RawLocn {
+                offset: 8000,
+                size: 7000,
+                ..locn
+            },
         ] {
             let err = read_text(&d, &h, &bad).unwrap_err().to_string();
             assert!(err.contains("metadata area at byte 4096"), "{err}");
         }
-        let err = read_text(&d, &h, &RawLocn { checksum: 1, ..locn }).unwrap_err();
+        let err = read_text(
+            &d,
+            &h,
+            &RawLocn {
+                checksum: 1,
+                ..locn
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, MdaError::TextChecksum { .. }));
-        let huge = MdaHeader { size: 1 << 50, ..h.clone() };
+        let huge = MdaHeader {
+            size: 1 << 50,
+            ..h.clone()
+        };
         assert!(read_text(&d, &huge, &locn).is_err());
     }
 }

@@ -28,13 +28,26 @@ pub enum VgError {
     #[error("{at}: '{key}' is missing")]
     Missing { at: String, key: String },
     #[error("{at}: '{key}' has the wrong type (expected {expected})")]
-    WrongType { at: String, key: String, expected: &'static str },
+    WrongType {
+        at: String,
+        key: String,
+        expected: &'static str,
+    },
     #[error("{at}: '{key}' = {value} is out of range ({why})")]
-    OutOfRange { at: String, key: String, value: i64, why: String },
+    OutOfRange {
+        at: String,
+        key: String,
+        value: i64,
+        why: String,
+    },
     #[error("{at}: bad identifier: {why}")]
     BadId { at: String, why: String },
     #[error("{at}: name '{name}' is invalid: {why}")]
-    BadName { at: String, name: String, why: String },
+    BadName {
+        at: String,
+        name: String,
+        why: String,
+    },
     #[error("{at}: {why}")]
     Inconsistent { at: String, why: String },
 }
@@ -57,7 +70,10 @@ pub struct Stripe {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SegmentKind {
     /// `striped` (linear is one stripe). `stripe_size_sectors` is 0 for one stripe.
-    Striped { stripe_size_sectors: u64, stripes: Vec<Stripe> },
+    Striped {
+        stripe_size_sectors: u64,
+        stripes: Vec<Stripe>,
+    },
     /// Any other type, kept as written: every key but start_extent, extent_count and type.
     Other { segtype: String, body: Section },
 }
@@ -99,7 +115,11 @@ impl Segment {
                 let per = self.extent_count / (stripes.len().max(1) as u64);
                 stripes
                     .iter()
-                    .map(|s| PvArea { pv: s.pv.clone(), start_pe: s.start_pe, count: per })
+                    .map(|s| PvArea {
+                        pv: s.pv.clone(),
+                        start_pe: s.start_pe,
+                        count: per,
+                    })
                     .collect()
             }
             SegmentKind::Other { body, .. } => {
@@ -147,7 +167,9 @@ impl LogicalVolume {
     }
     /// True if every segment is striped or linear, the types tessera can change.
     pub fn is_plain(&self) -> bool {
-        self.segments.iter().all(|s| matches!(s.kind, SegmentKind::Striped { .. }))
+        self.segments
+            .iter()
+            .all(|s| matches!(s.kind, SegmentKind::Striped { .. }))
     }
     /// The other LVs this one's segments name (sub-LVs of raid, snapshot origins, pools).
     pub fn referenced_names<'a>(&'a self, names: &HashSet<&'a str>) -> Vec<&'a str> {
@@ -258,7 +280,9 @@ impl VolumeGroup {
         for lv in &self.lvs {
             for seg in &lv.segments {
                 for area in seg.pv_areas(&keys) {
-                    map.entry(area.pv.clone()).or_default().push((area, lv.name.clone()));
+                    map.entry(area.pv.clone())
+                        .or_default()
+                        .push((area, lv.name.clone()));
                 }
             }
         }
@@ -268,11 +292,16 @@ impl VolumeGroup {
         map
     }
     pub fn pe_used(&self, pv_key: &str) -> u64 {
-        self.used_areas().get(pv_key).map_or(0, |a| a.iter().map(|(a, _)| a.count).sum())
+        self.used_areas()
+            .get(pv_key)
+            .map_or(0, |a| a.iter().map(|(a, _)| a.count).sum())
     }
     pub fn pe_free_total(&self) -> u64 {
-        let used: u64 =
-            self.used_areas().values().flat_map(|a| a.iter().map(|(a, _)| a.count)).sum();
+        let used: u64 = self
+            .used_areas()
+            .values()
+            .flat_map(|a| a.iter().map(|(a, _)| a.count))
+            .sum();
         self.pe_total().saturating_sub(used)
     }
     /// A key `pvN` not used yet.
@@ -290,7 +319,10 @@ impl VolumeGroup {
         let vg = VolumeGroup::from_section(name, section)?;
         let info = TextInfo {
             description: root.get_str("description").unwrap_or_default().to_string(),
-            creation_host: root.get_str("creation_host").unwrap_or_default().to_string(),
+            creation_host: root
+                .get_str("creation_host")
+                .unwrap_or_default()
+                .to_string(),
             creation_time: root.get_int("creation_time").unwrap_or(0),
         };
         Ok((vg, info))
@@ -299,7 +331,8 @@ impl VolumeGroup {
     /// The whole metadata text: the VG section, then `contents`, `version` and `info`.
     pub fn to_text(&self, info: &TextInfo, style: Style) -> String {
         let mut root = Section::new();
-        root.entries.push((self.name.clone(), Node::Section(self.to_section())));
+        root.entries
+            .push((self.name.clone(), Node::Section(self.to_section())));
         root.set_value("contents", Value::Str(CONTENTS.into()));
         root.set_value("version", Value::Int(1));
         root.set_value("description", Value::Str(info.description.clone()));
@@ -336,13 +369,21 @@ impl VolumeGroup {
         // lvm2 accepts extents of at least one sector-aligned KiB multiple; anything absurd
         // here would make every size computed below overflow.
         if vg.extent_size_sectors < 8 || vg.extent_size_sectors > (1 << 32) {
-            return Err(out_of_range(&at, "extent_size", vg.extent_size_sectors, "8 sectors to 2 TiB"));
+            return Err(out_of_range(
+                &at,
+                "extent_size",
+                vg.extent_size_sectors,
+                "8 sectors to 2 TiB",
+            ));
         }
         let mut seen_lvs = false;
         for (key, node) in &s.entries {
             match (key.as_str(), node) {
-                ("id" | "seqno" | "format" | "status" | "flags" | "extent_size" | "max_lv"
-                | "max_pv" | "metadata_copies", _) => {}
+                (
+                    "id" | "seqno" | "format" | "status" | "flags" | "extent_size" | "max_lv"
+                    | "max_pv" | "metadata_copies",
+                    _,
+                ) => {}
                 ("physical_volumes", Node::Section(pvs)) => {
                     for (key, pv) in pvs.sections() {
                         vg.pvs.push(PhysicalVolume::from_section(key, pv, &at)?);
@@ -376,13 +417,15 @@ impl VolumeGroup {
         s.set_value("metadata_copies", int(self.metadata_copies));
         let mut pvs = Section::new();
         for pv in &self.pvs {
-            pvs.entries.push((pv.key.clone(), Node::Section(pv.to_section())));
+            pvs.entries
+                .push((pv.key.clone(), Node::Section(pv.to_section())));
         }
         s.set("physical_volumes", Node::Section(pvs));
         if !self.lvs.is_empty() {
             let mut lvs = Section::new();
             for lv in &self.lvs {
-                lvs.entries.push((lv.name.clone(), Node::Section(lv.to_section())));
+                lvs.entries
+                    .push((lv.name.clone(), Node::Section(lv.to_section())));
             }
             s.set("logical_volumes", Node::Section(lvs));
         }
@@ -399,7 +442,10 @@ impl VolumeGroup {
         for pv in &self.pvs {
             let pat = format!("{at}, PV {}", pv.key);
             if !keys.insert(pv.key.as_str()) || !ids.insert(pv.id) {
-                return Err(VgError::Inconsistent { at: pat, why: "listed twice".into() });
+                return Err(VgError::Inconsistent {
+                    at: pat,
+                    why: "listed twice".into(),
+                });
             }
             let end = pv
                 .pe_count
@@ -412,7 +458,10 @@ impl VolumeGroup {
                         at: pat,
                         why: format!(
                             "{} extents of {} sectors from sector {} do not fit in its {} sectors",
-                            pv.pe_count, self.extent_size_sectors, pv.pe_start_sectors, pv.dev_size_sectors
+                            pv.pe_count,
+                            self.extent_size_sectors,
+                            pv.pe_start_sectors,
+                            pv.dev_size_sectors
                         ),
                     })
                 }
@@ -422,7 +471,10 @@ impl VolumeGroup {
         for lv in &self.lvs {
             let lat = format!("{at}, LV '{}'", lv.name);
             if !names.insert(lv.name.as_str()) {
-                return Err(VgError::Inconsistent { at: lat, why: "listed twice".into() });
+                return Err(VgError::Inconsistent {
+                    at: lat,
+                    why: "listed twice".into(),
+                });
             }
             let mut next = 0u64;
             for (i, seg) in lv.segments.iter().enumerate() {
@@ -430,17 +482,27 @@ impl VolumeGroup {
                 if seg.start_extent != next {
                     return Err(VgError::Inconsistent {
                         at: sat,
-                        why: format!("starts at extent {} but the previous one ends at {}", seg.start_extent, next),
+                        why: format!(
+                            "starts at extent {} but the previous one ends at {}",
+                            seg.start_extent, next
+                        ),
                     });
                 }
-                next = seg.start_extent.checked_add(seg.extent_count).ok_or_else(|| {
-                    out_of_range(&sat, "extent_count", seg.extent_count, "overflows")
-                })?;
+                next = seg
+                    .start_extent
+                    .checked_add(seg.extent_count)
+                    .ok_or_else(|| {
+                        out_of_range(&sat, "extent_count", seg.extent_count, "overflows")
+                    })?;
                 if let SegmentKind::Striped { stripes, .. } = &seg.kind {
                     if seg.extent_count % stripes.len() as u64 != 0 {
                         return Err(VgError::Inconsistent {
                             at: sat,
-                            why: format!("{} extents do not divide among {} stripes", seg.extent_count, stripes.len()),
+                            why: format!(
+                                "{} extents do not divide among {} stripes",
+                                seg.extent_count,
+                                stripes.len()
+                            ),
                         });
                     }
                 }
@@ -451,7 +513,11 @@ impl VolumeGroup {
                             why: format!("names PV '{}', which the VG does not have", area.pv),
                         });
                     };
-                    if area.start_pe.checked_add(area.count).is_none_or(|e| e > pv.pe_count) {
+                    if area
+                        .start_pe
+                        .checked_add(area.count)
+                        .is_none_or(|e| e > pv.pe_count)
+                    {
                         return Err(VgError::Inconsistent {
                             at: sat,
                             why: format!(
@@ -536,7 +602,10 @@ impl LogicalVolume {
         let mut segments = Vec::new();
         for (k, node) in &s.entries {
             match (k.as_str(), node) {
-                ("id" | "status" | "flags" | "creation_time" | "creation_host" | "segment_count", _) => {}
+                (
+                    "id" | "status" | "flags" | "creation_time" | "creation_host" | "segment_count",
+                    _,
+                ) => {}
                 (seg, Node::Section(body)) if is_segment_key(seg) => {
                     segments.push(Segment::from_section(body, &format!("{at}, {seg}"))?)
                 }
@@ -546,7 +615,10 @@ impl LogicalVolume {
         if count != segments.len() as u64 {
             return Err(VgError::Inconsistent {
                 at,
-                why: format!("segment_count is {count} but {} segments are listed", segments.len()),
+                why: format!(
+                    "segment_count is {count} but {} segments are listed",
+                    segments.len()
+                ),
             });
         }
         segments.sort_by_key(|s| s.start_extent);
@@ -576,14 +648,16 @@ impl LogicalVolume {
         s.entries.extend(self.extra.iter().cloned());
         s.set_value("segment_count", int(self.segments.len() as u64));
         for (i, seg) in self.segments.iter().enumerate() {
-            s.entries.push((format!("segment{}", i + 1), Node::Section(seg.to_section())));
+            s.entries
+                .push((format!("segment{}", i + 1), Node::Section(seg.to_section())));
         }
         s
     }
 }
 
 fn is_segment_key(key: &str) -> bool {
-    key.strip_prefix("segment").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    key.strip_prefix("segment")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Segment {
@@ -591,26 +665,37 @@ impl Segment {
         let start_extent = get_u64(s, at, "start_extent")?;
         let extent_count = get_u64(s, at, "extent_count")?;
         if extent_count == 0 {
-            return Err(out_of_range(at, "extent_count", 0, "a segment holds at least one extent"));
+            return Err(out_of_range(
+                at,
+                "extent_count",
+                0,
+                "a segment holds at least one extent",
+            ));
         }
         let segtype = s
             .get_str("type")
             .ok_or_else(|| missing_or_wrong(s, at, "type", "a string"))?;
         let kind = if segtype == "striped" {
             let count = get_u64(s, at, "stripe_count")?;
-            let items = s.get_array("stripes").ok_or_else(|| missing_or_wrong(s, at, "stripes", "an array"))?;
+            let items = s
+                .get_array("stripes")
+                .ok_or_else(|| missing_or_wrong(s, at, "stripes", "an array"))?;
             if count == 0 || count > 128 || items.len() as u64 != count * 2 {
                 return Err(VgError::Inconsistent {
                     at: at.to_string(),
-                    why: format!("stripe_count is {count} but 'stripes' has {} entries", items.len()),
+                    why: format!(
+                        "stripe_count is {count} but 'stripes' has {} entries",
+                        items.len()
+                    ),
                 });
             }
             let mut stripes = Vec::new();
             for pair in items.chunks(2) {
                 match pair {
-                    [Value::Str(pv), Value::Int(pe)] if *pe >= 0 => {
-                        stripes.push(Stripe { pv: pv.clone(), start_pe: *pe as u64 })
-                    }
+                    [Value::Str(pv), Value::Int(pe)] if *pe >= 0 => stripes.push(Stripe {
+                        pv: pv.clone(),
+                        start_pe: *pe as u64,
+                    }),
                     _ => {
                         return Err(VgError::WrongType {
                             at: at.to_string(),
@@ -620,19 +705,38 @@ impl Segment {
                     }
                 }
             }
-            let stripe_size_sectors = if count > 1 { get_u64(s, at, "stripe_size")? } else { 0 };
+            let stripe_size_sectors = if count > 1 {
+                get_u64(s, at, "stripe_size")?
+            } else {
+                0
+            };
             if count > 1 && (stripe_size_sectors < 8 || !stripe_size_sectors.is_power_of_two()) {
-                return Err(out_of_range(at, "stripe_size", stripe_size_sectors, "a power of two of at least 8 sectors"));
+                return Err(out_of_range(
+                    at,
+                    "stripe_size",
+                    stripe_size_sectors,
+                    "a power of two of at least 8 sectors",
+                ));
             }
-            SegmentKind::Striped { stripe_size_sectors, stripes }
+            SegmentKind::Striped {
+                stripe_size_sectors,
+                stripes,
+            }
         } else {
             let mut body = s.clone();
             for k in ["start_extent", "extent_count", "type"] {
                 body.remove(k);
             }
-            SegmentKind::Other { segtype: segtype.to_string(), body }
+            SegmentKind::Other {
+                segtype: segtype.to_string(),
+                body,
+            }
         };
-        Ok(Segment { start_extent, extent_count, kind })
+        Ok(Segment {
+            start_extent,
+            extent_count,
+            kind,
+        })
     }
 
     fn to_section(&self) -> Section {
@@ -640,7 +744,10 @@ impl Segment {
         s.set_value("start_extent", int(self.start_extent));
         s.set_value("extent_count", int(self.extent_count));
         match &self.kind {
-            SegmentKind::Striped { stripe_size_sectors, stripes } => {
+            SegmentKind::Striped {
+                stripe_size_sectors,
+                stripes,
+            } => {
                 s.set_value("type", Value::Str("striped".into()));
                 s.set_value("stripe_count", int(stripes.len() as u64));
                 if stripes.len() > 1 {
@@ -664,7 +771,11 @@ impl Segment {
 /// lvm2's rules for VG and LV names.
 pub fn check_name(at: &str, name: &str) -> Result<(), VgError> {
     let bad = |why: &str| {
-        Err(VgError::BadName { at: at.to_string(), name: name.to_string(), why: why.to_string() })
+        Err(VgError::BadName {
+            at: at.to_string(),
+            name: name.to_string(),
+            why: why.to_string(),
+        })
     };
     if name.is_empty() {
         return bad("it is empty");
@@ -678,7 +789,10 @@ pub fn check_name(at: &str, name: &str) -> Result<(), VgError> {
     if name.starts_with('-') {
         return bad("it starts with '-'");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "+_.-".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "+_.-".contains(*c)))
+    {
         return Err(VgError::BadName {
             at: at.to_string(),
             name: name.to_string(),
@@ -692,7 +806,11 @@ pub fn check_name(at: &str, name: &str) -> Result<(), VgError> {
 pub fn check_new_lv_name(at: &str, name: &str) -> Result<(), VgError> {
     check_name(at, name)?;
     let bad = |why: String| {
-        Err(VgError::BadName { at: at.to_string(), name: name.to_string(), why })
+        Err(VgError::BadName {
+            at: at.to_string(),
+            name: name.to_string(),
+            why,
+        })
     };
     for prefix in ["snapshot", "pvmove"] {
         if name.starts_with(prefix) {
@@ -730,9 +848,16 @@ fn out_of_range(at: &str, key: &str, value: u64, why: &str) -> VgError {
 
 fn missing_or_wrong(s: &Section, at: &str, key: &str, expected: &'static str) -> VgError {
     if s.get(key).is_some() {
-        VgError::WrongType { at: at.to_string(), key: key.to_string(), expected }
+        VgError::WrongType {
+            at: at.to_string(),
+            key: key.to_string(),
+            expected,
+        }
     } else {
-        VgError::Missing { at: at.to_string(), key: key.to_string() }
+        VgError::Missing {
+            at: at.to_string(),
+            key: key.to_string(),
+        }
     }
 }
 
@@ -758,12 +883,18 @@ fn get_u64_or(s: &Section, at: &str, key: &str, default: u64) -> Result<u64, VgE
 }
 
 fn get_strings(s: &Section, at: &str, key: &str) -> Result<Vec<String>, VgError> {
-    let items = s.get_array(key).ok_or_else(|| missing_or_wrong(s, at, key, "an array of strings"))?;
+    let items = s
+        .get_array(key)
+        .ok_or_else(|| missing_or_wrong(s, at, key, "an array of strings"))?;
     items
         .iter()
         .map(|v| match v {
             Value::Str(s) => Ok(s.clone()),
-            _ => Err(VgError::WrongType { at: at.to_string(), key: key.to_string(), expected: "an array of strings" }),
+            _ => Err(VgError::WrongType {
+                at: at.to_string(),
+                key: key.to_string(),
+                expected: "an array of strings",
+            }),
         })
         .collect()
 }
@@ -777,8 +908,14 @@ fn get_strings_or_empty(s: &Section, at: &str, key: &str) -> Result<Vec<String>,
 }
 
 fn get_id(s: &Section, at: &str) -> Result<Id, VgError> {
-    let text = s.get_str("id").ok_or_else(|| missing_or_wrong(s, at, "id", "a string"))?;
-    text.parse().map_err(|e: super::id::IdError| VgError::BadId { at: at.to_string(), why: e.to_string() })
+    let text = s
+        .get_str("id")
+        .ok_or_else(|| missing_or_wrong(s, at, "id", "a string"))?;
+    text.parse()
+        .map_err(|e: super::id::IdError| VgError::BadId {
+            at: at.to_string(),
+            why: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -912,7 +1049,13 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
         assert_eq!(vg.pe_used("pv0"), 13);
         assert_eq!(vg.pe_used("pv1"), 4);
         assert_eq!(vg.pe_free_total(), 30 - 17);
-        assert_eq!(vg.extra, vec![("tags".to_string(), Node::Value(Value::Array(vec![Value::Str("web".into())])))]);
+        assert_eq!(
+            vg.extra,
+            vec![(
+                "tags".to_string(),
+                Node::Value(Value::Array(vec![Value::Str("web".into())]))
+            )]
+        );
     }
 
     #[test]
@@ -930,38 +1073,79 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
         let text = changed.to_text(&info, Style::Disk);
         let (again, _) = VolumeGroup::from_text(text.as_bytes()).unwrap();
         assert_eq!(again.lv("r1"), vg.lv("r1"));
-        assert!(text.contains("raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]"));
+        assert!(text.contains(
+            "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]"
+        ));
     }
 
     fn broken(from: &str, to: &str) -> VgError {
         assert!(SAMPLE.contains(from), "sample lacks {from}");
-        VolumeGroup::from_text(SAMPLE.replacen(from, to, 1).as_bytes()).expect_err("must be refused")
+        VolumeGroup::from_text(SAMPLE.replacen(from, to, 1).as_bytes())
+            .expect_err("must be refused")
     }
 
     #[test]
     fn refuses_inconsistent_metadata_with_a_precise_message() {
         let cases: Vec<(&str, &str, &str)> = vec![
-            ("stripes = [\"pv0\", 10, \"pv1\", 2]", "stripes = [\"pv0\", 9, \"pv1\", 2]", "overlap"),
-            ("stripes = [\"pv1\", 0]", "stripes = [\"pv1\", 14]", "has 15 extents"),
-            ("stripes = [\"pv1\", 0]", "stripes = [\"pv7\", 0]", "which the VG does not have"),
-            ("segment_count = 2", "segment_count = 3", "segment_count is 3"),
+            (
+                "stripes = [\"pv0\", 10, \"pv1\", 2]",
+                "stripes = [\"pv0\", 9, \"pv1\", 2]",
+                "overlap",
+            ),
+            (
+                "stripes = [\"pv1\", 0]",
+                "stripes = [\"pv1\", 14]",
+                "has 15 extents",
+            ),
+            (
+                "stripes = [\"pv1\", 0]",
+                "stripes = [\"pv7\", 0]",
+                "which the VG does not have",
+            ),
+            (
+                "segment_count = 2",
+                "segment_count = 3",
+                "segment_count is 3",
+            ),
             ("extent_size = 8192", "extent_size = 0", "extent_size"),
-            ("pe_count = 15\n}\npv1", "pe_count = 99999999999\n}\npv1", "do not fit"),
-            ("start_extent = 10", "start_extent = 11", "starts at extent 11"),
+            (
+                "pe_count = 15\n}\npv1",
+                "pe_count = 99999999999\n}\npv1",
+                "do not fit",
+            ),
+            (
+                "start_extent = 10",
+                "start_extent = 11",
+                "starts at extent 11",
+            ),
             ("stripe_count = 2", "stripe_count = 3", "stripe_count is 3"),
             ("stripe_size = 128", "stripe_size = 100", "stripe_size"),
             ("seqno = 7", "seqno = -7", "negative"),
             ("seqno = 7", "seqno = \"7\"", "wrong type"),
-            ("id = \"GxcpjS-hnrn-M2oA-1cVn-t1hJ-6Dzt-xawGVU\"", "id = \"short\"", "identifier"),
+            (
+                "id = \"GxcpjS-hnrn-M2oA-1cVn-t1hJ-6Dzt-xawGVU\"",
+                "id = \"short\"",
+                "identifier",
+            ),
             ("vg0 {", "vg$0 {", "not allowed"),
             ("extent_count = 4", "extent_count = 5", "do not divide"),
-            ("pv1 {\nid = \"aaNLKr", "pv1 {\nid = \"thNLKr", "listed twice"),
+            (
+                "pv1 {\nid = \"aaNLKr",
+                "pv1 {\nid = \"thNLKr",
+                "listed twice",
+            ),
             ("format = \"lvm2\"", "format = \"lvm1\"", "not lvm2"),
         ];
         for (from, to, expected) in cases {
             let err = broken(from, to).to_string();
-            assert!(err.contains(expected), "{from} -> {to}: got '{err}', expected '{expected}'");
-            assert!(err.contains("VG '") || err.contains("vg$0"), "{err} does not say where");
+            assert!(
+                err.contains(expected),
+                "{from} -> {to}: got '{err}', expected '{expected}'"
+            );
+            assert!(
+                err.contains("VG '") || err.contains("vg$0"),
+                "{err} does not say where"
+            );
         }
     }
 
