@@ -93,7 +93,12 @@ impl Archive {
         let _ = getrandom::getrandom(&mut raw);
         let name = format!("{}_{:05}-{}.vg", vg.name, vg.seqno, u32::from_le_bytes(raw));
         let path = self.dir.join(name);
-        write_file_durably(&path, &backup_text(vg, info))?;
+        // The archive is a convenience copy: the VG itself is durable in its metadata areas,
+        // so the archive skips the fsync that would double the cost of every change.
+        std::fs::write(&path, backup_text(vg, info)).map_err(|source| EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let entries = self.list(&vg.name)?;
         if entries.len() > KEEP {
             for old in &entries[..entries.len() - KEEP] {

@@ -40,12 +40,15 @@ fn fresh_header(start: u64, size: u64) -> MdaHeader {
     }
 }
 
-/// Writes `vg` to every metadata area of `pvs` (crash-safely, as described above).
-pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()> {
-    let text = vg.to_text(info, Style::Disk);
-    let mut staged: Vec<(SharedDevice, MdaHeader)> = Vec::new();
-    for pv in pvs {
-        for mda in &pv.mdas {
+/// One PV's share of a commit: its new text in every metadata area, then the headers.
+struct Staged<'a> {
+    pv: &'a PvInfo,
+    headers: Vec<MdaHeader>,
+}
+
+impl Staged<'_> {
+    fn write_texts(&mut self, text: &str) -> Result<()> {
+        for mda in &self.pv.mdas {
             if mda.is_ignored() {
                 continue;
             }
@@ -54,18 +57,67 @@ pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()
                 .clone()
                 .unwrap_or_else(|| fresh_header(mda.start, mda.size));
             // The stored text carries a trailing NUL.
-            let offset = next_text_offset(&pv.path, &header, text.len() as u64 + 1)?;
-            let locn = write_text(pv.device.as_ref(), &header, offset, text.as_bytes())?;
+            let offset = next_text_offset(&self.pv.path, &header, text.len() as u64 + 1)?;
+            let locn = write_text(self.pv.device.as_ref(), &header, offset, text.as_bytes())?;
             header.raw_locns = vec![locn];
-            staged.push((pv.device.clone(), header));
+            self.headers.push(header);
         }
+        Ok(self.pv.device.flush()?)
     }
-    let devices: Vec<SharedDevice> = pvs.iter().map(|p| p.device.clone()).collect();
-    flush_all(&devices)?;
-    on_each(&staged, |(dev, header)| {
-        Ok(write_mda_header(dev.as_ref(), header)?)
-    })?;
-    flush_all(&devices)
+
+    fn write_headers(&self) -> Result<()> {
+        for header in &self.headers {
+            write_mda_header(self.pv.device.as_ref(), header)?;
+        }
+        Ok(self.pv.device.flush()?)
+    }
+}
+
+/// Writes `vg` to every metadata area of `pvs` (crash-safely, as described above). Each PV
+/// gets its own thread for both phases, so flushes to many devices overlap; a barrier keeps
+/// every header write after every text flush, and one failed text write stops all headers.
+pub fn write_vg(pvs: &[&PvInfo], vg: &VolumeGroup, info: &TextInfo) -> Result<()> {
+    let text = vg.to_text(info, Style::Disk);
+    let mut staged: Vec<Staged> = pvs
+        .iter()
+        .map(|pv| Staged {
+            pv,
+            headers: Vec::new(),
+        })
+        .collect();
+    if staged.len() <= 1 {
+        staged.iter_mut().try_for_each(|s| s.write_texts(&text))?;
+        return staged.iter().try_for_each(Staged::write_headers);
+    }
+    let barrier = std::sync::Barrier::new(staged.len());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = staged
+            .iter_mut()
+            .map(|s| {
+                let (barrier, failed, text) = (&barrier, &failed, &text);
+                scope.spawn(move || {
+                    let first = s.write_texts(text);
+                    if first.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    barrier.wait();
+                    first?;
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    s.write_headers()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Ok(())))
+            .collect()
+    });
+    // A failed text write returns its error from its own thread; the others return Ok
+    // without writing headers.
+    results.into_iter().collect()
 }
 
 /// Makes `pvs` orphans: empties their metadata areas and clears the in-use flag.

@@ -6,6 +6,9 @@
 //! `pv_header` = pv_uuid[32], device_size_xl u64, data-area list and metadata-area list
 //! (each `{u64 offset, u64 size}`, ending in an all-zero entry), then the extension: version
 //! u32, flags u32, bootloader-area list.
+//!
+//! As lvm2 2.03's scan does, the first sector holding a valid label wins and damaged
+//! LABELONE sectors are passed over; a device whose only labels are damaged is an error.
 
 use thiserror::Error;
 
@@ -25,6 +28,10 @@ pub const DEFAULT_LABEL_SECTOR: u64 = 1;
 pub const PV_HEADER_OFFSET: u32 = 32;
 /// The first metadata area's usual place.
 pub const DEFAULT_MDA_OFFSET: u64 = 4096;
+/// pvcreate's default first extent: 1 MiB.
+pub const DEFAULT_PE_START: u64 = 1 << 20;
+/// The bytes the label may occupy; no area may start inside them.
+pub const LABEL_SCAN_BYTES: u64 = LABEL_SCAN_SECTORS * SECTOR as u64;
 pub const PV_EXT_VERSION: u32 = 2;
 /// Extension flag: the PV belongs to a VG.
 pub const PV_EXT_USED: u32 = 1;
@@ -100,8 +107,10 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 impl PvLabel {
-    /// A new orphan PV laid out as lvm2's pvcreate does by default: label in sector 1, one
-    /// metadata area from 4096 up to the first extent, data from `pe_start_bytes`.
+    /// A new orphan PV laid out as lvm2 2.03's pvcreate does by default: label in sector 1,
+    /// one data area `{pe_start, 0}`, one metadata area from 4096 up to the first extent,
+    /// extension version 2 with no flags. With `pe_start_bytes` = [`DEFAULT_PE_START`] its
+    /// encoding equals pvcreate's byte for byte (checked in tests/lvm2_real.rs).
     pub fn new_pv(pv_id: Id, device_size_bytes: u64, pe_start_bytes: u64) -> PvLabel {
         PvLabel {
             sector: DEFAULT_LABEL_SECTOR,
@@ -121,7 +130,20 @@ impl PvLabel {
         }
     }
 
-    /// The label sector's bytes, checksum included.
+    /// True if the lists fit in the sector with their terminators (at most 24 entries in
+    /// all); [`write_label`] refuses labels that do not.
+    pub fn fits(&self) -> bool {
+        let entries = self.data_areas.len() + self.metadata_areas.len() + 2;
+        let ext = if self.ext_version > 0 {
+            8 + 16 * (self.bootloader_areas.len() + 1)
+        } else {
+            0
+        };
+        72 + 16 * entries + ext <= SECTOR
+    }
+
+    /// The label sector's bytes, checksum included. Lists are cut where the sector ends
+    /// (see [`PvLabel::fits`]).
     pub fn encode(&self) -> [u8; SECTOR] {
         let mut b = [0u8; SECTOR];
         b[0..8].copy_from_slice(LABEL_ID);
@@ -132,8 +154,6 @@ impl PvLabel {
         b[64..72].copy_from_slice(&self.device_size_bytes.to_le_bytes());
         let mut at = 72;
         let put_list = |b: &mut [u8; SECTOR], list: &[DiskLocn], at: &mut usize| {
-            // Lists that would run off the sector are cut; encode is only given lists
-            // built by tessera, which hold one or two entries.
             for l in list
                 .iter()
                 .chain(std::iter::once(&DiskLocn { offset: 0, size: 0 }))
@@ -159,7 +179,8 @@ impl PvLabel {
         b
     }
 
-    /// Reads a label sector found at `sector`; `device_size` bounds the areas it lists.
+    /// Reads the label sector found at `sector` of `device`, checking signature, sector,
+    /// checksum, type and header offset; `device_size` bounds the areas it lists.
     pub fn decode(
         b: &[u8],
         sector: u64,
@@ -255,7 +276,8 @@ impl PvLabel {
         Ok(label)
     }
 
-    /// Every area must lie inside the device, and metadata areas must hold a header.
+    /// Every area must lie inside the device and past the label sectors, and metadata
+    /// areas must be big enough for their header.
     fn check_bounds(&self, device: &str, device_size: u64) -> Result<(), LabelError> {
         let malformed = |why: String| LabelError::Malformed {
             device: device.to_string(),
@@ -268,48 +290,69 @@ impl PvLabel {
                 self.device_size_bytes
             )));
         }
-        for m in &self.metadata_areas {
-            let end = m.offset.checked_add(m.size);
-            if m.size < SECTOR as u64 || end.is_none_or(|e| e > device_size) {
-                return Err(malformed(format!(
-                    "metadata area at byte {} of {} bytes does not fit in the device ({device_size} bytes)",
-                    m.offset, m.size
-                )));
+        let lists = [
+            ("data", &self.data_areas),
+            ("metadata", &self.metadata_areas),
+            ("bootloader", &self.bootloader_areas),
+        ];
+        for (what, list) in lists {
+            for a in list {
+                let fits = a
+                    .offset
+                    .checked_add(a.size)
+                    .is_some_and(|e| e <= device_size);
+                if a.offset < LABEL_SCAN_BYTES || !fits {
+                    return Err(malformed(format!(
+                        "{what} area at byte {} of {} bytes does not fit in the device \
+                         (bytes {LABEL_SCAN_BYTES} to {device_size})",
+                        a.offset, a.size
+                    )));
+                }
             }
         }
-        for d in &self.data_areas {
-            if d.offset > device_size {
-                return Err(malformed(format!(
-                    "data area starts at byte {}, past the device end ({device_size} bytes)",
-                    d.offset
-                )));
-            }
+        if let Some(m) = self.metadata_areas.iter().find(|m| m.size <= SECTOR as u64) {
+            return Err(malformed(format!(
+                "metadata area at byte {} of {} bytes has no room for text",
+                m.offset, m.size
+            )));
         }
         Ok(())
     }
 }
 
-/// Finds and reads the label among the first four sectors. `Ok(None)`: no LVM2 label.
+/// Finds and reads the label among the first four sectors (as many as the device has).
+/// `Ok(None)`: no LABELONE at all. The first valid label wins; if every LABELONE found is
+/// damaged, the first one's error is returned.
 pub fn read_label(dev: &dyn BlockDevice) -> Result<Option<PvLabel>, LabelError> {
     let size = dev.size_bytes();
-    let sectors = (size / SECTOR as u64).min(LABEL_SCAN_SECTORS);
-    if sectors == 0 {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; sectors as usize * SECTOR];
+    let sectors = (size / SECTOR as u64).min(LABEL_SCAN_SECTORS) as usize;
+    let mut buf = vec![0u8; sectors * SECTOR];
     dev.read_at(&mut buf, 0)?;
-    for s in 0..sectors as usize {
-        let b = &buf[s * SECTOR..(s + 1) * SECTOR];
-        if &b[0..8] == LABEL_ID {
-            return PvLabel::decode(b, s as u64, dev.name(), size).map(Some);
+    let mut first_error = None;
+    for (s, b) in buf.chunks_exact(SECTOR).enumerate() {
+        if &b[0..8] != LABEL_ID {
+            continue;
+        }
+        match PvLabel::decode(b, s as u64, dev.name(), size) {
+            Ok(label) => return Ok(Some(label)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    Ok(None)
+    first_error.map_or(Ok(None), Err)
 }
 
 /// Writes the label and clears any other LABELONE among the first four sectors, as
 /// pvcreate does, so a scan never finds two.
 pub fn write_label(dev: &dyn BlockDevice, label: &PvLabel) -> Result<(), LabelError> {
+    if label.sector >= LABEL_SCAN_SECTORS || !label.fits() {
+        return Err(LabelError::Malformed {
+            device: dev.name().into(),
+            sector: label.sector,
+            why: "cannot write a label outside sectors 0-3 or with more areas than fit".into(),
+        });
+    }
     let size = dev.size_bytes();
     let sectors = (size / SECTOR as u64).min(LABEL_SCAN_SECTORS);
     let mut buf = vec![0u8; sectors as usize * SECTOR];
@@ -343,76 +386,211 @@ mod tests {
     use super::*;
     use tessera_block::MemoryDevice;
 
+    const SIZE: u64 = 64 << 20;
+
     fn dev() -> MemoryDevice {
-        MemoryDevice::new("mem0", 64 << 20)
+        MemoryDevice::new("mem0", SIZE)
+    }
+
+    fn label() -> PvLabel {
+        PvLabel::new_pv(Id::random(), SIZE, DEFAULT_PE_START)
+    }
+
+    /// Recomputes the checksum so damage gets past it.
+    fn fix(b: &mut [u8; 512]) {
+        let sum = crc::checksum(&b[20..]);
+        b[16..20].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    fn put_u64(b: &mut [u8; 512], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn error_of(b: &[u8; 512]) -> String {
+        PvLabel::decode(b, 1, "/dev/loop3", SIZE)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn new_pv_matches_pvcreate_layout() {
+        let l = label();
+        let b = l.encode();
+        // Bytes as lvm2 2.03.16's pvcreate wrote them on a 64 MiB device (id aside).
+        assert_eq!(&b[0..16], b"LABELONE\x01\0\0\0\0\0\0\0");
+        assert_eq!(&b[20..32], b"\x20\0\0\0LVM2 001");
+        let words: Vec<u64> = (64..144).step_by(8).map(|at| le_u64(&b, at)).collect();
+        assert_eq!(words, [SIZE, 1 << 20, 0, 0, 0, 4096, 1_044_480, 0, 0, 2]);
+        assert!(b[144..].iter().all(|&x| x == 0));
     }
 
     #[test]
     fn round_trips_through_a_device() {
         let d = dev();
-        let mut label = PvLabel::new_pv(Id::random(), 64 << 20, 1 << 20);
-        label.ext_flags = PV_EXT_USED;
-        write_label(&d, &label).unwrap();
-        assert_eq!(read_label(&d).unwrap(), Some(label.clone()));
-        let encoded = label.encode();
-        assert_eq!(PvLabel::decode(&encoded, 1, "x", 64 << 20).unwrap(), label);
+        let mut l = label();
+        l.ext_flags = PV_EXT_USED;
+        l.metadata_areas.push(DiskLocn {
+            offset: SIZE - (1 << 20),
+            size: 1 << 20,
+        });
+        l.bootloader_areas.push(DiskLocn {
+            offset: 1 << 20,
+            size: 1 << 20,
+        });
+        write_label(&d, &l).unwrap();
+        assert_eq!(read_label(&d).unwrap(), Some(l.clone()));
+        assert_eq!(PvLabel::decode(&l.encode(), 1, "x", SIZE).unwrap(), l);
         wipe_label(&d).unwrap();
         assert_eq!(read_label(&d).unwrap(), None);
+        // Labels from before the extension (version 0) read back without one.
+        let old = PvLabel {
+            ext_version: 0,
+            ext_flags: 0,
+            bootloader_areas: vec![],
+            ..l
+        };
+        assert_eq!(PvLabel::decode(&old.encode(), 1, "x", SIZE).unwrap(), old);
     }
 
     #[test]
     fn writing_clears_labels_in_other_sectors() {
         let d = dev();
-        let mut label = PvLabel::new_pv(Id::random(), 64 << 20, 1 << 20);
-        label.sector = 0;
-        write_label(&d, &label).unwrap();
-        label.sector = 1;
-        write_label(&d, &label).unwrap();
+        let mut l = label();
+        for sector in [0, 3, 1] {
+            l.sector = sector;
+            write_label(&d, &l).unwrap();
+        }
+        let mut b = vec![0u8; 2048];
+        d.read_at(&mut b, 0).unwrap();
+        let found: Vec<usize> = (0..4)
+            .filter(|s| &b[s * 512..s * 512 + 8] == LABEL_ID)
+            .collect();
+        assert_eq!(found, [1]);
         assert_eq!(read_label(&d).unwrap().unwrap().sector, 1);
+        l.sector = 4;
+        assert!(write_label(&d, &l).is_err());
+        l.sector = 1;
+        l.data_areas = vec![
+            DiskLocn {
+                offset: 1 << 20,
+                size: 0
+            };
+            24
+        ];
+        assert!(!l.fits() && write_label(&d, &l).is_err());
+    }
+
+    #[test]
+    fn a_damaged_label_does_not_hide_a_good_one() {
+        let d = dev();
+        let good = label();
+        write_label(&d, &good).unwrap();
+        let mut bad = PvLabel {
+            sector: 0,
+            ..good.clone()
+        }
+        .encode();
+        bad[100] ^= 1;
+        d.write_at(&bad, 0).unwrap();
+        assert_eq!(read_label(&d).unwrap(), Some(good));
+        // With only the damaged one left, its error comes out.
+        d.write_at(&[0u8; 512], 512).unwrap();
+        let err = read_label(&d).unwrap_err();
+        assert!(
+            matches!(err, LabelError::Checksum { sector: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn small_devices_have_no_label_and_no_panic() {
+        for size in [0, 100, 512, 1000, 2047] {
+            let d = MemoryDevice::new("tiny", size);
+            assert_eq!(read_label(&d).unwrap(), None);
+            assert!(wipe_label(&d).is_ok());
+        }
+        let d = MemoryDevice::new("tiny", 1024);
+        d.write_at(&label().encode(), 512).unwrap();
+        let err = read_label(&d).unwrap_err().to_string();
+        assert!(
+            err.starts_with("tiny: LVM2 label in sector 1") && err.contains("does not fit"),
+            "{err}"
+        );
     }
 
     #[test]
     fn refuses_damaged_labels() {
-        let label = PvLabel::new_pv(Id::random(), 64 << 20, 1 << 20);
-        let good = label.encode();
-        let fix = |b: &mut [u8; 512]| {
-            let sum = crc::checksum(&b[20..]);
-            b[16..20].copy_from_slice(&sum.to_le_bytes());
-        };
+        let good = label().encode();
         let mut b = good;
         b[100] ^= 1;
+        let err = error_of(&b);
+        assert!(
+            err.starts_with("/dev/loop3: LVM2 label in sector 1 has checksum 0x")
+                && err.contains(", expected 0x"),
+            "{err}"
+        );
         assert!(matches!(
-            PvLabel::decode(&b, 1, "d", 64 << 20),
-            Err(LabelError::Checksum { .. })
-        ));
-        assert!(matches!(
-            PvLabel::decode(&good, 2, "d", 64 << 20),
-            Err(LabelError::WrongSector { .. })
+            PvLabel::decode(&good, 2, "d", SIZE),
+            Err(LabelError::WrongSector {
+                sector: 2,
+                claimed: 1,
+                ..
+            })
         ));
         let mut b = good;
         b[24..32].copy_from_slice(b"LVM1 001");
         fix(&mut b);
-        assert!(matches!(
-            PvLabel::decode(&b, 1, "d", 64 << 20),
-            Err(LabelError::UnknownType { .. })
-        ));
+        assert!(error_of(&b).contains("type 'LVM1 001'"));
+        let mut b = good;
+        b[20] = 40;
+        fix(&mut b);
+        assert!(error_of(&b).contains("offset 40"));
+        let mut b = good;
+        b[40] = b'$';
+        fix(&mut b);
+        assert!(error_of(&b).contains("PV id"));
+        let mut b = good;
+        put_u64(&mut b, 64, u64::MAX);
+        fix(&mut b);
+        assert!(error_of(&b).contains("device size"));
         // A list without its terminating entry runs off the sector.
         let mut b = good;
-        for at in (72..496).step_by(16) {
-            b[at..at + 8].copy_from_slice(&4096u64.to_le_bytes());
-            b[at + 8..at + 16].copy_from_slice(&4096u64.to_le_bytes());
+        for at in (72..512).step_by(16) {
+            put_u64(&mut b, at, 1 << 20);
         }
         fix(&mut b);
-        let err = PvLabel::decode(&b, 1, "d", 64 << 20)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("runs off"), "{err}");
-        // A metadata area past the end of a smaller device.
+        assert!(error_of(&b).contains("data area list runs off the end of the sector"));
+        let mut b = good;
+        for at in (104..496).step_by(16) {
+            put_u64(&mut b, at, 4096);
+            put_u64(&mut b, at + 8, 4096);
+        }
+        fix(&mut b);
+        assert!(error_of(&b).contains("metadata area list runs off"));
+        // Areas past the device end, inside the label sectors, or too small for a header.
+        for (at, value, what) in [
+            (104, 1 << 40, "metadata area at byte 1099511627776"),
+            (112, u64::MAX, "metadata area at byte 4096"),
+            (104, 1024, "metadata area at byte 1024"),
+            (112, 512, "no room for text"),
+            (72, SIZE + 1, "data area"),
+            (80, SIZE, "data area"),
+        ] {
+            let mut b = good;
+            put_u64(&mut b, at, value);
+            fix(&mut b);
+            let err = error_of(&b);
+            assert!(
+                err.starts_with("/dev/loop3: LVM2 label in sector 1: ") && err.contains(what),
+                "{err}"
+            );
+        }
+        // Areas past the end of a device smaller than the label says.
         let err = PvLabel::decode(&good, 1, "d", 512 << 10)
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("d: ") && err.contains("metadata area"),
+            err.starts_with("d: ") && err.contains("does not fit in the device"),
             "{err}"
         );
     }
@@ -420,7 +598,7 @@ mod tests {
     #[test]
     fn decode_never_panics_on_noise() {
         let mut seed = 0x1234_5678_9abc_def0u64;
-        for _ in 0..20_000 {
+        for i in 0..20_000 {
             let mut b = [0u8; 512];
             for x in b.iter_mut() {
                 seed ^= seed << 13;
@@ -428,13 +606,21 @@ mod tests {
                 seed ^= seed << 17;
                 *x = seed as u8;
             }
+            // Mostly zero lists, so that decoding gets past them now and then.
+            for x in b[72 + (i % 400)..].iter_mut() {
+                *x = 0;
+            }
             b[0..8].copy_from_slice(LABEL_ID);
             b[8..16].copy_from_slice(&1u64.to_le_bytes());
             b[20..24].copy_from_slice(&32u32.to_le_bytes());
             b[24..32].copy_from_slice(LABEL_TYPE);
-            let sum = crc::checksum(&b[20..]);
-            b[16..20].copy_from_slice(&sum.to_le_bytes());
-            let _ = PvLabel::decode(&b, 1, "noise", 1 << 30);
+            fix(&mut b);
+            if let Ok(l) = PvLabel::decode(&b, 1, "noise", 1 << 30) {
+                assert_eq!(
+                    PvLabel::decode(&l.encode(), 1, "noise", 1 << 30).unwrap(),
+                    l
+                );
+            }
         }
     }
 }

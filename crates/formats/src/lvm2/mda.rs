@@ -2,11 +2,14 @@
 //!
 //! Header layout (little-endian): checksum_xl u32 (CRC of bytes 4..512), magic[16],
 //! version u32 (1), start u64 (the header's absolute byte offset), size u64 (the whole
-//! area), then `raw_locn` entries {offset u64 (from the area start), size u64 (text with its
-//! trailing NUL), checksum u32 (CRC of those `size` bytes), flags u32} ending at offset 0.
-//! Entry 0 is the committed text. A text runs from its offset and, past the area's end,
-//! continues at offset 512 (checked against lvm2 2.03.16: size counts the NUL, and the
-//! checksum covers it).
+//! area), then `raw_locn` entries {offset u64 (from the area start), size u64, checksum u32,
+//! flags u32} ending at offset 0. Slot 0 is the committed text, slot 1 the precommitted one.
+//!
+//! Checked against lvm2 2.03.16: a raw_locn's size counts the text's trailing NUL and its
+//! checksum covers those `size` bytes, NUL included. A text runs from its offset and, past
+//! the area's end, continues at offset 512 (the checksum chains over both pieces). New
+//! copies go after the current one, rounded up to 512 (see [`next_text_offset`]), and no
+//! copy may exceed `(size - 512) / 2 - 512` bytes so that two always fit.
 
 use thiserror::Error;
 
@@ -15,20 +18,27 @@ use tessera_block::{BlockDevice, BlockError};
 use super::crc;
 
 pub const MDA_HEADER_SIZE: u64 = 512;
-pub const MDA_MAGIC: &[u8; 16] =
-    b"\x20\x4c\x56\x4d\x32\x20\x78\x5b\x35\x41\x25\x72\x30\x4e\x2a\x3e";
+pub const MDA_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
 pub const MDA_VERSION: u32 = 1;
 /// raw_locn flag: this area is not used for metadata (`pvchange --metadataignore`).
 pub const RAW_LOCN_IGNORED: u32 = 1;
-/// Where new texts are aligned in the buffer.
+/// Where copies start in the buffer (lvm2's MDA_ORIGINAL_ALIGNMENT).
 const TEXT_ALIGN: u64 = 512;
-/// Entries that fit in the header after its fixed part.
-const MAX_LOCNS: usize = (512 - 40) / 24;
+/// raw_locn slots in the header: (512 - 40) / 24, the last one only when it is full.
+const LOCN_SLOTS: usize = (512 - 40) / 24;
+/// Most entries `encode` writes: one slot stays free for the terminating zero entry.
+pub const MAX_RAW_LOCNS: usize = LOCN_SLOTS - 1;
+/// Largest text `read_text` allocates for, whatever a (corrupt) header on a big device
+/// claims. lvm2's own texts stay far below: 1 MiB areas hold at most 521,216 bytes.
+pub const MAX_TEXT_READ: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawLocn {
+    /// From the start of the area; 512 or more.
     pub offset: u64,
+    /// Bytes stored, the trailing NUL included.
     pub size: u64,
+    /// lvm2's CRC of the `size` stored bytes.
     pub checksum: u32,
     pub flags: u32,
 }
@@ -73,42 +83,56 @@ pub enum MdaError {
         start: u64,
         why: String,
     },
-    #[error("{device}: metadata area at byte {start}: text checksum is {found:#010x}, expected {expected:#010x}")]
+    #[error("{device}: metadata area at byte {start}: text at offset {offset} of {size} bytes has checksum {found:#010x}, expected {expected:#010x}")]
     TextChecksum {
         device: String,
         start: u64,
+        offset: u64,
+        size: u64,
         found: u32,
         expected: u32,
     },
-    #[error("{device}: metadata area at byte {start} ({size} bytes) is too small for {len} bytes of metadata next to the current copy; the VG's metadata has outgrown it")]
-    TooSmall {
+    #[error("{device}: metadata area at byte {start}: metadata of {len} bytes exceeds the area's maximum of {max} bytes (two copies must fit in its {size} bytes); the VG's metadata has outgrown it")]
+    TooLarge {
         device: String,
         start: u64,
         size: u64,
         len: u64,
+        max: u64,
+    },
+    #[error("{device}: metadata area at byte {start}: a copy of {len} bytes at offset {offset} would overwrite the current one at offset {old_offset} ({old_size} bytes)")]
+    Overlap {
+        device: String,
+        start: u64,
+        len: u64,
+        offset: u64,
+        old_offset: u64,
+        old_size: u64,
     },
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
+fn le_u32(b: &[u8; 512], at: usize) -> u32 {
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(raw)
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+fn le_u64(b: &[u8; 512], at: usize) -> u64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(raw)
 }
 
 impl MdaHeader {
+    /// The header sector. At most [`MAX_RAW_LOCNS`] entries are written (tessera uses two);
+    /// [`write_mda_header`] refuses more.
     pub fn encode(&self) -> [u8; 512] {
         let mut b = [0u8; 512];
         b[4..20].copy_from_slice(MDA_MAGIC);
         b[20..24].copy_from_slice(&MDA_VERSION.to_le_bytes());
         b[24..32].copy_from_slice(&self.start.to_le_bytes());
         b[32..40].copy_from_slice(&self.size.to_le_bytes());
-        for (i, l) in self.raw_locns.iter().take(MAX_LOCNS).enumerate() {
+        for (i, l) in self.raw_locns.iter().take(MAX_RAW_LOCNS).enumerate() {
             let at = 40 + i * 24;
             b[at..at + 8].copy_from_slice(&l.offset.to_le_bytes());
             b[at + 8..at + 16].copy_from_slice(&l.size.to_le_bytes());
@@ -120,7 +144,8 @@ impl MdaHeader {
         b
     }
 
-    /// Reads a header expected at byte `start` of `device`.
+    /// Reads a header expected at byte `start` of `device`, with lvm2's checks: checksum,
+    /// magic, version and start.
     pub fn decode(b: &[u8; 512], start: u64, device: &str) -> Result<MdaHeader, MdaError> {
         let found = le_u32(b, 0);
         let expected = crc::checksum(&b[4..]);
@@ -154,180 +179,296 @@ impl MdaHeader {
                 claimed,
             });
         }
-        let size = le_u64(b, 32);
-        let mut raw_locns = Vec::new();
-        for i in 0..MAX_LOCNS {
-            let at = 40 + i * 24;
-            let l = RawLocn {
-                offset: le_u64(b, at),
-                size: le_u64(b, at + 8),
-                checksum: le_u32(b, at + 16),
-                flags: le_u32(b, at + 20),
-            };
-            if l.offset == 0 {
-                break;
-            }
-            raw_locns.push(l);
-        }
+        let raw_locns = (0..LOCN_SLOTS)
+            .map(|i| {
+                let at = 40 + i * 24;
+                RawLocn {
+                    offset: le_u64(b, at),
+                    size: le_u64(b, at + 8),
+                    checksum: le_u32(b, at + 16),
+                    flags: le_u32(b, at + 20),
+                }
+            })
+            .take_while(|l| l.offset != 0)
+            .collect();
         Ok(MdaHeader {
             start,
-            size,
+            size: le_u64(b, 32),
             raw_locns,
         })
     }
 
-    fn buffer_len(&self) -> u64 {
+    /// Bytes of the circular text buffer (the area after its header).
+    pub fn buffer_len(&self) -> u64 {
         self.size.saturating_sub(MDA_HEADER_SIZE)
+    }
+
+    /// Largest text (NUL included) lvm2 2.03 writes to this area: half the buffer, less
+    /// one alignment unit, so the new copy never overlaps the old one.
+    pub fn max_text_size(&self) -> u64 {
+        (self.buffer_len() / 2).saturating_sub(TEXT_ALIGN)
+    }
+
+    /// The committed copy (slot 0) unless it is absent or the area is ignored.
+    pub fn committed(&self) -> Option<&RawLocn> {
+        self.raw_locns
+            .first()
+            .filter(|l| l.flags & RAW_LOCN_IGNORED == 0 && (l.offset != 0 || l.size != 0))
+    }
+
+    fn malformed(&self, device: &str, why: String) -> MdaError {
+        MdaError::Malformed {
+            device: device.into(),
+            start: self.start,
+            why,
+        }
+    }
+
+    /// The area must hold a header and some text, and lie inside the device.
+    fn check_area(&self, dev: &dyn BlockDevice) -> Result<(), MdaError> {
+        let dev_size = dev.size_bytes();
+        if self.size <= MDA_HEADER_SIZE {
+            return Err(self.malformed(
+                dev.name(),
+                format!(
+                    "the area's size of {} bytes leaves no room for text",
+                    self.size
+                ),
+            ));
+        }
+        match self.start.checked_add(self.size) {
+            Some(end) if end <= dev_size => Ok(()),
+            _ => Err(self.malformed(
+                dev.name(),
+                format!(
+                    "the area's {} bytes run past the end of the device ({dev_size} bytes)",
+                    self.size
+                ),
+            )),
+        }
+    }
+
+    /// Where a copy of `len` bytes at `offset` lies: the first piece up to the area's end,
+    /// the rest from offset 512, as (area offset, length) pairs.
+    fn pieces(&self, offset: u64, len: u64) -> [(u64, u64); 2] {
+        let first = len.min(self.size.saturating_sub(offset));
+        [(offset, first), (MDA_HEADER_SIZE, len - first)]
     }
 }
 
-/// Reads and checks the header of the area at byte `start`.
+/// Reads and checks the header of the area at byte `start`, and that the area it
+/// describes fits in the device.
 pub fn read_mda_header(dev: &dyn BlockDevice, start: u64) -> Result<MdaHeader, MdaError> {
     let mut b = [0u8; 512];
     dev.read_at(&mut b, start)?;
-    MdaHeader::decode(&b, start, dev.name())
+    let header = MdaHeader::decode(&b, start, dev.name())?;
+    header.check_area(dev)?;
+    Ok(header)
 }
 
+/// Writes the header sector.
 pub fn write_mda_header(dev: &dyn BlockDevice, header: &MdaHeader) -> Result<(), MdaError> {
+    if header.raw_locns.len() > MAX_RAW_LOCNS {
+        return Err(header.malformed(
+            dev.name(),
+            format!(
+                "cannot write {} text locations; at most {MAX_RAW_LOCNS} fit",
+                header.raw_locns.len()
+            ),
+        ));
+    }
     dev.write_at(&header.encode(), header.start)?;
     Ok(())
 }
 
-/// The pieces (device offset, length) a text of `len` bytes at `offset` occupies.
-fn pieces(h: &MdaHeader, offset: u64, len: u64) -> [(u64, u64); 2] {
-    let first = len.min(h.size - offset);
-    [
-        (h.start + offset, first),
-        (h.start + MDA_HEADER_SIZE, len - first),
-    ]
-}
-
-/// Reads the text `locn` points at, with its trailing NUL, after checking that it lies in
-/// the area and its checksum matches. Sizes are checked before anything is allocated.
+/// Reads the text `locn` points at and checks its checksum. Returns the text WITHOUT its
+/// trailing NUL (the NUL is part of `locn.size` and of the checksum, not of the text).
+/// Offsets and sizes are checked against the area and [`MAX_TEXT_READ`] before anything is
+/// allocated.
 pub fn read_text(
     dev: &dyn BlockDevice,
     h: &MdaHeader,
     locn: &RawLocn,
 ) -> Result<Vec<u8>, MdaError> {
-    let malformed = |why: String| MdaError::Malformed {
-        device: dev.name().to_string(),
-        start: h.start,
-        why,
-    };
-    let area_end = h
-        .start
-        .checked_add(h.size)
-        .filter(|&e| e <= dev.size_bytes());
-    if h.size <= MDA_HEADER_SIZE || area_end.is_none() {
-        return Err(malformed(format!(
-            "the area's size {} does not fit the device ({} bytes) past its header",
-            h.size,
-            dev.size_bytes()
-        )));
-    }
+    h.check_area(dev)?;
     if locn.offset < MDA_HEADER_SIZE || locn.offset >= h.size {
-        return Err(malformed(format!(
-            "text at offset {} lies outside the area's {} bytes",
-            locn.offset, h.size
-        )));
+        return Err(h.malformed(
+            dev.name(),
+            format!(
+                "text at offset {} lies outside the area's text buffer (offsets 512 to {})",
+                locn.offset, h.size
+            ),
+        ));
     }
-    if locn.size == 0 || locn.size > h.buffer_len() {
-        return Err(malformed(format!(
-            "text of {} bytes does not fit in the area's {} bytes",
-            locn.size,
-            h.buffer_len()
-        )));
+    if locn.size == 0 || locn.size > h.buffer_len() || locn.size > MAX_TEXT_READ {
+        return Err(h.malformed(
+            dev.name(),
+            format!(
+                "text at offset {} of {} bytes does not fit in the area's {}-byte text buffer",
+                locn.offset,
+                locn.size,
+                h.buffer_len().min(MAX_TEXT_READ)
+            ),
+        ));
     }
-    let [(a_at, a_len), (b_at, b_len)] = pieces(h, locn.offset, locn.size);
-    if b_len > locn.offset - MDA_HEADER_SIZE {
-        return Err(malformed(format!(
-            "text at offset {} of {} bytes wraps around onto itself",
-            locn.offset, locn.size
-        )));
-    }
+    // size <= buffer_len, so a wrapped second piece ends before the first one starts.
     let mut text = vec![0u8; locn.size as usize];
-    dev.read_at(&mut text[..a_len as usize], a_at)?;
-    if b_len > 0 {
-        dev.read_at(&mut text[a_len as usize..], b_at)?;
+    let mut crc = crc::INITIAL_CRC;
+    let mut filled = 0usize;
+    for (offset, len) in h.pieces(locn.offset, locn.size) {
+        let piece = &mut text[filled..filled + len as usize];
+        dev.read_at(piece, h.start + offset)?;
+        crc = crc::update(crc, piece);
+        filled += len as usize;
     }
-    let found = crc::checksum(&text);
-    if found != locn.checksum {
+    if crc != locn.checksum {
         return Err(MdaError::TextChecksum {
-            device: dev.name().to_string(),
+            device: dev.name().into(),
             start: h.start,
-            found,
+            offset: locn.offset,
+            size: locn.size,
+            found: crc,
             expected: locn.checksum,
         });
+    }
+    if text.last() == Some(&0) {
+        text.pop();
     }
     Ok(text)
 }
 
-/// Where lvm2 places the next copy of `len` bytes: after the current copy's end, aligned to
-/// 512; back at 512 when that is at or past the area's end. Refuses when the new copy would
-/// overlap the current one, which must stay intact until the header points away from it.
+/// Inclusive area-offset ranges a copy of `len` bytes at `offset` covers, with the zero
+/// padding written up to the next 512-byte boundary of the device.
+fn covered(h: &MdaHeader, offset: u64, len: u64, padded: bool) -> Vec<(u64, u64)> {
+    h.pieces(offset, len)
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(at, n)| {
+            let end = if padded {
+                padded_end(h, at + n)
+            } else {
+                at + n
+            };
+            (at, end - 1)
+        })
+        .collect()
+}
+
+/// `end` (exclusive, in the area) moved to the next 512-byte boundary of the device, as
+/// lvm2 does when it zeroes the rest of the last sector; never past the area's end.
+fn padded_end(h: &MdaHeader, end: u64) -> u64 {
+    let abs = h.start.saturating_add(end);
+    let pad = (TEXT_ALIGN - abs % TEXT_ALIGN) % TEXT_ALIGN;
+    (end + pad).min(h.size)
+}
+
+/// Where lvm2 2.03 (`_next_rlocn_offset`) puts the next copy of `len` bytes (the stored
+/// size, NUL included): at 512 if there is no committed copy; otherwise just after the
+/// committed copy's last byte, rounded up to 512, or back at 512 when that is past
+/// `size - 512` or the old copy ends within 512 bytes of the area's end. Refuses `len`
+/// over [`MdaHeader::max_text_size`], and (as lvm2's sanity check) a copy that would
+/// overlap the committed one. `device` names the device in errors.
 pub fn next_text_offset(device: &str, h: &MdaHeader, len: u64) -> Result<u64, MdaError> {
-    let too_small = || MdaError::TooSmall {
-        device: device.into(),
-        start: h.start,
-        size: h.size,
-        len,
-    };
-    let buffer = h.buffer_len();
-    if len == 0 || len > buffer {
-        return Err(too_small());
+    let max = h.max_text_size();
+    if len == 0 || len > max {
+        return Err(MdaError::TooLarge {
+            device: device.into(),
+            start: h.start,
+            size: h.size,
+            len,
+            max,
+        });
     }
-    let Some(old) = h.raw_locns.first().filter(|l| {
-        l.offset >= MDA_HEADER_SIZE && l.offset < h.size && l.size > 0 && l.size <= buffer
+    // A committed copy outside the buffer holds nothing worth keeping: start afresh.
+    let Some(old) = h.committed().filter(|l| {
+        l.offset >= MDA_HEADER_SIZE && l.offset < h.size && l.size > 0 && l.size <= h.buffer_len()
     }) else {
         return Ok(MDA_HEADER_SIZE);
     };
-    // Positions within the circular buffer, 0 = area offset 512.
-    let old_start = old.offset - MDA_HEADER_SIZE;
-    let old_end = (old_start + old.size) % buffer;
-    let mut new_start = old_end.div_ceil(TEXT_ALIGN) * TEXT_ALIGN;
-    if new_start >= buffer {
-        new_start = 0;
+    let old_end = old.offset + old.size;
+    let old_last = if old_end > h.size {
+        old_end - h.size + MDA_HEADER_SIZE - 1
+    } else {
+        old_end - 1
+    };
+    let new_start = if h.size - old_last < TEXT_ALIGN {
+        MDA_HEADER_SIZE
+    } else {
+        let next = (old_last + 1).next_multiple_of(TEXT_ALIGN);
+        if next > h.size - TEXT_ALIGN {
+            MDA_HEADER_SIZE
+        } else {
+            next
+        }
+    };
+    let old_ranges = covered(h, old.offset, old.size, false);
+    let overlaps = covered(h, new_start, len, true)
+        .iter()
+        .any(|&(a, b)| old_ranges.iter().any(|&(c, d)| a <= d && c <= b));
+    if overlaps {
+        return Err(MdaError::Overlap {
+            device: device.into(),
+            start: h.start,
+            len,
+            offset: new_start,
+            old_offset: old.offset,
+            old_size: old.size,
+        });
     }
-    // Circular distances: from the new start to the old start must leave room for `len`,
-    // and the old copy must end before the new one starts.
-    let to_old = (old_start + buffer - new_start) % buffer;
-    let from_old = (new_start + buffer - old_start) % buffer;
-    let free_ahead = if to_old == 0 { 0 } else { to_old };
-    if free_ahead < len || from_old < old.size {
-        return Err(too_small());
-    }
-    Ok(new_start + MDA_HEADER_SIZE)
+    Ok(new_start)
 }
 
-/// Writes `text` (a NUL is appended) at `offset` in the area, wrapping past its end, and
-/// returns the entry that points at it.
+/// Writes `text` with a trailing NUL at `offset` in the area, wrapping past its end to
+/// offset 512, and zeroes the rest of the last sector written, as lvm2 does. Returns the
+/// entry that points at it (size with the NUL, checksum over it, flags 0).
 pub fn write_text(
     dev: &dyn BlockDevice,
     h: &MdaHeader,
     offset: u64,
     text: &[u8],
 ) -> Result<RawLocn, MdaError> {
-    let mut data = Vec::with_capacity(text.len() + 1);
-    data.extend_from_slice(text);
-    data.push(0);
-    let len = data.len() as u64;
-    if offset < MDA_HEADER_SIZE || offset >= h.size || len > h.buffer_len() {
-        return Err(MdaError::TooSmall {
+    h.check_area(dev)?;
+    let len = text.len() as u64 + 1;
+    let max = h.max_text_size();
+    if len > max {
+        return Err(MdaError::TooLarge {
             device: dev.name().into(),
             start: h.start,
             size: h.size,
             len,
+            max,
         });
     }
-    let [(a_at, a_len), (b_at, _)] = pieces(h, offset, len);
-    dev.write_at(&data[..a_len as usize], a_at)?;
-    if a_len < len {
-        dev.write_at(&data[a_len as usize..], b_at)?;
+    if offset < MDA_HEADER_SIZE || offset >= h.size {
+        return Err(h.malformed(
+            dev.name(),
+            format!(
+                "cannot write text at offset {offset}, outside the text buffer (512 to {})",
+                h.size
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(text.len() + 1 + TEXT_ALIGN as usize);
+    data.extend_from_slice(text);
+    data.push(0);
+    let checksum = crc::checksum(&data);
+    let [(at1, len1), (at2, len2)] = h.pieces(offset, len);
+    // Only the piece that ends inside the area gets padding.
+    let padded_len = if len2 > 0 {
+        len1 + padded_end(h, at2 + len2) - at2
+    } else {
+        padded_end(h, at1 + len1) - at1
+    };
+    data.resize(padded_len as usize, 0);
+    let (first, second) = data.split_at(if len2 > 0 { len1 as usize } else { data.len() });
+    dev.write_at(first, h.start + at1)?;
+    if !second.is_empty() {
+        dev.write_at(second, h.start + at2)?;
     }
     Ok(RawLocn {
         offset,
         size: len,
-        checksum: crc::checksum(&data),
+        checksum,
         flags: 0,
     })
 }
@@ -348,6 +489,11 @@ mod tests {
         )
     }
 
+    fn fix(b: &mut [u8; 512]) {
+        let s = crc::checksum(&b[4..]);
+        b[..4].copy_from_slice(&s.to_le_bytes());
+    }
+
     #[test]
     fn header_round_trips() {
         let (d, mut h) = area(1 << 20);
@@ -357,81 +503,137 @@ mod tests {
             checksum: 0xdead_beef,
             flags: 0,
         });
+        h.raw_locns.push(RawLocn {
+            offset: 512,
+            size: 900,
+            checksum: 7,
+            flags: RAW_LOCN_IGNORED,
+        });
         write_mda_header(&d, &h).unwrap();
         assert_eq!(read_mda_header(&d, 4096).unwrap(), h);
+        assert_eq!(MdaHeader::decode(&h.encode(), 4096, "x").unwrap(), h);
+        let full = MdaHeader {
+            raw_locns: vec![h.raw_locns[0]; MAX_RAW_LOCNS + 1],
+            ..h
+        };
+        assert!(write_mda_header(&d, &full)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 18"));
     }
 
     #[test]
-    fn texts_follow_each_other_and_wrap() {
-        // A buffer that is not a multiple of 512, as after `pvcreate --metadatasize`.
-        let buffer = 3900;
-        let (d, mut h) = area(512 + buffer);
-        let mut seen_wrap = false;
-        for i in 0..40u32 {
-            let text = format!(
-                "vg{i} {{\nseqno = {i}\n{}\n}}\n",
-                "#".repeat(300 + (i as usize * 37) % 700)
-            );
-            let offset = next_text_offset("mem0", &h, text.len() as u64 + 1).unwrap();
-            if let Some(old) = h.raw_locns.first() {
-                let old_end = (old.offset - 512 + old.size) % buffer;
-                let aligned = old_end.div_ceil(512) * 512;
-                let expected = if aligned >= buffer {
-                    512
-                } else {
-                    aligned + 512
-                };
-                assert_eq!(offset, expected);
-            } else {
-                assert_eq!(offset, 512);
-            }
-            let locn = write_text(&d, &h, offset, text.as_bytes()).unwrap();
-            seen_wrap |= locn.offset + locn.size > h.size;
-            h.raw_locns = vec![locn];
-            let back = read_text(&d, &h, &locn).unwrap();
-            assert_eq!(&back[..back.len() - 1], text.as_bytes());
-            assert_eq!(back.last(), Some(&0));
-        }
-        assert!(seen_wrap);
-    }
-
-    #[test]
-    fn refuses_a_text_that_would_overwrite_the_current_one() {
-        let (_, mut h) = area(512 + 4096);
+    fn max_size_and_placement_follow_lvm2() {
+        // pvcreate's default area: 1 MiB - 4 KiB.
+        let (_, mut h) = area(1_044_480);
+        assert_eq!(h.max_text_size(), 521_472);
+        assert_eq!(next_text_offset("d", &h, 720).unwrap(), 512);
+        // lvm2 put seqno 2 (1051 bytes) at 1536 after seqno 1 (720 bytes) at 512.
         h.raw_locns = vec![RawLocn {
             offset: 512,
-            size: 2500,
+            size: 720,
             checksum: 0,
             flags: 0,
         }];
-        assert!(next_text_offset("mem0", &h, 1500).is_ok());
-        let err = next_text_offset("mem0", &h, 2000).unwrap_err().to_string();
+        assert_eq!(next_text_offset("d", &h, 1051).unwrap(), 1536);
+        // Ending exactly on a boundary: the next copy starts right there.
+        h.raw_locns[0].size = 1024;
+        assert_eq!(next_text_offset("d", &h, 100).unwrap(), 1536);
+        // Ending within 512 bytes of the end, or rounding past size - 512: back to 512.
+        h.raw_locns[0] = RawLocn {
+            offset: 1_043_456,
+            size: 600,
+            checksum: 0,
+            flags: 0,
+        };
+        assert_eq!(next_text_offset("d", &h, 100).unwrap(), 512);
+        h.raw_locns[0] = RawLocn {
+            offset: 1_043_456,
+            size: 513,
+            checksum: 0,
+            flags: 0,
+        };
+        assert_eq!(next_text_offset("d", &h, 100).unwrap(), 512);
+        // A wrapped copy: the next one follows its second piece.
+        h.raw_locns[0] = RawLocn {
+            offset: 1_043_968,
+            size: 1000,
+            checksum: 0,
+            flags: 0,
+        };
+        assert_eq!(next_text_offset("d", &h, 100).unwrap(), 1024);
+        // An ignored area has no committed copy.
+        h.raw_locns[0].flags = RAW_LOCN_IGNORED;
+        assert_eq!(next_text_offset("d", &h, 100).unwrap(), 512);
+        let err = next_text_offset("d", &h, 521_473).unwrap_err().to_string();
         assert!(
-            err.contains("too small") && err.starts_with("mem0"),
+            err.starts_with("d: metadata area at byte 4096") && err.contains("521472"),
             "{err}"
         );
     }
 
     #[test]
-    fn refuses_damaged_headers_and_texts() {
+    fn texts_follow_each_other_and_wrap() {
+        let (d, mut h) = area(512 + 8192);
+        let mut wraps = 0;
+        for i in 0..60usize {
+            let text = format!(
+                "vg{i} {{\nseqno = {i}\n{}\n}}\n",
+                "#".repeat(300 + i * 37 % 3000)
+            );
+            let offset = next_text_offset("mem0", &h, text.len() as u64 + 1).unwrap();
+            assert_eq!(offset % 512, 0);
+            let locn = write_text(&d, &h, offset, text.as_bytes()).unwrap();
+            assert_eq!(locn.size, text.len() as u64 + 1);
+            if locn.offset + locn.size > h.size {
+                wraps += 1;
+            }
+            // The old copy is intact until the header moves on.
+            if let Some(old) = h.committed().copied() {
+                read_text(&d, &h, &old).unwrap();
+            }
+            h.raw_locns = vec![locn];
+            assert_eq!(read_text(&d, &h, &locn).unwrap(), text.as_bytes());
+        }
+        assert!(wraps > 2, "{wraps}");
+    }
+
+    #[test]
+    fn writes_zero_the_rest_of_the_last_sector() {
+        let (d, h) = area(8192);
+        d.write_at(&[0xaa; 8192], 4096).unwrap();
+        write_text(&d, &h, 512, b"vg").unwrap();
+        let mut b = [0u8; 1100];
+        d.read_at(&mut b, 4096 + 512).unwrap();
+        assert_eq!(&b[..3], b"vg\0");
+        assert!(b[3..512].iter().all(|&x| x == 0));
+        assert!(b[512..].iter().all(|&x| x == 0xaa));
+        // A wrapped copy: the first piece runs to the area's end, the second is padded.
+        let text = vec![b'x'; 700];
+        let locn = write_text(&d, &h, 7680, &text).unwrap();
+        d.read_at(&mut b, 4096 + 512).unwrap();
+        assert!(b[..188].iter().all(|&x| x == b'x') && b[188..512].iter().all(|&x| x == 0));
+        assert_eq!(b[512], 0xaa);
+        assert_eq!(read_text(&d, &h, &locn).unwrap(), text);
+    }
+
+    #[test]
+    fn refuses_damaged_headers() {
         let (d, mut h) = area(8192);
         let locn = write_text(&d, &h, 512, b"vg { }").unwrap();
         h.raw_locns = vec![locn];
         let good = h.encode();
         let mut b = good;
         b[100] ^= 1;
-        assert!(matches!(
-            MdaHeader::decode(&b, 4096, "d"),
-            Err(MdaError::Checksum { .. })
-        ));
+        let err = MdaHeader::decode(&b, 4096, "d").unwrap_err();
+        assert!(matches!(err, MdaError::Checksum { .. }));
+        assert!(err
+            .to_string()
+            .starts_with("d: metadata area at byte 4096: header checksum"));
         assert!(matches!(
             MdaHeader::decode(&good, 8192, "d"),
-            Err(MdaError::WrongStart { .. })
+            Err(MdaError::WrongStart { claimed: 4096, .. })
         ));
-        let fix = |b: &mut [u8; 512]| {
-            let s = crc::checksum(&b[4..]);
-            b[..4].copy_from_slice(&s.to_le_bytes());
-        };
         let mut b = good;
         b[5] = b'X';
         fix(&mut b);
@@ -444,29 +646,68 @@ mod tests {
         fix(&mut b);
         assert!(matches!(
             MdaHeader::decode(&b, 4096, "d"),
-            Err(MdaError::Version { .. })
+            Err(MdaError::Version { version: 2, .. })
         ));
-        for bad in [
-            RawLocn {
-                offset: 100,
-                ..locn
-            },
-            RawLocn {
-                offset: 1 << 40,
-                ..locn
-            },
-            RawLocn {
-                size: 1 << 40,
-                ..locn
-            },
-            RawLocn {
-                offset: 8000,
-                size: 7000,
-                ..locn
-            },
+        // Areas that leave no room for text or run past the device.
+        for size in [0u64, 512, 1 << 40, u64::MAX] {
+            let mut b = good;
+            b[32..40].copy_from_slice(&size.to_le_bytes());
+            fix(&mut b);
+            d.write_at(&b, 4096).unwrap();
+            let err = read_mda_header(&d, 4096).unwrap_err().to_string();
+            assert!(
+                err.starts_with("mem0: metadata area at byte 4096: the area"),
+                "{err}"
+            );
+        }
+        // A header past the device end is a block error naming the device.
+        let err = read_mda_header(&d, 1 << 30).unwrap_err().to_string();
+        assert!(err.starts_with("mem0: "), "{err}");
+    }
+
+    #[test]
+    fn refuses_damaged_texts() {
+        let (d, mut h) = area(8192);
+        let locn = write_text(&d, &h, 512, b"vg { }").unwrap();
+        h.raw_locns = vec![locn];
+        for (bad, what) in [
+            (
+                RawLocn {
+                    offset: 100,
+                    ..locn
+                },
+                "outside",
+            ),
+            (
+                RawLocn {
+                    offset: 8192,
+                    ..locn
+                },
+                "outside",
+            ),
+            (
+                RawLocn {
+                    offset: 1 << 40,
+                    ..locn
+                },
+                "outside",
+            ),
+            (RawLocn { size: 0, ..locn }, "does not fit"),
+            (RawLocn { size: 7681, ..locn }, "does not fit"),
+            (
+                RawLocn {
+                    size: u64::MAX,
+                    ..locn
+                },
+                "does not fit",
+            ),
         ] {
             let err = read_text(&d, &h, &bad).unwrap_err().to_string();
-            assert!(err.contains("metadata area at byte 4096"), "{err}");
+            assert!(
+                err.starts_with("mem0: metadata area at byte 4096: text at offset")
+                    && err.contains(what),
+                "{err}"
+            );
         }
         let err = read_text(
             &d,
@@ -477,11 +718,44 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(matches!(err, MdaError::TextChecksum { .. }));
+        assert!(matches!(err, MdaError::TextChecksum { found, .. } if found == locn.checksum));
+        // A header claiming more than the device holds never gets to allocate.
         let huge = MdaHeader {
             size: 1 << 50,
             ..h.clone()
         };
-        assert!(read_text(&d, &huge, &locn).is_err());
+        let big = RawLocn {
+            size: 1 << 45,
+            ..locn
+        };
+        assert!(read_text(&d, &huge, &big)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end of the device"));
+        // Writes outside the buffer or over the maximum are refused.
+        assert!(write_text(&d, &h, 100, b"x").is_err());
+        assert!(matches!(
+            write_text(&d, &h, 512, &[b'x'; 3328]),
+            Err(MdaError::TooLarge { max: 3328, .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_to_overwrite_an_oversized_current_copy() {
+        // A copy bigger than lvm2 2.03 would write (older versions allowed it).
+        let (_, mut h) = area(512 + 4096);
+        h.raw_locns = vec![RawLocn {
+            offset: 512,
+            size: 3500,
+            checksum: 0,
+            flags: 0,
+        }];
+        let err = next_text_offset("mem0", &h, 1000).unwrap_err();
+        assert!(
+            matches!(err, MdaError::Overlap { offset: 4096, .. }),
+            "{err}"
+        );
+        h.raw_locns[0].size = 3000;
+        assert_eq!(next_text_offset("mem0", &h, 1000).unwrap(), 3584);
     }
 }
