@@ -20,3 +20,18 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
+
+# The fuzz targets, briefly and deterministically (fixed seed, bounded runs) from their seed
+# corpora; longer campaigns: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET`.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+(
+    cd fuzz
+    for target in $(RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+        work=$(mktemp -d)
+        cp corpus/"$target"/seed-* "$work"/ 2>/dev/null || true
+        RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$work" -- -seed=1 -runs=100000 >"$work.log" 2>&1 \
+            || { tail -40 "$work.log"; echo "fuzz target $target failed" >&2; exit 1; }
+        echo "fuzz $target: $(grep -o 'Done [0-9]* runs' "$work.log")"
+        rm -rf "$work" "$work.log"
+    done
+)

@@ -395,6 +395,9 @@ impl VolumeGroup {
                         vg.lvs.push(LogicalVolume::from_section(key, lv, &at)?);
                     }
                 }
+                ("physical_volumes" | "logical_volumes", Node::Value(_)) => {
+                    return Err(VgError::WrongType { at, key: key.clone(), expected: "a section" })
+                }
                 _ if seen_lvs => vg.tail.push((key.clone(), node.clone())),
                 _ => vg.extra.push((key.clone(), node.clone())),
             }
@@ -1135,6 +1138,8 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
                 "listed twice",
             ),
             ("format = \"lvm2\"", "format = \"lvm1\"", "not lvm2"),
+            // Found by fuzzing: a value where a section belongs used to vanish on rewrite.
+            ("metadata_copies = 0", "metadata_copies = 0\nlogical_volumes = 0", "wrong type"),
         ];
         for (from, to, expected) in cases {
             let err = broken(from, to).to_string();
