@@ -194,7 +194,8 @@ fn pv_rows(scan: &Scan, u: &Units) -> Vec<Row> {
                 r.insert("pe_start", u.format(p.pe_start_sectors * 512));
             }
             None => {
-                let size = pv.device.size_bytes().saturating_sub(pe_start);
+                // lvm2 reports an orphan's whole device as its size.
+                let size = pv.device.size_bytes();
                 r.insert("vg_name", String::new());
                 r.insert("pv_attr", "---".into());
                 r.insert("pv_size", u.format(size));

@@ -314,3 +314,26 @@ fn lvm2_and_tessera_take_turns() {
     ));
     assert!(vgs[0]["vg_seqno"].as_str().unwrap().parse::<u64>().unwrap() >= 24);
 }
+
+#[test]
+fn vg_reduce_releases_unused_pvs_only() {
+    let loops = Loops::new(3, 64);
+    let d = loops.devices.clone();
+    let state = loops.state_dir();
+    let t = |args: &[&str]| tessera(&loops.list(), &state, args);
+    t(&["vg", "create", "vgr", &d[0], &d[1], &d[2]]);
+    t(&["lv", "create", "vgr/a", "-L", "8M", "--pv", &d[0]]);
+    let out = tessera_output(&loops.list(), &state, &["vg", "reduce", "vgr", &d[0]]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&d[0]) && err.contains("allocated extents"), "{err}");
+    t(&["vg", "reduce", "vgr", &d[2]]);
+    vgck(&loops, "vgr");
+    assert_agree(&loops, "after vg reduce");
+    let pvs = report_rows(&lvm(&loops.list(), &["pvs", "-o", "pv_name,vg_name", "--reportformat", "json"]));
+    let orphan = pvs.iter().find(|r| r["pv_name"] == d[2].as_str()).expect("the released PV is listed");
+    assert_eq!(orphan["vg_name"], "");
+    // lvm2 can take the released PV straight into another VG.
+    lvm(&loops.list(), &["vgcreate", "-q", "other", &d[2]]);
+    assert_agree(&loops, "after lvm2 reuses the PV");
+}

@@ -35,7 +35,10 @@ impl Id {
                 *b = (t >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
             }
         }
-        Id(raw.map(|b| ALPHABET[(b & 63) as usize]))
+        // lvm2 reads '!' and '#' but never makes them, and its reports print an id starting
+        // with '#' without dashes; new ids use the 62 letters and digits only. Taking the
+        // byte modulo 62 biases the first 8 letters slightly, which does not matter for ids.
+        Id(raw.map(|b| ALPHABET[(b % 62) as usize]))
     }
 
     /// From the 32 raw characters, as stored in the PV header.
@@ -97,6 +100,13 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), 38);
         assert_eq!(text.parse::<Id>().unwrap(), id);
+    }
+
+    #[test]
+    fn new_ids_use_letters_and_digits_only() {
+        for _ in 0..200 {
+            assert!(Id::random().raw().iter().all(u8::is_ascii_alphanumeric));
+        }
     }
 
     #[test]
