@@ -46,7 +46,7 @@ const LUKS2_SECONDARY: [u64; 9] = [
 /// Page sizes whose swap magic blkid looks for; the magic ends the first page.
 const SWAP_PAGES: [u64; 4] = [4096, 8192, 16384, 65536];
 
-/// `len` bytes at `offset`, or None when they do not lie inside the device.
+/// `N` bytes at `offset`, or None when they do not lie inside the device.
 fn read<const N: usize>(dev: &dyn BlockDevice, offset: u64) -> Result<Option<[u8; N]>, BlockError> {
     match offset.checked_add(N as u64) {
         Some(end) if end <= dev.size_bytes() => {
