@@ -4,6 +4,7 @@
 //! The engine never touches data bytes; it reads and writes metadata through the formats
 //! crate and leaves I/O scheduling to the block layer.
 
+pub mod activate;
 pub mod alloc;
 mod archive;
 mod commit;

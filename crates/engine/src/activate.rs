@@ -1,0 +1,58 @@
+//! Activation's first half: the device-mapper table that maps an LV onto its PVs, in
+//! dmsetup's syntax, as lvm2 would load it (linear and striped targets, offsets in sectors
+//! from the start of each PV). The mapper turns the text into targets.
+
+use std::fmt::Write;
+
+use tessera_formats::lvm2::vg::SegmentKind;
+
+use crate::error::{EngineError, Result};
+use crate::scan::{Scan, VgState};
+
+/// The table of `lv` in `state`: one row per segment, devices named by their paths.
+pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
+    let vg = &state.vg;
+    let lv = vg
+        .lv(lv_name)
+        .ok_or_else(|| EngineError::LvNotFound { vg: vg.name.clone(), lv: lv_name.into() })?;
+    let extent = vg.extent_size_sectors;
+    let mut table = String::new();
+    for seg in &lv.segments {
+        let start = seg.start_extent * extent;
+        let len = seg.extent_count * extent;
+        let SegmentKind::Striped { stripe_size_sectors, stripes } = &seg.kind else {
+            return Err(EngineError::Refused {
+                vg: vg.name.clone(),
+                why: format!(
+                    "LV '{lv_name}' has a segment of type {}, which tessera cannot activate yet",
+                    seg.type_name()
+                ),
+            });
+        };
+        let mut areas = Vec::new();
+        for stripe in stripes {
+            let pv = vg.pv(&stripe.pv).ok_or_else(|| EngineError::Refused {
+                vg: vg.name.clone(),
+                why: format!("LV '{lv_name}' names PV {}, which the VG does not have", stripe.pv),
+            })?;
+            let index = state.present.get(&stripe.pv).ok_or_else(|| EngineError::VgPartial {
+                vg: vg.name.clone(),
+                count: state.missing.len(),
+                list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
+            })?;
+            let offset = pv.pe_start_sectors + stripe.start_pe * extent;
+            areas.push(format!("{} {offset}", scan.pvs[*index].path));
+        }
+        if areas.len() == 1 {
+            let _ = writeln!(table, "{start} {len} linear {}", areas[0]);
+        } else {
+            let _ = writeln!(
+                table,
+                "{start} {len} striped {} {stripe_size_sectors} {}",
+                areas.len(),
+                areas.join(" ")
+            );
+        }
+    }
+    Ok(table)
+}
