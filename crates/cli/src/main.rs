@@ -189,6 +189,33 @@ impl SizeArgs {
     }
 }
 
+/// How much space and where from: shared by `lv create` and `lv extend`.
+#[derive(Args)]
+struct AllocArgs {
+    #[command(flatten)]
+    size: SizeArgs,
+    /// Number of stripes, each on its own PV.
+    #[arg(short = 'i', long)]
+    stripes: Option<u32>,
+    /// Stripe size (default 64k).
+    #[arg(short = 'I', long)]
+    stripe_size: Option<String>,
+    /// Allocate only from these PVs.
+    #[arg(long = "pv")]
+    pvs: Vec<String>,
+}
+
+impl AllocArgs {
+    fn options(self) -> Result<LvCreateOptions> {
+        Ok(LvCreateOptions {
+            size: self.size.parse()?,
+            stripes: self.stripes,
+            stripe_size_bytes: opt_size(&self.stripe_size, "stripe-size")?,
+            pvs: self.pvs,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum LvCommand {
     /// Create a linear or striped LV (as lvcreate).
@@ -196,28 +223,14 @@ enum LvCommand {
         /// VG/LV
         name: String,
         #[command(flatten)]
-        size: SizeArgs,
-        /// Number of stripes, each on its own PV.
-        #[arg(short = 'i', long)]
-        stripes: Option<u32>,
-        /// Stripe size (default 64k).
-        #[arg(short = 'I', long)]
-        stripe_size: Option<String>,
-        /// Allocate only from these PVs.
-        #[arg(long = "pv")]
-        pvs: Vec<String>,
+        alloc: AllocArgs,
     },
-    /// Grow an LV.
+    /// Grow an LV; new extents are striped like its last segment unless --stripes says otherwise.
     Extend {
+        /// VG/LV
         name: String,
         #[command(flatten)]
-        size: SizeArgs,
-        #[arg(short = 'i', long)]
-        stripes: Option<u32>,
-        #[arg(short = 'I', long)]
-        stripe_size: Option<String>,
-        #[arg(long = "pv")]
-        pvs: Vec<String>,
+        alloc: AllocArgs,
     },
     /// Shrink an LV: the data past the new end is lost, so it needs --force.
     Reduce {
@@ -399,38 +412,14 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Lv(cmd) => match cmd {
-            LvCommand::Create {
-                name,
-                size,
-                stripes,
-                stripe_size,
-                pvs,
-            } => {
+            LvCommand::Create { name, alloc } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                let opts = LvCreateOptions {
-                    size: size.parse()?,
-                    stripes,
-                    stripe_size_bytes: opt_size(&stripe_size, "stripe-size")?,
-                    pvs,
-                };
-                engine.lv_create(vg, lv, &opts)?;
+                engine.lv_create(vg, lv, &alloc.options()?)?;
                 println!("Logical volume \"{lv}\" created.");
             }
-            LvCommand::Extend {
-                name,
-                size,
-                stripes,
-                stripe_size,
-                pvs,
-            } => {
+            LvCommand::Extend { name, alloc } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                let opts = LvCreateOptions {
-                    size: size.parse()?,
-                    stripes,
-                    stripe_size_bytes: opt_size(&stripe_size, "stripe-size")?,
-                    pvs,
-                };
-                let result = engine.lv_extend(vg, lv, &opts)?;
+                let result = engine.lv_extend(vg, lv, &alloc.options()?)?;
                 println!(
                     "Logical volume {vg}/{lv} successfully resized to {} extents.",
                     result.extent_count()

@@ -326,12 +326,21 @@ fn vg_reduce_releases_unused_pvs_only() {
     let out = tessera_output(&loops.list(), &state, &["vg", "reduce", "vgr", &d[0]]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&d[0]) && err.contains("allocated extents"), "{err}");
+    assert!(
+        err.contains(&d[0]) && err.contains("allocated extents"),
+        "{err}"
+    );
     t(&["vg", "reduce", "vgr", &d[2]]);
     vgck(&loops, "vgr");
     assert_agree(&loops, "after vg reduce");
-    let pvs = report_rows(&lvm(&loops.list(), &["pvs", "-o", "pv_name,vg_name", "--reportformat", "json"]));
-    let orphan = pvs.iter().find(|r| r["pv_name"] == d[2].as_str()).expect("the released PV is listed");
+    let pvs = report_rows(&lvm(
+        &loops.list(),
+        &["pvs", "-o", "pv_name,vg_name", "--reportformat", "json"],
+    ));
+    let orphan = pvs
+        .iter()
+        .find(|r| r["pv_name"] == d[2].as_str())
+        .expect("the released PV is listed");
     assert_eq!(orphan["vg_name"], "");
     // lvm2 can take the released PV straight into another VG.
     lvm(&loops.list(), &["vgcreate", "-q", "other", &d[2]]);
