@@ -12,15 +12,20 @@ use crate::scan::{Scan, VgState};
 /// The table of `lv` in `state`: one row per segment, devices named by their paths.
 pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
     let vg = &state.vg;
-    let lv = vg
-        .lv(lv_name)
-        .ok_or_else(|| EngineError::LvNotFound { vg: vg.name.clone(), lv: lv_name.into() })?;
+    let lv = vg.lv(lv_name).ok_or_else(|| EngineError::LvNotFound {
+        vg: vg.name.clone(),
+        lv: lv_name.into(),
+    })?;
     let extent = vg.extent_size_sectors;
     let mut table = String::new();
     for seg in &lv.segments {
         let start = seg.start_extent * extent;
         let len = seg.extent_count * extent;
-        let SegmentKind::Striped { stripe_size_sectors, stripes } = &seg.kind else {
+        let SegmentKind::Striped {
+            stripe_size_sectors,
+            stripes,
+        } = &seg.kind
+        else {
             return Err(EngineError::Refused {
                 vg: vg.name.clone(),
                 why: format!(
@@ -33,13 +38,19 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
         for stripe in stripes {
             let pv = vg.pv(&stripe.pv).ok_or_else(|| EngineError::Refused {
                 vg: vg.name.clone(),
-                why: format!("LV '{lv_name}' names PV {}, which the VG does not have", stripe.pv),
+                why: format!(
+                    "LV '{lv_name}' names PV {}, which the VG does not have",
+                    stripe.pv
+                ),
             })?;
-            let index = state.present.get(&stripe.pv).ok_or_else(|| EngineError::VgPartial {
-                vg: vg.name.clone(),
-                count: state.missing.len(),
-                list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
-            })?;
+            let index = state
+                .present
+                .get(&stripe.pv)
+                .ok_or_else(|| EngineError::VgPartial {
+                    vg: vg.name.clone(),
+                    count: state.missing.len(),
+                    list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
+                })?;
             let offset = pv.pe_start_sectors + stripe.start_pe * extent;
             areas.push(format!("{} {offset}", scan.pvs[*index].path));
         }

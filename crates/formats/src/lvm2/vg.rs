@@ -396,7 +396,11 @@ impl VolumeGroup {
                     }
                 }
                 ("physical_volumes" | "logical_volumes", Node::Value(_)) => {
-                    return Err(VgError::WrongType { at, key: key.clone(), expected: "a section" })
+                    return Err(VgError::WrongType {
+                        at,
+                        key: key.clone(),
+                        expected: "a section",
+                    })
                 }
                 _ if seen_lvs => vg.tail.push((key.clone(), node.clone())),
                 _ => vg.extra.push((key.clone(), node.clone())),
@@ -1139,7 +1143,11 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
             ),
             ("format = \"lvm2\"", "format = \"lvm1\"", "not lvm2"),
             // Found by fuzzing: a value where a section belongs used to vanish on rewrite.
-            ("metadata_copies = 0", "metadata_copies = 0\nlogical_volumes = 0", "wrong type"),
+            (
+                "metadata_copies = 0",
+                "metadata_copies = 0\nlogical_volumes = 0",
+                "wrong type",
+            ),
         ];
         for (from, to, expected) in cases {
             let err = broken(from, to).to_string();
