@@ -242,6 +242,9 @@ enum LvCommand {
     },
     /// Remove an LV.
     Remove { name: String },
+    /// Print the device-mapper table that maps an LV onto its PVs, in dmsetup's syntax: the
+    /// table lvm2 loads when it activates the LV (devices named by path, not major:minor).
+    Table { name: String },
     /// Rename an LV: `lv rename VG/OLD NEW`.
     Rename { name: String, new: String },
     /// List LVs (as lvs).
@@ -435,6 +438,15 @@ fn run(cli: Cli) -> Result<bool> {
                     "Logical volume {vg}/{lv} successfully resized to {} extents.",
                     result.extent_count()
                 );
+            }
+            LvCommand::Table { name } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                let scan = engine.scan()?;
+                let state = scan
+                    .vg(vg)
+                    .ok_or_else(|| anyhow::anyhow!("volume group '{vg}' not found"))?;
+                print!("{}", tessera_engine::activate::lv_table(&scan, state, lv)?);
+                return Ok(!report_problems(&scan));
             }
             LvCommand::Remove { name } => {
                 let (vg, lv) = split_vg_lv(&name)?;
