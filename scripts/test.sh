@@ -12,7 +12,19 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-for tool in lvm losetup cargo-nextest; do
+# The kernel lab (a VM with a stock kernel that has device-mapper) for the activation tests.
+# bookworm's qemu-system-x86 needs bookworm's qemu-utils; a newer backported qemu-utils on the
+# machine blocks it, so both come from bookworm.
+KERNEL_LAB=${TESSERA_KERNEL_LAB:-/work/shared/kernel-lab}
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+        qemu-system-x86/bookworm qemu-utils/bookworm >/dev/null
+fi
+bash "$KERNEL_LAB/install"
+export TESSERA_KERNEL_LAB=$KERNEL_LAB
+
+for tool in lvm losetup cargo-nextest qemu-system-x86_64; do
     command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 

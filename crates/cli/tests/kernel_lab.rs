@@ -1,0 +1,129 @@
+//! In the kernel lab (a VM with a stock Debian kernel): the real lvm2 activates a VG that
+//! tessera made, the kernel's device-mapper tables equal `tessera lv table`, and data the
+//! kernel writes through the LV lands where tessera's table says.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The kernel lab's runner: `$TESSERA_KERNEL_LAB/vm-run`, by default the shared one.
+fn vm_run() -> String {
+    let dir =
+        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
+    format!("{dir}/vm-run")
+}
+
+const INSIDE: &str = r#"set -e
+mkdir -p /tmp/lvmconf
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+for i in 0 1 2; do losetup /dev/loop$i p$i.img; done
+vgchange -ay kv
+dmsetup mknodes
+for lv in lin st; do
+  dmsetup table kv-$lv | sed -e 's#7:0#p0.img#g; s#7:1#p1.img#g; s#7:2#p2.img#g' > $lv.kernel
+done
+dd if=pattern.bin of=/dev/mapper/kv-lin bs=1M oflag=direct status=none
+vgchange -an kv
+for i in 0 1 2; do losetup -d /dev/loop$i; done
+echo kernel-lab-done
+"#;
+
+/// Reads an LV through linear table rows (`start len linear dev offset`), from the images.
+fn read_linear(dir: &Path, table: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in table.lines() {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(f[2], "linear", "{row}");
+        let (len, dev, offset): (u64, &str, u64) =
+            (f[1].parse().unwrap(), f[3], f[4].parse().unwrap());
+        let data = std::fs::read(dir.join(dev)).unwrap();
+        out.extend_from_slice(&data[(offset * 512) as usize..((offset + len) * 512) as usize]);
+    }
+    out
+}
+
+#[test]
+fn lvm2_activates_a_tessera_vg_with_tessera_tables() {
+    let vm_run = vm_run();
+    assert!(
+        Path::new(&vm_run).exists(),
+        "the kernel lab is missing: {vm_run} (scripts/test.sh installs it)"
+    );
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    for i in 0..3 {
+        std::fs::File::create(d.join(format!("p{i}.img")))
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+    }
+    let state = d.join("state");
+    let devs = "p0.img,p1.img,p2.img";
+    let t = |args: &[&str]| {
+        let out = Command::new(common::tessera_path())
+            .current_dir(d)
+            .args(["--devices", devs, "--state-dir"])
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tessera {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    t(&["vg", "create", "kv", "p0.img", "p1.img", "p2.img"]);
+    t(&["lv", "create", "kv/lin", "-L", "12M"]);
+    t(&["lv", "create", "kv/st", "-L", "24M", "-i", "3", "-I", "32k"]);
+    // A second and third segment on other PVs.
+    t(&["lv", "extend", "kv/lin", "-L", "+40M"]);
+    let lin = t(&["lv", "table", "kv/lin"]);
+    let st = t(&["lv", "table", "kv/st"]);
+    assert_eq!(lin.lines().count(), 3, "{lin}");
+
+    let size = 52usize << 20;
+    let pattern: Vec<u8> = (0..size)
+        .map(|i| ((i / 512) as u8) ^ ((i % 251) as u8))
+        .collect();
+    std::fs::write(d.join("pattern.bin"), &pattern).unwrap();
+    std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
+    let out = Command::new(&vm_run)
+        .args(["-t", "300", "-w"])
+        .arg(d)
+        .args(["--", "bash inside.sh"])
+        .output()
+        .expect("vm-run starts");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("kernel-lab-done"),
+        "kernel lab run failed:\n{text}"
+    );
+
+    assert_eq!(
+        std::fs::read_to_string(d.join("lin.kernel")).unwrap(),
+        lin,
+        "kernel table of kv/lin"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("st.kernel")).unwrap(),
+        st,
+        "kernel table of kv/st"
+    );
+    // What the kernel wrote through /dev/mapper/kv-lin is where tessera's table says.
+    assert!(
+        read_linear(d, &lin) == pattern,
+        "data written by the kernel is not where tessera maps it"
+    );
+    // And lvm2 left the VG as tessera reads it.
+    let lvs = common::report_rows(&t(&["lv", "list", "--json"]));
+    assert_eq!(lvs.len(), 2);
+}
