@@ -123,11 +123,16 @@ enum VgCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Take unused PVs out of a VG.
+    /// Take unused PVs out of a VG, or drop the PVs that are missing (--remove-missing).
     Reduce {
         name: String,
-        #[arg(required = true, value_name = "DEVICE")]
+        #[arg(value_name = "DEVICE", required_unless_present = "remove_missing")]
         targets: Vec<String>,
+        /// Drop the VG's missing PVs; with --force also the LVs that had extents on them.
+        #[arg(long, conflicts_with = "targets")]
+        remove_missing: bool,
+        #[arg(short, long, requires = "remove_missing")]
+        force: bool,
     },
     /// Remove a VG; its PVs stay labelled. With LVs in it, needs --force.
     Remove {
@@ -376,7 +381,20 @@ fn run(cli: Cli) -> Result<bool> {
                 engine.vg_extend(&name, &targets, force)?;
                 println!("Volume group \"{name}\" successfully extended");
             }
-            VgCommand::Reduce { name, targets } => {
+            VgCommand::Reduce {
+                name,
+                remove_missing: true,
+                force,
+                ..
+            } => {
+                let vg = engine.vg_reduce_missing(&name, force)?;
+                println!(
+                    "Volume group \"{name}\" is complete again: {} PV(s), {} LV(s)",
+                    vg.pvs.len(),
+                    vg.lvs.len()
+                );
+            }
+            VgCommand::Reduce { name, targets, .. } => {
                 engine.vg_reduce(&name, &targets)?;
                 println!(
                     "Removed {} PV(s) from volume group \"{name}\"",

@@ -413,6 +413,33 @@ fn a_missing_pv_is_named_and_blocks_changes() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing") && err.contains(&imgs[1]), "{err}");
+    // An LV on the missing PV keeps it until --force; then the VG is whole again.
+    common::tessera(
+        &both,
+        &state,
+        &["lv", "create", "miss/on1", "-l", "2", "--pv", &imgs[1]],
+    );
+    common::tessera(
+        &both,
+        &state,
+        &["lv", "create", "miss/on0", "-l", "2", "--pv", &imgs[0]],
+    );
+    let out = common::tessera_output(
+        &imgs[0],
+        &state,
+        &["vg", "reduce", "miss", "--remove-missing"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("on1"));
+    common::tessera(
+        &imgs[0],
+        &state,
+        &["vg", "reduce", "miss", "--remove-missing", "--force"],
+    );
+    let (code, out, err) = tessera_list(&imgs[0], &state, "lv");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("on0") && !out.contains("on1"), "{out}");
+    common::tessera(&imgs[0], &state, &["lv", "create", "miss/x", "-l", "1"]);
 }
 
 #[test]

@@ -587,6 +587,55 @@ impl Engine {
         self.commit(&scan, Some(state), vg, &released)
     }
 
+    /// Drops the PVs of a VG that are missing, making it whole again. PVs that hold extents
+    /// are dropped only with `force`, which also removes the LVs that used them.
+    pub fn vg_reduce_missing(&self, name: &str, force: bool) -> Result<VolumeGroup> {
+        let _lock = self.lock_vg(name)?;
+        let scan = self.scan_with(true)?;
+        let state = scan
+            .vg(name)
+            .ok_or_else(|| EngineError::VgNotFound(name.to_string()))?;
+        if !state.is_partial() {
+            return Err(EngineError::Refused {
+                vg: name.into(),
+                why: "no PV is missing".into(),
+            });
+        }
+        let mut vg = state.vg.clone();
+        let keys = vg
+            .pv_keys()
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        let key_set = keys.iter().map(String::as_str).collect();
+        let lost: Vec<String> = vg
+            .lvs
+            .iter()
+            .filter(|lv| {
+                lv.segments.iter().any(|seg| {
+                    seg.pv_areas(&key_set)
+                        .iter()
+                        .any(|a| state.missing.contains(&a.pv))
+                })
+            })
+            .map(|lv| lv.name.clone())
+            .collect();
+        if !lost.is_empty() && !force {
+            return Err(EngineError::Refused {
+                vg: name.into(),
+                why: format!(
+                    "the missing PVs hold extents of LV(s) {}; use --force to remove those LVs with them",
+                    lost.join(", ")
+                ),
+            });
+        }
+        vg.lvs.retain(|lv| !lost.contains(&lv.name));
+        vg.pvs.retain(|pv| !state.missing.contains(&pv.key));
+        let mut complete = state.clone();
+        complete.missing.clear();
+        self.commit(&scan, Some(&complete), vg, &[])
+    }
+
     /// Removes a VG: its PVs become orphans. LVs are removed with it only with `force`.
     pub fn vg_remove(&self, name: &str, force: bool) -> Result<()> {
         let _orphans = self.lock_orphans()?;
