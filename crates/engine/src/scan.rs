@@ -192,7 +192,12 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
 
     // Newest copy per VG id.
     let mut newest: HashMap<Id, (u64, u32)> = HashMap::new();
-    for (key, value) in &parsed {
+    // In key order, so that of two texts with one seqno the same one wins on every run and
+    // the clash is always reported.
+    let mut keys: Vec<&(u64, u32)> = parsed.keys().collect();
+    keys.sort();
+    for key in keys {
+        let value = &parsed[key];
         let Some((vg, _)) = value else { continue };
         match newest.get(&vg.id) {
             Some(best)
@@ -205,15 +210,19 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
                     .is_some_and(|(b, _)| b.seqno == vg.seqno)
                     && best <= key =>
             {
-                let paths: Vec<&str> = holders[key]
-                    .iter()
-                    .map(|&i| result.pvs[i].path.as_str())
-                    .collect();
+                let on = |k: &(u64, u32)| {
+                    holders[k]
+                        .iter()
+                        .map(|&i| result.pvs[i].path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 result.problems.push(format!(
-                    "VG '{}': two different metadata texts carry seqno {} (one on {}); using one of them",
+                    "VG '{}': two different metadata texts carry seqno {}, one on {} and one on {}; using the first",
                     vg.name,
                     vg.seqno,
-                    paths.join(", ")
+                    on(best),
+                    on(key)
                 ));
             }
             _ => {
