@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in lvm2 e2fsprogs util-linux; do
+for pkg in lvm2 mdadm e2fsprogs util-linux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,7 +24,7 @@ fi
 bash "$KERNEL_LAB/install"
 export TESSERA_KERNEL_LAB=$KERNEL_LAB
 
-for tool in lvm losetup cargo-nextest qemu-system-x86_64; do
+for tool in lvm mdadm losetup cargo-nextest qemu-system-x86_64; do
     command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 

@@ -2,4 +2,5 @@
 //! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
 
 pub mod lvm2;
+pub mod md;
 pub mod signature;
