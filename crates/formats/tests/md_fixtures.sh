@@ -14,7 +14,10 @@ if [ "${1:-}" != --inside ]; then
   [ -x "$lab/vm-run" ] || { echo "md_fixtures.sh: kernel lab missing: $lab/vm-run" >&2; exit 2; }
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  exec "$lab/vm-run" -t 500 -w "$dir" -- "bash $(cd "$(dirname "$0")" && pwd)/$(basename "$0") --inside $dir"
+  # The guest sees only DIR and the host's paths outside /tmp; the checkout may be in /tmp,
+  # so the script runs from a copy in DIR.
+  cp "$0" "$dir/md_fixtures.sh"
+  exec "$lab/vm-run" -t 500 -w "$dir" -- "bash $dir/md_fixtures.sh --inside $dir"
 fi
 
 dir=$2
