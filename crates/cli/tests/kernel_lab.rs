@@ -6,6 +6,37 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+
+use tessera_block::{BlockDevice, FileDevice, OpenOptions, SharedDevice};
+use tessera_engine::{activate, Engine};
+use tessera_mapper::TargetRegistry;
+
+/// Activates `lv` of VG kv in user space over the images in `dir`, named as the table names them.
+fn activate(dir: &Path, lv: &str) -> tessera_mapper::MappedDevice {
+    let devices: Vec<(String, SharedDevice)> = (0..3)
+        .map(|i| {
+            let name = format!("p{i}.img");
+            let dev = FileDevice::open(dir.join(&name), OpenOptions::default()).unwrap();
+            (name, Arc::new(dev) as SharedDevice)
+        })
+        .collect();
+    let engine = Engine::with_devices(dir.join("state"), devices);
+    let scan = engine.scan().unwrap();
+    let state = scan.vg("kv").unwrap();
+    activate::activate_lv(&scan, state, lv, Arc::new(TargetRegistry::new())).unwrap()
+}
+
+fn sha256(data: &[u8], dir: &Path) -> String {
+    let path = dir.join("sha-input.bin");
+    std::fs::write(&path, data).unwrap();
+    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
 
 /// The kernel lab's runner: `$TESSERA_KERNEL_LAB/vm-run`, by default the shared one.
 fn vm_run() -> String {
@@ -28,7 +59,9 @@ dmsetup mknodes
 for lv in lin st; do
   dmsetup table kv-$lv | sed -e 's#7:0#p0.img#g; s#7:1#p1.img#g; s#7:2#p2.img#g' > $lv.kernel
 done
+sha256sum < /dev/mapper/kv-st | cut -d' ' -f1 > st.before.sha
 dd if=pattern.bin of=/dev/mapper/kv-lin bs=1M oflag=direct status=none
+dd if=pattern.bin of=/dev/mapper/kv-st bs=1M count=24 oflag=direct status=none
 vgchange -an kv
 for i in 0 1 2; do losetup -d /dev/loop$i; done
 echo kernel-lab-done
@@ -95,6 +128,15 @@ fn lvm2_activates_a_tessera_vg_with_tessera_tables() {
         .collect();
     std::fs::write(d.join("pattern.bin"), &pattern).unwrap();
     std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
+    // tessera writes the striped LV first, through its own activation; the kernel reads it.
+    let st_dev = activate(d, "st");
+    assert_eq!(st_dev.size_bytes(), 24 << 20);
+    let before: Vec<u8> = (0..24usize << 20)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 12) as u8)
+        .collect();
+    st_dev.write_at(&before, 0).unwrap();
+    st_dev.flush().unwrap();
+    drop(st_dev);
     let out = Command::new(&vm_run)
         .args(["-t", "300", "-w"])
         .arg(d)

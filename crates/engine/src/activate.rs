@@ -1,8 +1,12 @@
-//! Activation's first half: the device-mapper table that maps an LV onto its PVs, in
+//! Activation in user space: the device-mapper table that maps an LV onto its PVs, in
 //! dmsetup's syntax, as lvm2 would load it (linear and striped targets, offsets in sectors
-//! from the start of each PV). The mapper turns the text into targets.
+//! from the start of each PV), loaded into a mapped device whose I/O goes to the PVs.
 
 use std::fmt::Write;
+use std::sync::Arc;
+
+use tessera_block::BlockError;
+use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
 
 use tessera_formats::lvm2::vg::SegmentKind;
 
@@ -52,7 +56,7 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
                     list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
                 })?;
             let offset = pv.pe_start_sectors + stripe.start_pe * extent;
-            areas.push(format!("{} {offset}", scan.pvs[*index].path));
+            areas.push(format!("{} {offset}", escape_arg(&scan.pvs[*index].path)));
         }
         if areas.len() == 1 {
             let _ = writeln!(table, "{start} {len} linear {}", areas[0]);
@@ -66,4 +70,41 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
         }
     }
     Ok(table)
+}
+
+/// The device-mapper name lvm2 gives an LV: `VG-LV`, with '-' inside either name doubled.
+pub fn dm_name(vg: &str, lv: &str) -> String {
+    format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
+}
+
+/// Activates an LV in user space: a live mapped device over the scanned PVs.
+pub fn activate_lv(
+    scan: &Scan,
+    state: &VgState,
+    lv_name: &str,
+    registry: Arc<TargetRegistry>,
+) -> Result<MappedDevice> {
+    let name = dm_name(&state.vg.name, lv_name);
+    let text = lv_table(scan, state, lv_name)?;
+    let table = Table::parse(&text).map_err(|source| EngineError::Table {
+        device: name.clone(),
+        source,
+    })?;
+    let device = MappedDevice::new(name, registry);
+    let resolve = |path: &str| {
+        scan.pvs
+            .iter()
+            .find(|p| p.path == path)
+            .map(|p| p.device.clone())
+            .ok_or_else(|| BlockError::Open {
+                device: path.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not among the scanned PVs",
+                ),
+            })
+    };
+    device.load(&table, &resolve)?;
+    device.resume()?;
+    Ok(device)
 }

@@ -61,6 +61,14 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Mapper(#[from] tessera_mapper::MapperError),
+    #[error("table of {device}: {source}")]
+    Table {
+        device: String,
+        #[source]
+        source: tessera_mapper::TableError,
+    },
     #[error("{path}: {why}")]
     BadFile { path: String, why: String },
 }
