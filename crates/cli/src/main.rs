@@ -3,6 +3,7 @@
 
 mod demo;
 mod report;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     /// Logical volumes: linear or striped runs of extents in a VG.
     #[command(subcommand)]
     Lv(LvCommand),
+    /// Serve every LV over NBD as VG/LV (user-space data path: no root, no kernel modules).
+    Serve(serve::ServeArgs),
     /// Make a VG over image files in a folder and list it: a first look at tessera.
     Demo(demo::DemoArgs),
 }
@@ -331,6 +334,7 @@ fn run(cli: Cli) -> Result<bool> {
     ));
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
+        Command::Serve(args) => return serve::run(&engine, &args),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,

@@ -182,7 +182,9 @@ impl Engine {
         self.scan_with(false)
     }
 
-    fn scan_with(&self, write: bool) -> Result<Scan> {
+    /// Reads every PV and VG, opening the devices for writing when `write` is set (to serve
+    /// LVs read-write); a device that cannot be opened for writing is opened read-only.
+    pub fn scan_with(&self, write: bool) -> Result<Scan> {
         let (devs, problems) = self.devices(write)?;
         let mut result = scan::scan(&devs);
         result.problems.splice(0..0, problems);
