@@ -165,6 +165,23 @@ fn lvm2_activates_a_tessera_vg_with_tessera_tables() {
         read_linear(d, &lin) == pattern,
         "data written by the kernel is not where tessera maps it"
     );
+    // The kernel read what tessera wrote to the striped LV.
+    let kernel_saw = std::fs::read_to_string(d.join("st.before.sha")).unwrap();
+    assert_eq!(
+        kernel_saw.trim(),
+        sha256(&before, d),
+        "the kernel read other bytes than tessera wrote to kv/st"
+    );
+    // tessera's activation reads what the kernel wrote, linear and striped.
+    for (lv, len) in [("lin", 52usize << 20), ("st", 24 << 20)] {
+        let dev = activate(d, lv);
+        let mut back = vec![0u8; len];
+        dev.read_at(&mut back, 0).unwrap();
+        assert!(
+            back == pattern[..len],
+            "kv/{lv} read through tessera differs from what the kernel wrote"
+        );
+    }
     // And lvm2 left the VG as tessera reads it.
     let lvs = common::report_rows(&t(&["lv", "list", "--json"]));
     assert_eq!(lvs.len(), 2);
