@@ -132,6 +132,12 @@ fn cases() -> Vec<Case> {
             false,
         ),
         case(
+            "same seqno, different text",
+            |b| edit_text(b, "max_lv = 0", "max_lv = 5"),
+            &["two different metadata texts carry seqno"],
+            false,
+        ),
+        case(
             "mda header checksum",
             |b| b[MDA + 100] ^= 1,
             &["checksum"],
