@@ -358,38 +358,36 @@ impl BlockDevice for FileDevice {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.check_write(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        if self.is_block {
-            // Unaligned edges keep their data, which discard's contract allows.
-            return self.block_range_op(BLKDISCARD, offset, len, false);
-        }
-        match self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if unsupported(&e) => self.write_zero_buffers(offset, len),
-            Err(e) => Err(self.io_err(offset, len as usize, e)),
-        }
+        // Unaligned edges of a block device keep their data, which discard's contract allows.
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        self.range_op(offset, len, punch, BLKDISCARD, false)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        self.range_op(offset, len, zero, BLKZEROOUT, true)
+    }
+}
+
+impl FileDevice {
+    /// Discard and write-zeroes: an ioctl on block devices, fallocate on files, and zero
+    /// buffers where the file system does not support the fallocate mode.
+    fn range_op(
+        &self,
+        offset: u64,
+        len: u64,
+        mode: libc::c_int,
+        ioctl: libc::c_ulong,
+        zero_edges: bool,
+    ) -> Result<()> {
         self.check_write(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         if self.is_block {
-            return self.block_range_op(BLKZEROOUT, offset, len, true);
+            return self.block_range_op(ioctl, offset, len, zero_edges);
         }
-        match self.fallocate(
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
+        match self.fallocate(mode, offset, len) {
             Ok(()) => Ok(()),
             Err(e) if unsupported(&e) => self.write_zero_buffers(offset, len),
             Err(e) => Err(self.io_err(offset, len as usize, e)),

@@ -65,6 +65,19 @@ impl Images {
             .collect()
     }
 
+    /// The images behind fault-injecting devices that share `domain`.
+    fn faulty(&self, domain: &Arc<PowerDomain>) -> Vec<(String, SharedDevice)> {
+        self.files()
+            .into_iter()
+            .map(|(p, d)| {
+                (
+                    p,
+                    Arc::new(FaultDevice::new(d, domain.clone())) as SharedDevice,
+                )
+            })
+            .collect()
+    }
+
     fn engine(&self, devices: Vec<(String, SharedDevice)>) -> Engine {
         Engine::with_devices(self.dir.path().join("state"), devices)
     }
@@ -189,16 +202,7 @@ fn replay(images: &Images, vg_name: &str, change: Change, metadata_bytes: usize)
 
     // A run without a cut counts the writes and gives the new VG.
     let domain = PowerDomain::new();
-    let faulty: Vec<(String, SharedDevice)> = images
-        .files()
-        .into_iter()
-        .map(|(p, d)| {
-            (
-                p,
-                Arc::new(FaultDevice::new(d, domain.clone())) as SharedDevice,
-            )
-        })
-        .collect();
+    let faulty = images.faulty(&domain);
     change(&images.engine(faulty)).expect("change without a cut");
     let writes = domain.writes_seen();
     assert!(
@@ -226,16 +230,7 @@ fn replay(images: &Images, vg_name: &str, change: Change, metadata_bytes: usize)
                 domain.set_torn(seed);
             }
             domain.cut_after(cut);
-            let faulty: Vec<(String, SharedDevice)> = images
-                .files()
-                .into_iter()
-                .map(|(p, d)| {
-                    (
-                        p,
-                        Arc::new(FaultDevice::new(d, domain.clone())) as SharedDevice,
-                    )
-                })
-                .collect();
+            let faulty = images.faulty(&domain);
             let result = change(&images.engine(faulty));
             if cut < writes {
                 assert!(
