@@ -1,11 +1,14 @@
 //! `tessera`: one command for physical volumes, volume groups and logical volumes, on the
 //! real LVM2 on-disk format (lvm2 reads what tessera writes, and the reverse).
 
+mod control;
+mod daemon;
 mod demo;
+mod dm;
 mod report;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use tessera_engine::ops::{LvCreateOptions, PvCreateOptions};
 use tessera_engine::units::{parse_extents, parse_size, Amount, SizeArg, Units};
 use tessera_engine::Engine;
+
+use crate::control::LvChange;
 
 const AFTER_HELP: &str = "\
 Sizes take lvm2's suffixes: b, s (512-byte sectors), k, m, g, t, p, e (powers of 1024; m when
@@ -36,6 +41,10 @@ struct Cli {
     /// root, else ~/.local/state/tessera).
     #[arg(long, global = true, env = "TESSERA_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The control socket of `tessera serve` (default STATE_DIR/control.sock). While a
+    /// daemon listens there, `lv` changes and `dm` commands go through it.
+    #[arg(long, global = true, env = "TESSERA_CONTROL")]
+    control: Option<PathBuf>,
     /// More log output (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -56,6 +65,9 @@ enum Command {
     Lv(LvCommand),
     /// Serve every LV over NBD as VG/LV (user-space data path: no root, no kernel modules).
     Serve(serve::ServeArgs),
+    /// Mapped devices of a running `tessera serve`, with dmsetup's verbs.
+    #[command(subcommand, after_help = dm::ABOUT)]
+    Dm(dm::DmCommand),
     /// Make a VG over image files in a folder and list it: a first look at tessera.
     Demo(demo::DemoArgs),
 }
@@ -325,6 +337,24 @@ fn report_problems(scan: &tessera_engine::Scan) -> bool {
     !scan.problems.is_empty()
 }
 
+/// An LV change: through the daemon when one listens on `socket` and serves the VG (so its
+/// served LVs follow the change online), else made here.
+fn lv_change(engine: &Engine, socket: &Path, change: &LvChange) -> Result<String> {
+    if let Some(mut client) = control::Client::connect(socket)? {
+        let reply = client.call(&control::Request::Lv(change.clone()))?;
+        if reply.ok {
+            return Ok(reply.output);
+        }
+        if reply.code.as_deref() != Some("not-served") {
+            bail!(
+                "{}",
+                reply.error.unwrap_or_else(|| "the daemon refused".into())
+            );
+        }
+    }
+    daemon::apply_lv_change(engine, change)
+}
+
 fn run(cli: Cli) -> Result<bool> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let mut engine = Engine::new(state_dir, cli.devices.clone());
@@ -332,9 +362,11 @@ fn run(cli: Cli) -> Result<bool> {
         "Write from tessera {}.",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     ));
+    let socket = control::socket_path(cli.control.as_deref(), engine.state_dir());
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
-        Command::Serve(args) => return serve::run(&engine, &args),
+        Command::Serve(args) => return serve::run(engine, &socket, &args),
+        Command::Dm(cmd) => return dm::run(&socket, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,
@@ -439,27 +471,33 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Lv(cmd) => match cmd {
             LvCommand::Create { name, alloc } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                engine.lv_create(vg, lv, &alloc.options()?)?;
-                println!("Logical volume \"{lv}\" created.");
+                let change = LvChange::Create {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    options: alloc.options()?,
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Extend { name, alloc } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                let result = engine.lv_extend(vg, lv, &alloc.options()?)?;
-                println!(
-                    "Logical volume {vg}/{lv} successfully resized to {} extents.",
-                    result.extent_count()
-                );
+                let change = LvChange::Extend {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    options: alloc.options()?,
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Reduce { name, size, force } => {
                 let (vg, lv) = split_vg_lv(&name)?;
                 if !force {
                     bail!("reducing {vg}/{lv} destroys the data past its new end; add --force to go ahead");
                 }
-                let result = engine.lv_reduce(vg, lv, size.parse()?)?;
-                println!(
-                    "Logical volume {vg}/{lv} successfully resized to {} extents.",
-                    result.extent_count()
-                );
+                let change = LvChange::Reduce {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    size: size.parse()?,
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Table { name } => {
                 let (vg, lv) = split_vg_lv(&name)?;
@@ -472,14 +510,21 @@ fn run(cli: Cli) -> Result<bool> {
             }
             LvCommand::Remove { name } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                engine.lv_remove(vg, lv)?;
-                println!("Logical volume \"{lv}\" successfully removed.");
+                let change = LvChange::Remove {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Rename { name, new } => {
                 let (vg, lv) = split_vg_lv(&name)?;
                 let new = new.strip_prefix(&format!("{vg}/")).unwrap_or(&new);
-                engine.lv_rename(vg, lv, new)?;
-                println!("Renamed \"{lv}\" to \"{new}\" in volume group \"{vg}\"");
+                let change = LvChange::Rename {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    new: new.into(),
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::List {
                 vg,

@@ -1,15 +1,18 @@
 //! `tessera serve`: finds the VGs on the devices, activates their LVs in user space and
 //! exports each over NBD as `VG/LV`. LVs of types tessera cannot map yet are listed and
-//! skipped with a warning; the rest of the VG is served.
+//! skipped with a warning; the rest of the VG is served. A control socket takes `tessera
+//! dm` commands and LV changes, which the served LVs follow online.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use tessera_engine::{activate, Engine};
-use tessera_export::{Export, ExportSet, Server, DEFAULT_TCP_ADDR};
-use tessera_mapper::TargetRegistry;
+use tessera_engine::Engine;
+use tessera_export::{Server, DEFAULT_TCP_ADDR};
+
+use crate::control;
+use crate::daemon::Daemon;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -19,42 +22,28 @@ pub struct ServeArgs {
     /// Also listen on this Unix socket.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Open every device read-only and refuse writes from clients.
+    /// Open every device read-only and refuse writes from clients and changes from the
+    /// control socket.
     #[arg(long)]
     read_only: bool,
 }
 
-pub fn run(engine: &Engine, args: &ServeArgs) -> Result<bool> {
-    let scan = engine.scan_with(!args.read_only)?;
-    for p in &scan.problems {
-        eprintln!("tessera: warning: {p}");
+pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs) -> Result<bool> {
+    let (daemon, warnings) = Daemon::start(engine, args.read_only)?;
+    for w in &warnings {
+        eprintln!("tessera: warning: {w}");
     }
-    let exports = ExportSet::new();
-    let registry = Arc::new(TargetRegistry::new());
-    for state in scan.vgs.values() {
-        for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
-            let name = format!("{}/{}", state.vg.name, lv.name);
-            if !lv.is_plain() {
-                let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
-                eprintln!(
-                    "tessera: warning: skipping {name}: LVs of type {kind} cannot be served yet"
-                );
-                continue;
-            }
-            match activate::activate_lv(&scan, state, &lv.name, registry.clone()) {
-                Ok(device) => {
-                    let export = Export::new(Arc::new(device))
-                        .read_only(args.read_only)
-                        .description(format!("LV {name}"));
-                    exports.insert(name, export)?;
-                }
-                Err(e) => eprintln!("tessera: warning: skipping {name}: {e}"),
-            }
-        }
-    }
+    let exports = daemon.exports().clone();
     if exports.is_empty() {
-        bail!("no logical volume to serve on the devices scanned");
+        eprintln!(
+            "tessera: warning: no LV to serve on the devices scanned yet; \
+             `tessera lv create` and `tessera dm create` add exports while this runs"
+        );
     }
+    let daemon = Arc::new(daemon);
+    let handler = daemon.clone();
+    let control = control::listen(control_path, Arc::new(move |req| handler.handle(req)))?;
+
     // A closed stdout (a supervisor that stopped reading) must not stop the service, so
     // these lines ignore write errors.
     use std::io::Write;
@@ -78,11 +67,13 @@ pub fn run(engine: &Engine, args: &ServeArgs) -> Result<bool> {
         }
         None => None,
     };
+    let _ = writeln!(out, "control socket {}", control.path().display());
     for name in exports.names() {
         let _ = writeln!(out, "  {name}");
     }
     let _ = out.flush();
     tcp.wait();
     drop(unix);
+    drop(control);
     Ok(true)
 }

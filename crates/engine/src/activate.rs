@@ -84,13 +84,20 @@ pub fn activate_lv(
     lv_name: &str,
     registry: Arc<TargetRegistry>,
 ) -> Result<MappedDevice> {
-    let name = dm_name(&state.vg.name, lv_name);
+    let device = MappedDevice::new(dm_name(&state.vg.name, lv_name), registry);
+    load_lv(scan, state, lv_name, &device)?;
+    device.resume()?;
+    Ok(device)
+}
+
+/// Loads the LV's table as `device`'s inactive table, its PVs resolved among the scanned
+/// ones; the next resume puts it live. This is how an active LV follows a resize.
+pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevice) -> Result<()> {
     let text = lv_table(scan, state, lv_name)?;
     let table = Table::parse(&text).map_err(|source| EngineError::Table {
-        device: name.clone(),
+        device: device.name().to_string(),
         source,
     })?;
-    let device = MappedDevice::new(name, registry);
     let resolve = |path: &str| {
         scan.pvs
             .iter()
@@ -105,6 +112,5 @@ pub fn activate_lv(
             })
     };
     device.load(&table, &resolve)?;
-    device.resume()?;
-    Ok(device)
+    Ok(())
 }

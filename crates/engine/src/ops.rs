@@ -61,7 +61,7 @@ pub struct PvCreateOptions {
 }
 
 /// What to make in `lv create`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LvCreateOptions {
     pub size: SizeArg,
     pub stripes: Option<u32>,

@@ -2,17 +2,19 @@
 //! megabytes when no unit is given), extent counts with percentages (`100%FREE`), and the
 //! report units (`--units h|b|s|k|m|g|t|p|e`, upper case for powers of 1000).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{EngineError, Result};
 
 /// A change requested relative to the current size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Sign {
     Plus,
     Minus,
 }
 
 /// What a percentage is of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PercentOf {
     /// The VG's free extents.
     Free,
@@ -23,7 +25,7 @@ pub enum PercentOf {
 }
 
 /// An amount of space as the user asked for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Amount {
     Bytes(u64),
     Extents(u64),
@@ -31,7 +33,7 @@ pub enum Amount {
 }
 
 /// A size or extent argument, perhaps relative (`+1G`, `-10`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SizeArg {
     pub sign: Option<Sign>,
     pub amount: Amount,

@@ -1,0 +1,420 @@
+//! The daemon's control protocol: JSON over a Unix socket, one request per line and one
+//! reply per line. Every request carries the three-part version its sender speaks; the
+//! daemon serves any request whose major version equals its own and whose minor version is
+//! not newer (as device-mapper's ioctls do), and refuses the rest with an error that names
+//! both versions, so old and new tools can tell what went wrong.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tessera_engine::ops::LvCreateOptions;
+use tessera_engine::units::SizeArg;
+
+/// The protocol version this build speaks.
+pub const VERSION: [u32; 3] = [1, 0, 0];
+
+/// The longest request line the daemon reads; a longer one closes the connection.
+const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// The file name of the control socket in the state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// What a client asks of the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// The daemon's version and what it serves.
+    Version,
+    /// Every mapped device, as `dmsetup ls`.
+    DmLs,
+    /// A new mapped device with `table` live, exported over NBD under its name.
+    DmCreate {
+        name: String,
+        table: String,
+    },
+    /// Fills the device's inactive table; `dm resume` makes it live.
+    DmLoad {
+        name: String,
+        table: String,
+    },
+    DmSuspend {
+        name: String,
+    },
+    DmResume {
+        name: String,
+    },
+    DmRemove {
+        name: String,
+    },
+    DmTable {
+        name: String,
+        #[serde(default)]
+        inactive: bool,
+    },
+    DmStatus {
+        name: String,
+    },
+    DmMessage {
+        name: String,
+        sector: u64,
+        message: Vec<String>,
+    },
+    /// A change to an LV; the daemon commits it and updates the LV's mapped device.
+    Lv(LvChange),
+}
+
+/// The LV changes that the daemon performs itself, so that a served LV follows them online.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum LvChange {
+    Create {
+        vg: String,
+        lv: String,
+        options: LvCreateOptions,
+    },
+    Extend {
+        vg: String,
+        lv: String,
+        options: LvCreateOptions,
+    },
+    Reduce {
+        vg: String,
+        lv: String,
+        size: SizeArg,
+    },
+    Remove {
+        vg: String,
+        lv: String,
+    },
+    Rename {
+        vg: String,
+        lv: String,
+        new: String,
+    },
+}
+
+impl LvChange {
+    pub fn vg(&self) -> &str {
+        match self {
+            LvChange::Create { vg, .. }
+            | LvChange::Extend { vg, .. }
+            | LvChange::Reduce { vg, .. }
+            | LvChange::Remove { vg, .. }
+            | LvChange::Rename { vg, .. } => vg,
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: [u32; 3],
+    pub ok: bool,
+    /// Text for the user (the same a local run prints).
+    #[serde(default)]
+    pub output: String,
+    /// Structured result, for `--json`.
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A machine-readable reason for some errors: `not-served` means the daemon does not
+    /// serve that VG, so the client should make the change itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(output: impl Into<String>, data: Value) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: true,
+            output: output.into(),
+            data,
+            ..Reply::default()
+        }
+    }
+
+    pub fn error(error: impl Into<String>) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: false,
+            error: Some(error.into()),
+            ..Reply::default()
+        }
+    }
+}
+
+pub fn version_string(v: [u32; 3]) -> String {
+    format!("{}.{}.{}", v[0], v[1], v[2])
+}
+
+/// Whether a daemon speaking `VERSION` serves a request of version `v`.
+pub fn version_supported(v: [u32; 3]) -> bool {
+    v[0] == VERSION[0] && v[1] <= VERSION[1]
+}
+
+/// Decodes one request line: first its version (so that a newer client's unknown command
+/// is refused for its version, not as garbage), then the request.
+pub fn decode(line: &str) -> std::result::Result<Request, String> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| format!("request is not valid JSON: {e}"))?;
+    let version = value
+        .get("version")
+        .ok_or("request has no \"version\": expected e.g. \"version\": [1, 0, 0]")?;
+    let version: [u32; 3] = serde_json::from_value(version.clone())
+        .map_err(|_| format!("request version {version} is not three numbers such as [1, 0, 0]"))?;
+    if !version_supported(version) {
+        return Err(format!(
+            "request speaks control protocol {}, this tessera daemon speaks {} \
+             (it serves major version {} up to minor {}): use a tessera of the daemon's version",
+            version_string(version),
+            version_string(VERSION),
+            VERSION[0],
+            VERSION[1],
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+}
+
+/// The socket a client talks to: `--control`, else the state directory's.
+pub fn socket_path(explicit: Option<&Path>, state_dir: &Path) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| state_dir.join(SOCKET_NAME))
+}
+
+/// A connection to a running daemon.
+pub struct Client {
+    stream: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connects to the daemon at `path`; `Ok(None)` when none is running there (no socket,
+    /// or a socket left behind by a daemon that died).
+    pub fn connect(path: &Path) -> Result<Option<Client>> {
+        match UnixStream::connect(path) {
+            Ok(stream) => Ok(Some(Client {
+                stream: BufReader::new(stream),
+                path: path.to_path_buf(),
+            })),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot reach the daemon at {}", path.display()))
+            }
+        }
+    }
+
+    /// Sends one request and reads the reply.
+    pub fn call(&mut self, request: &Request) -> Result<Reply> {
+        self.call_raw(&envelope(request, VERSION))
+    }
+
+    /// Sends a request line as it is (tests use it to speak other versions).
+    pub fn call_raw(&mut self, line: &str) -> Result<Reply> {
+        let what = || format!("control socket {}", self.path.display());
+        let stream = self.stream.get_mut();
+        stream.write_all(line.as_bytes()).with_context(what)?;
+        stream.write_all(b"\n").with_context(what)?;
+        let mut answer = String::new();
+        self.stream.read_line(&mut answer).with_context(what)?;
+        if answer.is_empty() {
+            bail!(
+                "the daemon at {} closed the connection",
+                self.path.display()
+            );
+        }
+        serde_json::from_str(&answer).map_err(|e| {
+            anyhow!(
+                "the daemon at {} sent a bad reply: {e}",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// A request as a JSON line with `version` beside the command.
+pub fn envelope(request: &Request, version: [u32; 3]) -> String {
+    let mut value = serde_json::to_value(request).expect("requests serialize");
+    if let Value::Object(map) = &mut value {
+        map.insert("version".into(), serde_json::json!(version));
+    }
+    value.to_string()
+}
+
+/// Listens on `path` and answers each request line with `handle`, one thread per client.
+/// A socket file left by a daemon that died is replaced; a live daemon there is an error.
+pub fn listen(
+    path: &Path,
+    handle: Arc<dyn Fn(Request) -> Reply + Send + Sync>,
+) -> Result<ControlSocket> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "another tessera daemon is listening on {}; stop it first or give --control",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Whoever may talk to the socket may change volumes: its owner only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let handle = handle.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || serve_client(stream, &*handle));
+            }
+        })
+        .context("cannot start the control thread")?;
+    Ok(ControlSocket {
+        path: path.to_path_buf(),
+    })
+}
+
+/// The listening control socket; its file is removed when this is dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_client(stream: UnixStream, handle: &(dyn Fn(Request) -> Reply + Send + Sync)) {
+    // A client that stops mid-line must not hold a thread for ever.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_REQUEST_BYTES).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with('\n') {
+            let reply = Reply::error(format!(
+                "request longer than {MAX_REQUEST_BYTES} bytes or not ended by a newline"
+            ));
+            let _ = writeln!(
+                writer,
+                "{}",
+                serde_json::to_string(&reply).unwrap_or_default()
+            );
+            return;
+        }
+        let reply = match decode(line.trim_end()) {
+            Ok(request) => handle(request),
+            Err(e) => Reply::error(e),
+        };
+        let text = serde_json::to_string(&reply).unwrap_or_else(|e| {
+            serde_json::to_string(&Reply::error(format!("cannot encode the reply: {e}")))
+                .unwrap_or_default()
+        });
+        if writeln!(writer, "{text}").is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_a_newer_minor_or_another_major_are_refused_naming_both_versions() {
+        let line = envelope(&Request::DmLs, [1, 0, 0]);
+        assert!(matches!(decode(&line), Ok(Request::DmLs)));
+        let line = envelope(&Request::DmLs, [1, 0, 7]);
+        assert!(decode(&line).is_ok(), "a newer patch level is served");
+        for v in [[2, 0, 0], [1, 1, 0], [0, 9, 0]] {
+            let err = decode(&envelope(&Request::DmLs, v)).unwrap_err();
+            assert!(err.contains(&version_string(v)), "{err}");
+            assert!(err.contains("1.0.0"), "{err}");
+        }
+        // A newer client's unknown command is refused for its version, not as garbage.
+        let err = decode(r#"{"version":[3,0,0],"command":"teleport"}"#).unwrap_err();
+        assert!(err.contains("3.0.0"), "{err}");
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_that_say_what_is_wrong() {
+        assert!(decode("{").unwrap_err().contains("not valid JSON"));
+        assert!(decode(r#"{"command":"dm_ls"}"#)
+            .unwrap_err()
+            .contains("no \"version\""));
+        assert!(decode(r#"{"version":"1.0","command":"dm_ls"}"#)
+            .unwrap_err()
+            .contains("three numbers"));
+        assert!(decode(r#"{"version":[1,0,0],"command":"teleport"}"#)
+            .unwrap_err()
+            .contains("bad request"));
+        assert!(
+            decode(r#"{"version":[1,0,0],"command":"dm_create","name":"x"}"#)
+                .unwrap_err()
+                .contains("table")
+        );
+    }
+
+    #[test]
+    fn lv_changes_round_trip_through_json() {
+        let req = Request::Lv(LvChange::Extend {
+            vg: "vg0".into(),
+            lv: "data".into(),
+            options: LvCreateOptions {
+                size: tessera_engine::units::parse_size("+20M").unwrap(),
+                stripes: Some(2),
+                stripe_size_bytes: Some(65536),
+                pvs: vec!["/d/a.img".into()],
+            },
+        });
+        let line = envelope(&req, VERSION);
+        match decode(&line).unwrap() {
+            Request::Lv(LvChange::Extend { vg, lv, options }) => {
+                assert_eq!((vg.as_str(), lv.as_str()), ("vg0", "data"));
+                assert_eq!(
+                    options.size,
+                    tessera_engine::units::parse_size("+20M").unwrap()
+                );
+                assert_eq!(options.stripes, Some(2));
+                assert_eq!(options.pvs, vec!["/d/a.img".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
