@@ -22,6 +22,12 @@ pub struct DemoArgs {
     /// Size of each image file.
     #[arg(long, default_value = "256M")]
     disk_size: String,
+    /// Where to serve the LVs over NBD once they are made.
+    #[arg(long, default_value = tessera_export::DEFAULT_TCP_ADDR)]
+    listen: String,
+    /// Make and list the VG, then stop instead of serving it.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 pub fn run(args: &DemoArgs) -> Result<bool> {
@@ -90,5 +96,15 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     println!(
         "\nThe image files hold real LVM2 metadata: attach them with `losetup` and lvm2's `vgs`/`lvs` show the same VG."
     );
-    Ok(scan.problems.is_empty())
+    if args.no_serve || !scan.problems.is_empty() {
+        return Ok(scan.problems.is_empty());
+    }
+    println!();
+    let control = crate::control::socket_path(None, engine.state_dir());
+    crate::serve::run(
+        engine,
+        &control,
+        &crate::serve::ServeArgs::tcp(&args.listen),
+        true,
+    )
 }

@@ -365,7 +365,7 @@ fn run(cli: Cli) -> Result<bool> {
     let socket = control::socket_path(cli.control.as_deref(), engine.state_dir());
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
-        Command::Serve(args) => return serve::run(engine, &socket, &args),
+        Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(cmd) => return dm::run(&socket, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {

@@ -28,7 +28,20 @@ pub struct ServeArgs {
     read_only: bool,
 }
 
-pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs) -> Result<bool> {
+impl ServeArgs {
+    /// Serving on `listen` over TCP only, writable.
+    pub fn tcp(listen: impl Into<String>) -> ServeArgs {
+        ServeArgs {
+            listen: listen.into(),
+            socket: None,
+            read_only: false,
+        }
+    }
+}
+
+/// Runs the daemon until it is killed. With `hints`, it also prints how to reach the LVs
+/// with the usual clients (the demo does).
+pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -> Result<bool> {
     let (daemon, warnings) = Daemon::start(engine, args.read_only)?;
     for w in &warnings {
         eprintln!("tessera: warning: {w}");
@@ -70,6 +83,57 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs) -> Result<bool
     let _ = writeln!(out, "control socket {}", control.path().display());
     for name in exports.names() {
         let _ = writeln!(out, "  {name}");
+    }
+    if hints {
+        let addr = tcp.local_addr().to_string();
+        let (host, port) = addr.rsplit_once(':').unwrap_or((&addr, ""));
+        let lv = exports
+            .names()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "VG/LV".into());
+        let state = control_path
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let hints = [
+            (
+                format!("nbdinfo --list nbd://{addr}"),
+                "every LV with its size",
+            ),
+            (
+                format!("nbdcopy nbd://{addr}/{lv} copy.img"),
+                "read an LV into a file",
+            ),
+            (
+                format!("qemu-img info nbd://{addr}/{lv}"),
+                "qemu: -drive file=nbd://...",
+            ),
+            (
+                format!("mkdir -p mnt && nbdfuse mnt nbd://{addr}/{lv} &"),
+                "mnt/nbd is the LV as a file",
+            ),
+            (
+                format!("sudo nbd-client {host} {port} /dev/nbd0 -N {lv}"),
+                "the kernel's NBD client",
+            ),
+            (
+                format!("tessera --state-dir {state} lv extend {lv} -L +16M"),
+                "resized online",
+            ),
+            (
+                format!("tessera --state-dir {state} dm ls"),
+                "the daemon's mapped devices",
+            ),
+        ];
+        let width = hints.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "\nReach the LVs from another terminal (Ctrl-C here stops the server):"
+        );
+        for (command, what) in hints {
+            let _ = writeln!(out, "  {command:width$}  # {what}");
+        }
     }
     let _ = out.flush();
     tcp.wait();

@@ -431,3 +431,77 @@ fn dm_verbs_suspend_semantics_and_the_version_handshake() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The README's first command: `tessera demo` makes the VG, serves it, and the commands it
+/// prints to reach the LVs work as printed.
+#[test]
+fn the_demo_serves_its_vg_and_its_hints_work() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut child = Command::new(common::tessera_path())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut hints = Vec::new();
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("demo stopped before its hints:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.starts_with("  ") && line.contains("  # ") {
+            hints.push(line.split("  # ").next().unwrap().trim().to_string());
+            if line.contains("dm ls") {
+                break;
+            }
+        }
+    }
+    let guard = Daemon {
+        child,
+        addr: String::new(),
+        control: PathBuf::new(),
+    };
+    let run = |hint: &str| {
+        let out = Command::new("sh")
+            .args(["-c", hint])
+            .current_dir(dir.path())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    Path::new(common::tessera_path()).parent().unwrap().display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{hint}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = run(hints.iter().find(|h| h.starts_with("nbdinfo")).unwrap());
+    assert!(
+        list.contains("demo/linear") && list.contains("demo/striped"),
+        "{list}"
+    );
+    let copy = hints.iter().find(|h| h.starts_with("nbdcopy")).unwrap();
+    run(copy);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("copy.img"))
+            .unwrap()
+            .len(),
+        64 << 20
+    );
+    let extend = run(hints.iter().find(|h| h.contains("lv extend")).unwrap());
+    assert!(extend.contains("reloaded online"), "{extend}");
+    let ls = run(hints.iter().find(|h| h.contains("dm ls")).unwrap());
+    assert!(ls.contains("demo-linear\t(163840 sectors, live"), "{ls}");
+    drop(guard);
+}
