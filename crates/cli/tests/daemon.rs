@@ -137,6 +137,7 @@ fn lv_changes_reach_served_lvs_online_while_fio_writes_and_verifies() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--verify_backlog=512",
+            "--verify_state_save=0",
         ])
         .args(["--ioengine=nbd", "--name=lin"])
         .arg(format!("--uri={}/on/lin", daemon.addr))
