@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
     // Requests served on this thread: deterministic, and no threads per input.
     let config = ServerConfig {
         workers_per_connection: 0,
+        ..ServerConfig::default()
     };
     let mut replies = Vec::new();
     let _ = serve_stream(&exports, &config, &client[..], &mut replies);

@@ -62,12 +62,24 @@ impl Session {
 pub fn serve_stream<R: Read + Send, W: Write + Send>(
     exports: &ExportSet,
     config: &ServerConfig,
+    reader: R,
+    writer: W,
+) -> Result<(), ExportError> {
+    serve_stream_with(exports, config, reader, writer, || {})
+}
+
+/// [`serve_stream`], calling `entered` once the client has finished the handshake.
+pub(crate) fn serve_stream_with<R: Read + Send, W: Write + Send>(
+    exports: &ExportSet,
+    config: &ServerConfig,
     mut reader: R,
     mut writer: W,
+    entered: impl FnOnce(),
 ) -> Result<(), ExportError> {
     let Some(session) = negotiate(&mut reader, &mut writer, exports)? else {
         return Ok(());
     };
+    entered();
     debug!(export = %session.name, size = session.limits.size, "client entered transmission");
     transmit(reader, writer, &session, config.workers_per_connection)
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::{serve_stream, ExportError, ExportSet};
+use crate::conn::serve_stream_with;
+use crate::{ExportError, ExportSet};
 
 /// Where a server listens when not told otherwise: NBD's port, loopback only.
 pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:10809";
@@ -26,12 +27,16 @@ pub struct ServerConfig {
     /// Threads serving one connection's requests concurrently (the connection's own thread
     /// is one of them); 0 or 1 serves them one at a time.
     pub workers_per_connection: usize,
+    /// How long a client may take over the handshake before it is hung up on, so that
+    /// idle sockets cannot hold threads; `None` waits for ever. Transmission has no limit.
+    pub handshake_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             workers_per_connection: 8,
+            handshake_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -264,7 +269,10 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
             let peer = who;
             debug!(%peer, "client connected");
             let reader = BufReader::with_capacity(128 << 10, reader);
-            match serve_stream(&s.exports, &s.config, reader, &stream) {
+            // The socket's timeout covers both of its handles.
+            stream.set_read_timeout(s.config.handshake_timeout);
+            let entered = || stream.set_read_timeout(None);
+            match serve_stream_with(&s.exports, &s.config, reader, &stream, entered) {
                 Ok(()) => debug!(%peer, "connection closed"),
                 Err(e) => info!(%peer, "closing connection: {e}"),
             }
@@ -296,6 +304,13 @@ impl Stream {
             }
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
         })
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        let _ = match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        };
     }
 
     fn shutdown(&self) {

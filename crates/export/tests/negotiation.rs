@@ -96,3 +96,48 @@ fn export_name_with_and_without_zero_padding() {
         c.disconnect();
     }
 }
+
+#[test]
+fn a_client_that_stalls_in_the_handshake_is_hung_up_on_and_one_in_transmission_is_not() {
+    let dir = tmpdir();
+    let exports = ExportSet::new();
+    let f = backing_file(dir.path(), "d.img", &vec![7; 1 << 20]);
+    exports.insert("disk", file_export(&f, false)).unwrap();
+    let config = tessera_export::ServerConfig {
+        handshake_timeout: Some(std::time::Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let server = tessera_export::Server::bind_tcp_with(exports, "127.0.0.1:0", config).unwrap();
+    let tessera_export::ListenAddr::Tcp(addr) = *server.local_addr() else {
+        panic!("not TCP")
+    };
+    // Silent after the greeting: the server hangs up.
+    let mut stalled = Raw::connect(addr);
+    stalled.hello();
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    use std::io::Read;
+    assert_eq!(
+        stalled.s.read(&mut byte).unwrap(),
+        0,
+        "the server closed it"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(400)
+            && waited < std::time::Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // A client in transmission may stay idle longer than the handshake limit.
+    let mut idle = Raw::start(addr);
+    idle.option(OPT_GO, &info_payload("disk", &[]));
+    loop {
+        let (_, reply, _) = idle.option_reply();
+        if reply == REP_ACK {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let data = idle.read(1, 0, 4096).expect("a read after idling");
+    assert!(data.iter().all(|&b| b == 7));
+}
