@@ -474,7 +474,10 @@ fn the_demo_serves_its_vg_and_its_hints_work() {
                 "PATH",
                 format!(
                     "{}:{}",
-                    Path::new(common::tessera_path()).parent().unwrap().display(),
+                    Path::new(common::tessera_path())
+                        .parent()
+                        .unwrap()
+                        .display(),
                     std::env::var("PATH").unwrap()
                 ),
             )
