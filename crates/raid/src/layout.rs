@@ -1,0 +1,1 @@
+//! md geometry: filled in by the layout work.
