@@ -68,6 +68,10 @@ pub enum Request {
     },
     /// A change to an LV; the daemon commits it and updates the LV's mapped device.
     Lv(LvChange),
+    /// Whether the daemon serves LVs of VG `vg` (`data` is true or false).
+    Serves {
+        vg: String,
+    },
 }
 
 /// The LV changes that the daemon performs itself, so that a served LV follows them online.

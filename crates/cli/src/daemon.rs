@@ -130,6 +130,13 @@ impl Daemon {
                 json!({"tessera": env!("CARGO_PKG_VERSION"), "protocol": VERSION}),
             )),
             Request::Lv(change) => self.lv_change(&change),
+            Request::Serves { vg } => {
+                let serves = self
+                    .lock()
+                    .values()
+                    .any(|v| v.lv.as_ref().is_some_and(|l| l.vg == vg));
+                Ok(Reply::ok("", json!(serves)))
+            }
             dm => self.dm(dm),
         };
         result.unwrap_or_else(|e| Reply::error(format!("{e:#}")))
@@ -257,7 +264,9 @@ impl Daemon {
                 let answer = device.message(sector, &args)?;
                 Ok(Reply::ok(answer.clone(), json!(answer)))
             }
-            Request::Version | Request::Lv(_) => unreachable!("handled by the caller"),
+            Request::Version | Request::Lv(_) | Request::Serves { .. } => {
+                unreachable!("handled by the caller")
+            }
         }
     }
 

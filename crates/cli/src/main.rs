@@ -355,6 +355,21 @@ fn lv_change(engine: &Engine, socket: &Path, change: &LvChange) -> Result<String
     daemon::apply_lv_change(engine, change)
 }
 
+/// Refuses a VG change that would pull extents from under LVs the daemon serves; the
+/// daemon makes only LV changes itself.
+fn refuse_if_served(socket: &Path, vg: &str) -> Result<()> {
+    if let Some(mut client) = control::Client::connect(socket)? {
+        let reply = client.call(&control::Request::Serves { vg: vg.into() })?;
+        if reply.ok && reply.data == serde_json::Value::Bool(true) {
+            bail!(
+                "volume group '{vg}' is served by the tessera daemon at {}; stop it first",
+                socket.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<bool> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let mut engine = Engine::new(state_dir, cli.devices.clone());
@@ -423,6 +438,7 @@ fn run(cli: Cli) -> Result<bool> {
                 force,
                 ..
             } => {
+                refuse_if_served(&socket, &name)?;
                 let vg = engine.vg_reduce_missing(&name, force)?;
                 println!(
                     "Volume group \"{name}\" is complete again: {} PV(s), {} LV(s)",
@@ -431,6 +447,7 @@ fn run(cli: Cli) -> Result<bool> {
                 );
             }
             VgCommand::Reduce { name, targets, .. } => {
+                refuse_if_served(&socket, &name)?;
                 engine.vg_reduce(&name, &targets)?;
                 println!(
                     "Removed {} PV(s) from volume group \"{name}\"",
@@ -438,10 +455,12 @@ fn run(cli: Cli) -> Result<bool> {
                 );
             }
             VgCommand::Remove { name, force } => {
+                refuse_if_served(&socket, &name)?;
                 engine.vg_remove(&name, force)?;
                 println!("Volume group \"{name}\" successfully removed");
             }
             VgCommand::Rename { old, new } => {
+                refuse_if_served(&socket, &old)?;
                 engine.vg_rename(&old, &new)?;
                 println!("Volume group \"{old}\" successfully renamed to \"{new}\"");
             }
@@ -458,6 +477,9 @@ fn run(cli: Cli) -> Result<bool> {
                 );
             }
             VgCommand::Restore { name, file, list } => {
+                if !list {
+                    refuse_if_served(&socket, &name)?;
+                }
                 if list {
                     for entry in engine.archive().list(&name)? {
                         println!("{:>8}  {}", entry.seqno, entry.path.display());

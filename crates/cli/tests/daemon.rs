@@ -234,6 +234,18 @@ fn lv_changes_reach_served_lvs_online_while_fio_writes_and_verifies() {
         "ls",
     ]));
     assert!(ls.contains("on-lin\t(98304 sectors, live"), "{ls}");
+    // VG changes that would move extents under served LVs are refused while it serves.
+    for args in [
+        &["vg", "rename", "on", "off"][..],
+        &["vg", "remove", "--force", "on"],
+        &["vg", "restore", "on"],
+    ] {
+        let err = failed(t(args));
+        assert!(
+            err.contains("served by the tessera daemon"),
+            "{args:?}: {err}"
+        );
+    }
     drop(daemon);
 
     // A read-only daemon makes no changes.
