@@ -521,3 +521,69 @@ fn the_demo_serves_its_vg_and_its_hints_work() {
     assert!(ls.contains("demo-linear\t(163840 sectors, live"), "{ls}");
     drop(guard);
 }
+
+/// `serve --read-only`: every image opened read-only, writes refused with the protocol's
+/// error, nothing on the images changes.
+#[test]
+fn read_only_serving_opens_images_read_only_and_changes_nothing() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = dir.path().join("state");
+    let imgs = images(dir.path(), 2, 64);
+    let devices = imgs.join(",");
+    let t = |args: &[&str]| tessera(&devices, &state, args);
+    ok(t(&["vg", "create", "ro", &imgs[0], &imgs[1]]));
+    ok(t(&["lv", "create", "ro/a", "-L", "16M", "-i", "2"]));
+    let before: Vec<Vec<u8>> = imgs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    let daemon = serve(&devices, &state, &["--read-only"]);
+    let uri = format!("{}/ro/a", daemon.addr);
+    let info = Command::new("nbdinfo")
+        .args(["--json", &uri])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["exports"][0]["is_read_only"], true, "{json}");
+    let mut write = qemu_io(&uri, "write -P 0x11 0 4096");
+    let status = wait_exit(&mut write, Duration::from_secs(20));
+    let out = write.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !status.success() || said.contains("failed"),
+        "a write to a read-only export was taken: {said}"
+    );
+    // Every descriptor the daemon holds on an image is O_RDONLY.
+    let pid = daemon.child.id();
+    let mut image_fds = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if imgs.iter().any(|i| Path::new(i) == target) {
+            image_fds += 1;
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .unwrap()
+                .trim();
+            let flags = u32::from_str_radix(flags, 8).unwrap();
+            assert_eq!(
+                flags & 3,
+                0,
+                "{} opened with flags {flags:o}",
+                target.display()
+            );
+        }
+    }
+    assert!(image_fds >= 2, "the daemon holds the images open");
+    drop(daemon);
+    for (path, old) in imgs.iter().zip(&before) {
+        assert!(&std::fs::read(path).unwrap() == old, "{path} changed");
+    }
+}
