@@ -5,6 +5,7 @@ mod control;
 mod daemon;
 mod demo;
 mod dm;
+mod md;
 mod report;
 mod serve;
 
@@ -65,6 +66,9 @@ enum Command {
     Lv(LvCommand),
     /// Serve every LV over NBD as VG/LV (user-space data path: no root, no kernel modules).
     Serve(serve::ServeArgs),
+    /// MD software RAID arrays, as mdadm makes them.
+    #[command(subcommand, after_help = md::ABOUT)]
+    Md(md::MdCommand),
     /// Mapped devices of a running `tessera serve`, with dmsetup's verbs.
     #[command(subcommand, after_help = dm::ABOUT)]
     Dm(dm::DmCommand),
@@ -382,6 +386,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Demo(args) => return demo::run(&args),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(cmd) => return dm::run(&socket, cmd),
+        Command::Md(cmd) => return md::run(&engine, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,

@@ -11,6 +11,7 @@ mod commit;
 pub mod devices;
 mod error;
 mod lock;
+pub mod md;
 pub mod ops;
 pub mod scan;
 pub mod units;

@@ -12,6 +12,7 @@ use tessera_formats::lvm2::vg::{
     check_name, check_new_lv_name, LogicalVolume, PhysicalVolume, SegmentKind, TextInfo,
     VolumeGroup,
 };
+use tessera_formats::md as md_format;
 use tessera_formats::signature;
 
 use crate::alloc::{self, NoSpace};
@@ -20,6 +21,7 @@ use crate::commit;
 use crate::devices;
 use crate::error::{EngineError, Result};
 use crate::lock::Lock;
+use crate::md::{self, MdMember};
 use crate::scan::{self, PvInfo, Scan, VgState};
 use crate::units::{Amount, PercentOf, Sign, SizeArg};
 
@@ -58,6 +60,22 @@ pub struct PvCreateOptions {
     pub force: bool,
     /// First extent's offset; 1 MiB when None.
     pub pe_start_bytes: Option<u64>,
+}
+
+/// The MD arrays on the scanned devices.
+#[derive(Debug, Clone)]
+pub struct MdScan {
+    pub arrays: Vec<md::MdArray>,
+    pub problems: Vec<String>,
+}
+
+impl MdScan {
+    /// The array called `name` (without its homehost prefix) or with UUID `name`.
+    pub fn array(&self, name: &str) -> Option<&md::MdArray> {
+        self.arrays
+            .iter()
+            .find(|a| a.name == name || a.uuid == name)
+    }
 }
 
 /// What to make in `lv create`.
@@ -189,6 +207,30 @@ impl Engine {
         let mut result = scan::scan(&devs);
         result.problems.splice(0..0, problems);
         Ok(result)
+    }
+
+    /// Finds the MD members on the devices and groups them into arrays; `write` opens the
+    /// members for writing (to run the arrays read-write). Devices whose MD superblock
+    /// cannot be read are problems, named with what is wrong.
+    pub fn md_scan(&self, write: bool) -> Result<MdScan> {
+        let (devs, mut problems) = self.devices(write)?;
+        let mut members = Vec::new();
+        for (path, device) in devs {
+            match md_format::probe(&*device) {
+                Ok(Some((version, sb))) => members.push(MdMember {
+                    path,
+                    device,
+                    version,
+                    sb,
+                }),
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Ok(MdScan {
+            arrays: md::assemble(members),
+            problems,
+        })
     }
 
     fn lock(&self, name: &str) -> Result<Lock> {

@@ -222,6 +222,19 @@ impl MdSuperblock {
         }
     }
 
+    /// The role that this superblock's table gives `member` (another member's superblock
+    /// of the same array): how the freshest member sees the others at assembly.
+    pub fn role_of(&self, member: &MdSuperblock) -> Role {
+        match (self, member) {
+            (Self::V1(me), Self::V1(m)) => me.role_of_dev(m.dev_number),
+            (Self::V0(me), Self::V0(m)) => me
+                .disks
+                .get(m.this_disk.number as usize)
+                .map_or(Role::Spare, |d| me.role_of_disk(d)),
+            _ => member.role(),
+        }
+    }
+
     pub fn events(&self) -> u64 {
         match self {
             Self::V0(s) => s.events,

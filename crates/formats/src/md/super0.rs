@@ -128,7 +128,11 @@ impl Superblock0 {
 
     /// This device's role, from its own descriptor as the kernel reads it.
     pub fn role(&self) -> Role {
-        let d = &self.this_disk;
+        self.role_of_disk(&self.this_disk)
+    }
+
+    /// The role a disk entry (this one's or one of the table's) describes.
+    pub fn role_of_disk(&self, d: &Disk0) -> Role {
         if d.state & DISK_FAULTY != 0 {
             Role::Faulty
         } else if d.state & DISK_SYNC != 0 && d.raid_disk < self.raid_disks {

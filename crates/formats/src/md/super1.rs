@@ -94,7 +94,12 @@ impl Superblock1 {
 
     /// This device's entry in the role table.
     pub fn role(&self) -> Role {
-        match self.dev_roles.get(self.dev_number as usize) {
+        self.role_of_dev(self.dev_number)
+    }
+
+    /// The role table's entry for device number `dev_number`.
+    pub fn role_of_dev(&self, dev_number: u32) -> Role {
+        match self.dev_roles.get(dev_number as usize) {
             None | Some(&ROLE_SPARE) => Role::Spare,
             Some(&ROLE_FAULTY) => Role::Faulty,
             Some(&ROLE_JOURNAL) => Role::Journal,

@@ -1,0 +1,309 @@
+//! `tessera md`: MD software RAID arrays, read from their members' superblocks as mdadm
+//! writes them.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+use tessera_block::{BlockDevice, FileDevice, OpenOptions};
+use tessera_engine::md::{Health, MdArray};
+use tessera_engine::Engine;
+use tessera_formats::md::{self as md_format, ArrayState, MdSuperblock, MdVersion, Role};
+
+pub const ABOUT: &str = "\
+Arrays are found on the devices given with --devices (image files or block devices) and
+grouped by array UUID; the member with the highest events count speaks for the array, and a
+member behind it (one that missed writes) is left out and reported. Names are shown without
+the homehost prefix (\"host:name\" is \"name\"); arrays without a name (0.90) go by UUID.
+
+Examples:
+  tessera --devices 'disks/*.img' md list
+  tessera --devices 'disks/*.img' md detail home --json
+  tessera md examine disks/a.img";
+
+#[derive(Subcommand)]
+pub enum MdCommand {
+    /// Print a member's superblock (as mdadm --examine).
+    Examine {
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the arrays on the devices.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one array: its geometry, each slot's member, spares, and members left out.
+    Detail {
+        /// Array name (without homehost) or UUID.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(engine: &Engine, command: MdCommand) -> Result<bool> {
+    match command {
+        MdCommand::Examine { device, json } => examine(&device, json),
+        MdCommand::List { json } => {
+            let scan = engine.md_scan(false)?;
+            if json {
+                let arrays: Vec<Value> = scan.arrays.iter().map(array_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "arrays": arrays }))?
+                );
+            } else {
+                println!(
+                    "  {:<16} {:<7} {:>7} {:<10} {:>8}  UUID",
+                    "Name", "Level", "Members", "State", "Events"
+                );
+                for a in &scan.arrays {
+                    let present = a.slots.iter().filter(|s| s.is_some()).count();
+                    println!(
+                        "  {:<16} {:<7} {:>7} {:<10} {:>8}  {}",
+                        a.name,
+                        a.level_name(),
+                        format!("{present}/{}", a.raid_disks),
+                        health_word(a),
+                        a.events,
+                        a.uuid
+                    );
+                }
+            }
+            for p in &scan.problems {
+                eprintln!("tessera: warning: {p}");
+            }
+            Ok(scan.problems.is_empty())
+        }
+        MdCommand::Detail { name, json } => {
+            let scan = engine.md_scan(false)?;
+            for p in &scan.problems {
+                eprintln!("tessera: warning: {p}");
+            }
+            let Some(a) = scan.array(&name) else {
+                bail!("no MD array '{name}' on the devices scanned (tessera md list shows them)");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&array_json(a))?);
+            } else {
+                print!("{}", detail_text(a));
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn health_word(a: &MdArray) -> &'static str {
+    match (a.health(), a.state) {
+        (Health::Failed { .. }, _) => "failed",
+        (Health::Degraded { .. }, _) => "degraded",
+        (Health::Complete, ArrayState::Dirty { .. }) => "dirty",
+        (Health::Complete, ArrayState::Clean) => "clean",
+    }
+}
+
+fn layout_name(level: i32, layout: u32) -> String {
+    match level {
+        4 | 5 | 6 => {
+            let base = match layout & !16 {
+                0 => "left-asymmetric",
+                1 => "right-asymmetric",
+                2 => "left-symmetric",
+                3 => "right-symmetric",
+                4 => "parity-first",
+                5 => "parity-last",
+                8 => "ddf-zero-restart",
+                9 => "ddf-N-restart",
+                10 => "ddf-N-continue",
+                _ => return format!("layout {layout}"),
+            };
+            if layout & 16 != 0 {
+                format!("{base}-6")
+            } else {
+                base.to_string()
+            }
+        }
+        10 => {
+            let near = layout & 0xff;
+            let far = (layout >> 8) & 0xff;
+            let offset = layout & (1 << 16) != 0;
+            match (near, far, offset) {
+                (n, 1, _) => format!("near={n}"),
+                (1, f, true) => format!("offset={f}"),
+                (1, f, false) => format!("far={f}"),
+                (n, f, o) => format!("near={n} {}={f}", if o { "offset" } else { "far" }),
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+fn state_json(state: ArrayState) -> Value {
+    match state {
+        ArrayState::Clean => json!("clean"),
+        ArrayState::Dirty { resync_from_sector } => {
+            json!({ "dirty": { "resync_from_sector": resync_from_sector } })
+        }
+    }
+}
+
+fn array_json(a: &MdArray) -> Value {
+    let slots: Vec<Value> = a
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(slot, m)| match m {
+            Some(m) => json!({ "slot": slot, "device": m.path, "events": m.sb.events() }),
+            None => json!({ "slot": slot, "device": null, "missing": true }),
+        })
+        .collect();
+    let health = match a.health() {
+        Health::Complete => json!("complete"),
+        Health::Degraded { missing } => json!({ "degraded": { "missing_slots": missing } }),
+        Health::Failed { missing, tolerated } => {
+            json!({ "failed": { "missing_slots": missing, "tolerated": tolerated } })
+        }
+    };
+    json!({
+        "name": a.name,
+        "uuid": a.uuid,
+        "homehost": a.homehost,
+        "metadata": a.version.to_string(),
+        "level": a.level_name(),
+        "layout": layout_name(a.level, a.layout),
+        "layout_code": a.layout,
+        "chunk_bytes": a.chunk_bytes,
+        "raid_disks": a.raid_disks,
+        "events": a.events,
+        "state": state_json(a.state),
+        "health": health,
+        "members": slots,
+        "spares": a.spares.iter().map(|m| m.path.clone()).collect::<Vec<_>>(),
+        "left_out": a.left_out.iter().map(|(m, why)| json!({
+            "device": m.path, "events": m.sb.events(), "reason": why.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn detail_text(a: &MdArray) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:>16} : {v}\n"));
+    line("Name", a.name.clone());
+    if let Some(h) = &a.homehost {
+        line("Homehost", h.clone());
+    }
+    line("UUID", a.uuid.clone());
+    line("Metadata", a.version.to_string());
+    line("Raid Level", a.level_name());
+    line("Layout", layout_name(a.level, a.layout));
+    line("Chunk Size", format!("{}K", a.chunk_bytes / 1024));
+    line("Raid Devices", a.raid_disks.to_string());
+    line("Events", a.events.to_string());
+    line("State", health_word(a).to_string());
+    out.push_str("\n    Slot  Device\n");
+    for (slot, m) in a.slots.iter().enumerate() {
+        match m {
+            Some(m) => out.push_str(&format!("{slot:>8}  {}\n", m.path)),
+            None => out.push_str(&format!("{slot:>8}  missing\n")),
+        }
+    }
+    for m in &a.spares {
+        out.push_str(&format!("{:>8}  {}\n", "spare", m.path));
+    }
+    for (m, why) in &a.left_out {
+        out.push_str(&format!("{:>8}  {} ({why})\n", "out", m.path));
+    }
+    out
+}
+
+fn examine(path: &str, json_out: bool) -> Result<bool> {
+    let dev = FileDevice::open(
+        path,
+        OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open {path}"))?;
+    let dev = Arc::new(dev);
+    let Some((version, sb)) = md_format::probe(&*dev)? else {
+        bail!("{path}: no MD superblock (versions 0.90, 1.0, 1.1, 1.2 looked for)");
+    };
+    let role = match sb.role() {
+        Role::Active(slot) => format!("active {slot}"),
+        Role::Spare => "spare".into(),
+        Role::Faulty => "faulty".into(),
+        Role::Journal => "journal".into(),
+    };
+    let name = sb.name();
+    let v = json!({
+        "device": path,
+        "metadata": version.to_string(),
+        "uuid": sb.uuid_string(),
+        "name": name,
+        "level": sb.level(),
+        "layout": layout_name(sb.level(), sb.layout()),
+        "chunk_bytes": sb.chunk_bytes(),
+        "raid_disks": sb.raid_disks(),
+        "events": sb.events(),
+        "role": role,
+        "state": state_json(sb.state()),
+        "data_offset_sectors": sb.data_offset_sectors(),
+        "used_size_sectors": sb.used_size_sectors(),
+        "superblock_offset_bytes": version.offset_bytes(dev.size_bytes()),
+        "bitmap": bitmap_present(&sb),
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:>18} : {v}\n"));
+    line("Device", path.into());
+    line("Version", version.to_string());
+    line("Array UUID", sb.uuid_string());
+    if version != MdVersion::V0_90 {
+        line("Name", name);
+    }
+    line("Raid Level", format!("raid{}", sb.level()));
+    line("Raid Devices", sb.raid_disks().to_string());
+    line("Layout", layout_name(sb.level(), sb.layout()));
+    line("Chunk Size", format!("{}K", sb.chunk_bytes() / 1024));
+    line("Events", sb.events().to_string());
+    line("Device Role", role);
+    line(
+        "State",
+        match sb.state() {
+            ArrayState::Clean => "clean".into(),
+            ArrayState::Dirty { resync_from_sector } => {
+                format!("active (resync from sector {resync_from_sector})")
+            }
+        },
+    );
+    line(
+        "Data Offset",
+        format!("{} sectors", sb.data_offset_sectors()),
+    );
+    line(
+        "Used Dev Size",
+        format!("{} sectors", sb.used_size_sectors()),
+    );
+    line(
+        "Bitmap",
+        if bitmap_present(&sb) {
+            "internal"
+        } else {
+            "none"
+        }
+        .into(),
+    );
+    print!("{out}");
+    Ok(true)
+}
+
+fn bitmap_present(sb: &MdSuperblock) -> bool {
+    sb.bitmap_offset_bytes(0).is_some()
+}
