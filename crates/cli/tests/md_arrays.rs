@@ -1,0 +1,190 @@
+//! Reference MD arrays built by the real mdadm and kernel in the kernel lab (every level and
+//! layout md has, all superblock versions, chunks from 4K to 512K, 2 to 8 members, a stale
+//! member): tessera groups their members, names them, and describes them as mdadm does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// One line of the generator's `arrays` file.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub name: String,
+    pub level: String,
+    pub layout: String,
+    pub chunk_kib: Option<u64>,
+    pub metadata: String,
+    pub members: usize,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The fixtures, built once per version of the generator script and shared by the tests
+/// (a lock keeps concurrent test processes from building them twice).
+pub fn fixtures() -> (PathBuf, Vec<Reference>) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/md_arrays.sh");
+    let text = std::fs::read(&script).unwrap();
+    // FNV-1a of the script: a changed generator builds afresh.
+    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("md-arrays-{hash:016x}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    if !dir.join("done").exists() {
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("run md_arrays.sh");
+        let log = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && log.contains("md-arrays-done"),
+            "md_arrays.sh failed:\n{log}"
+        );
+        std::fs::write(dir.join("done"), "").unwrap();
+    }
+    let list = std::fs::read_to_string(dir.join("arrays")).unwrap();
+    let refs = list
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Reference {
+                name: f[0].into(),
+                level: f[1].into(),
+                layout: f[2].into(),
+                chunk_kib: f[3].parse().ok(),
+                metadata: f[4].into(),
+                members: f[5].parse().unwrap(),
+                bytes: f[6].parse().unwrap(),
+                sha256: f[7].into(),
+            }
+        })
+        .collect();
+    (dir, refs)
+}
+
+fn tessera_json(dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new(common::tessera_path())
+        .arg("--devices")
+        .arg(dir.join("*.img"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `Key : value` lines of `mdadm --detail`.
+fn mdadm_detail(dir: &Path, name: &str) -> HashMap<String, String> {
+    std::fs::read_to_string(dir.join(format!("{name}.detail")))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" : "))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn every_reference_array_is_assembled_and_described_as_mdadm_does() {
+    let (dir, refs) = fixtures();
+    assert_eq!(refs.len(), 33, "the generator's arrays");
+    let list = tessera_json(&dir, &["md", "list", "--json"]);
+    let arrays = list["arrays"].as_array().unwrap();
+    assert_eq!(arrays.len(), refs.len(), "one array per reference");
+    for r in &refs {
+        let detail = mdadm_detail(&dir, &r.name);
+        // 0.90's detail adds "(local to host ...)".
+        let uuid = detail["UUID"]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let uuid = &uuid;
+        let a = arrays
+            .iter()
+            .find(|a| a["uuid"] == uuid.as_str())
+            .unwrap_or_else(|| panic!("{}: no array with UUID {uuid}", r.name));
+        // 0.90 arrays have no name and go by UUID.
+        let want_name = if r.metadata == "0.90" { uuid } else { &r.name };
+        assert_eq!(a["name"], want_name.as_str(), "{}", r.name);
+        assert_eq!(a["metadata"], r.metadata.as_str(), "{}", r.name);
+        assert_eq!(a["level"], detail["Raid Level"].as_str(), "{}", r.name);
+        assert_eq!(a["raid_disks"], r.members, "{}", r.name);
+        assert_eq!(
+            a["raid_disks"].to_string(),
+            detail["Raid Devices"],
+            "{}",
+            r.name
+        );
+        // mdadm prints no layout for raid4 and "-unknown-" for raid0's.
+        if let Some(layout) = detail.get("Layout").filter(|_| r.level != "0") {
+            assert_eq!(a["layout"], layout.as_str(), "{}", r.name);
+        }
+        if let Some(chunk) = detail.get("Chunk Size") {
+            assert_eq!(
+                format!("{}K", a["chunk_bytes"].as_u64().unwrap() / 1024),
+                *chunk,
+                "{}",
+                r.name
+            );
+        }
+        let members = a["members"].as_array().unwrap();
+        if r.name == "stale" {
+            // Member 2 failed and was removed; its superblock still says active, with the
+            // events count of before: left out as stale, the array degraded.
+            assert_eq!(
+                a["health"]["degraded"]["missing_slots"],
+                serde_json::json!([2])
+            );
+            let out = &a["left_out"].as_array().unwrap()[0];
+            assert!(out["device"].as_str().unwrap().ends_with("stale-2.img"));
+            assert!(
+                out["reason"].as_str().unwrap().starts_with("stale"),
+                "{out}"
+            );
+            assert!(out["events"].as_u64() < a["events"].as_u64());
+        } else {
+            assert_eq!(a["health"], "complete", "{}: {a}", r.name);
+            assert!(a["left_out"].as_array().unwrap().is_empty());
+            // Slot i is the member mdadm made as device i.
+            for (i, m) in members.iter().enumerate() {
+                let want = format!("{}-{i}.img", r.name);
+                assert!(
+                    m["device"].as_str().unwrap().ends_with(&want),
+                    "{}: slot {i} is {m}",
+                    r.name
+                );
+            }
+        }
+    }
+
+    // detail and examine on one member agree with the list.
+    let d = tessera_json(&dir, &["md", "detail", "r6-nc-7", "--json"]);
+    assert_eq!(d["layout"], "ddf-N-continue");
+    assert_eq!(d["raid_disks"], 7);
+    let e = tessera_json(
+        &dir,
+        &[
+            "md",
+            "examine",
+            dir.join("r10-f2-3-1.img").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(e["layout"], "far=2");
+    assert_eq!(e["role"], "active 1");
+    assert_eq!(e["metadata"], "1.0");
+}
