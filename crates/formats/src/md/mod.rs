@@ -261,6 +261,18 @@ impl MdSuperblock {
     }
 
     /// Sectors of the member the array uses, from the data offset.
+    /// The sectors each member gives the array: the used size, or for levels that record
+    /// none (raid0), all the member's data area (`device_bytes` is the member's size).
+    pub fn member_data_sectors(&self, device_bytes: u64) -> u64 {
+        match self {
+            Self::V1(s) if s.size > 0 => s.size,
+            Self::V1(s) => s.data_size,
+            Self::V0(s) if s.size > 0 => u64::from(s.size) * 2,
+            // 0.90 keeps the last 64 KiB-aligned 64 KiB for itself.
+            Self::V0(_) => ((device_bytes / 512) & !127).saturating_sub(128),
+        }
+    }
+
     pub fn used_size_sectors(&self) -> u64 {
         match self {
             Self::V0(s) => u64::from(s.size) * 2,
