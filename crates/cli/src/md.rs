@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use tessera_block::{BlockDevice, FileDevice, OpenOptions};
 use tessera_engine::md::{Health, MdArray};
+use tessera_engine::ops::MdCreateOptions;
 use tessera_engine::Engine;
 use tessera_formats::md::{self as md_format, ArrayState, MdSuperblock, MdVersion, Role};
 
@@ -24,6 +25,33 @@ Examples:
 
 #[derive(Subcommand)]
 pub enum MdCommand {
+    /// Create an array over devices (in slot order), as mdadm --create: their data areas
+    /// are zeroed, so the array starts clean with consistent parity.
+    Create {
+        name: String,
+        /// 0, 1, 4, 5, 6 or 10 (also raid5, mirror, stripe...).
+        #[arg(short, long)]
+        level: String,
+        /// raid5/6: left-symmetric (default), left-asymmetric, right-symmetric,
+        /// right-asymmetric, parity-first, parity-last, ddf-zero-restart, ddf-N-restart,
+        /// ddf-N-continue, and the raid6 *-6 forms; raid10: n2 (default), f2, o2, n3...
+        #[arg(short = 'p', long)]
+        layout: Option<String>,
+        /// Chunk size (default 512k).
+        #[arg(short, long)]
+        chunk: Option<String>,
+        /// Superblock version: 1.2 (default), 1.1, 1.0 or 0.90.
+        #[arg(short = 'e', long, default_value = "1.2")]
+        metadata: String,
+        /// Overwrite other formats' signatures on the devices.
+        #[arg(short, long)]
+        force: bool,
+        /// The homehost recorded in the name (default: this machine's hostname).
+        #[arg(long)]
+        homehost: Option<String>,
+        #[arg(required = true, value_name = "DEVICE")]
+        members: Vec<String>,
+    },
     /// Print a member's superblock (as mdadm --examine).
     Examine {
         device: String,
@@ -46,6 +74,36 @@ pub enum MdCommand {
 
 pub fn run(engine: &Engine, command: MdCommand) -> Result<bool> {
     match command {
+        MdCommand::Create {
+            name,
+            level,
+            layout,
+            chunk,
+            metadata,
+            force,
+            homehost,
+            members,
+        } => {
+            let level = parse_level(&level)?;
+            let opts = MdCreateOptions {
+                name: name.clone(),
+                level,
+                layout: layout
+                    .as_deref()
+                    .map(|l| parse_layout(level, l))
+                    .transpose()?,
+                chunk_bytes: chunk.as_deref().map(parse_chunk).transpose()?,
+                version: parse_metadata(&metadata)?,
+                force,
+                homehost,
+            };
+            engine.md_create(&opts, &members)?;
+            println!(
+                "Array {name} created: raid{level} over {} members.",
+                members.len()
+            );
+            Ok(true)
+        }
         MdCommand::Examine { device, json } => examine(&device, json),
         MdCommand::List { json } => {
             let scan = engine.md_scan(false)?;
@@ -94,6 +152,75 @@ pub fn run(engine: &Engine, command: MdCommand) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn parse_level(text: &str) -> Result<i32> {
+    Ok(match text.trim_start_matches("raid") {
+        "0" | "stripe" => 0,
+        "1" | "mirror" => 1,
+        "4" => 4,
+        "5" => 5,
+        "6" => 6,
+        "10" => 10,
+        _ => bail!("level '{text}': expected 0, 1, 4, 5, 6 or 10"),
+    })
+}
+
+fn parse_layout(level: i32, text: &str) -> Result<u32> {
+    if level == 10 {
+        let (kind, copies) = text.split_at(1.min(text.len()));
+        let copies: u32 = copies
+            .parse()
+            .ok()
+            .filter(|c| (1..=255).contains(c))
+            .with_context(|| format!("raid10 layout '{text}': expected n2, f2, o2, n3..."))?;
+        return Ok(match kind {
+            "n" => copies | (1 << 8),
+            "f" => 1 | (copies << 8),
+            "o" => 1 | (copies << 8) | (1 << 16),
+            _ => bail!("raid10 layout '{text}': expected n2, f2, o2, n3..."),
+        });
+    }
+    if !matches!(level, 5 | 6) {
+        bail!("raid{level} takes no layout");
+    }
+    let (base, six) = match text.strip_suffix("-6") {
+        Some(b) if level == 6 => (b, 16),
+        _ => (text, 0),
+    };
+    let code = match base {
+        "left-asymmetric" | "la" => 0,
+        "right-asymmetric" | "ra" => 1,
+        "left-symmetric" | "ls" => 2,
+        "right-symmetric" | "rs" => 3,
+        "parity-first" => 4,
+        "parity-last" if six == 0 => 5,
+        "ddf-zero-restart" if six == 0 => 8,
+        "ddf-N-restart" if six == 0 => 9,
+        "ddf-N-continue" if six == 0 => 10,
+        _ => bail!("raid{level} layout '{text}' is not one md has"),
+    };
+    Ok(code + six)
+}
+
+fn parse_chunk(text: &str) -> Result<u64> {
+    match tessera_engine::units::parse_size(text)? {
+        tessera_engine::units::SizeArg {
+            sign: None,
+            amount: tessera_engine::units::Amount::Bytes(b),
+        } => Ok(b),
+        _ => bail!("--chunk '{text}': expected a size such as 64k"),
+    }
+}
+
+fn parse_metadata(text: &str) -> Result<MdVersion> {
+    Ok(match text {
+        "0.90" | "0.9" | "0" => MdVersion::V0_90,
+        "1.0" => MdVersion::V1_0,
+        "1.1" => MdVersion::V1_1,
+        "1.2" | "1" | "default" => MdVersion::V1_2,
+        _ => bail!("--metadata '{text}': expected 1.2, 1.1, 1.0 or 0.90"),
+    })
 }
 
 fn health_word(a: &MdArray) -> &'static str {

@@ -14,6 +14,8 @@ pub enum EngineError {
     Label(#[from] LabelError),
     #[error(transparent)]
     Mda(#[from] MdaError),
+    #[error(transparent)]
+    Md(#[from] tessera_formats::md::MdError),
     #[error("{device}: {source}")]
     Metadata {
         device: String,

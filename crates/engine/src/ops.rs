@@ -78,6 +78,47 @@ impl MdScan {
     }
 }
 
+/// What to make in `md create`.
+#[derive(Debug, Clone)]
+pub struct MdCreateOptions {
+    pub name: String,
+    /// md's level number: 0, 1, 4, 5, 6 or 10.
+    pub level: i32,
+    /// md's layout number; the level's default (left-symmetric, near=2) when `None`.
+    pub layout: Option<u32>,
+    /// 512 KiB when `None`; raid1 has none.
+    pub chunk_bytes: Option<u64>,
+    pub version: md_format::MdVersion,
+    /// Overwrite other formats' signatures.
+    pub force: bool,
+    /// The homehost in the array's name (1.x); this machine's hostname when `None`.
+    pub homehost: Option<String>,
+}
+
+fn random_bytes() -> Result<[u8; 16]> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| EngineError::BadArgument(format!("no randomness for a UUID: {e}")))?;
+    Ok(b)
+}
+
+/// mdadm's rules for array names: 1 to 32 bytes, printable, no '/' or ':' or blanks.
+fn check_md_name(name: &str) -> Result<()> {
+    let bad = |why: &str| EngineError::BadArgument(format!("array name '{name}': {why}"));
+    if name.is_empty() || name.len() > 32 {
+        return Err(bad("must be 1 to 32 bytes long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(&format!(
+            "holds {c:?}; names are printable, without '/', ':' or blanks"
+        )));
+    }
+    Ok(())
+}
+
 /// What to make in `lv create`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LvCreateOptions {
@@ -231,6 +272,137 @@ impl Engine {
             arrays: md::assemble(members),
             problems,
         })
+    }
+
+    /// Makes a new MD array over `members` (in slot order), as `mdadm --create` does: each
+    /// member's data area is zeroed (so parity is consistent from the start and the array
+    /// needs no initial resync), then its superblock written, then all are flushed.
+    pub fn md_create(&self, opts: &MdCreateOptions, members: &[String]) -> Result<()> {
+        check_md_name(&opts.name)?;
+        let _lock = self.lock(&format!("M_{}", opts.name))?;
+        let n = members.len() as u32;
+        let bad = |why: String| EngineError::BadArgument(format!("md create {}: {why}", opts.name));
+        let least = match opts.level {
+            0 | 1 => 2,
+            4 | 5 => 3,
+            6 => 4,
+            10 => 2,
+            l => {
+                return Err(bad(format!(
+                    "level {l}: tessera makes raid0, 1, 4, 5, 6 and 10"
+                )))
+            }
+        };
+        if n < least {
+            return Err(bad(format!(
+                "raid{} needs at least {least} members, {n} given",
+                opts.level
+            )));
+        }
+        if opts.version == md_format::MdVersion::V0_90 && n > 27 {
+            return Err(bad("0.90 superblocks hold at most 27 members".into()));
+        }
+        for (i, m) in members.iter().enumerate() {
+            if members[..i].iter().any(|o| same_path(o, m)) {
+                return Err(bad(format!("{m} is given twice")));
+            }
+        }
+        let layout = opts.layout.unwrap_or(match opts.level {
+            5 | 6 => 2,
+            10 => 0x102,
+            _ => 0,
+        });
+        let chunk_bytes = if opts.level == 1 {
+            0
+        } else {
+            opts.chunk_bytes.unwrap_or(512 << 10)
+        };
+        if opts.level != 1 && (chunk_bytes < 4096 || !chunk_bytes.is_power_of_two()) {
+            return Err(bad(format!(
+                "chunk {chunk_bytes} bytes: a power of two, at least 4 KiB"
+            )));
+        }
+        if let Some(a) = self.md_scan(false)?.array(&opts.name) {
+            return Err(bad(format!(
+                "an array named '{}' exists already ({})",
+                opts.name, a.uuid
+            )));
+        }
+        let mut devices = Vec::new();
+        for path in members {
+            if !Path::new(path).exists() {
+                return Err(EngineError::DeviceUnusable {
+                    device: path.clone(),
+                    why: "no such file or device".into(),
+                });
+            }
+            let dev = Self::open(path, true)?;
+            let found = signature::probe(dev.as_ref())?;
+            if !found.is_empty() && !opts.force {
+                let what = found
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(EngineError::Occupied {
+                    device: path.clone(),
+                    what,
+                });
+            }
+            let area =
+                md_format::create::data_area(opts.version, dev.size_bytes()).ok_or_else(|| {
+                    EngineError::DeviceUnusable {
+                        device: path.clone(),
+                        why: format!("is too small for an MD {} member", opts.version),
+                    }
+                })?;
+            devices.push((path, dev, area));
+        }
+        let smallest = devices.iter().map(|d| d.2 .1).min().unwrap_or(0);
+        let used = md_format::create::used_sectors(smallest, chunk_bytes);
+        if used == 0 {
+            return Err(bad("the members are too small to hold a chunk".into()));
+        }
+        let host = opts.homehost.clone().unwrap_or_else(hostname);
+        let full_name = if opts.version == md_format::MdVersion::V0_90 {
+            String::new()
+        } else {
+            format!("{host}:{}", opts.name)
+        };
+        if full_name.len() > 32 {
+            return Err(bad(format!(
+                "'{full_name}' (homehost:name) is longer than the 32 bytes a superblock holds"
+            )));
+        }
+        let array = md_format::create::NewArray {
+            version: opts.version,
+            name: full_name,
+            uuid: random_bytes()?,
+            level: opts.level,
+            layout,
+            chunk_bytes,
+            raid_disks: n,
+            now: now() as u64,
+        };
+        for (slot, (path, dev, (offset, size))) in devices.iter().enumerate() {
+            let sb = md_format::create::member_superblock(
+                &array,
+                slot as u32,
+                random_bytes()?,
+                dev.size_bytes(),
+                used,
+            )
+            .ok_or_else(|| EngineError::DeviceUnusable {
+                device: path.to_string(),
+                why: "cannot hold the array's superblock".into(),
+            })?;
+            dev.write_zeroes(offset * 512, size * 512)?;
+            md_format::write(dev.as_ref(), opts.version, &sb)?;
+        }
+        for (_, dev, _) in &devices {
+            dev.flush()?;
+        }
+        Ok(())
     }
 
     fn lock(&self, name: &str) -> Result<Lock> {

@@ -4,6 +4,7 @@
 //! of both kinds.
 
 pub mod bitmap;
+pub mod create;
 pub mod super0;
 pub mod super1;
 
