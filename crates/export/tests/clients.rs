@@ -302,6 +302,7 @@ fn fio_randwrite_verify_at_qd16() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=json",
         &format!("--output={}", report.display()),
     ]));
