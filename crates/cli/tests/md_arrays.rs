@@ -188,3 +188,68 @@ fn every_reference_array_is_assembled_and_described_as_mdadm_does() {
     assert_eq!(e["role"], "active 1");
     assert_eq!(e["metadata"], "1.0");
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every reference array run in user space, read whole: the bytes are the kernel's.
+#[test]
+fn every_reference_array_reads_byte_exact_in_user_space() {
+    use tessera_block::BlockDevice;
+    let (dir, refs) = fixtures();
+    let engine = tessera_engine::Engine::new(
+        dir.join("state"),
+        vec![dir.join("*.img").to_string_lossy().into_owned()],
+    );
+    let scan = engine.md_scan(false).unwrap();
+    let mut registry = tessera_mapper::TargetRegistry::new();
+    tessera_raid::register(&mut registry);
+    let registry = std::sync::Arc::new(registry);
+    let mut failures = Vec::new();
+    for r in &refs {
+        let detail = mdadm_detail(&dir, &r.name);
+        let uuid = detail["UUID"]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let array = scan.array(&uuid).expect("assembled");
+        let dev = match array.activate(&r.name, registry.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                failures.push(format!("{}: {e}", r.name));
+                continue;
+            }
+        };
+        if dev.size_bytes() != r.bytes {
+            failures.push(format!(
+                "{}: {} bytes, the kernel's {}",
+                r.name,
+                dev.size_bytes(),
+                r.bytes
+            ));
+            continue;
+        }
+        let mut data = vec![0u8; r.bytes as usize];
+        dev.read_at(&mut data, 0).unwrap();
+        let sha = sha256_hex(&data);
+        if sha != r.sha256 {
+            failures.push(format!(
+                "{}: sha256 {sha}, the kernel read {}",
+                r.name, r.sha256
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {}:\n{}",
+        failures.len(),
+        refs.len(),
+        failures.join("\n")
+    );
+}

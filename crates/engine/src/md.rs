@@ -5,8 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use tessera_block::SharedDevice;
+use std::sync::Arc;
+
+use tessera_block::{BlockError, SharedDevice};
 use tessera_formats::md::{self, ArrayState, MdSuperblock, MdVersion, Role};
+use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_raid::layout::{Geometry, Level};
+use tessera_raid::target::type_name as raid_type_name;
 
 /// One device holding an MD superblock.
 #[derive(Clone)]
@@ -302,5 +307,140 @@ mod tests {
         let f2 = 0x201;
         assert!(raid10_survives(f2, 4, &[0, 2]));
         assert!(!raid10_survives(f2, 4, &[0, 1]));
+    }
+}
+
+/// The raid level tessera's layouts know an md level by.
+fn raid_level(level: i32) -> Option<Level> {
+    Some(match level {
+        0 => Level::Raid0,
+        1 => Level::Raid1,
+        4 => Level::Raid4,
+        5 => Level::Raid5,
+        6 => Level::Raid6,
+        10 => Level::Raid10,
+        _ => return None,
+    })
+}
+
+impl MdArray {
+    /// The members present, with their slots.
+    fn present(&self) -> impl Iterator<Item = (usize, &MdMember)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
+    }
+
+    /// Why tessera cannot run this array, if it cannot.
+    fn geometry(&self) -> std::result::Result<(Geometry, u64), String> {
+        let level = raid_level(self.level)
+            .ok_or_else(|| format!("level {} is not one tessera runs", self.level_name()))?;
+        let mut offsets = self.present().map(|(_, m)| m.sb.data_offset_sectors());
+        let offset = offsets.next().ok_or("no member is present")?;
+        if let Some(other) = offsets.find(|o| *o != offset) {
+            return Err(format!(
+                "its members' data start at different offsets ({offset} and {other} sectors), \
+                 which tessera cannot run yet"
+            ));
+        }
+        let member_sectors = self
+            .present()
+            .map(|(_, m)| m.sb.member_data_sectors(m.device.size_bytes()))
+            .min()
+            .unwrap_or(0);
+        let chunk_sectors = self.chunk_bytes / 512;
+        let geo = Geometry::new(
+            level,
+            self.layout,
+            chunk_sectors,
+            self.raid_disks as usize,
+            &vec![member_sectors; self.raid_disks as usize],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((geo, offset))
+    }
+
+    /// The array's size in sectors, as md computes it; `None` for arrays tessera cannot run.
+    pub fn size_sectors(&self) -> Option<u64> {
+        self.geometry().ok().map(|(g, _)| g.array_sectors())
+    }
+
+    /// The `raid` table row that runs this array in user space over its members' paths
+    /// (`-` for the missing ones).
+    pub fn table(&self) -> std::result::Result<String, String> {
+        let (geo, offset) = self.geometry()?;
+        let type_name = raid_type_name(self.level, self.layout).ok_or_else(|| {
+            format!(
+                "{} layout {} has no raid target type",
+                self.level_name(),
+                self.layout
+            )
+        })?;
+        let mut params = vec![(self.chunk_bytes / 512).to_string()];
+        if offset > 0 {
+            params.extend(["data_offset".to_string(), offset.to_string()]);
+        }
+        if self.level == 10 {
+            let near = self.layout & 0xff;
+            let far = (self.layout >> 8) & 0xff;
+            let (copies, format) = match (near, far, self.layout & (1 << 16) != 0) {
+                (n, 1, _) => (n, "near"),
+                (1, f, true) => (f, "offset"),
+                (1, f, false) => (f, "far"),
+                _ => return Err(format!(
+                    "raid10 layout {:#x} mixes near and far copies, which tessera cannot run yet",
+                    self.layout
+                )),
+            };
+            params.extend([
+                "raid10_copies".to_string(),
+                copies.to_string(),
+                "raid10_format".to_string(),
+                format.to_string(),
+            ]);
+        }
+        let devs: Vec<String> = self
+            .slots
+            .iter()
+            .map(|m| match m {
+                Some(m) => format!("- {}", escape_arg(&m.path)),
+                None => "- -".to_string(),
+            })
+            .collect();
+        Ok(format!(
+            "0 {} raid {type_name} {} {} {} {}\n",
+            geo.array_sectors(),
+            params.len(),
+            params.join(" "),
+            devs.len(),
+            devs.join(" ")
+        ))
+    }
+
+    /// Runs the array in user space: a live mapped device named `name` over its members.
+    pub fn activate(
+        &self,
+        name: &str,
+        registry: Arc<TargetRegistry>,
+    ) -> std::result::Result<MappedDevice, String> {
+        let text = self.table()?;
+        let table = Table::parse(&text).map_err(|e| e.to_string())?;
+        let device = MappedDevice::new(name, registry);
+        let resolve = |path: &str| {
+            self.present()
+                .find(|(_, m)| m.path == path)
+                .map(|(_, m)| m.device.clone())
+                .ok_or_else(|| BlockError::Open {
+                    device: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not a member of the array",
+                    ),
+                })
+        };
+        device.load(&table, &resolve).map_err(|e| e.to_string())?;
+        device.resume().map_err(|e| e.to_string())?;
+        Ok(device)
     }
 }
