@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
+use tessera_engine::md::{Health, MdArray};
 use tessera_engine::{activate, Engine, Scan, VgState};
 use tessera_export::{Export, ExportSet};
 use tessera_mapper::{MappedDevice, Table, TargetRegistry};
@@ -44,16 +45,31 @@ pub struct Daemon {
 impl Daemon {
     /// Scans the engine's devices and activates every LV that can be served; returns the
     /// daemon and a warning for each LV or VG it skipped.
-    pub fn start(engine: Engine, read_only: bool) -> Result<(Daemon, Vec<String>)> {
+    /// MD arrays are started too (as `md/NAME`): complete ones always, degraded ones when
+    /// `degraded` is set or when serving read-only.
+    pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
+        let mut registry = TargetRegistry::new();
+        tessera_raid::register(&mut registry);
         let daemon = Daemon {
             engine,
             exports: ExportSet::new(),
-            registry: Arc::new(TargetRegistry::new()),
+            registry: Arc::new(registry),
             read_only,
             volumes: Mutex::new(BTreeMap::new()),
         };
+        let mut warnings = Vec::new();
+        let md = daemon.engine.md_scan(!read_only)?;
+        warnings.extend(md.problems.iter().cloned());
+        {
+            let mut volumes = daemon.lock();
+            for array in &md.arrays {
+                if let Err(e) = daemon.add_array(array, degraded || read_only, &mut volumes) {
+                    warnings.push(format!("not starting md/{}: {e:#}", array.name));
+                }
+            }
+        }
         let scan = daemon.engine.scan_with(!read_only)?;
-        let mut warnings: Vec<String> = scan.problems.iter().map(|p| p.to_string()).collect();
+        warnings.extend(scan.problems.iter().map(|p| p.to_string()));
         {
             let mut volumes = daemon.lock();
             for state in scan.vgs.values() {
@@ -73,6 +89,62 @@ impl Daemon {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Volume>> {
         self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts an MD array in user space and exports it as `md/NAME`.
+    fn add_array(
+        &self,
+        array: &MdArray,
+        degraded: bool,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        for (member, why) in &array.left_out {
+            eprintln!(
+                "tessera: warning: md/{}: leaving out {}: {why}",
+                array.name, member.path
+            );
+        }
+        match array.health() {
+            Health::Complete => {}
+            Health::Degraded { missing } if degraded => {
+                eprintln!(
+                    "tessera: warning: md/{}: running degraded, slots {missing:?} missing",
+                    array.name
+                );
+            }
+            Health::Degraded { missing } => bail!(
+                "it is degraded (slots {missing:?} missing); serve --degraded starts it anyway"
+            ),
+            Health::Failed { missing, tolerated } => bail!(
+                "slots {missing:?} are missing and {} survives {tolerated}",
+                array.level_name()
+            ),
+        }
+        let name = format!("md-{}", array.name);
+        if volumes.contains_key(&name) {
+            bail!("a device named {name} exists already");
+        }
+        let device = Arc::new(
+            array
+                .activate(&name, self.registry.clone())
+                .map_err(|e| anyhow!(e))?,
+        );
+        let export = format!("md/{}", array.name);
+        self.exports.insert(
+            export.clone(),
+            Export::new(device.clone())
+                .read_only(self.read_only)
+                .description(format!("MD {} array {}", array.level_name(), array.name)),
+        )?;
+        volumes.insert(
+            name,
+            Volume {
+                device,
+                export,
+                lv: None,
+            },
+        );
+        Ok(())
     }
 
     /// Activates one LV and exports it as `VG/LV`.

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// control socket.
     #[arg(long)]
     read_only: bool,
+    /// Start MD arrays that miss members their redundancy covers (read-only serving
+    /// starts them anyway).
+    #[arg(long)]
+    degraded: bool,
 }
 
 impl ServeArgs {
@@ -35,6 +39,7 @@ impl ServeArgs {
             listen: listen.into(),
             socket: None,
             read_only: false,
+            degraded: false,
         }
     }
 }
@@ -42,7 +47,7 @@ impl ServeArgs {
 /// Runs the daemon until it is killed. With `hints`, it also prints how to reach the LVs
 /// with the usual clients (the demo does).
 pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -> Result<bool> {
-    let (daemon, warnings) = Daemon::start(engine, args.read_only)?;
+    let (daemon, warnings) = Daemon::start(engine, args.read_only, args.degraded)?;
     for w in &warnings {
         eprintln!("tessera: warning: {w}");
     }
@@ -64,7 +69,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
     let tcp = Server::bind_tcp(exports.clone(), args.listen.as_str())?;
     let _ = writeln!(
         out,
-        "serving {} LV(s) on nbd://{}/VG/LV",
+        "serving {} volume(s) on nbd://{}/VG/LV",
         exports.len(),
         tcp.local_addr()
     );

@@ -7,6 +7,8 @@ mod common;
 
 use std::process::Command;
 
+use tessera_block::BlockDevice;
+
 /// (name, level, layout, chunk, metadata, members)
 const ARRAYS: &[(&str, &str, &str, &str, &str, usize)] = &[
     ("c-r0", "0", "", "64k", "1.2", 3),
@@ -54,7 +56,8 @@ while read -r name members; do
       mismatch=$(cat /sys/block/md0/md/mismatch_cnt)
     fi
     size=$(blockdev --getsize64 /dev/md0)
-    echo "$name ok $state $active $mismatch $size"
+    sha=$(sha256sum < /dev/md0 | cut -d' ' -f1)
+    echo "$name ok $state $active $mismatch $size $sha"
     mdadm --stop /dev/md0 >/dev/null 2>&1
   fi
   for d in "${devs[@]}"; do losetup -d "$d"; done
@@ -68,6 +71,10 @@ fn arrays_tessera_creates_are_assembled_clean_by_mdadm_with_no_mismatches() {
     let d = dir.path();
     let state = d.join("state");
     let mut list = String::new();
+    let mut shas = Vec::new();
+    let mut registry = tessera_mapper::TargetRegistry::new();
+    tessera_raid::register(&mut registry);
+    let registry = std::sync::Arc::new(registry);
     for &(name, level, layout, chunk, meta, members) in ARRAYS {
         let mut paths = Vec::new();
         for i in 0..members {
@@ -99,6 +106,15 @@ fn arrays_tessera_creates_are_assembled_clean_by_mdadm_with_no_mismatches() {
         let json: serde_json::Value = serde_json::from_str(&detail).unwrap();
         assert_eq!(json["health"], "complete", "{name}: {json}");
         assert_eq!(json["raid_disks"], members, "{name}");
+        // Data written through tessera's raid target, in writes of many sizes (full
+        // stripes, partial ones, single sectors), for the kernel to read back.
+        let engine = tessera_engine::Engine::new(state.clone(), paths.clone());
+        let scan = engine.md_scan(true).unwrap();
+        let array = scan.array(&uuid).unwrap();
+        let dev = array.activate(name, registry.clone()).unwrap();
+        let expected = write_pattern(&dev, name);
+        shas.push((name, dev.size_bytes(), sha256_hex(&expected)));
+        drop(dev);
         list.push_str(&format!("{name} {members}\n"));
     }
     std::fs::write(d.join("list"), list).unwrap();
@@ -132,5 +148,68 @@ fn arrays_tessera_creates_are_assembled_clean_by_mdadm_with_no_mismatches() {
         // raid0 has nothing to check; every other level ran md's check.
         let want = if level == "0" { "-" } else { "0" };
         assert_eq!(f[4], want, "{name}: mismatches after check: {line}");
+        let (_, size, sha) = shas.iter().find(|(n, _, _)| *n == name).unwrap();
+        assert_eq!(
+            f[5],
+            size.to_string(),
+            "{name}: array size, the kernel's and tessera's"
+        );
+        assert_eq!(
+            f[6], sha,
+            "{name}: the kernel reads other bytes than tessera wrote"
+        );
     }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Fills the array through `dev` with pseudo-random bytes, in writes of varying sizes and
+/// then scattered small overwrites; returns what it should now hold.
+fn write_pattern(dev: &dyn tessera_block::BlockDevice, name: &str) -> Vec<u8> {
+    let size = dev.size_bytes() as usize;
+    let mut x = name.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut image = vec![0u8; size];
+    for b in image.chunks_mut(8) {
+        let v = next().to_le_bytes();
+        b.copy_from_slice(&v[..b.len()]);
+    }
+    let sizes = [4096usize, 512, 65536, 1 << 20, 12288, 131072, 1536];
+    let mut at = 0;
+    let mut k = 0;
+    while at < size {
+        let n = sizes[k % sizes.len()].min(size - at);
+        dev.write_at(&image[at..at + n], at as u64).unwrap();
+        at += n;
+        k += 1;
+    }
+    for _ in 0..64 {
+        let sectors = (next() % 16 + 1) as usize;
+        let len = sectors * 512;
+        let at = (next() as usize % (size / 512 - sectors)) * 512;
+        for b in &mut image[at..at + len] {
+            *b = next() as u8;
+        }
+        dev.write_at(&image[at..at + len], at as u64).unwrap();
+    }
+    let mut back = vec![0u8; size];
+    dev.read_at(&mut back, 0).unwrap();
+    assert!(
+        back == image,
+        "{name}: tessera reads back other bytes than it wrote"
+    );
+    image
 }
