@@ -388,10 +388,12 @@ impl MdArray {
                 (n, 1, _) => (n, "near"),
                 (1, f, true) => (f, "offset"),
                 (1, f, false) => (f, "far"),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "raid10 layout {:#x} mixes near and far copies, which tessera cannot run yet",
                     self.layout
-                )),
+                ))
+                }
             };
             params.extend([
                 "raid10_copies".to_string(),
