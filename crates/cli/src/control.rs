@@ -72,6 +72,16 @@ pub enum Request {
     Serves {
         vg: String,
     },
+    /// Starts an MD array found on the daemon's devices and exports it as `md/NAME`.
+    MdAssemble {
+        name: String,
+        #[serde(default)]
+        degraded: bool,
+    },
+    /// Stops a running MD array: its export goes, its members are flushed.
+    MdStop {
+        name: String,
+    },
 }
 
 /// The LV changes that the daemon performs itself, so that a served LV follows them online.

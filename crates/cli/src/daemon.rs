@@ -91,6 +91,41 @@ impl Daemon {
         self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn md_assemble(&self, name: &str, degraded: bool) -> Result<Reply> {
+        let mut volumes = self.lock();
+        let scan = self.engine.md_scan(!self.read_only)?;
+        let Some(array) = scan.array(name) else {
+            bail!("no MD array '{name}' on the daemon's devices");
+        };
+        self.add_array(array, degraded || self.read_only, &mut volumes)?;
+        let size = volumes
+            .get(&format!("md-{}", array.name))
+            .map_or(0, |v| v.device.size_sectors());
+        Ok(Reply::ok(
+            format!(
+                "md/{} started: {} over {} of {} members, {size} sectors\n",
+                array.name,
+                array.level_name(),
+                array.slots.iter().flatten().count(),
+                array.raid_disks
+            ),
+            json!({ "name": array.name, "size_sectors": size }),
+        ))
+    }
+
+    fn md_stop(&self, name: &str) -> Result<Reply> {
+        let mut volumes = self.lock();
+        let key = format!("md-{name}");
+        let Some(volume) = volumes.remove(&key) else {
+            bail!("md/{name} is not running in this daemon");
+        };
+        self.exports.remove(&volume.export);
+        let flushed = tessera_block::BlockDevice::flush(&*volume.device);
+        retire(&volume.device);
+        flushed?;
+        Ok(Reply::ok(format!("md/{name} stopped\n"), json!(null)))
+    }
+
     /// Starts an MD array in user space and exports it as `md/NAME`.
     fn add_array(
         &self,
@@ -202,6 +237,8 @@ impl Daemon {
                 json!({"tessera": env!("CARGO_PKG_VERSION"), "protocol": VERSION}),
             )),
             Request::Lv(change) => self.lv_change(&change),
+            Request::MdAssemble { name, degraded } => self.md_assemble(&name, degraded),
+            Request::MdStop { name } => self.md_stop(&name),
             Request::Serves { vg } => {
                 let serves = self
                     .lock()
@@ -336,7 +373,11 @@ impl Daemon {
                 let answer = device.message(sector, &args)?;
                 Ok(Reply::ok(answer.clone(), json!(answer)))
             }
-            Request::Version | Request::Lv(_) | Request::Serves { .. } => {
+            Request::Version
+            | Request::Lv(_)
+            | Request::Serves { .. }
+            | Request::MdAssemble { .. }
+            | Request::MdStop { .. } => {
                 unreachable!("handled by the caller")
             }
         }

@@ -386,7 +386,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Demo(args) => return demo::run(&args),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(cmd) => return dm::run(&socket, cmd),
-        Command::Md(cmd) => return md::run(&engine, cmd),
+        Command::Md(cmd) => return md::run(&engine, &socket, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::control::{Client, Request};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -52,6 +53,16 @@ pub enum MdCommand {
         #[arg(required = true, value_name = "DEVICE")]
         members: Vec<String>,
     },
+    /// Start an array in the running daemon (`tessera serve`), exported as md/NAME.
+    Assemble {
+        /// Array name (without homehost) or UUID.
+        name: String,
+        /// Start it even with members missing, if its redundancy covers them.
+        #[arg(long)]
+        degraded: bool,
+    },
+    /// Stop an array running in the daemon: its export goes and its members are flushed.
+    Stop { name: String },
     /// Print a member's superblock (as mdadm --examine).
     Examine {
         device: String,
@@ -72,8 +83,12 @@ pub enum MdCommand {
     },
 }
 
-pub fn run(engine: &Engine, command: MdCommand) -> Result<bool> {
+pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Result<bool> {
     match command {
+        MdCommand::Assemble { name, degraded } => {
+            daemon_call(socket, &Request::MdAssemble { name, degraded })
+        }
+        MdCommand::Stop { name } => daemon_call(socket, &Request::MdStop { name }),
         MdCommand::Create {
             name,
             level,
@@ -152,6 +167,26 @@ pub fn run(engine: &Engine, command: MdCommand) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// Sends an array request to the daemon and prints its answer.
+fn daemon_call(socket: &std::path::Path, request: &Request) -> Result<bool> {
+    let Some(mut client) = Client::connect(socket)? else {
+        bail!(
+            "no tessera daemon is listening on {}: arrays run inside `tessera serve`, which \
+             starts every complete array itself (and degraded ones with --degraded)",
+            socket.display()
+        );
+    };
+    let reply = client.call(request)?;
+    if !reply.ok {
+        bail!(
+            "{}",
+            reply.error.unwrap_or_else(|| "the daemon refused".into())
+        );
+    }
+    print!("{}", reply.output);
+    Ok(true)
 }
 
 fn parse_level(text: &str) -> Result<i32> {

@@ -131,6 +131,32 @@ fn fio_verifies_through_raid5_raid6_and_raid10_whole_and_degraded() {
         json["exports"].as_array().map_or(true, |e| e.is_empty()),
         "degraded arrays started unasked: {json}"
     );
+    // Started and stopped by hand through the daemon.
+    let t = |args: &[&str]| common::tessera(&without.join(","), &state, args);
+    let out = t(&["md", "assemble", "r5", "--degraded"]);
+    assert!(
+        out.contains("md/r5 started: raid5 over 3 of 4 members"),
+        "{out}"
+    );
+    let names = || -> Vec<String> {
+        let list = Command::new("nbdinfo")
+            .args(["--list", "--json", &addr])
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&list.stdout).unwrap_or(Value::Null);
+        json["exports"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|x| x["export-name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names(), ["md/r5"]);
+    let out = t(&["md", "stop", "r5"]);
+    assert!(out.contains("md/r5 stopped"), "{out}");
+    assert!(names().is_empty());
     drop(server);
     let (_server, addr) = serve(&without.join(","), &state, &["--degraded"]);
     fio_verify(&addr, &exports);
