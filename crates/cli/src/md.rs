@@ -339,6 +339,7 @@ fn array_json(a: &MdArray) -> Value {
         "layout_code": a.layout,
         "chunk_bytes": a.chunk_bytes,
         "raid_disks": a.raid_disks,
+        "size_bytes": a.size_sectors().map(|s| s * 512),
         "events": a.events,
         "state": state_json(a.state),
         "health": health,
@@ -363,6 +364,9 @@ fn detail_text(a: &MdArray) -> String {
     line("Layout", layout_name(a.level, a.layout));
     line("Chunk Size", format!("{}K", a.chunk_bytes / 1024));
     line("Raid Devices", a.raid_disks.to_string());
+    if let Some(s) = a.size_sectors() {
+        line("Array Size", format!("{} KiB ({s} sectors)", s / 2));
+    }
     line("Events", a.events.to_string());
     line("State", health_word(a).to_string());
     out.push_str("\n    Slot  Device\n");

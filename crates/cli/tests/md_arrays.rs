@@ -124,6 +124,11 @@ fn every_reference_array_is_assembled_and_described_as_mdadm_does() {
         assert_eq!(a["level"], detail["Raid Level"].as_str(), "{}", r.name);
         assert_eq!(a["raid_disks"], r.members, "{}", r.name);
         assert_eq!(
+            a["size_bytes"], r.bytes,
+            "{}: the kernel's array size",
+            r.name
+        );
+        assert_eq!(
             a["raid_disks"].to_string(),
             detail["Raid Devices"],
             "{}",
@@ -314,4 +319,73 @@ fn every_loss_the_redundancy_covers_rebuilds_byte_exact() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // 21 raid6 pair-and-single sets, the rest single losses.
     assert!(checked > 200, "{checked} degraded reads checked");
+}
+
+/// Damaged members: a superblock with a bad checksum, a truncated member and a member of
+/// another array among them. Each is named with what is wrong, the array is listed as
+/// degraded, and nothing is written.
+#[test]
+fn damaged_members_are_named_and_the_rest_is_assembled() {
+    let (dir, _) = fixtures();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let t = tmp.path();
+    for i in 0..4 {
+        std::fs::copy(
+            dir.join(format!("r5-la-4-{i}.img")),
+            t.join(format!("a-{i}.img")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(dir.join("r5-ra-4-0.img"), t.join("other.img")).unwrap();
+    // Member 1: one byte of its 1.2 superblock (at 4 KiB) changed.
+    let mut m1 = std::fs::read(t.join("a-1.img")).unwrap();
+    m1[4096 + 100] ^= 0x55;
+    std::fs::write(t.join("a-1.img"), &m1).unwrap();
+    // Member 3: cut to 2 KiB, before its superblock.
+    std::fs::File::options()
+        .write(true)
+        .open(t.join("a-3.img"))
+        .unwrap()
+        .set_len(2048)
+        .unwrap();
+    let before: Vec<Vec<u8>> = (0..4)
+        .map(|i| std::fs::read(t.join(format!("a-{i}.img"))).unwrap())
+        .collect();
+    let out = Command::new(common::tessera_path())
+        .arg("--devices")
+        .arg(t.join("*.img"))
+        .args(["md", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "problems make the exit status 1"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a-1.img: MD 1.2 superblock has checksum"),
+        "{err}"
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let arrays = json["arrays"].as_array().unwrap();
+    // r5-la-4 with members 0 and 2 (one short of running), and the other array's member.
+    assert_eq!(arrays.len(), 2, "{json}");
+    let a = arrays.iter().find(|a| a["name"] == "r5-la-4").unwrap();
+    assert_eq!(
+        a["health"]["failed"]["missing_slots"],
+        serde_json::json!([1, 3]),
+        "{a}"
+    );
+    let b = arrays.iter().find(|a| a["name"] == "r5-ra-4").unwrap();
+    assert_eq!(
+        b["members"][0]["device"].as_str().unwrap(),
+        t.join("other.img").to_str().unwrap()
+    );
+    for (i, old) in before.iter().enumerate() {
+        assert!(
+            &std::fs::read(t.join(format!("a-{i}.img"))).unwrap() == old,
+            "a-{i}.img changed"
+        );
+    }
 }
