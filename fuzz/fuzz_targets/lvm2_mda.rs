@@ -14,16 +14,24 @@ fuzz_target!(|data: &[u8]| {
         let Ok(header) = read_mda_header(&dev, start) else {
             continue;
         };
-        let committed = header.committed().and_then(|l| read_text(&dev, &header, l).ok());
+        let committed = header
+            .committed()
+            .and_then(|l| read_text(&dev, &header, l).ok());
         for locn in &header.raw_locns {
             let _ = read_text(&dev, &header, locn);
         }
         let new = b"fuzz {\nseqno = 1\n}\n";
         if let Ok(offset) = next_text_offset("fuzz", &header, new.len() as u64 + 1) {
             let locn = write_text(&dev, &header, offset, new).expect("a placed copy is written");
-            assert_eq!(read_text(&dev, &header, &locn).expect("the new copy reads back"), new);
+            assert_eq!(
+                read_text(&dev, &header, &locn).expect("the new copy reads back"),
+                new
+            );
             if let (Some(old), Some(text)) = (header.committed(), committed) {
-                assert_eq!(read_text(&dev, &header, old).expect("the old copy still reads"), text);
+                assert_eq!(
+                    read_text(&dev, &header, old).expect("the old copy still reads"),
+                    text
+                );
             }
         }
     }

@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((vg, info)) = VolumeGroup::from_text(data) {
         for style in [Style::Disk, Style::File] {
             let text = vg.to_text(&info, style);
-            let (again, _) = VolumeGroup::from_text(text.as_bytes()).expect("printed VG reads back");
+            let (again, _) =
+                VolumeGroup::from_text(text.as_bytes()).expect("printed VG reads back");
             assert_eq!(again, vg);
         }
     }

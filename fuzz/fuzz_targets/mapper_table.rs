@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
     let live = dev.table().expect("a loaded table prints");
     assert_eq!(live.size_sectors(), table.size_sectors());
     let _ = dev.status();
-    assert!(load(&live).is_some(), "dmsetup table output must load again:\n{live}");
+    assert!(
+        load(&live).is_some(),
+        "dmsetup table output must load again:\n{live}"
+    );
     // Delay rows may hold I/O for minutes; anything else answers at once.
     if table.rows().iter().all(|r| r.target_type != "delay") {
         let mut buf = [0u8; 512];

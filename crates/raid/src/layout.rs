@@ -183,7 +183,7 @@ impl Geometry {
         } else {
             smallest / chunk_sectors.max(1) / far as u64 * chunk_sectors
         };
-        Ok(Geometry {
+        let geometry = Geometry {
             level,
             layout,
             chunk_sectors,
@@ -193,7 +193,15 @@ impl Geometry {
             far,
             far_offset,
             stride,
-        })
+        };
+        // Sizes come from superblocks: the array's size and every member offset below it
+        // must fit in a u64 (with room for the copies' far offsets).
+        geometry
+            .checked_array_sectors()
+            .and_then(|a| a.checked_mul((near * far) as u64))
+            .and_then(|a| a.checked_add(stride.checked_mul(far as u64)?))
+            .ok_or(LayoutError::Overflow)?;
+        Ok(geometry)
     }
 
     pub fn level(&self) -> Level {
@@ -210,16 +218,20 @@ impl Geometry {
 
     /// The array's size, as md computes it.
     pub fn array_sectors(&self) -> u64 {
+        self.checked_array_sectors().expect("checked when built")
+    }
+
+    fn checked_array_sectors(&self) -> Option<u64> {
         let n = self.disks as u64;
         match self.level {
-            Level::Raid0 => self.member_sectors * n,
-            Level::Raid1 => self.member_sectors,
-            Level::Raid4 | Level::Raid5 | Level::Raid6 => {
-                self.member_sectors * (n - self.level.parity_members() as u64)
-            }
+            Level::Raid0 => self.member_sectors.checked_mul(n),
+            Level::Raid1 => Some(self.member_sectors),
+            Level::Raid4 | Level::Raid5 | Level::Raid6 => self
+                .member_sectors
+                .checked_mul(n - self.level.parity_members() as u64),
             Level::Raid10 => {
                 let chunks = self.member_sectors / self.chunk_sectors / self.far as u64;
-                chunks * n / self.near as u64 * self.chunk_sectors
+                (chunks.checked_mul(n)? / self.near as u64).checked_mul(self.chunk_sectors)
             }
         }
     }
