@@ -186,3 +186,133 @@ fn lvm2_activates_a_tessera_vg_with_tessera_tables() {
     let lvs = common::report_rows(&t(&["lv", "list", "--json"]));
     assert_eq!(lvs.len(), 2);
 }
+
+const NBD_INSIDE: &str = r#"set -eu
+mkdir -p /tmp/lvmconf
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+ip link set lo up 2>/dev/null || true
+# The state directory (with the control socket) on the guest's own /tmp: the shared folder
+# cannot hold sockets.
+serve() {
+  "$TESSERA" --devices q0.img,q1.img,q2.img --state-dir /tmp/tessera-state serve --listen 127.0.0.1:10809 > serve.log 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q serving serve.log && break; sleep 0.1; done
+}
+attach() { nbd-client 127.0.0.1 10809 /dev/nbd0 -N "$1" -b 4096 >/dev/null; }
+detach() { nbd-client -d /dev/nbd0 >/dev/null 2>&1; }
+# 1. The kernel's NBD client writes through tessera's export into kn/st.
+serve
+attach kn/st
+dd if=st.pattern of=/dev/nbd0 bs=1M oflag=direct status=none
+sync
+detach
+# 2. A filesystem on kn/fs through the kernel NBD client.
+attach kn/fs
+mkfs.ext4 -q -F /dev/nbd0
+mkdir -p /tmp/m && mount /dev/nbd0 /tmp/m
+cp -a /usr/share/doc/lvm2 /tmp/m/ && echo hello > /tmp/m/hello
+umount /tmp/m
+fsck.ext4 -fn /dev/nbd0 > fsck.log 2>&1; echo "fsck=$?" > fsck.rc
+detach
+kill $pid; wait $pid 2>/dev/null || true
+# 3. The real lvm2 activates the VG: what the export took is on /dev/mapper/kn-st, and the
+# kernel writes kn-lin itself.
+for i in 0 1 2; do losetup /dev/loop$i q$i.img; done
+vgchange -ay kn >/dev/null
+dmsetup mknodes
+sha256sum < /dev/mapper/kn-st | cut -d' ' -f1 > st.lvm2.sha
+dd if=lin.pattern of=/dev/mapper/kn-lin bs=1M oflag=direct status=none
+vgchange -an kn >/dev/null
+for i in 0 1 2; do losetup -d /dev/loop$i; done
+# 4. The kernel NBD client reads kn-lin back through tessera's export.
+serve
+attach kn/lin
+sha256sum < /dev/nbd0 | cut -d' ' -f1 > lin.nbd.sha
+detach
+kill $pid; wait $pid 2>/dev/null || true
+echo nbd-lab-done
+"#;
+
+/// The kernel's own NBD client on tessera's export (in the lab VM): data it writes through
+/// the export is what the real lvm2's `vgchange -ay` then shows at /dev/mapper/VG-LV, data the
+/// kernel writes to /dev/mapper/VG-LV is what it reads back through the export, and mkfs,
+/// mount and fsck work on an exported LV.
+#[test]
+fn the_kernel_nbd_client_and_lvm2_see_the_same_bytes_as_tessera_serve() {
+    let vm_run = vm_run();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    for i in 0..3 {
+        std::fs::File::create(d.join(format!("q{i}.img")))
+            .unwrap()
+            .set_len(48 << 20)
+            .unwrap();
+    }
+    let state = d.join("state");
+    let t = |args: &[&str]| {
+        let out = Command::new(common::tessera_path())
+            .current_dir(d)
+            .args(["--devices", "q0.img,q1.img,q2.img", "--state-dir"])
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tessera {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    t(&["vg", "create", "kn", "q0.img", "q1.img", "q2.img"]);
+    t(&["lv", "create", "kn/lin", "-L", "12M"]);
+    t(&["lv", "create", "kn/st", "-L", "24M", "-i", "3", "-I", "64k"]);
+    t(&["lv", "create", "kn/fs", "-L", "64M"]);
+    t(&["lv", "extend", "kn/lin", "-L", "+20M"]);
+    let st: Vec<u8> = (0..24usize << 20)
+        .map(|i| (i as u8).wrapping_mul(13) ^ (i >> 11) as u8)
+        .collect();
+    let lin: Vec<u8> = (0..32usize << 20)
+        .map(|i| (i as u8).wrapping_mul(7) ^ (i >> 9) as u8)
+        .collect();
+    std::fs::write(d.join("st.pattern"), &st).unwrap();
+    std::fs::write(d.join("lin.pattern"), &lin).unwrap();
+    std::fs::write(d.join("inside.sh"), NBD_INSIDE).unwrap();
+    let tessera = std::fs::canonicalize(common::tessera_path()).unwrap();
+    let out = Command::new(&vm_run)
+        .args(["-t", "400", "-w"])
+        .arg(d)
+        .args([
+            "--",
+            &format!("TESSERA={} bash inside.sh", tessera.display()),
+        ])
+        .output()
+        .expect("vm-run starts");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("nbd-lab-done"),
+        "kernel lab run failed:\n{text}"
+    );
+    let read = |f: &str| {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("st.lvm2.sha"),
+        sha256(&st, d),
+        "lvm2 shows other bytes than the NBD client wrote"
+    );
+    assert_eq!(
+        read("lin.nbd.sha"),
+        sha256(&lin, d),
+        "the export shows other bytes than the kernel wrote"
+    );
+    assert_eq!(read("fsck.rc"), "fsck=0", "{}", read("fsck.log"));
+}
