@@ -66,6 +66,8 @@ enum Command {
     Lv(LvCommand),
     /// Serve every LV over NBD as VG/LV (user-space data path: no root, no kernel modules).
     Serve(serve::ServeArgs),
+    /// Show every volume as a file DIR/VG/LV through FUSE (a daemon, like serve, without NBD).
+    Mount(serve::MountArgs),
     /// MD software RAID arrays, as mdadm makes them.
     #[command(subcommand, after_help = md::ABOUT)]
     Md(md::MdCommand),
@@ -386,6 +388,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Demo(args) => return demo::run(&args),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(cmd) => return dm::run(&socket, cmd),
+        Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {

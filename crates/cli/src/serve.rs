@@ -30,6 +30,45 @@ pub struct ServeArgs {
     /// starts them anyway).
     #[arg(long)]
     degraded: bool,
+    /// Also show every volume as a file DIR/VG/LV (FUSE), which losetup can attach.
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
+    /// With --mount: let users other than this one reach the files.
+    #[arg(long, requires = "mount")]
+    allow_other: bool,
+    /// Serve over NBD (`tessera mount` does not).
+    #[arg(skip = true)]
+    nbd: bool,
+}
+
+/// `tessera mount DIR`: the daemon with its volumes as files, without NBD.
+#[derive(Args)]
+pub struct MountArgs {
+    /// An empty directory; DIR/VG/LV appear in it (DIR/md/NAME for arrays).
+    dir: PathBuf,
+    /// Open every device read-only; the files refuse writes.
+    #[arg(long)]
+    read_only: bool,
+    /// Start MD arrays that miss members their redundancy covers.
+    #[arg(long)]
+    degraded: bool,
+    /// Let users other than this one reach the files (FUSE's allow_other).
+    #[arg(long)]
+    allow_other: bool,
+}
+
+impl MountArgs {
+    pub fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            listen: String::new(),
+            socket: None,
+            read_only: self.read_only,
+            degraded: self.degraded,
+            mount: Some(self.dir.clone()),
+            allow_other: self.allow_other,
+            nbd: false,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -40,6 +79,9 @@ impl ServeArgs {
             socket: None,
             read_only: false,
             degraded: false,
+            mount: None,
+            allow_other: false,
+            nbd: true,
         }
     }
 }
@@ -66,6 +108,38 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
     // these lines ignore write errors.
     use std::io::Write;
     let mut out = std::io::stdout();
+    let fuse = match &args.mount {
+        Some(dir) => {
+            let options = tessera_fuse::MountOptions {
+                read_only: args.read_only,
+                allow_other: args.allow_other,
+            };
+            Some(tessera_fuse::mount(dir, exports.clone(), options)?)
+        }
+        None => None,
+    };
+    let mounted = |out: &mut std::io::Stdout| {
+        if let Some(dir) = &args.mount {
+            let _ = writeln!(
+                out,
+                "mounted {} volume(s) as files in {}/VG/LV",
+                exports.len(),
+                dir.display()
+            );
+        }
+    };
+    if !args.nbd {
+        mounted(&mut out);
+        let _ = writeln!(out, "control socket {}", control.path().display());
+        for name in exports.names() {
+            let _ = writeln!(out, "  {name}");
+        }
+        let _ = out.flush();
+        // Until killed: the mount and the control socket serve from their own threads.
+        loop {
+            std::thread::park();
+        }
+    }
     let tcp = Server::bind_tcp(exports.clone(), args.listen.as_str())?;
     let _ = writeln!(
         out,
@@ -85,6 +159,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
         }
         None => None,
     };
+    mounted(&mut out);
     let _ = writeln!(out, "control socket {}", control.path().display());
     for name in exports.names() {
         let _ = writeln!(out, "  {name}");
@@ -143,6 +218,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
     let _ = out.flush();
     tcp.wait();
     drop(unix);
+    drop(fuse);
     drop(control);
     Ok(true)
 }
