@@ -588,10 +588,30 @@ impl Raid {
         if !degraded && info.q.is_none() && touched.len() * 2 < info.data.len() {
             return self.read_modify_write(info, &touched, buf);
         }
-        // Reconstruct-write over rows [lo, hi): the stripe's present rows, the missing ones
-        // rebuilt, the new data laid over them, parity computed anew.
-        let mut rows = self.read_rows(info, lo, hi - lo)?;
-        self.rebuild(info, &mut rows)?;
+        // Reconstruct-write over rows [lo, hi): the new data laid over the rest of the
+        // stripe's rows, parity computed anew. Whole stripes are taken as they come, with no
+        // reads; otherwise only the data rows the write does not cover are read (all rows,
+        // with the missing ones rebuilt, when degraded).
+        let mut rows = if degraded {
+            let mut rows = self.read_rows(info, lo, hi - lo)?;
+            self.rebuild(info, &mut rows)?;
+            rows
+        } else {
+            let len = ((hi - lo) * SECTOR) as usize;
+            let mut rows: Vec<Option<Vec<u8>>> = vec![None; self.members.len()];
+            for (i, &m) in info.data.iter().enumerate() {
+                let covered = touched
+                    .iter()
+                    .any(|t| t.0 == i && t.1 <= lo && t.1 + t.2 >= hi);
+                let mut row = vec![0u8; len];
+                if !covered {
+                    let dev = self.member(m).expect("not degraded");
+                    dev.read_at(&mut row, self.at(info.member_sector + lo))?;
+                }
+                rows[m] = Some(row);
+            }
+            rows
+        };
         for &(i, off, n, at) in &touched {
             let row = rows[info.data[i]].as_mut().expect("rebuilt");
             let from = ((off - lo) * SECTOR) as usize;
