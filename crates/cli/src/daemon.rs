@@ -142,6 +142,11 @@ impl Daemon {
         match array.health() {
             Health::Complete => {}
             Health::Degraded { missing } if degraded => {
+                if !self.read_only {
+                    // Before any write: a member that comes back later must be seen as stale.
+                    let mut array = array.clone();
+                    array.mark_missing()?;
+                }
                 eprintln!(
                     "tessera: warning: md/{}: running degraded, slots {missing:?} missing",
                     array.name

@@ -158,6 +158,33 @@ fn fio_verifies_through_raid5_raid6_and_raid10_whole_and_degraded() {
     assert!(out.contains("md/r5 stopped"), "{out}");
     assert!(names().is_empty());
     drop(server);
-    let (_server, addr) = serve(&without.join(","), &state, &["--degraded"]);
+    let (server, addr) = serve(&without.join(","), &state, &["--degraded"]);
     fio_verify(&addr, &exports);
+    drop(server);
+    // Running degraded recorded the missing members as gone (faulty in the role table,
+    // events one up): back among the others, each is left out, its array stays degraded.
+    let list = common::tessera(&all.join(","), &state, &["md", "list", "--json"]);
+    let json: Value = serde_json::from_str(&list).unwrap();
+    for (name, missing) in [("r5", vec![1]), ("r6", vec![0, 3]), ("r10", vec![2])] {
+        let a = json["arrays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap();
+        assert_eq!(
+            a["health"]["degraded"]["missing_slots"],
+            serde_json::json!(missing),
+            "{a}"
+        );
+        let out = a["left_out"].as_array().unwrap();
+        assert_eq!(out.len(), missing.len(), "{a}");
+        for o in out {
+            let why = o["reason"].as_str().unwrap();
+            assert!(
+                why.starts_with("stale") || why == "marked faulty by the array",
+                "{o}"
+            );
+        }
+    }
 }

@@ -310,6 +310,56 @@ mod tests {
     }
 }
 
+impl MdArray {
+    /// Records in the present members' superblocks that the missing slots are gone, with
+    /// the events count one up, as md does when it runs an array degraded: a member that
+    /// comes back later is then seen as stale (it missed the writes) instead of being
+    /// trusted. Does nothing to a complete array.
+    pub fn mark_missing(&mut self) -> Result<(), md::MdError> {
+        let missing = self.missing();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let events = self.events + 1;
+        let mut updated = Vec::new();
+        for m in self.slots.iter().flatten() {
+            let mut sb = m.sb.clone();
+            match &mut sb {
+                MdSuperblock::V1(s) => {
+                    for r in s.dev_roles.iter_mut() {
+                        if missing.contains(&u32::from(*r)) && *r < md::super1::ROLE_MAX {
+                            *r = md::super1::ROLE_FAULTY;
+                        }
+                    }
+                    s.events = events;
+                }
+                MdSuperblock::V0(s) => {
+                    for d in s.disks.iter_mut() {
+                        if d.state & md::super0::DISK_SYNC != 0 && missing.contains(&d.raid_disk) {
+                            d.state = md::super0::DISK_FAULTY;
+                        }
+                    }
+                    s.active_disks = s.active_disks.saturating_sub(missing.len() as u32);
+                    s.working_disks = s.working_disks.saturating_sub(missing.len() as u32);
+                    s.failed_disks += missing.len() as u32;
+                    s.events = events;
+                    s.this_disk = s.disks[s.this_disk.number as usize % s.disks.len()];
+                }
+            }
+            md::write(m.device.as_ref(), m.version, &sb)?;
+            updated.push(sb);
+        }
+        for m in self.slots.iter().flatten() {
+            m.device.flush()?;
+        }
+        for (m, sb) in self.slots.iter_mut().flatten().zip(updated) {
+            m.sb = sb;
+        }
+        self.events = events;
+        Ok(())
+    }
+}
+
 /// The raid level tessera's layouts know an md level by.
 fn raid_level(level: i32) -> Option<Level> {
     Some(match level {
