@@ -282,7 +282,10 @@ fn the_kernel_nbd_client_and_lvm2_see_the_same_bytes_as_tessera_serve() {
     std::fs::write(d.join("st.pattern"), &st).unwrap();
     std::fs::write(d.join("lin.pattern"), &lin).unwrap();
     std::fs::write(d.join("inside.sh"), NBD_INSIDE).unwrap();
-    let tessera = std::fs::canonicalize(common::tessera_path()).unwrap();
+    // The guest sees the host's files but not its /tmp, where a checkout may live: the
+    // binary goes into the shared working folder.
+    let tessera = d.join("tessera");
+    std::fs::copy(common::tessera_path(), &tessera).unwrap();
     let out = Command::new(&vm_run)
         .args(["-t", "400", "-w"])
         .arg(d)
@@ -296,7 +299,8 @@ fn the_kernel_nbd_client_and_lvm2_see_the_same_bytes_as_tessera_serve() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && text.contains("nbd-lab-done"),
-        "kernel lab run failed:\n{text}"
+        "kernel lab run failed:\n{text}\nserve.log:\n{}",
+        std::fs::read_to_string(d.join("serve.log")).unwrap_or_default()
     );
     let read = |f: &str| {
         std::fs::read_to_string(d.join(f))
