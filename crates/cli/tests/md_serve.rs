@@ -3,42 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use common::serve;
 
 use serde_json::Value;
-
-struct Serve(Child);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `tessera serve` over `devices`; returns it and its nbd:// address.
-fn serve(devices: &str, state: &Path, extra: &[&str]) -> (Serve, String) {
-    let mut child = Command::new(common::tessera_path())
-        .args(["--devices", devices, "--state-dir"])
-        .arg(state)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = first
-        .split_whitespace()
-        .find(|w| w.starts_with("nbd://"))
-        .expect("address")
-        .trim_end_matches("/VG/LV")
-        .to_string();
-    (Serve(child), addr)
-}
 
 /// fio random writes with crc32c verification on each export, 4k and 64k blocks at QD16.
 fn fio_verify(addr: &str, exports: &[&str]) {
@@ -117,11 +86,13 @@ fn fio_verifies_through_raid5_raid6_and_raid10_whole_and_degraded() {
     }
     let exports = ["md/r5", "md/r6", "md/r10"];
     {
-        let (_server, addr) = serve(&all.join(","), &state, &[]);
+        let server = serve(&all.join(","), &state, &[]);
+        let addr = server.addr.clone();
         fio_verify(&addr, &exports);
     }
     // Members left out: the arrays start only when asked, and still verify.
-    let (server, addr) = serve(&without.join(","), &state, &[]);
+    let server = serve(&without.join(","), &state, &[]);
+    let addr = server.addr.clone();
     let list = Command::new("nbdinfo")
         .args(["--list", "--json", &addr])
         .output()
@@ -158,7 +129,8 @@ fn fio_verifies_through_raid5_raid6_and_raid10_whole_and_degraded() {
     assert!(out.contains("md/r5 stopped"), "{out}");
     assert!(names().is_empty());
     drop(server);
-    let (server, addr) = serve(&without.join(","), &state, &["--degraded"]);
+    let server = serve(&without.join(","), &state, &["--degraded"]);
+    let addr = server.addr.clone();
     fio_verify(&addr, &exports);
     drop(server);
     // Running degraded recorded the missing members as gone (faulty in the role table,

@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use common::run_ok as run;
+
 /// A `tessera mount` child; dropping it unmounts and stops it.
 struct Mounted {
     child: Child,
@@ -46,17 +48,6 @@ fn mount(devices: &str, state: &Path, dir: &Path, extra: &[&str]) -> Mounted {
         child,
         dir: dir.to_path_buf(),
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

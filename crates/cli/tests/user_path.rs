@@ -5,50 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use common::{run_ok as run, serve};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(devices: &str, state: &Path) -> (Server, String) {
-    let mut child = Command::new(common::tessera_path())
-        .args(["--devices", devices, "--state-dir"])
-        .arg(state)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = first
-        .split_whitespace()
-        .find(|w| w.starts_with("nbd://"))
-        .expect("address line")
-        .trim_end_matches("/VG/LV")
-        .to_string();
-    (Server(child), addr)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Undoes mounts, loop devices and the nbdfuse mount, in that order, even on failure.
 #[derive(Default)]
@@ -160,7 +121,8 @@ fn a_filesystem_on_a_served_lv_survives_a_server_restart() {
     let mnt = d.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     {
-        let (_server, addr) = serve(&devices, &state);
+        let server = serve(&devices, &state, &[]);
+        let addr = server.addr.clone();
         let mut stack = Stack::default();
         let dev = attach(&mut stack, &d.join("fuse"), &format!("{addr}/home/files"));
         run(Command::new("mkfs.ext4").args(["-q", "-F", &dev]));
@@ -186,7 +148,8 @@ fn a_filesystem_on_a_served_lv_survives_a_server_restart() {
         stack.teardown();
     }
     // A new server over the same images: every file as it was.
-    let (_server, addr) = serve(&devices, &state);
+    let server = serve(&devices, &state, &[]);
+    let addr = server.addr.clone();
     let mut stack = Stack::default();
     let dev = attach(&mut stack, &d.join("fuse"), &format!("{addr}/home/files"));
     run(Command::new("mount").args(["-o", "ro"]).arg(&dev).arg(&mnt));
@@ -214,7 +177,8 @@ fn data_acknowledged_before_a_flush_survives_kill_9() {
     let table = common::tessera(&devices, &state, &["lv", "table", "fl/data"]);
     let offset: u64 = table.split_whitespace().nth(4).unwrap().parse().unwrap();
 
-    let (mut server, addr) = serve(&devices, &state);
+    let mut server = serve(&devices, &state, &[]);
+    let addr = server.addr.clone();
     let uri = format!("{addr}/fl/data");
     run(Command::new("qemu-io").args([
         "-f",
@@ -226,8 +190,8 @@ fn data_acknowledged_before_a_flush_survives_kill_9() {
         "flush",
     ]));
     // No clean shutdown: SIGKILL.
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     drop(server);
 
     // The bytes are in the image at the LV's PV offset...
@@ -235,7 +199,8 @@ fn data_acknowledged_before_a_flush_survives_kill_9() {
     let at = (offset * 512) as usize + (1 << 20);
     assert!(image[at..at + (4 << 20)].iter().all(|&b| b == 0x5a));
     // ...and a new server serves them.
-    let (_server, addr) = serve(&devices, &state);
+    let server = serve(&devices, &state, &[]);
+    let addr = server.addr.clone();
     let copy = d.join("copy.bin");
     run(Command::new("nbdcopy")
         .arg(format!("{addr}/fl/data"))

@@ -167,3 +167,54 @@ pub fn both_reports(
     let tessera_rows = report_rows(&tessera(&loops.list(), &loops.state_dir(), &t));
     (lvm_rows, tessera_rows)
 }
+
+/// A running `tessera serve`, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `nbd://HOST:PORT`, to which an export name is appended.
+    pub addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tessera serve --listen 127.0.0.1:0` over `devices` and reads its address.
+pub fn serve(devices: &str, state: &Path, extra: &[&str]) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(tessera_path())
+        .args(["--devices", devices, "--state-dir"])
+        .arg(state)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tessera serve starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("serve prints its address");
+    // Keep reading, so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("nbd://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .trim_end_matches("/VG/LV")
+        .to_string();
+    Served { child, addr }
+}
+
+/// Runs a command that must succeed; returns its standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
