@@ -405,6 +405,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever arrives on the socket is answered, never a panic: random text, and
+        /// requests of the right shape with random fields.
+        #[test]
+        fn any_request_line_decodes_or_is_refused(
+            text in ".{0,200}",
+            command in "[a-z_]{0,12}",
+            name in ".{0,40}",
+            v in proptest::array::uniform3(0u32..4),
+            sector in proptest::num::u64::ANY,
+        ) {
+            let _ = decode(&text);
+            let line = serde_json::json!({
+                "version": v, "command": command, "name": name, "table": text,
+                "sector": sector, "message": [name.clone()], "change": command,
+                "vg": name, "lv": text,
+            })
+            .to_string();
+            let _ = decode(&line);
+        }
+    }
+
     #[test]
     fn lv_changes_round_trip_through_json() {
         let req = Request::Lv(LvChange::Extend {
