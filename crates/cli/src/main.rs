@@ -1,5 +1,6 @@
-//! `tessera`: one command for physical volumes, volume groups and logical volumes, on the
-//! real LVM2 on-disk format (lvm2 reads what tessera writes, and the reverse).
+//! `tessera`: one command for physical volumes, volume groups and logical volumes on the real
+//! LVM2 on-disk format, and MD RAID arrays as mdadm writes them (lvm2 and mdadm read what
+//! tessera writes, and the reverse); `tessera serve` serves them over NBD from user space.
 
 mod control;
 mod daemon;
@@ -32,7 +33,7 @@ Examples:
   tessera --devices 'disks/*.img' lv list --segments -o +seg_pe_ranges";
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "A volume manager: LVM2 volume groups on disks and image files", after_help = AFTER_HELP)]
+#[command(name = "tessera", version, about = "A volume manager: LVM2 volume groups and MD RAID arrays on disks and image files, served from user space", after_help = AFTER_HELP)]
 struct Cli {
     /// Where to look for PVs: a device, an image file or a glob (repeatable; TESSERA_DEVICES
     /// takes a comma-separated list). Without it, every block device is scanned.
@@ -64,7 +65,8 @@ enum Command {
     /// Logical volumes: linear or striped runs of extents in a VG.
     #[command(subcommand)]
     Lv(LvCommand),
-    /// Serve every LV over NBD as VG/LV (user-space data path: no root, no kernel modules).
+    /// Serve every LV (VG/LV) and MD array (md/NAME) over NBD: the user-space data path, no
+    /// root and no kernel modules needed for image files.
     Serve(serve::ServeArgs),
     /// Show every volume as a file DIR/VG/LV through FUSE (a daemon, like serve, without NBD).
     Mount(serve::MountArgs),
@@ -74,7 +76,7 @@ enum Command {
     /// Mapped devices of a running `tessera serve`, with dmsetup's verbs.
     #[command(subcommand, after_help = dm::ABOUT)]
     Dm(dm::DmCommand),
-    /// Make a VG over image files in a folder and list it: a first look at tessera.
+    /// Make a VG over image files in a folder, list it and serve it: a first look at tessera.
     Demo(demo::DemoArgs),
 }
 
