@@ -1,10 +1,11 @@
-//! The MD superblock probe over arbitrary device contents: never panics, and a superblock
-//! it accepts is written back by tessera to a device where it reads back the same.
+//! The MD superblock probe over arbitrary device contents: never panics, a superblock it
+//! accepts is written back by tessera to a device where it reads back the same, and so is
+//! an accepted bitmap header.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tessera_block::{BlockDevice, MemoryDevice};
-use tessera_formats::md::{probe, read_bitmap, write};
+use tessera_formats::md::{probe, read_bitmap, write, BitmapSuper};
 
 fuzz_target!(|data: &[u8]| {
     // The input is the start of the device; a 0.90 seed (4 KiB) is placed where 0.90 lives.
@@ -16,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = dev.write_at(&data[..data.len().min(1 << 20)], 0);
     }
     if let Ok(Some((version, sb))) = probe(&dev) {
-        let _ = read_bitmap(&dev, version, &sb);
+        if let Ok(Some(bm)) = read_bitmap(&dev, version, &sb) {
+            // An accepted bitmap header encodes to bytes that decode to it again.
+            let again = BitmapSuper::decode(&bm.encode(), "fuzz", bm.offset);
+            assert_eq!(again.as_ref().ok(), Some(&bm));
+        }
         let copy = MemoryDevice::new("fuzz", size);
         write(&copy, version, &sb).expect("an accepted superblock is written");
         assert_eq!(probe(&copy).unwrap(), Some((version, sb)));

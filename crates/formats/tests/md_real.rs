@@ -176,6 +176,10 @@ fn check_member(img: &Path, want_version: MdVersion) -> (MdVersion, MdSuperblock
             assert!(bm.is_current(sb.events()), "{bm:?}");
             assert_eq!(bm.sync_size, s.size);
             assert!(bm.chunksize >= 512 && bm.daemon_sleep > 0, "{bm:?}");
+            // Written back, the header is mdadm's bytes exactly.
+            let mut raw = [0u8; tessera_formats::md::bitmap::BYTES];
+            dev.read_at(&mut raw, bm.offset).unwrap();
+            assert_eq!(bm.encode(), raw, "{ctx}: bitmap header re-encoded");
         }
         None => assert_eq!(bitmap, None),
     }

@@ -1,5 +1,6 @@
 //! The write-intent bitmap's superblock (`bitmap_super_t`, mdadm bitmap.h; 256 bytes,
-//! little-endian), read only. The bits follow it, one per `chunksize` bytes of the array.
+//! little-endian), read and written. The bits follow it, one per `chunksize` bytes of the
+//! array.
 
 use super::{le_u32, le_u64, MdError};
 
@@ -75,6 +76,26 @@ impl BitmapSuper {
             nodes: le_u32(b, 68),
             cluster_name,
         })
+    }
+
+    /// The 256 bytes on disk; the reserved tail is zero, as mdadm writes it.
+    pub fn encode(&self) -> [u8; BYTES] {
+        let mut b = [0u8; BYTES];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(0, &MAGIC.to_le_bytes());
+        put(4, &self.version.to_le_bytes());
+        put(8, &self.uuid);
+        put(24, &self.events.to_le_bytes());
+        put(32, &self.events_cleared.to_le_bytes());
+        put(40, &self.sync_size.to_le_bytes());
+        put(48, &self.state.to_le_bytes());
+        put(52, &self.chunksize.to_le_bytes());
+        put(56, &self.daemon_sleep.to_le_bytes());
+        put(60, &self.write_behind.to_le_bytes());
+        put(64, &self.sectors_reserved.to_le_bytes());
+        put(68, &self.nodes.to_le_bytes());
+        put(72, &self.cluster_name);
+        b
     }
 
     /// Whether its bits can be trusted for an array at `events`: as mdadm, the bitmap

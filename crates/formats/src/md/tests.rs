@@ -450,6 +450,11 @@ fn reads_the_bitmap_header() {
         (64 << 20, 5, 0)
     );
     assert_eq!(bm.bits(), 1);
+    assert_eq!(bm.encode()[..], bitmap_bytes(&sb.array_uuid())[..256]);
+    assert_eq!(
+        BitmapSuper::decode(&bm.encode(), "/dev/loop7", 8192).unwrap(),
+        bm
+    );
     assert!(bm.is_current(1) && bm.is_current(2) && !bm.is_current(3));
     dev.write_at(&bitmap_bytes(&[9; 16]), 8192).unwrap();
     let e = read_bitmap(&dev, MdVersion::V1_2, &sb)
