@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
 use tessera_engine::md::{Health, MdArray};
+use tessera_engine::md_records::MdRecords;
 use tessera_engine::{activate, Engine, Scan, VgState};
 use tessera_export::{Export, ExportSet};
 use tessera_mapper::{MappedDevice, Table, TargetRegistry};
@@ -139,12 +140,12 @@ impl Daemon {
                 array.name, member.path
             );
         }
+        let mut array = array.clone();
         match array.health() {
             Health::Complete => {}
             Health::Degraded { missing } if degraded => {
                 if !self.read_only {
                     // Before any write: a member that comes back later must be seen as stale.
-                    let mut array = array.clone();
                     array.mark_missing()?;
                 }
                 eprintln!(
@@ -164,9 +165,14 @@ impl Daemon {
         if volumes.contains_key(&name) {
             bail!("a device named {name} exists already");
         }
+        let records = if self.read_only {
+            None
+        } else {
+            Some(Arc::new(MdRecords::new(&array)?))
+        };
         let device = Arc::new(
             array
-                .activate(&name, self.registry.clone())
+                .activate(&name, self.registry.clone(), records)
                 .map_err(|e| anyhow!(e))?,
         );
         let export = format!("md/{}", array.name);

@@ -12,6 +12,7 @@ pub mod devices;
 mod error;
 mod lock;
 pub mod md;
+pub mod md_records;
 pub mod ops;
 pub mod scan;
 pub mod units;

@@ -11,7 +11,10 @@ use tessera_block::{BlockError, SharedDevice};
 use tessera_formats::md::{self, ArrayState, MdSuperblock, MdVersion, Role};
 use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
+use tessera_raid::metadata::SetMetadata;
 use tessera_raid::target::type_name as raid_type_name;
+
+use crate::md_records::MdRecords;
 
 /// One device holding an MD superblock.
 #[derive(Clone)]
@@ -452,6 +455,9 @@ impl MdArray {
                 format.to_string(),
             ]);
         }
+        for spare in &self.spares {
+            params.extend(["spare".to_string(), escape_arg(&spare.path)]);
+        }
         let devs: Vec<String> = self
             .slots
             .iter()
@@ -471,18 +477,36 @@ impl MdArray {
     }
 
     /// Runs the array in user space: a live mapped device named `name` over its members.
+    /// With `records`, the running set keeps the superblocks (and bitmap) up to date: dirty
+    /// and clean, failures, spares taking over, recovery; without, it writes nothing but
+    /// data (read-only serving).
     pub fn activate(
         &self,
         name: &str,
         registry: Arc<TargetRegistry>,
+        records: Option<Arc<MdRecords>>,
     ) -> std::result::Result<MappedDevice, String> {
         let text = self.table()?;
         let table = Table::parse(&text).map_err(|e| e.to_string())?;
+        let registry = match records {
+            Some(records) => {
+                let mut own = (*registry).clone();
+                own.set("raid", move |args| {
+                    let meta: Arc<dyn SetMetadata> = records.clone();
+                    tessera_raid::target::construct_with(args, Some(meta))
+                })
+                .map_err(|e| e.to_string())?;
+                Arc::new(own)
+            }
+            None => registry,
+        };
         let device = MappedDevice::new(name, registry);
         let resolve = |path: &str| {
             self.present()
-                .find(|(_, m)| m.path == path)
-                .map(|(_, m)| m.device.clone())
+                .map(|(_, m)| m)
+                .chain(&self.spares)
+                .find(|m| m.path == path)
+                .map(|m| m.device.clone())
                 .ok_or_else(|| BlockError::Open {
                     device: path.to_string(),
                     source: std::io::Error::new(

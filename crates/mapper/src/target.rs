@@ -224,6 +224,19 @@ impl TargetRegistry {
         Ok(())
     }
 
+    /// Gives `name` a new constructor, registered or not: a device's own copy of the
+    /// registry may bind a type to that device's records (an MD array's superblocks).
+    pub fn set<F>(&mut self, name: &str, constructor: F) -> Result<(), RegistryError>
+    where
+        F: Fn(&TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> + Send + Sync + 'static,
+    {
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err(RegistryError::BadName(name.to_string()));
+        }
+        self.types.insert(name.to_string(), Arc::new(constructor));
+        Ok(())
+    }
+
     /// The constructor for `name`, if registered.
     pub fn get(&self, name: &str) -> Option<&Constructor> {
         self.types.get(name)

@@ -294,6 +294,40 @@ impl Geometry {
         out
     }
 
+    /// The array sector whose copy lies at `member_sector` of `member` (md's
+    /// raid10_find_virt): the inverse of [`Geometry::data_location`] for raid10. `None` for
+    /// other levels and for member sectors past the far copies.
+    pub fn raid10_virtual(&self, member: usize, member_sector: u64) -> Option<u64> {
+        if self.level != Level::Raid10 || member >= self.disks {
+            return None;
+        }
+        let chunk = self.chunk_sectors;
+        let (near, far, disks) = (self.near, self.far as u64, self.disks);
+        let offset = member_sector % chunk;
+        let mut dev = member;
+        let chunk_no = if self.far_offset {
+            let c = member_sector / chunk;
+            let copy = (c % far) as usize;
+            dev = (dev + disks - copy * near % disks) % disks;
+            c / far
+        } else {
+            let copy = member_sector / self.stride.max(1);
+            if copy >= far {
+                return None;
+            }
+            for _ in 0..copy {
+                dev = if dev < near {
+                    dev + disks - near
+                } else {
+                    dev - near
+                };
+            }
+            (member_sector - copy * self.stride) / chunk
+        };
+        let virtual_chunk = (chunk_no.checked_mul(disks as u64)? + dev as u64) / near as u64;
+        virtual_chunk.checked_mul(chunk)?.checked_add(offset)
+    }
+
     /// md's raid5_compute_sector for the stripe holding array sector `sector`.
     pub fn stripe_of(&self, sector: u64) -> StripeInfo {
         use algorithm::*;

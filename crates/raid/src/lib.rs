@@ -3,7 +3,10 @@
 //! mapper runs arrays with (`target`), registered as dm-raid registers with dm.
 
 pub mod layout;
+pub mod metadata;
 pub mod parity;
+mod set;
+pub mod sync;
 pub mod target;
 
 use tessera_mapper::TargetRegistry;

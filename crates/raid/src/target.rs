@@ -1,31 +1,34 @@
 //! The `raid` target: an MD array run in user space, in dm-raid's table syntax,
 //!
 //! `raid <raid_type> <#params> <chunk_size> [data_offset <sectors>] [raid10_copies <n>]
-//!  [raid10_format near|far|offset] [sync|nosync] <#devs> <meta_dev> <dev>...`
+//!  [raid10_format near|far|offset] [rebuild <slot>]... [min_recovery_rate <KiB/s>]
+//!  [max_recovery_rate <KiB/s>] [spare <dev>]... [sync|nosync] <#devs> <meta_dev> <dev>...`
 //!
-//! with `-` for a missing device (and for the metadata devices, which tessera does not use
-//! yet). Types are dm-raid's (raid0, raid1, raid10, raid4 = parity on the first member,
-//! raid5_la/ra/ls/rs/n, raid6_zr/nr/nc/n_6/la_6/ra_6/ls_6/rs_6/0_6) plus the md raid6 layouts
-//! dm-raid has no name for (raid6_la/ra/ls/rs/0/n, and raid5_0 for parity-first raid5), so
-//! every array mdadm makes can be described. As dm-raid does, the per-member data size is
-//! derived from the row's length.
+//! with `-` for a missing device (and for the metadata devices: an MD array's records are
+//! its superblocks, which the engine keeps through [`SetMetadata`]). Types are dm-raid's
+//! (raid0, raid1, raid10, raid4 = parity on the first member, raid5_la/ra/ls/rs/n,
+//! raid6_zr/nr/nc/n_6/la_6/ra_6/ls_6/rs_6/0_6) plus the md raid6 layouts dm-raid has no name
+//! for (raid6_la/ra/ls/rs/0/n, and raid5_0 for parity-first raid5), so every array mdadm
+//! makes can be described. As dm-raid does, the per-member data size is derived from the
+//! row's length. `spare` is tessera's: a device that takes the slot of a member that fails.
 //!
-//! Reads of a present member go straight to it; a missing member's data is rebuilt from the
-//! rest of its stripe (one member for raid5, any two for raid6). Writes to parity levels
-//! lock their stripe, then either read-modify-write (few chunks of a raid5 stripe touched)
-//! or reconstruct-write (the rest of the stripe read, parity computed anew; always when
-//! degraded), so concurrent writers to one stripe never mix their parity updates.
+//! Status is dm-raid's (`<type> <#devs> <health A/a/D> <synced>/<total> <sync_action>
+//! <mismatch_cnt> <data_offset> -`), and so are the sync messages (`check`, `repair`,
+//! `idle`, `frozen`, `resync`, `recover`); see [`Raid::message`] for tessera's own.
 
-use std::collections::HashSet;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
-use tessera_block::{BlockError, Result as BlockResult, SharedDevice};
+use tessera_block::{Result as BlockResult, SharedDevice};
 use tessera_mapper::{escape_arg, StatusType, Target, TargetArgs, TargetError};
 
-use crate::layout::{Geometry, Level, StripeInfo};
-use crate::parity;
-
-const SECTOR: u64 = 512;
+use crate::layout::{Geometry, Level};
+use crate::metadata::SetMetadata;
+use crate::set::{lock, Core, Spares, View, IN_SYNC};
+use crate::sync::{self, Action, Sync};
 
 /// dm-raid's type names (and tessera's additions) as md levels and layouts.
 fn raid_type(name: &str) -> Option<(Level, u32)> {
@@ -99,62 +102,16 @@ fn raid10_layout(copies: u32, format: &str) -> Option<u32> {
     })
 }
 
-/// Stripes being written (or rebuilt for a degraded read), so that two of them never
-/// interleave their reads and writes of one stripe.
-#[derive(Default)]
-struct StripeLocks {
-    held: Mutex<HashSet<u64>>,
-    released: Condvar,
-}
-
-struct StripeGuard<'a> {
-    locks: &'a StripeLocks,
-    stripe: u64,
-}
-
-impl StripeLocks {
-    fn lock(&self, stripe: u64) -> StripeGuard<'_> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        while held.contains(&stripe) {
-            held = self
-                .released
-                .wait(held)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        held.insert(stripe);
-        StripeGuard {
-            locks: self,
-            stripe,
-        }
-    }
-}
-
-impl Drop for StripeGuard<'_> {
-    fn drop(&mut self) {
-        let mut held = self
-            .locks
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        held.remove(&self.stripe);
-        self.locks.released.notify_all();
-    }
-}
-
-pub struct Raid {
-    type_name: String,
-    params: Vec<String>,
-    geo: Geometry,
-    chunk_sectors: u64,
-    data_offset: u64,
-    /// The members in slot order; `None` where one is missing.
-    members: Vec<Option<SharedDevice>>,
-    names: Vec<String>,
-    locks: StripeLocks,
-}
-
 /// Builds the target from its table row; registered as `raid`.
 pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> {
+    construct_with(args, None)
+}
+
+/// Builds the target with `metadata` keeping its records (md superblocks for MD arrays).
+pub fn construct_with(
+    args: &TargetArgs<'_>,
+    metadata: Option<Arc<dyn SetMetadata>>,
+) -> Result<Box<dyn Target>, TargetError> {
     let mut r = args.reader();
     let type_name = r.next("raid_type")?;
     let (level, mut layout) = raid_type(type_name)
@@ -173,6 +130,9 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
     let mut data_offset = 0u64;
     let mut copies = 2u32;
     let mut format = "near".to_string();
+    let mut rebuild = Vec::new();
+    let mut spare_names = Vec::new();
+    let (mut min_rate, mut max_rate) = (None, None);
     let mut left = nparams - 1;
     while left > 0 {
         let key = r.next("raid_param")?;
@@ -182,7 +142,7 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
             "sync" | "nosync" => continue,
             "data_offset" | "raid10_copies" | "raid10_format" | "region_size" | "stripe_cache"
             | "min_recovery_rate" | "max_recovery_rate" | "rebuild" | "write_mostly"
-            | "max_write_behind" | "daemon_sleep" => {}
+            | "max_write_behind" | "daemon_sleep" | "spare" => {}
             other => {
                 return Err(TargetError::Invalid(format!(
                     "unknown raid parameter {other:?}"
@@ -199,6 +159,10 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
             "data_offset" => data_offset = parse(value, "data_offset")?,
             "raid10_copies" => copies = parse(value, "raid10_copies")?,
             "raid10_format" => format = value.to_string(),
+            "rebuild" => rebuild.push(parse::<usize>(value, "rebuild")?),
+            "min_recovery_rate" => min_rate = Some(parse(value, "min_recovery_rate")?),
+            "max_recovery_rate" => max_rate = Some(parse(value, "max_recovery_rate")?),
+            "spare" => spare_names.push(value.to_string()),
             _ => {}
         }
     }
@@ -214,7 +178,7 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
         )));
     }
     let mut names = Vec::with_capacity(ndevs);
-    let mut devices = Vec::with_capacity(ndevs);
+    let mut devices: Vec<Option<SharedDevice>> = Vec::with_capacity(ndevs);
     for _ in 0..ndevs {
         let meta = r.next("meta_dev")?;
         if meta != "-" {
@@ -264,7 +228,34 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
             Some(args.open(name, data_offset, member_sectors)?)
         });
     }
-    let missing = devices.iter().filter(|d| d.is_none()).count();
+    let mut spares = VecDeque::new();
+    for name in spare_names {
+        let dev = args.open(&name, data_offset, member_sectors)?;
+        spares.push_back((name, dev));
+    }
+    let mut synced: Vec<u64> = devices
+        .iter()
+        .map(|d| if d.is_some() { IN_SYNC } else { 0 })
+        .collect();
+    for &slot in &rebuild {
+        if slot >= ndevs {
+            return Err(TargetError::Invalid(format!(
+                "rebuild {slot}: the set has slots 0 to {}",
+                ndevs - 1
+            )));
+        }
+        synced[slot] = 0;
+    }
+    let view = View {
+        names: names
+            .iter()
+            .zip(&devices)
+            .map(|(n, d)| d.as_ref().map(|_| n.clone()))
+            .collect(),
+        devs: devices,
+        synced,
+    };
+    let in_sync = (0..ndevs).filter(|&m| view.synced[m] == IN_SYNC).count();
     let tolerated = match level {
         Level::Raid0 => 0,
         Level::Raid1 => ndevs - 1,
@@ -272,23 +263,57 @@ pub fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, TargetError> 
         Level::Raid6 => 2,
         Level::Raid10 => ndevs - 1,
     };
-    if missing > tolerated {
+    if ndevs - in_sync > tolerated {
         return Err(TargetError::Invalid(format!(
-            "{missing} of {ndevs} devices missing; {type_name} survives {tolerated}"
+            "{} of {ndevs} devices missing or to rebuild; {type_name} survives {tolerated}",
+            ndevs - in_sync
         )));
+    }
+    let region_sectors = metadata.as_ref().and_then(|m| m.bitmap_region_sectors());
+    let core = Arc::new(Core {
+        geo,
+        chunk_sectors,
+        data_offset,
+        member_sectors,
+        view: RwLock::new(Arc::new(view)),
+        state: Mutex::new(Spares {
+            spares,
+            faulty: Vec::new(),
+        }),
+        rows: Default::default(),
+        metadata,
+        failed: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        write_seq: AtomicU64::new(0),
+        dirty: AtomicBool::new(false),
+        needs_resync: AtomicBool::new(false),
+        epoch: Instant::now(),
+        last_write_ms: AtomicU64::new(0),
+        last_io_ms: AtomicU64::new(0),
+        region_sectors,
+        marked: Mutex::new(HashSet::new()),
+        corrected_reads: AtomicU64::new(0),
+        member_failures: AtomicU64::new(0),
+    });
+    let sync = Arc::new(Sync::new());
+    {
+        let mut st = lock(&sync.state);
+        if let Some(min) = min_rate {
+            st.min_rate = min;
+        }
+        if let Some(max) = max_rate {
+            st.max_rate = max;
+        }
     }
     Ok(Box::new(Raid {
         type_name: type_name.to_string(),
         params,
-        geo,
-        chunk_sectors,
-        data_offset,
-        members: devices,
         names,
-        locks: StripeLocks::default(),
+        core,
+        sync,
+        worker: Mutex::new(None),
     }))
 }
-
 fn parse<T: std::str::FromStr>(value: &str, what: &'static str) -> Result<T, TargetError> {
     value.parse().map_err(|_| TargetError::BadNumber {
         what,
@@ -314,413 +339,137 @@ fn member_sectors(level: Level, layout: u32, n: u64, chunk: u64, len: u64) -> Op
     per.checked_next_multiple_of(chunk.max(1))
 }
 
+/// The `raid` target: table parsing and status here; the set's I/O in [`crate::set`], its
+/// background work in [`crate::sync`].
+pub struct Raid {
+    type_name: String,
+    params: Vec<String>,
+    /// The data devices as the table names them.
+    names: Vec<String>,
+    core: Arc<Core>,
+    sync: Arc<Sync>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
 impl Raid {
-    fn member(&self, index: usize) -> Option<&SharedDevice> {
-        self.members.get(index).and_then(Option::as_ref)
-    }
-
-    fn at(&self, member_sector: u64) -> u64 {
-        (self.data_offset + member_sector) * SECTOR
-    }
-
-    fn missing(&self, index: usize) -> BlockError {
-        BlockError::Io {
-            device: self.names.get(index).cloned().unwrap_or_default(),
-            offset: 0,
-            len: 0,
-            source: std::io::Error::other("member missing and no redundancy to rebuild it"),
-        }
-    }
-
-    fn is_parity_level(&self) -> bool {
-        matches!(self.geo.level(), Level::Raid4 | Level::Raid5 | Level::Raid6)
-    }
-
-    /// Splits `len` sectors from `sector` at chunk boundaries: (sector, sectors, byte index).
-    fn pieces(&self, sector: u64, len: u64) -> Vec<(u64, u64, usize)> {
-        let mut out = Vec::new();
-        let mut s = sector;
-        let end = sector + len;
-        while s < end {
-            let in_chunk = self.chunk_sectors - s % self.chunk_sectors;
-            let n = in_chunk.min(end - s);
-            out.push((s, n, ((s - sector) * SECTOR) as usize));
-            s += n;
-        }
-        out
-    }
-
-    fn read_mirrored(&self, sector: u64, buf: &mut [u8]) -> BlockResult<()> {
-        for (s, n, at) in self.pieces(sector, buf.len() as u64 / SECTOR) {
-            let piece = &mut buf[at..at + (n * SECTOR) as usize];
-            let copies = self.geo.data_location(s);
-            // Spread reads over the copies, one chunk to each in turn.
-            let turn = (s / self.chunk_sectors) as usize;
-            let present: Vec<&(usize, u64)> = copies
-                .iter()
-                .filter(|(m, _)| self.member(*m).is_some())
-                .collect();
-            let Some(&&(m, ms)) = present.get(turn % present.len().max(1)) else {
-                return Err(self.missing(copies.first().map_or(0, |c| c.0)));
-            };
-            self.member(m)
-                .expect("present")
-                .read_at(piece, self.at(ms))?;
-        }
-        Ok(())
-    }
-
-    fn write_mirrored(&self, sector: u64, buf: &[u8]) -> BlockResult<()> {
-        for (s, n, at) in self.pieces(sector, buf.len() as u64 / SECTOR) {
-            let piece = &buf[at..at + (n * SECTOR) as usize];
-            let mut written = false;
-            for (m, ms) in self.geo.data_location(s) {
-                if let Some(dev) = self.member(m) {
-                    dev.write_at(piece, self.at(ms))?;
-                    written = true;
+    /// Starts the background work, after reading what the last run left.
+    fn start(&self) {
+        if let Some(meta) = &self.core.metadata {
+            let start = meta.start();
+            let spares = lock(&self.core.state);
+            let mut v = (*self.core.view()).clone();
+            for &(slot, done) in &start.recovering {
+                if slot < v.devs.len() && v.devs[slot].is_some() {
+                    // Restart at a whole row.
+                    v.synced[slot] = done / self.core.chunk_sectors * self.core.chunk_sectors;
                 }
             }
-            if !written {
-                return Err(self.missing(0));
+            self.core.set_view(v);
+            drop(spares);
+            if start.dirty {
+                self.core.needs_resync.store(true, Ordering::SeqCst);
+                let units = start.dirty_regions.as_ref().and_then(|regions| {
+                    let region = self.core.region_sectors?;
+                    let chunk = self.core.chunk_sectors;
+                    Some(
+                        regions
+                            .iter()
+                            .map(|r| (r * region / chunk, ((r + 1) * region).div_ceil(chunk)))
+                            .collect::<Vec<_>>(),
+                    )
+                });
+                lock(&self.sync.state).resync_units = units;
             }
         }
-        Ok(())
+        let mut worker = lock(&self.worker);
+        if worker.is_none() {
+            lock(&self.sync.state).stop = false;
+            let (core, sync) = (self.core.clone(), self.sync.clone());
+            *worker = Some(
+                std::thread::Builder::new()
+                    .name("raid-sync".into())
+                    .spawn(move || sync::run(core, sync))
+                    .expect("spawning the raid set's sync thread"),
+            );
+        }
     }
 
-    /// Reads rows `[lo, lo + len)` (sectors within the chunk) of every member of a stripe
-    /// that is present, `None` for the missing ones.
-    fn read_rows(&self, info: &StripeInfo, lo: u64, len: u64) -> BlockResult<Vec<Option<Vec<u8>>>> {
-        let mut rows = Vec::with_capacity(self.members.len());
-        for m in 0..self.members.len() {
-            rows.push(match self.member(m) {
-                Some(dev) => {
-                    let mut b = vec![0u8; (len * SECTOR) as usize];
-                    dev.read_at(&mut b, self.at(info.member_sector + lo))?;
-                    Some(b)
-                }
-                None => None,
-            });
+    /// Stops the background work and marks the set clean: nothing is in flight.
+    fn stop(&self) {
+        lock(&self.sync.state).stop = true;
+        self.sync.poke();
+        if let Some(handle) = lock(&self.worker).take() {
+            let _ = handle.join();
         }
-        Ok(rows)
+        sync::safe_mode_tick(&self.core, true);
     }
 
-    /// Fills in the missing members' rows from the others' (data, P and Q alike).
-    fn rebuild(&self, info: &StripeInfo, rows: &mut [Option<Vec<u8>>]) -> BlockResult<()> {
-        let missing: Vec<usize> = (0..rows.len()).filter(|&m| rows[m].is_none()).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let len = rows.iter().flatten().next().map_or(0, Vec::len);
-        let data_missing: Vec<usize> = info
-            .data
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| rows[**m].is_none())
-            .map(|(i, _)| i)
-            .collect();
-        let p_missing = rows[info.p].is_none();
-        let q_missing = info.q.is_some_and(|q| rows[q].is_none());
-        match (data_missing.as_slice(), p_missing) {
-            ([], _) => {}
-            ([i], false) => {
-                // XOR of P and the other data.
-                let mut out = rows[info.p].clone().expect("P present");
-                for (j, m) in info.data.iter().enumerate() {
-                    if j != *i {
-                        parity::xor_into(&mut out, rows[*m].as_deref().expect("present"));
-                    }
-                }
-                rows[info.data[*i]] = Some(out);
-            }
-            ([i], true) => {
-                let q = info
-                    .q
-                    .and_then(|q| rows[q].clone())
-                    .ok_or_else(|| self.missing(info.p))?;
-                let data: Vec<Option<&[u8]>> = self.syndrome_order(info, rows);
-                let mut out = vec![0u8; len];
-                parity::recover_one_from_q(&data, self.syndrome_index(info, *i), &q, &mut out);
-                rows[info.data[*i]] = Some(out);
-            }
-            ([a, b], false) if info.q.is_some() && !q_missing => {
-                let p = rows[info.p].clone().expect("P present");
-                let q = rows[info.q.expect("raid6")].clone().expect("Q present");
-                let data = self.syndrome_order(info, rows);
-                let (mut oa, mut ob) = (vec![0u8; len], vec![0u8; len]);
-                parity::recover_two(
-                    &data,
-                    self.syndrome_index(info, *a),
-                    self.syndrome_index(info, *b),
-                    &p,
-                    &q,
-                    &mut oa,
-                    &mut ob,
-                );
-                rows[info.data[*a]] = Some(oa);
-                rows[info.data[*b]] = Some(ob);
-            }
-            _ => return Err(self.missing(missing[0])),
-        }
-        // Parity rows that are missing are recomputed from the (now whole) data.
-        if p_missing || q_missing {
-            let (p, q) = self.compute_parity(info, rows, len);
-            if p_missing {
-                rows[info.p] = Some(p);
-            }
-            if let (true, Some(qi), Some(q)) = (q_missing, info.q, q) {
-                rows[qi] = Some(q);
-            }
-        }
-        Ok(())
-    }
-
-    /// The data rows in the order of the Q syndrome's coefficients.
-    fn syndrome_order<'a>(
-        &self,
-        info: &StripeInfo,
-        rows: &'a [Option<Vec<u8>>],
-    ) -> Vec<Option<&'a [u8]>> {
-        info.syndrome
-            .iter()
-            .map(|slot| slot.and_then(|m| rows[m].as_deref()))
+    fn health(&self) -> String {
+        let v = self.core.view();
+        (0..v.devs.len())
+            .map(|m| match (&v.devs[m], v.synced[m]) {
+                (None, _) => 'D',
+                (Some(_), IN_SYNC) => 'A',
+                (Some(_), _) => 'a',
+            })
             .collect()
     }
+}
 
-    /// Where data index `i` of the stripe sits in the syndrome.
-    fn syndrome_index(&self, info: &StripeInfo, i: usize) -> usize {
-        let member = info.data[i];
-        info.syndrome
-            .iter()
-            .position(|s| *s == Some(member))
-            .expect("every data member is in the syndrome")
-    }
-
-    fn compute_parity(
-        &self,
-        info: &StripeInfo,
-        rows: &[Option<Vec<u8>>],
-        len: usize,
-    ) -> (Vec<u8>, Option<Vec<u8>>) {
-        let mut p = vec![0u8; len];
-        match info.q {
-            None => {
-                let data: Vec<&[u8]> = info
-                    .data
-                    .iter()
-                    .map(|m| rows[*m].as_deref().expect("whole"))
-                    .collect();
-                parity::xor_blocks(&mut p, &data);
-                (p, None)
-            }
-            Some(_) => {
-                let zero = vec![0u8; len];
-                let data: Vec<&[u8]> = info
-                    .syndrome
-                    .iter()
-                    .map(|slot| slot.and_then(|m| rows[m].as_deref()).unwrap_or(&zero))
-                    .collect();
-                let mut q = vec![0u8; len];
-                parity::gen_pq(&data, &mut p, &mut q);
-                (p, Some(q))
-            }
-        }
-    }
-
-    fn read_parity_level(&self, sector: u64, buf: &mut [u8]) -> BlockResult<()> {
-        for (s, n, at) in self.pieces(sector, buf.len() as u64 / SECTOR) {
-            let piece = &mut buf[at..at + (n * SECTOR) as usize];
-            let info = self.geo.stripe_of(s);
-            let i = ((s / self.chunk_sectors) % info.data.len() as u64) as usize;
-            let off = s % self.chunk_sectors;
-            let member = info.data[i];
-            if let Some(dev) = self.member(member) {
-                dev.read_at(piece, self.at(info.member_sector + off))?;
-                continue;
-            }
-            let _stripe = self.locks.lock(info.stripe);
-            let mut rows = self.read_rows(&info, off, n)?;
-            self.rebuild(&info, &mut rows)?;
-            piece.copy_from_slice(rows[member].as_deref().expect("rebuilt"));
-        }
-        Ok(())
-    }
-
-    fn write_parity_level(&self, sector: u64, buf: &[u8]) -> BlockResult<()> {
-        let pieces = self.pieces(sector, buf.len() as u64 / SECTOR);
-        let mut k = 0;
-        while k < pieces.len() {
-            let info = self.geo.stripe_of(pieces[k].0);
-            // The pieces of this write that fall in this stripe.
-            let mut group = vec![pieces[k]];
-            k += 1;
-            while k < pieces.len() && self.geo.stripe_of(pieces[k].0).stripe == info.stripe {
-                group.push(pieces[k]);
-                k += 1;
-            }
-            let _stripe = self.locks.lock(info.stripe);
-            self.write_stripe(&info, &group, buf)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the pieces of one stripe and its new parity.
-    fn write_stripe(
-        &self,
-        info: &StripeInfo,
-        group: &[(u64, u64, usize)],
-        buf: &[u8],
-    ) -> BlockResult<()> {
-        let ndata = info.data.len() as u64;
-        let touched: Vec<(usize, u64, u64, usize)> = group
-            .iter()
-            .map(|&(s, n, at)| {
-                (
-                    ((s / self.chunk_sectors) % ndata) as usize,
-                    s % self.chunk_sectors,
-                    n,
-                    at,
-                )
-            })
-            .collect();
-        let lo = touched.iter().map(|t| t.1).min().unwrap_or(0);
-        let hi = touched.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
-        let degraded = self.members.iter().any(Option::is_none);
-        if !degraded && info.q.is_none() && touched.len() * 2 < info.data.len() {
-            return self.read_modify_write(info, &touched, buf);
-        }
-        // Reconstruct-write over rows [lo, hi): the new data laid over the rest of the
-        // stripe's rows, parity computed anew. Whole stripes are taken as they come, with no
-        // reads; otherwise only the data rows the write does not cover are read (all rows,
-        // with the missing ones rebuilt, when degraded).
-        let mut rows = if degraded {
-            let mut rows = self.read_rows(info, lo, hi - lo)?;
-            self.rebuild(info, &mut rows)?;
-            rows
-        } else {
-            let len = ((hi - lo) * SECTOR) as usize;
-            let mut rows: Vec<Option<Vec<u8>>> = vec![None; self.members.len()];
-            for (i, &m) in info.data.iter().enumerate() {
-                let covered = touched
-                    .iter()
-                    .any(|t| t.0 == i && t.1 <= lo && t.1 + t.2 >= hi);
-                let mut row = vec![0u8; len];
-                if !covered {
-                    let dev = self.member(m).expect("not degraded");
-                    dev.read_at(&mut row, self.at(info.member_sector + lo))?;
-                }
-                rows[m] = Some(row);
-            }
-            rows
-        };
-        for &(i, off, n, at) in &touched {
-            let row = rows[info.data[i]].as_mut().expect("rebuilt");
-            let from = ((off - lo) * SECTOR) as usize;
-            row[from..from + (n * SECTOR) as usize]
-                .copy_from_slice(&buf[at..at + (n * SECTOR) as usize]);
-        }
-        let (p, q) = self.compute_parity(info, &rows, ((hi - lo) * SECTOR) as usize);
-        for &(i, off, n, at) in &touched {
-            if let Some(dev) = self.member(info.data[i]) {
-                dev.write_at(
-                    &buf[at..at + (n * SECTOR) as usize],
-                    self.at(info.member_sector + off),
-                )?;
-            }
-        }
-        if let Some(dev) = self.member(info.p) {
-            dev.write_at(&p, self.at(info.member_sector + lo))?;
-        }
-        if let (Some(qi), Some(q)) = (info.q, q) {
-            if let Some(dev) = self.member(qi) {
-                dev.write_at(&q, self.at(info.member_sector + lo))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// raid4/5 with every member present and few chunks touched: new P = old P ^ old data ^
-    /// new data, reading only what changes.
-    fn read_modify_write(
-        &self,
-        info: &StripeInfo,
-        touched: &[(usize, u64, u64, usize)],
-        buf: &[u8],
-    ) -> BlockResult<()> {
-        let pdev = self.member(info.p).expect("not degraded");
-        for &(i, off, n, at) in touched {
-            let bytes = (n * SECTOR) as usize;
-            let dev = self.member(info.data[i]).expect("not degraded");
-            let mut old = vec![0u8; bytes];
-            dev.read_at(&mut old, self.at(info.member_sector + off))?;
-            let mut p = vec![0u8; bytes];
-            pdev.read_at(&mut p, self.at(info.member_sector + off))?;
-            let new = &buf[at..at + bytes];
-            parity::xor_into(&mut p, &old);
-            parity::xor_into(&mut p, new);
-            dev.write_at(new, self.at(info.member_sector + off))?;
-            pdev.write_at(&p, self.at(info.member_sector + off))?;
-        }
-        Ok(())
+impl Drop for Raid {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
 impl Target for Raid {
     fn read(&self, sector: u64, buf: &mut [u8]) -> BlockResult<()> {
-        match self.geo.level() {
-            Level::Raid0 | Level::Raid1 | Level::Raid10 => self.read_mirrored(sector, buf),
-            _ => self.read_parity_level(sector, buf),
+        let core = &self.core;
+        core.last_io_ms.store(core.now_ms(), Ordering::Relaxed);
+        match core.level() {
+            Level::Raid0 | Level::Raid1 | Level::Raid10 => core.read_mirrored(sector, buf),
+            _ => core.read_parity_level(sector, buf),
         }
     }
 
     fn write(&self, sector: u64, buf: &[u8]) -> BlockResult<()> {
-        match self.geo.level() {
-            Level::Raid0 | Level::Raid1 | Level::Raid10 => self.write_mirrored(sector, buf),
-            _ => self.write_parity_level(sector, buf),
+        let core = &self.core;
+        core.last_io_ms.store(core.now_ms(), Ordering::Relaxed);
+        let _write = core.begin_write(sector, buf.len() as u64 / 512)?;
+        match core.level() {
+            Level::Raid0 | Level::Raid1 | Level::Raid10 => core.write_mirrored(sector, buf),
+            _ => core.write_parity_level(sector, buf),
         }
     }
 
     fn flush(&self) -> BlockResult<()> {
-        for dev in self.members.iter().flatten() {
-            dev.flush()?;
-        }
-        Ok(())
+        self.core.flush()
     }
 
     fn discard(&self, sector: u64, len_sectors: u64) -> BlockResult<()> {
         // Parity levels keep their parity consistent by not discarding at all (a discard
         // may leave any data behind); the others pass it to every copy.
-        if self.is_parity_level() {
+        if self.core.is_parity_level() {
             return Ok(());
         }
-        for (s, n, _) in self.pieces(sector, len_sectors) {
-            for (m, ms) in self.geo.data_location(s) {
-                if let Some(dev) = self.member(m) {
-                    dev.discard(self.at(ms), n * SECTOR)?;
-                }
-            }
-        }
-        Ok(())
+        let _write = self.core.begin_write(sector, len_sectors)?;
+        self.core.pass_down(sector, len_sectors, false)
     }
 
     fn write_zeroes(&self, sector: u64, len_sectors: u64) -> BlockResult<()> {
-        if !self.is_parity_level() {
-            for (s, n, _) in self.pieces(sector, len_sectors) {
-                for (m, ms) in self.geo.data_location(s) {
-                    if let Some(dev) = self.member(m) {
-                        dev.write_zeroes(self.at(ms), n * SECTOR)?;
-                    }
-                }
-            }
-            return Ok(());
+        let core = &self.core;
+        let _write = core.begin_write(sector, len_sectors)?;
+        if !core.is_parity_level() {
+            return core.pass_down(sector, len_sectors, true);
         }
         // Through the write path, so parity follows; 1 MiB at a time.
         let step = 2048;
-        let zeros = vec![0u8; (step.min(len_sectors) * SECTOR) as usize];
+        let zeros = vec![0u8; (step.min(len_sectors) * 512) as usize];
         let mut s = sector;
         let end = sector + len_sectors;
         while s < end {
             let n = step.min(end - s);
-            self.write_parity_level(s, &zeros[..(n * SECTOR) as usize])?;
+            core.write_parity_level(s, &zeros[..(n * 512) as usize])?;
             s += n;
         }
         Ok(())
@@ -729,16 +478,33 @@ impl Target for Raid {
     fn status(&self, kind: StatusType) -> String {
         match kind {
             StatusType::Info => {
-                let health: String = self
-                    .members
-                    .iter()
-                    .map(|m| if m.is_some() { 'A' } else { 'D' })
-                    .collect();
-                let size = self.geo.array_sectors();
+                // dm-raid's: <type> <#devs> <health> <synced>/<total> <sync_action>
+                // <mismatch_cnt> <data_offset> <journal>.
+                let st = lock(&self.sync.state);
+                let total = self.core.sync_sectors();
+                let done = match st.action {
+                    Action::Idle | Action::Frozen => {
+                        if self.core.needs_resync.load(Ordering::SeqCst) {
+                            0
+                        } else {
+                            total
+                        }
+                    }
+                    _ => st.pos,
+                };
+                let action = if st.frozen { Action::Frozen } else { st.action };
+                let mismatches = match (st.action, st.last) {
+                    (Action::Check | Action::Repair | Action::Resync, _) => st.mismatches,
+                    (_, Some(last)) => last.mismatches,
+                    _ => 0,
+                };
                 format!(
-                    "{} {} {health} {size}/{size} idle 0",
+                    "{} {} {} {done}/{total} {} {mismatches} {} -",
                     self.type_name,
-                    self.members.len()
+                    self.names.len(),
+                    self.health(),
+                    action.name(),
+                    self.core.data_offset,
                 )
             }
             StatusType::Table => {
@@ -759,7 +525,106 @@ impl Target for Raid {
         }
     }
 
+    /// dm-raid's sync actions (`check`, `repair`, `idle`, `frozen`, `resync`, `recover`),
+    /// and tessera's: `fail <device>`, `speed <min KiB/s> <max KiB/s>`, `report` (the last
+    /// finished action and the counters, one `key=value` each).
+    fn message(&self, args: &[&str]) -> Result<String, TargetError> {
+        let refuse = |why: String| Err(TargetError::Message(why));
+        match args {
+            ["check"] | ["repair"] => {
+                if self.core.level() == Level::Raid0 {
+                    return refuse("raid0 has no redundancy to check".into());
+                }
+                let mut st = lock(&self.sync.state);
+                st.frozen = false;
+                st.requested = Some(if args[0] == "check" {
+                    Action::Check
+                } else {
+                    Action::Repair
+                });
+            }
+            ["idle"] => {
+                let mut st = lock(&self.sync.state);
+                st.frozen = false;
+                if matches!(st.action, Action::Check | Action::Repair) {
+                    st.requested = Some(Action::Idle);
+                }
+            }
+            ["frozen"] => lock(&self.sync.state).frozen = true,
+            ["resync"] => {
+                self.core.needs_resync.store(true, Ordering::SeqCst);
+                let mut st = lock(&self.sync.state);
+                st.frozen = false;
+                st.resync_units = None;
+            }
+            ["recover"] => lock(&self.sync.state).frozen = false,
+            ["fail", device] => self
+                .core
+                .fail_by_name(device)
+                .map_err(TargetError::Message)?,
+            ["speed", min, max] => {
+                let min: u64 = parse(min, "min KiB/s")?;
+                let max: u64 = parse(max, "max KiB/s")?;
+                if min > max {
+                    return refuse(format!("minimum {min} KiB/s is above maximum {max}"));
+                }
+                let mut st = lock(&self.sync.state);
+                st.min_rate = min;
+                st.max_rate = max;
+            }
+            ["report"] => {
+                let st = lock(&self.sync.state);
+                let mut out = format!(
+                    "action={}\nmin_rate={}\nmax_rate={}\ncorrected_read_sectors={}\nmember_failures={}\n",
+                    st.action.name(),
+                    st.min_rate,
+                    st.max_rate,
+                    self.core.corrected_reads.load(Ordering::Relaxed),
+                    self.core.member_failures.load(Ordering::Relaxed),
+                );
+                if let Some(last) = st.last {
+                    out.push_str(&format!(
+                        "last_action={}\nlast_sectors={}\nlast_mismatches={}\nlast_millis={}\nlast_complete={}\n",
+                        last.action.name(),
+                        last.sectors,
+                        last.mismatches,
+                        last.millis,
+                        last.complete
+                    ));
+                }
+                let spares = lock(&self.core.state);
+                for (name, _) in &spares.spares {
+                    out.push_str(&format!("spare={name}\n"));
+                }
+                for name in &spares.faulty {
+                    out.push_str(&format!("faulty={name}\n"));
+                }
+                return Ok(out);
+            }
+            _ => {
+                return refuse(format!(
+                    "unknown message {:?}: check, repair, idle, frozen, resync, recover, \
+                     fail <device>, speed <min> <max>, report",
+                    args.join(" ")
+                ))
+            }
+        }
+        self.sync.poke();
+        Ok(String::new())
+    }
+
     fn devices(&self) -> Vec<SharedDevice> {
-        self.members.iter().flatten().cloned().collect()
+        let v = self.core.view();
+        let mut out: Vec<SharedDevice> = v.devs.iter().flatten().cloned().collect();
+        out.extend(lock(&self.core.state).spares.iter().map(|(_, d)| d.clone()));
+        out
+    }
+
+    fn postsuspend(&self) {
+        self.stop();
+    }
+
+    fn resume(&self) {
+        self.start();
     }
 }

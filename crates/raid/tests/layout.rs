@@ -164,6 +164,10 @@ proptest! {
         let members: HashSet<usize> = got.iter().map(|c| c.0).collect();
         prop_assert_eq!(members.len(), near * far, "copies on distinct members");
         prop_assert!(got.iter().all(|&(_, s)| s < member), "inside the member");
+        // Every copy leads back to the sector: recovery finds what a member sector holds.
+        for &(m, s) in &got {
+            prop_assert_eq!(g.raid10_virtual(m, s), Some(sector), "copy on {} at {}", m, s);
+        }
     }
 
     #[test]
