@@ -18,7 +18,7 @@ use tessera_engine::ops::LvCreateOptions;
 use tessera_engine::units::SizeArg;
 
 /// The protocol version this build speaks.
-pub const VERSION: [u32; 3] = [1, 0, 0];
+pub const VERSION: [u32; 3] = [1, 1, 0];
 
 /// The longest request line the daemon reads; a longer one closes the connection.
 const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -80,6 +80,11 @@ pub enum Request {
     },
     /// Stops a running MD array: its export goes, its members are flushed.
     MdStop {
+        name: String,
+    },
+    /// Loads a running MD array anew from its superblocks (after `md add` or `md remove`).
+    /// Since 1.1.
+    MdReload {
         name: String,
     },
 }

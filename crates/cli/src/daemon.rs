@@ -25,6 +25,8 @@ struct Volume {
     export: String,
     /// The LV it maps, when it maps one: followed by id, so a rename keeps the device.
     lv: Option<LvRef>,
+    /// The records an MD array's set keeps (its superblocks), when it is one run writable.
+    records: Option<Arc<MdRecords>>,
 }
 
 #[derive(Clone)]
@@ -114,6 +116,53 @@ impl Daemon {
         ))
     }
 
+    /// Loads array `name` anew from its members' superblocks, so that it takes spares
+    /// added since it started and lets go of removed ones; the set keeps its records.
+    fn md_reload(&self, name: &str) -> Result<Reply> {
+        let volumes = self.lock();
+        let key = format!("md-{name}");
+        let Some(volume) = volumes.get(&key) else {
+            bail!("md/{name} is not running in this daemon");
+        };
+        let Some(records) = &volume.records else {
+            bail!("md/{name} runs read-only: it takes no new members");
+        };
+        let scan = self.engine.md_scan(false)?;
+        let Some(array) = scan.array(name) else {
+            bail!("no MD array '{name}' on the daemon's devices");
+        };
+        for spare in &array.spares {
+            records.add_member(spare.clone());
+        }
+        let table = tessera_mapper::Table::parse(&array.table().map_err(|e| anyhow!(e))?)?;
+        let resolve = |path: &str| {
+            array
+                .slots
+                .iter()
+                .flatten()
+                .chain(&array.spares)
+                .find(|m| m.path == path)
+                .map(|m| m.device.clone())
+                .ok_or_else(|| tessera_block::BlockError::Open {
+                    device: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not a member of the array",
+                    ),
+                })
+        };
+        volume.device.load(&table, &resolve)?;
+        volume.device.resume()?;
+        Ok(Reply::ok(
+            format!(
+                "md/{name} reloaded: {} members, {} spares\n",
+                array.slots.iter().flatten().count(),
+                array.spares.len()
+            ),
+            json!(null),
+        ))
+    }
+
     fn md_stop(&self, name: &str) -> Result<Reply> {
         let mut volumes = self.lock();
         let key = format!("md-{name}");
@@ -172,7 +221,7 @@ impl Daemon {
         };
         let device = Arc::new(
             array
-                .activate(&name, self.registry.clone(), records)
+                .activate(&name, self.registry.clone(), records.clone())
                 .map_err(|e| anyhow!(e))?,
         );
         let export = format!("md/{}", array.name);
@@ -188,6 +237,7 @@ impl Daemon {
                 device,
                 export,
                 lv: None,
+                records,
             },
         );
         Ok(())
@@ -231,6 +281,7 @@ impl Daemon {
                     vg: state.vg.name.clone(),
                     lv_id: lv.id.to_string(),
                 }),
+                records: None,
             },
         );
         Ok(())
@@ -250,6 +301,7 @@ impl Daemon {
             Request::Lv(change) => self.lv_change(&change),
             Request::MdAssemble { name, degraded } => self.md_assemble(&name, degraded),
             Request::MdStop { name } => self.md_stop(&name),
+            Request::MdReload { name } => self.md_reload(&name),
             Request::Serves { vg } => {
                 let serves = self
                     .lock()
@@ -317,6 +369,7 @@ impl Daemon {
                         device,
                         export: name.clone(),
                         lv: None,
+                        records: None,
                     },
                 );
                 Ok(Reply::ok(
@@ -388,7 +441,8 @@ impl Daemon {
             | Request::Lv(_)
             | Request::Serves { .. }
             | Request::MdAssemble { .. }
-            | Request::MdStop { .. } => {
+            | Request::MdStop { .. }
+            | Request::MdReload { .. } => {
                 unreachable!("handled by the caller")
             }
         }

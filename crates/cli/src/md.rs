@@ -50,9 +50,61 @@ pub enum MdCommand {
         /// The homehost recorded in the name (default: this machine's hostname).
         #[arg(long)]
         homehost: Option<String>,
+        /// A device that joins as a hot spare: it takes the place of a member that fails
+        /// (repeatable; 1.x superblocks).
+        #[arg(short = 'x', long = "spare", value_name = "DEVICE")]
+        spares: Vec<String>,
+        /// Keep an internal write-intent bitmap (1.1 and 1.2), so that after a crash only
+        /// the regions written shortly before are resynced.
+        #[arg(long)]
+        bitmap: bool,
+        /// Bytes of the array one bitmap bit covers (default 64M; implies --bitmap).
+        #[arg(long, value_name = "SIZE")]
+        bitmap_chunk: Option<String>,
         #[arg(required = true, value_name = "DEVICE")]
         members: Vec<String>,
     },
+    /// Add a device as a hot spare (mdadm --add). A running degraded array takes it at once
+    /// and rebuilds onto it.
+    Add {
+        name: String,
+        device: String,
+        /// Overwrite another format's signature on the device.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Take a spare or a failed member out of the array (mdadm --remove); its superblock
+    /// is wiped.
+    Remove { name: String, device: String },
+    /// Mark an active member failed (mdadm --fail): the array runs without it, and a spare,
+    /// if there is one, takes its place. Refused if the array would lose data.
+    Fail { name: String, device: String },
+    /// Put NEW in the place of OLD: NEW joins as a spare, OLD is failed, and the array
+    /// rebuilds onto NEW (degraded meanwhile by the one member).
+    Replace {
+        name: String,
+        old: String,
+        new: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Read every stripe and count where parity or copies disagree with the data
+    /// (md's check). Shows progress; the count is in sectors, per 4 KiB, as md counts.
+    Check {
+        name: String,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// As check, and rewrite parity (or the other copies) where it disagrees.
+    Repair {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Limit the speed of resync, recovery and check (KiB/s): they slow to MIN while
+    /// clients do I/O and never pass MAX (md's defaults: 1000 and 200000).
+    Speed { name: String, min: u64, max: u64 },
     /// Start an array in the running daemon (`tessera serve`), exported as md/NAME.
     Assemble {
         /// Array name (without homehost) or UUID.
@@ -97,9 +149,17 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             metadata,
             force,
             homehost,
+            spares,
+            bitmap,
+            bitmap_chunk,
             members,
         } => {
             let level = parse_level(&level)?;
+            let bitmap_chunk_bytes = match (bitmap, bitmap_chunk) {
+                (_, Some(c)) => Some(parse_size(&c)?),
+                (true, None) => Some(64 << 20),
+                (false, None) => None,
+            };
             let opts = MdCreateOptions {
                 name: name.clone(),
                 level,
@@ -111,12 +171,51 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
                 version: parse_metadata(&metadata)?,
                 force,
                 homehost,
+                spares,
+                bitmap_chunk_bytes,
             };
             engine.md_create(&opts, &members)?;
             println!(
                 "Array {name} created: raid{level} over {} members.",
                 members.len()
             );
+            Ok(true)
+        }
+        MdCommand::Add {
+            name,
+            device,
+            force,
+        } => {
+            engine.md_add(&name, &device, force)?;
+            println!("{device} added to {name} as a spare.");
+            reload_if_served(socket, &name)
+        }
+        MdCommand::Remove { name, device } => {
+            engine.md_remove(&name, &device)?;
+            println!("{device} removed from {name}.");
+            reload_if_served(socket, &name)
+        }
+        MdCommand::Fail { name, device } => {
+            message(socket, &name, &["fail", &device])?;
+            println!("{device} failed in {name}.");
+            Ok(true)
+        }
+        MdCommand::Replace {
+            name,
+            old,
+            new,
+            force,
+        } => {
+            engine.md_add(&name, &new, force)?;
+            reload_if_served(socket, &name)?;
+            message(socket, &name, &["fail", &old])?;
+            println!("{old} failed in {name}; {new} takes its place and is being rebuilt.");
+            Ok(true)
+        }
+        MdCommand::Check { name, no_wait } => scrub(socket, &name, "check", no_wait),
+        MdCommand::Repair { name, no_wait } => scrub(socket, &name, "repair", no_wait),
+        MdCommand::Speed { name, min, max } => {
+            message(socket, &name, &["speed", &min.to_string(), &max.to_string()])?;
             Ok(true)
         }
         MdCommand::Examine { device, json } => examine(&device, json),
@@ -167,6 +266,126 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             Ok(true)
         }
     }
+}
+
+fn parse_size(text: &str) -> Result<u64> {
+    parse_chunk(text)
+}
+
+fn client(socket: &std::path::Path) -> Result<Client> {
+    Client::connect(socket)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no tessera daemon is listening on {}: arrays run inside `tessera serve`",
+            socket.display()
+        )
+    })
+}
+
+/// Sends a message to array `name`'s set in the daemon.
+fn message(socket: &std::path::Path, name: &str, args: &[&str]) -> Result<String> {
+    let reply = client(socket)?.call(&Request::DmMessage {
+        name: format!("md-{name}"),
+        sector: 0,
+        message: args.iter().map(|s| s.to_string()).collect(),
+    })?;
+    if !reply.ok {
+        bail!(
+            "md/{name}: {}",
+            reply.error.unwrap_or_else(|| "the daemon refused".into())
+        );
+    }
+    Ok(reply.output)
+}
+
+/// The set's status in the daemon, split: type, #devs, health, done/total, action, mismatches.
+pub fn sync_status(socket: &std::path::Path, name: &str) -> Result<Option<Vec<String>>> {
+    let Some(mut c) = Client::connect(socket)? else {
+        return Ok(None);
+    };
+    let reply = c.call(&Request::DmStatus {
+        name: format!("md-{name}"),
+    })?;
+    if !reply.ok {
+        return Ok(None);
+    }
+    // "<start> <len> raid <type> <#devs> <health> <done>/<total> <action> <mismatches> ..."
+    Ok(Some(
+        reply
+            .output
+            .split_whitespace()
+            .skip(3)
+            .map(str::to_string)
+            .collect(),
+    ))
+}
+
+fn reload_if_served(socket: &std::path::Path, name: &str) -> Result<bool> {
+    if let Some(mut c) = Client::connect(socket)? {
+        let reply = c.call(&Request::MdReload { name: name.into() })?;
+        if reply.ok {
+            print!("{}", reply.output);
+        } else if let Some(e) = reply.error.filter(|e| !e.contains("not running")) {
+            bail!("md/{name}: {e}");
+        }
+    }
+    Ok(true)
+}
+
+/// Starts a check or repair and follows it with a progress bar until it ends.
+fn scrub(socket: &std::path::Path, name: &str, action: &str, no_wait: bool) -> Result<bool> {
+    message(socket, name, &[action])?;
+    if no_wait {
+        println!("md/{name}: {action} started.");
+        return Ok(true);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {percent:>3}% {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("md/{name} {action}"));
+    // The set picks the request up within its next tick.
+    let started = std::time::Instant::now();
+    let mut seen_running = false;
+    let mismatches = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Some(st) = sync_status(socket, name)? else {
+            bail!("md/{name} stopped running");
+        };
+        let (progress, act, mism) = (&st[3], &st[4], &st[5]);
+        let (done, total) = progress.split_once('/').unwrap_or(("0", "0"));
+        let (done, total): (u64, u64) = (done.parse()?, total.parse()?);
+        if act == action {
+            seen_running = true;
+            bar.set_length(total * 512);
+            bar.set_position(done * 512);
+        } else if seen_running || started.elapsed() > std::time::Duration::from_secs(2) {
+            bar.finish_and_clear();
+            break mism.parse::<u64>()?;
+        }
+    };
+    let report = message(socket, name, &["report"])?;
+    let field = |k: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("?")
+            .to_string()
+    };
+    if field("last_action") != action || field("last_complete") != "true" {
+        bail!("md/{name}: {action} did not run to the end (is the array degraded or busy?)");
+    }
+    let secs = field("last_millis").parse::<f64>().unwrap_or(0.0) / 1000.0;
+    let sectors: f64 = field("last_sectors").parse().unwrap_or(0.0);
+    println!(
+        "md/{name}: {action} done: {mismatches} mismatched sectors, {:.0} MiB in {secs:.1} s ({:.0} MiB/s)",
+        sectors / 2048.0,
+        sectors / 2048.0 / secs.max(1e-3)
+    );
+    Ok(true)
 }
 
 /// Sends an array request to the daemon and prints its answer.

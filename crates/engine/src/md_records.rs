@@ -283,10 +283,23 @@ impl SetMetadata for MdRecords {
                 bm.header.events_cleared = events;
             }
         }
-        // What follows a clean record must not be resynced again at the next start.
-        if record.clean {
-            r.start = SetStart::default();
-        }
+        // A set started from these records later (a reload) starts where this one is.
+        r.start = SetStart {
+            dirty: !record.clean,
+            recovering: record
+                .members
+                .iter()
+                .filter_map(|m| match m.role {
+                    MemberRole::Recovering { slot, done } => Some((slot, done)),
+                    _ => None,
+                })
+                .collect(),
+            dirty_regions: r.bitmap.as_ref().map(|b| {
+                (0..b.bits.len() as u64 * 8)
+                    .filter(|k| b.bits[(k / 8) as usize] & (1 << (k % 8)) != 0)
+                    .collect()
+            }),
+        };
         let mut first_error = None;
         for (i, sb) in &updates {
             let m = &r.members[*i];

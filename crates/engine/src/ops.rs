@@ -93,6 +93,10 @@ pub struct MdCreateOptions {
     pub force: bool,
     /// The homehost in the array's name (1.x); this machine's hostname when `None`.
     pub homehost: Option<String>,
+    /// Devices that join as spares (1.x superblocks).
+    pub spares: Vec<String>,
+    /// An internal write-intent bitmap with regions of this many bytes (1.1 and 1.2).
+    pub bitmap_chunk_bytes: Option<u64>,
 }
 
 fn random_bytes() -> Result<[u8; 16]> {
@@ -302,6 +306,31 @@ impl Engine {
         if opts.version == md_format::MdVersion::V0_90 && n > 27 {
             return Err(bad("0.90 superblocks hold at most 27 members".into()));
         }
+        if !opts.spares.is_empty() && opts.version == md_format::MdVersion::V0_90 {
+            return Err(bad("tessera adds spares to arrays with 1.x superblocks".into()));
+        }
+        if opts.bitmap_chunk_bytes.is_some()
+            && !matches!(
+                opts.version,
+                md_format::MdVersion::V1_1 | md_format::MdVersion::V1_2
+            )
+        {
+            return Err(bad(
+                "an internal bitmap needs a 1.1 or 1.2 superblock (--metadata)".into(),
+            ));
+        }
+        if let Some(b) = opts.bitmap_chunk_bytes {
+            if b < 4096 || !b.is_power_of_two() || b > 1 << 31 {
+                return Err(bad(format!(
+                    "bitmap chunk {b} bytes: a power of two from 4 KiB to 2 GiB"
+                )));
+            }
+        }
+        if opts.level == 0 && (!opts.spares.is_empty() || opts.bitmap_chunk_bytes.is_some()) {
+            return Err(bad("raid0 has no redundancy: no spares, no bitmap".into()));
+        }
+        let members: Vec<String> = members.iter().chain(&opts.spares).cloned().collect();
+        let members = &members[..];
         for (i, m) in members.iter().enumerate() {
             if members[..i].iter().any(|o| same_path(o, m)) {
                 return Err(bad(format!("{m} is given twice")));
@@ -384,8 +413,16 @@ impl Engine {
             raid_disks: n,
             now: now() as u64,
         };
+        let sync_sectors = if opts.level == 10 {
+            let near = (layout & 0xff).max(1) as u64;
+            let far = ((layout >> 8) & 0xff).max(1) as u64;
+            let chunk = chunk_bytes / 512;
+            (used / chunk / far) * u64::from(n) / near * chunk
+        } else {
+            used
+        };
         for (slot, (path, dev, (offset, size))) in devices.iter().enumerate() {
-            let sb = md_format::create::member_superblock(
+            let mut sb = md_format::create::member_superblock(
                 &array,
                 slot as u32,
                 random_bytes()?,
@@ -397,11 +434,144 @@ impl Engine {
                 why: "cannot hold the array's superblock".into(),
             })?;
             dev.write_zeroes(offset * 512, size * 512)?;
+            if let Some(chunk) = opts.bitmap_chunk_bytes {
+                let header = md_format::create::add_bitmap(&mut sb, sync_sectors, chunk as u32)
+                    .ok_or_else(|| bad("no room for a bitmap before the data".into()))?;
+                let bits = sync_sectors.div_ceil(chunk / 512).div_ceil(8);
+                let mut area = header.encode().to_vec();
+                area.resize((256 + bits as usize).next_multiple_of(512), 0);
+                dev.write_at(&area, header.offset)?;
+            }
             md_format::write(dev.as_ref(), opts.version, &sb)?;
         }
         for (_, dev, _) in &devices {
             dev.flush()?;
         }
+        Ok(())
+    }
+
+    /// Adds `device` to array `name` as a spare (mdadm --add): a superblock of the array
+    /// with a new device number and the spare role, and the bitmap copied from a member.
+    /// A running array takes it when the daemon reloads the array.
+    pub fn md_add(&self, name: &str, device: &str, force: bool) -> Result<()> {
+        let _lock = self.lock(&format!("M_{name}"))?;
+        let bad = |why: String| EngineError::BadArgument(format!("md add {name}: {why}"));
+        let scan = self.md_scan(false)?;
+        let array = scan
+            .array(name)
+            .ok_or_else(|| bad("no such array on the devices scanned".into()))?;
+        let known = array
+            .slots
+            .iter()
+            .flatten()
+            .chain(&array.spares)
+            .chain(array.left_out.iter().map(|(m, _)| m));
+        if known.clone().any(|m| same_path(&m.path, device)) {
+            return Err(bad(format!("{device} is already part of the array")));
+        }
+        let template = array
+            .slots
+            .iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| bad("no member is present".into()))?;
+        let md_format::MdSuperblock::V1(base) = &template.sb else {
+            return Err(bad("tessera adds spares to arrays with 1.x superblocks".into()));
+        };
+        if !Path::new(device).exists() {
+            return Err(EngineError::DeviceUnusable {
+                device: device.into(),
+                why: "no such file or device".into(),
+            });
+        }
+        let dev = Self::open(device, true)?;
+        let found = signature::probe(dev.as_ref())?;
+        if !found.is_empty() && !force {
+            let what = found.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+            return Err(EngineError::Occupied {
+                device: device.into(),
+                what,
+            });
+        }
+        let (data_offset, data_size) =
+            md_format::create::data_area(template.version, dev.size_bytes()).ok_or_else(|| {
+                EngineError::DeviceUnusable {
+                    device: device.into(),
+                    why: format!("is too small for an MD {} member", template.version),
+                }
+            })?;
+        if data_offset != base.data_offset || data_size < base.size {
+            return Err(EngineError::DeviceUnusable {
+                device: device.into(),
+                why: format!(
+                    "its data area ({data_size} sectors at {data_offset}) cannot hold a member                      of {name} ({} sectors at {})",
+                    base.size, base.data_offset
+                ),
+            });
+        }
+        let next = known
+            .filter_map(|m| match &m.sb {
+                md_format::MdSuperblock::V1(s) => Some(s.dev_number),
+                _ => None,
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        let mut sb = base.clone();
+        sb.dev_number = next;
+        sb.device_uuid = random_bytes()?;
+        sb.data_size = data_size;
+        sb.super_offset = template.version.offset_bytes(dev.size_bytes()).unwrap_or(0) / 512;
+        sb.events = array.events;
+        sb.feature_map &= !md_format::super1::FEATURE_RECOVERY_OFFSET;
+        sb.recovery_offset = 0;
+        if sb.dev_roles.len() <= next as usize {
+            sb.dev_roles.resize(next as usize + 1, md_format::super1::ROLE_SPARE);
+        }
+        sb.dev_roles[next as usize] = md_format::super1::ROLE_SPARE;
+        let sb = md_format::MdSuperblock::V1(sb);
+        if let Some(at) = template
+            .version
+            .offset_bytes(template.device.size_bytes())
+            .and_then(|super_at| template.sb.bitmap_offset_bytes(super_at))
+        {
+            // Header and bits: at most what lies between them and the data.
+            let len = (data_offset * 512).saturating_sub(at).min(1 << 20);
+            let mut area = vec![0u8; len as usize];
+            template.device.read_at(&mut area, at)?;
+            dev.write_at(&area, at)?;
+        }
+        md_format::write(dev.as_ref(), template.version, &sb)?;
+        dev.flush()?;
+        Ok(())
+    }
+
+    /// Takes a spare or a failed member out of array `name` (mdadm --remove): its
+    /// superblock is wiped, so that no later assembly finds it. Active members must be
+    /// failed first.
+    pub fn md_remove(&self, name: &str, device: &str) -> Result<()> {
+        let _lock = self.lock(&format!("M_{name}"))?;
+        let bad = |why: String| EngineError::BadArgument(format!("md remove {name}: {why}"));
+        let scan = self.md_scan(false)?;
+        let array = scan
+            .array(name)
+            .ok_or_else(|| bad("no such array on the devices scanned".into()))?;
+        if array.slots.iter().flatten().any(|m| same_path(&m.path, device)) {
+            return Err(bad(format!(
+                "{device} is an active member: fail it first (tessera md fail {name} {device})"
+            )));
+        }
+        let member = array
+            .spares
+            .iter()
+            .chain(array.left_out.iter().map(|(m, _)| m))
+            .find(|m| same_path(&m.path, device))
+            .ok_or_else(|| bad(format!("{device} is not a spare or failed member of it")))?;
+        let at = member
+            .version
+            .offset_bytes(member.device.size_bytes())
+            .ok_or_else(|| bad(format!("{device}: no superblock place")))?;
+        member.device.write_zeroes(at, 4096.min(member.device.size_bytes() - at))?;
+        member.device.flush()?;
         Ok(())
     }
 

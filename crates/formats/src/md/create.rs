@@ -173,6 +173,44 @@ pub fn member_superblock(
     })
 }
 
+/// Sectors from a 1.1/1.2 superblock to its internal bitmap, where mdadm puts it.
+pub const BITMAP_OFFSET_1X: i32 = 8;
+
+/// Gives a new 1.1/1.2 member superblock an internal write-intent bitmap (mdadm's
+/// `--bitmap=internal`) and returns the bitmap's header, to be written at its `offset` with
+/// the bits after it (all clear: a new array is in sync). `sync_sectors` is what md's
+/// bitmap covers: the used size per member, or the array's size for raid10.
+pub fn add_bitmap(
+    sb: &mut MdSuperblock,
+    sync_sectors: u64,
+    chunk_bytes: u32,
+) -> Option<super::BitmapSuper> {
+    let MdSuperblock::V1(s) = sb else {
+        return None;
+    };
+    if s.data_offset <= s.super_offset + 8 + 8 {
+        // 1.0 keeps its bitmap before the superblock; tessera does not lay that out.
+        return None;
+    }
+    s.feature_map |= super1::FEATURE_BITMAP;
+    s.bitmap_offset = BITMAP_OFFSET_1X;
+    Some(super::BitmapSuper {
+        offset: (s.super_offset + BITMAP_OFFSET_1X as u64) * 512,
+        version: 4,
+        uuid: s.set_uuid,
+        events: s.events,
+        events_cleared: s.events,
+        sync_size: sync_sectors,
+        state: 0,
+        chunksize: chunk_bytes,
+        daemon_sleep: 5,
+        write_behind: 0,
+        sectors_reserved: 0,
+        nodes: 0,
+        cluster_name: [0; 64],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
