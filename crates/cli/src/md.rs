@@ -215,7 +215,11 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
         MdCommand::Check { name, no_wait } => scrub(socket, &name, "check", no_wait),
         MdCommand::Repair { name, no_wait } => scrub(socket, &name, "repair", no_wait),
         MdCommand::Speed { name, min, max } => {
-            message(socket, &name, &["speed", &min.to_string(), &max.to_string()])?;
+            message(
+                socket,
+                &name,
+                &["speed", &min.to_string(), &max.to_string()],
+            )?;
             Ok(true)
         }
         MdCommand::Examine { device, json } => examine(&device, json),

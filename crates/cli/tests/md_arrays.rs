@@ -329,7 +329,7 @@ fn every_loss_the_redundancy_covers_rebuilds_byte_exact() {
             if matches!(array.health(), tessera_engine::md::Health::Failed { .. }) {
                 continue;
             }
-            let dev = match array.activate(&r.name, registry.clone()) {
+            let dev = match array.activate(&r.name, registry.clone(), None) {
                 Ok(d) => d,
                 Err(e) => {
                     failures.push(format!("{} without {lost:?}: {e}", r.name));

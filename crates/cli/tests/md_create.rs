@@ -111,7 +111,7 @@ fn arrays_tessera_creates_are_assembled_clean_by_mdadm_with_no_mismatches() {
         let engine = tessera_engine::Engine::new(state.clone(), paths.clone());
         let scan = engine.md_scan(true).unwrap();
         let array = scan.array(&uuid).unwrap();
-        let dev = array.activate(name, registry.clone()).unwrap();
+        let dev = array.activate(name, registry.clone(), None).unwrap();
         let expected = write_pattern(&dev, name);
         shas.push((name, dev.size_bytes(), sha256_hex(&expected)));
         drop(dev);

@@ -307,7 +307,9 @@ impl Engine {
             return Err(bad("0.90 superblocks hold at most 27 members".into()));
         }
         if !opts.spares.is_empty() && opts.version == md_format::MdVersion::V0_90 {
-            return Err(bad("tessera adds spares to arrays with 1.x superblocks".into()));
+            return Err(bad(
+                "tessera adds spares to arrays with 1.x superblocks".into()
+            ));
         }
         if opts.bitmap_chunk_bytes.is_some()
             && !matches!(
@@ -476,7 +478,9 @@ impl Engine {
             .next()
             .ok_or_else(|| bad("no member is present".into()))?;
         let md_format::MdSuperblock::V1(base) = &template.sb else {
-            return Err(bad("tessera adds spares to arrays with 1.x superblocks".into()));
+            return Err(bad(
+                "tessera adds spares to arrays with 1.x superblocks".into()
+            ));
         };
         if !Path::new(device).exists() {
             return Err(EngineError::DeviceUnusable {
@@ -487,7 +491,11 @@ impl Engine {
         let dev = Self::open(device, true)?;
         let found = signature::probe(dev.as_ref())?;
         if !found.is_empty() && !force {
-            let what = found.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+            let what = found
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(EngineError::Occupied {
                 device: device.into(),
                 what,
@@ -525,7 +533,8 @@ impl Engine {
         sb.feature_map &= !md_format::super1::FEATURE_RECOVERY_OFFSET;
         sb.recovery_offset = 0;
         if sb.dev_roles.len() <= next as usize {
-            sb.dev_roles.resize(next as usize + 1, md_format::super1::ROLE_SPARE);
+            sb.dev_roles
+                .resize(next as usize + 1, md_format::super1::ROLE_SPARE);
         }
         sb.dev_roles[next as usize] = md_format::super1::ROLE_SPARE;
         let sb = md_format::MdSuperblock::V1(sb);
@@ -555,7 +564,12 @@ impl Engine {
         let array = scan
             .array(name)
             .ok_or_else(|| bad("no such array on the devices scanned".into()))?;
-        if array.slots.iter().flatten().any(|m| same_path(&m.path, device)) {
+        if array
+            .slots
+            .iter()
+            .flatten()
+            .any(|m| same_path(&m.path, device))
+        {
             return Err(bad(format!(
                 "{device} is an active member: fail it first (tessera md fail {name} {device})"
             )));
@@ -570,7 +584,9 @@ impl Engine {
             .version
             .offset_bytes(member.device.size_bytes())
             .ok_or_else(|| bad(format!("{device}: no superblock place")))?;
-        member.device.write_zeroes(at, 4096.min(member.device.size_bytes() - at))?;
+        member
+            .device
+            .write_zeroes(at, 4096.min(member.device.size_bytes() - at))?;
         member.device.flush()?;
         Ok(())
     }

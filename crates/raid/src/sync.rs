@@ -257,6 +257,8 @@ fn run_action(core: &Core, sync: &Sync, action: Action) -> BlockResult<()> {
         Action::Recover => recover(core, sync)?,
         _ => scrub(core, sync, action)?,
     };
+    // What resync and repair wrote is durable once the action ends.
+    core.flush()?;
     let mut st = lock(&sync.state);
     st.action = Action::Idle;
     st.last = Some(Finished {
@@ -299,6 +301,7 @@ fn recover(core: &Core, sync: &Sync) -> BlockResult<(u64, u64, bool)> {
     let rows = total.div_ceil(chunk);
     for row in first..rows {
         if sync.should_stop(Action::Recover) {
+            core.flush()?;
             let spares = lock(&core.state);
             core.record(&core.view(), &spares);
             return Ok((done, 0, false));
@@ -320,7 +323,11 @@ fn recover(core: &Core, sync: &Sync) -> BlockResult<(u64, u64, bool)> {
             next.synced[m] = if end >= total { IN_SYNC } else { end };
             core.set_view(next.clone());
             if end >= total || checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                core.record(&next, &spares);
+                // The rebuilt rows must be durable before the records say so.
+                drop(spares);
+                core.flush()?;
+                let spares = lock(&core.state);
+                core.record(&core.view(), &spares);
                 checkpoint = Instant::now();
             }
         }
@@ -370,6 +377,7 @@ fn scrub(core: &Core, sync: &Sync, action: Action) -> BlockResult<(u64, u64, boo
         }
     }
     if action == Action::Resync {
+        core.flush()?;
         lock(&sync.state).resync_units = None;
         let spares = lock(&core.state);
         core.needs_resync.store(false, Ordering::SeqCst);

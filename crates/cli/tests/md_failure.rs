@@ -1,0 +1,364 @@
+//! RAID that keeps data safe. Arrays that `tessera md create` makes (raid1, raid5, raid6,
+//! raid10, each with a hot spare) run in tessera's raid set over members wrapped in the
+//! fault-injecting block device, exported over NBD. fio writes and verifies through each
+//! while one member starts failing every I/O: fio sees no error and no verify failure, the
+//! spare takes the slot, recovery completes, `check` finds no mismatch, and the superblocks
+//! tell the story (the failed member faulty, the spare in its slot, events up). Then the
+//! real mdadm and kernel in the lab assemble the members that are left as a clean array,
+//! with the kernel's own check finding no mismatch.
+//!
+//! Also: a read error is answered from redundancy and the bad sectors rewritten (the member
+//! stays); silent corruption written into one member is counted by `check`, fixed by
+//! `repair`, and `check` finds nothing after.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_block::{BlockDevice, ErrorOn, FaultDevice, FileDevice, OpenOptions, PowerDomain};
+use tessera_engine::md::{self, MdMember};
+use tessera_engine::md_records::MdRecords;
+use tessera_export::{Export, ExportSet, Server};
+use tessera_formats::md::{probe, MdSuperblock, Role};
+use tessera_mapper::{MappedDevice, TargetRegistry};
+
+use common::run_ok;
+
+/// (name, level, layout, members)
+const ARRAYS: &[(&str, &str, &str, usize)] = &[
+    ("f-r1", "1", "", 2),
+    ("f-r5", "5", "left-symmetric", 3),
+    ("f-r6", "6", "left-symmetric", 4),
+    ("f-r10", "10", "n2", 4),
+];
+
+const MEMBER_MIB: u64 = 40;
+
+struct Running {
+    device: Arc<MappedDevice>,
+    faults: Vec<Arc<FaultDevice>>,
+    server: Server,
+    addr: String,
+}
+
+/// Opens the members behind fault devices and runs the array as `md` over NBD.
+fn run_array(paths: &[String]) -> Running {
+    let mut members = Vec::new();
+    let mut faults = Vec::new();
+    for p in paths {
+        let file: Arc<dyn BlockDevice> =
+            Arc::new(FileDevice::open(p, OpenOptions::default()).unwrap());
+        let fault = Arc::new(FaultDevice::new(file, PowerDomain::new()));
+        let (version, sb) = probe(fault.as_ref()).unwrap().expect("a superblock");
+        faults.push(fault.clone());
+        members.push(MdMember {
+            path: p.clone(),
+            device: fault,
+            version,
+            sb,
+        });
+    }
+    let arrays = md::assemble(members);
+    assert_eq!(arrays.len(), 1);
+    let array = &arrays[0];
+    let records = Arc::new(MdRecords::new(array).unwrap());
+    let mut registry = TargetRegistry::new();
+    tessera_raid::register(&mut registry);
+    let device = Arc::new(
+        array
+            .activate("md", Arc::new(registry), Some(records))
+            .unwrap(),
+    );
+    let exports = ExportSet::new();
+    exports.insert("md", Export::new(device.clone())).unwrap();
+    let server = Server::bind_tcp(exports, "127.0.0.1:0").unwrap();
+    let addr = format!("nbd://{}", server.local_addr());
+    Running {
+        device,
+        faults,
+        server,
+        addr,
+    }
+}
+
+/// `<type> <#devs> <health> <done>/<total> <action> <mismatches> ...` of the set.
+fn status(dev: &MappedDevice) -> Vec<String> {
+    dev.status()
+        .split_whitespace()
+        .skip(3)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the set is idle with every member in sync; returns its status.
+fn wait_whole_and_idle(dev: &MappedDevice, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = status(dev);
+        if !st[2].contains(['a', 'D']) && st[4] == "idle" {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `check` (or `repair`) and returns the mismatched sectors it counted.
+fn scrub(dev: &MappedDevice, action: &str) -> u64 {
+    dev.message(0, &[action]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let report = dev.message(0, &["report"]).unwrap();
+        if report.contains(&format!("last_action={action}\n"))
+            && report.contains("last_complete=true")
+            && status(dev)[4] == "idle"
+        {
+            let n = report
+                .lines()
+                .find_map(|l| l.strip_prefix("last_mismatches="))
+                .unwrap();
+            return n.parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{action} never finished: {report}"
+        );
+    }
+}
+
+fn fio_with_failure(addr: &str, fail: &FaultDevice, array_bytes: u64) -> serde_json::Value {
+    let size = (array_bytes / 2).min(24 << 20);
+    let mut cmd = std::process::Command::new("fio");
+    cmd.args(["--output-format=json", "--ioengine=nbd", "--rw=randwrite"])
+        .args(["--iodepth=16", "--verify=crc32c", "--verify_fatal=1"])
+        .args([
+            "--verify_state_save=0",
+            "--bsrange=4k-64k",
+            "--bs_unaligned=0",
+        ])
+        .args(["--fsync=64", "--name=md", "--time_based", "--runtime=3"])
+        .args(["--verify_backlog=256"])
+        .arg(format!("--size={size}"))
+        .arg(format!("--uri={addr}/md"));
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fio runs");
+    // The member starts failing while fio writes.
+    std::thread::sleep(Duration::from_millis(1000));
+    fail.add_error_range(0, u64::MAX, ErrorOn::Both);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let job = json["jobs"][0].clone();
+    assert_eq!(job["error"], 0, "{job}");
+    assert!(
+        job["write"]["io_bytes"].as_u64().unwrap() >= 8 << 20,
+        "{job}"
+    );
+    assert!(
+        job["read"]["io_bytes"].as_u64().unwrap() >= 8 << 20,
+        "verified: {job}"
+    );
+    job
+}
+
+fn superblock(path: &str) -> MdSuperblock {
+    let dev = FileDevice::open(path, OpenOptions::default()).unwrap();
+    probe(&dev).unwrap().expect("a superblock").1
+}
+
+const INSIDE: &str = r#"set -u
+while read -r name files; do
+  devs=()
+  for f in $files; do devs+=("$(losetup -f --show "$f")"); done
+  if ! mdadm --assemble /dev/md0 "${devs[@]}" >"$name.assemble" 2>&1; then
+    echo "$name assemble-failed $(tr '\n' ' ' < "$name.assemble")"
+  else
+    state=$(mdadm --detail /dev/md0 | sed -n 's/^ *State : *//p' | tr -d ' ')
+    active=$(mdadm --detail /dev/md0 | sed -n 's/^ *Active Devices : *//p')
+    echo check > /sys/block/md0/md/sync_action
+    sleep 0.2
+    while [ "$(cat /sys/block/md0/md/sync_action)" != idle ]; do sleep 0.2; done
+    mismatch=$(cat /sys/block/md0/md/mismatch_cnt)
+    echo "$name ok $state $active $mismatch"
+    mdadm --stop /dev/md0 >/dev/null 2>&1
+  fi
+  for d in "${devs[@]}"; do losetup -d "$d"; done
+done < list
+echo md-failure-done
+"#;
+
+#[test]
+fn a_failing_member_is_replaced_by_the_spare_with_no_client_error_and_mdadm_agrees() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let mut list = String::new();
+    for &(name, level, layout, n) in ARRAYS {
+        let paths: Vec<String> = (0..=n)
+            .map(|i| {
+                let p = d.join(format!("{name}-{i}.img"));
+                std::fs::File::create(&p)
+                    .unwrap()
+                    .set_len(MEMBER_MIB << 20)
+                    .unwrap();
+                p.display().to_string()
+            })
+            .collect();
+        let (members, spare) = paths.split_at(n);
+        let mut args = vec![
+            "md", "create", name, "-l", level, "-c", "64k", "-x", &spare[0],
+        ];
+        if !layout.is_empty() {
+            args.extend(["-p", layout]);
+        }
+        args.extend(members.iter().map(String::as_str));
+        run_ok(
+            std::process::Command::new(common::tessera_path())
+                .args(&args)
+                .env("TESSERA_STATE_DIR", &state)
+                .env("TESSERA_DEVICES", d.join(format!("{name}-*.img"))),
+        );
+        let before = superblock(&members[0]).events();
+        let r = run_array(&paths);
+        r.device
+            .message(0, &["speed", "500000", "2000000"])
+            .unwrap();
+        let array_bytes = r.device.size_sectors() * 512;
+        let job = fio_with_failure(&r.addr, &r.faults[1], array_bytes);
+        let st = wait_whole_and_idle(&r.device, name);
+        let report = r.device.message(0, &["report"]).unwrap();
+        assert!(report.contains("member_failures=1\n"), "{name}: {report}");
+        assert!(
+            report.contains("last_action=recover\n") && report.contains("last_complete=true"),
+            "{name}: {report}"
+        );
+        let recovered: u64 = report
+            .lines()
+            .find_map(|l| l.strip_prefix("last_sectors="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let millis: u64 = report
+            .lines()
+            .find_map(|l| l.strip_prefix("last_millis="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mismatches = scrub(&r.device, "check");
+        eprintln!(
+            "{name}: fio wrote {} MiB and verified {} MiB with 0 errors while member 1 failed; \
+             recovery rebuilt {} MiB in {millis} ms ({:.0} MiB/s); check: {mismatches} \
+             mismatched sectors; status {st:?}",
+            job["write"]["io_bytes"].as_u64().unwrap() >> 20,
+            job["read"]["io_bytes"].as_u64().unwrap() >> 20,
+            recovered / 2048,
+            recovered as f64 / 2048.0 / (millis.max(1) as f64 / 1000.0),
+        );
+        assert_eq!(mismatches, 0, "{name}");
+
+        // A read error on a member: answered from redundancy, the sectors rewritten, the
+        // member kept.
+        let mut before_data = vec![0u8; 1 << 20];
+        r.device.read_at(&mut before_data, 0).unwrap();
+        let data_offset = 2048 * 512;
+        r.faults[0].add_error_range(data_offset, 256 << 10, ErrorOn::Read);
+        let mut again = vec![0u8; 1 << 20];
+        r.device.read_at(&mut again, 0).unwrap();
+        assert!(
+            again == before_data,
+            "{name}: data read around a read error"
+        );
+        r.faults[0].clear_error_ranges();
+        let report = r.device.message(0, &["report"]).unwrap();
+        assert!(
+            !report.contains("corrected_read_sectors=0\n"),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            status(&r.device)[2].matches('A').count(),
+            n,
+            "{name}: member kept"
+        );
+
+        // Silent corruption in one member's data: check counts it, repair fixes it.
+        let victim = r.faults[2].inner().clone();
+        victim
+            .write_at(&vec![0xa5u8; 64 << 10], data_offset + (128 << 10))
+            .unwrap();
+        let found = scrub(&r.device, "check");
+        assert!(
+            found > 0,
+            "{name}: check found no mismatch in corrupted data"
+        );
+        let repaired = scrub(&r.device, "repair");
+        assert_eq!(repaired, found, "{name}: repair fixes what check found");
+        assert_eq!(scrub(&r.device, "check"), 0, "{name}: check after repair");
+        eprintln!("{name}: silent corruption: check {found}, repair {repaired}, check after 0");
+        let mut after = vec![0u8; 1 << 20];
+        r.device.read_at(&mut after, 0).unwrap();
+
+        r.server.shutdown();
+        drop(r);
+
+        // The records: the spare holds slot 1, the failed member is faulty, events went up.
+        let failed = &members[1];
+        let sb = superblock(&members[0]);
+        assert!(
+            sb.events() > before,
+            "{name}: events {} -> {}",
+            before,
+            sb.events()
+        );
+        assert_eq!(sb.state(), tessera_formats::md::ArrayState::Clean, "{name}");
+        assert_eq!(
+            sb.role_of(&superblock(&spare[0])),
+            Role::Active(1),
+            "{name}"
+        );
+        assert_eq!(sb.role_of(&superblock(failed)), Role::Faulty, "{name}");
+        let mut files = vec![members[0].clone(), spare[0].clone()];
+        files.extend(members[2..].iter().cloned());
+        list.push_str(&format!("{name} {}\n", files.join(" ")));
+    }
+
+    // The real mdadm and kernel assemble what is left (the failed member is not given).
+    std::fs::write(d.join("list"), list).unwrap();
+    std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
+    let lab =
+        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
+    let out = std::process::Command::new(format!("{lab}/vm-run"))
+        .args(["-t", "500", "-w"])
+        .arg(d)
+        .arg("--")
+        .arg(format!("cd {} && bash inside.sh", d.display()))
+        .output()
+        .expect("kernel lab runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("md-failure-done"),
+        "lab: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for &(name, _, _, n) in ARRAYS {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}: no result in {text}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[1], "ok", "{line}");
+        assert_eq!(f[2], "clean", "{line}");
+        assert_eq!(f[3], n.to_string(), "{line}: every slot active");
+        assert_eq!(f[4], "0", "{line}: md's check mismatch_cnt");
+        eprintln!("mdadm: {line}");
+    }
+}
