@@ -262,10 +262,42 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             let Some(a) = scan.array(&name) else {
                 bail!("no MD array '{name}' on the devices scanned (tessera md list shows them)");
             };
+            let running = running_json(socket, &a.name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&array_json(a))?);
+                let mut v = array_json(a);
+                v["running"] = running;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", detail_text(a));
+                if !running.is_null() {
+                    let pct = running["done_sectors"].as_f64().unwrap_or(0.0) * 100.0
+                        / running["total_sectors"].as_f64().unwrap_or(1.0).max(1.0);
+                    println!();
+                    println!("   Running in : tessera serve (md/{})", a.name);
+                    println!(
+                        "       Health : {}",
+                        running["health"].as_str().unwrap_or("?")
+                    );
+                    println!(
+                        "  Sync Action : {} {pct:.1}%",
+                        running["sync_action"].as_str().unwrap_or("?")
+                    );
+                    println!(" Mismatch Cnt : {}", running["mismatch_sectors"]);
+                    println!(
+                        " Speed Limits : {} - {} KiB/s",
+                        running["min_rate_kib"], running["max_rate_kib"]
+                    );
+                    if let Some(last) = running["last"].as_object() {
+                        println!(
+                            "  Last Action : {} of {} sectors in {} ms ({:.0} MiB/s), {} mismatched",
+                            last["action"].as_str().unwrap_or("?"),
+                            last["sectors"],
+                            last["millis"],
+                            last["mib_per_sec"].as_f64().unwrap_or(0.0),
+                            last["mismatch_sectors"]
+                        );
+                    }
+                }
             }
             Ok(true)
         }
@@ -321,6 +353,49 @@ pub fn sync_status(socket: &std::path::Path, name: &str) -> Result<Option<Vec<St
             .map(str::to_string)
             .collect(),
     ))
+}
+
+/// What the daemon's running set reports, or null when the array is not running there.
+fn running_json(socket: &std::path::Path, name: &str) -> Result<Value> {
+    let Some(st) = sync_status(socket, name)? else {
+        return Ok(Value::Null);
+    };
+    let report = message(socket, name, &["report"])?;
+    let field = |k: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+    let (done, total) = st[3].split_once('/').unwrap_or(("0", "0"));
+    let last = match (
+        field("last_action"),
+        num("last_sectors"),
+        num("last_millis"),
+    ) {
+        (Some(action), Some(sectors), Some(millis)) => json!({
+            "action": action,
+            "sectors": sectors,
+            "millis": millis,
+            "mib_per_sec": sectors as f64 / 2048.0 / (millis.max(1) as f64 / 1000.0),
+            "mismatch_sectors": num("last_mismatches"),
+            "complete": field("last_complete").as_deref() == Some("true"),
+        }),
+        _ => Value::Null,
+    };
+    Ok(json!({
+        "health": st[2],
+        "done_sectors": done.parse::<u64>().unwrap_or(0),
+        "total_sectors": total.parse::<u64>().unwrap_or(0),
+        "sync_action": st[4],
+        "mismatch_sectors": st[5].parse::<u64>().unwrap_or(0),
+        "min_rate_kib": num("min_rate"),
+        "max_rate_kib": num("max_rate"),
+        "corrected_read_sectors": num("corrected_read_sectors"),
+        "member_failures": num("member_failures"),
+        "last": last,
+    }))
 }
 
 fn reload_if_served(socket: &std::path::Path, name: &str) -> Result<bool> {
