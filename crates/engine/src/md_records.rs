@@ -12,6 +12,9 @@ use tessera_raid::metadata::{MemberRole, MetadataError, SetMetadata, SetRecord, 
 
 use crate::md::{MdArray, MdMember};
 
+/// The most bitmap bits tessera reads (4 MiB of them).
+const MAX_REGIONS: u64 = 32 << 20;
+
 /// Bits start this far into the bitmap area, right after its superblock.
 const BITS_AT: u64 = bitmap::BYTES as u64;
 
@@ -111,6 +114,17 @@ fn read_bitmap(m: &MdMember, events: u64) -> Result<Option<Bitmap>, md::MdError>
     };
     let region_sectors = u64::from(header.chunksize) / 512;
     let regions = header.sync_size.div_ceil(region_sectors.max(1));
+    // md keeps the bits in at most a few MiB; a header saying more is damaged.
+    if regions > MAX_REGIONS {
+        return Err(md::MdError::Bitmap {
+            device: dev.name().into(),
+            offset: header.offset,
+            why: format!(
+                "{} sectors in regions of {} bytes is {regions} bits, more than md keeps",
+                header.sync_size, header.chunksize
+            ),
+        });
+    }
     let mut bits = vec![0u8; regions.div_ceil(8) as usize];
     dev.read_at(&mut bits, header.offset + BITS_AT)?;
     let stale = header.events < events || header.state & bitmap::STATE_STALE != 0;
@@ -351,6 +365,94 @@ impl SetMetadata for MdRecords {
         match (written, last_error) {
             (0, Some(e)) => Err(e),
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tessera_block::{BlockDevice, MemoryDevice};
+    use tessera_formats::md::create::{add_bitmap, member_superblock, NewArray};
+    use tessera_formats::md::{self, MdVersion};
+
+    use super::*;
+    use crate::md::{assemble, MdMember};
+
+    /// Members of a new raid1 with a bitmap whose header claims `sync_size` sectors.
+    fn members(sync_size: u64) -> Vec<MdMember> {
+        let array = NewArray {
+            version: MdVersion::V1_2,
+            name: "h:b".into(),
+            uuid: [7; 16],
+            level: 1,
+            layout: 0,
+            chunk_bytes: 0,
+            raid_disks: 2,
+            now: 1,
+        };
+        (0..2)
+            .map(|slot| {
+                let dev = Arc::new(MemoryDevice::new(format!("m{slot}"), 8 << 20));
+                let mut sb =
+                    member_superblock(&array, slot, [slot as u8; 16], 8 << 20, 8192).unwrap();
+                let mut header = add_bitmap(&mut sb, 8192, 65536).unwrap();
+                header.sync_size = sync_size;
+                dev.write_at(&header.encode(), header.offset).unwrap();
+                md::write(dev.as_ref(), MdVersion::V1_2, &sb).unwrap();
+                MdMember {
+                    path: format!("m{slot}"),
+                    device: dev,
+                    version: MdVersion::V1_2,
+                    sb,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bitmap_claiming_more_bits_than_md_keeps_is_refused_by_name() {
+        let arrays = assemble(members(u64::MAX / 2));
+        let e = MdRecords::new(&arrays[0])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("m0") && e.contains("more than md keeps"), "{e}");
+    }
+
+    #[test]
+    fn marked_regions_reach_every_member_and_a_clean_record_clears_them() {
+        let arrays = assemble(members(8192));
+        let records = MdRecords::new(&arrays[0]).unwrap();
+        assert_eq!(records.bitmap_region_sectors(), Some(128));
+        records.mark_regions(&[3, 17]).unwrap();
+        for m in arrays[0].slots.iter().flatten() {
+            let bits = read_bitmap(m, 1).unwrap().unwrap().dirty_at_start;
+            assert_eq!(bits, vec![3, 17], "{}", m.path);
+        }
+        let clean = SetRecord {
+            clean: true,
+            members: vec![
+                tessera_raid::metadata::MemberRecord {
+                    device: "m0".into(),
+                    role: MemberRole::InSync(0),
+                },
+                tessera_raid::metadata::MemberRecord {
+                    device: "m1".into(),
+                    role: MemberRole::InSync(1),
+                },
+            ],
+        };
+        records.record(&clean).unwrap();
+        for m in arrays[0].slots.iter().flatten() {
+            let sb = md::read(m.device.as_ref(), MdVersion::V1_2).unwrap();
+            assert_eq!(sb.events(), 2);
+            let bm = read_bitmap(&MdMember { sb, ..m.clone() }, 2)
+                .unwrap()
+                .unwrap();
+            assert!(bm.dirty_at_start.is_empty(), "{}", m.path);
+            assert_eq!(bm.header.events, 2);
         }
     }
 }
