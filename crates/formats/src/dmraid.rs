@@ -216,7 +216,7 @@ impl DmRaidSuperblock {
     /// only with [`FEATURE_V190`].
     pub fn encode(&self) -> [u8; BYTES] {
         let mut b = [0u8; BYTES];
-        let mut put32 = |b: &mut [u8; BYTES], at: usize, v: u32| {
+        let put32 = |b: &mut [u8; BYTES], at: usize, v: u32| {
             b[at..at + 4].copy_from_slice(&v.to_le_bytes())
         };
         put32(&mut b, 0, MAGIC);
@@ -312,9 +312,9 @@ mod tests {
         assert_eq!(&bytes[..4], b"DmRd");
         assert_eq!(u64_at(&bytes, 24), 1 << 2);
         assert_eq!(
-            u64_at(&bytes, 136),
+            u64_at(&bytes, 128),
             1 << 2,
-            "bit 130 in the third extension word"
+            "bit 130 in the second extension word"
         );
         assert_eq!(DmRaidSuperblock::decode(&bytes, "m").unwrap(), sb);
         assert_eq!(sb.failed_slots(), vec![2]);

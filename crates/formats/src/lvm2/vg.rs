@@ -74,8 +74,204 @@ pub enum SegmentKind {
         stripe_size_sectors: u64,
         stripes: Vec<Stripe>,
     },
+    /// A raid type (raid0, raid1, raid4, raid5_*, raid6_*, raid10): data and metadata
+    /// sub-LVs. `body` holds every key but start_extent, extent_count and type, as written,
+    /// and is what is written back; `raid` is tessera's reading of it.
+    Raid { raid: RaidSegment, body: Section },
     /// Any other type, kept as written: every key but start_extent, extent_count and type.
     Other { segtype: String, body: Section },
+}
+
+/// The raid levels lvm2 has, as its segment types name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaidLevel {
+    Raid0,
+    Raid1,
+    Raid4,
+    Raid5,
+    Raid6,
+    Raid10,
+}
+
+impl RaidLevel {
+    /// The level of an lvm2 raid segment type (`raid5_ls`, `raid0_meta`, ...), if it is one.
+    pub fn of_segtype(segtype: &str) -> Option<RaidLevel> {
+        Some(match segtype {
+            "raid0" | "raid0_meta" => RaidLevel::Raid0,
+            "raid1" => RaidLevel::Raid1,
+            "raid4" => RaidLevel::Raid4,
+            "raid10" | "raid10_near" => RaidLevel::Raid10,
+            "raid5" | "raid5_la" | "raid5_ra" | "raid5_ls" | "raid5_rs" | "raid5_n" => {
+                RaidLevel::Raid5
+            }
+            "raid6" | "raid6_zr" | "raid6_nr" | "raid6_nc" | "raid6_n_6" | "raid6_la_6"
+            | "raid6_ra_6" | "raid6_ls_6" | "raid6_rs_6" => RaidLevel::Raid6,
+            _ => return None,
+        })
+    }
+
+    /// How many images may be missing with the data still whole (`images` in the set,
+    /// `copies` of each block for raid1/raid10).
+    pub fn tolerated(self, images: usize, copies: usize) -> usize {
+        match self {
+            RaidLevel::Raid0 => 0,
+            RaidLevel::Raid1 => images.saturating_sub(1),
+            RaidLevel::Raid4 | RaidLevel::Raid5 => 1,
+            RaidLevel::Raid6 => 2,
+            RaidLevel::Raid10 => copies.saturating_sub(1),
+        }
+    }
+}
+
+/// One slot of a raid segment: its data sub-LV and, except for raid0, its metadata sub-LV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaidImage {
+    pub meta: Option<String>,
+    pub data: String,
+}
+
+/// A raid segment as lvm2 writes it: `device_count` (`stripe_count` for raid0), optional
+/// `data_copies`, `region_size` and `stripe_size` in sectors, and `raids`, the sub-LVs in
+/// slot order (metadata then data for each slot; data only for raid0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaidSegment {
+    pub segtype: String,
+    pub level: RaidLevel,
+    pub stripe_size_sectors: u64,
+    pub region_size_sectors: u64,
+    /// Copies of each block (raid10; raid1 keeps one per image).
+    pub data_copies: Option<u64>,
+    /// `data_offset` as lvm2 stores it (where data starts in each data sub-LV), if present.
+    pub data_offset_sectors: Option<u64>,
+    pub images: Vec<RaidImage>,
+}
+
+impl RaidSegment {
+    /// The dm-raid table type of this segment type (lvm2's short names `raid5`, `raid6`
+    /// and `raid10_near` are left-symmetric, zero-restart and near).
+    pub fn dm_type(&self) -> &str {
+        match self.segtype.as_str() {
+            "raid5" => "raid5_ls",
+            "raid6" => "raid6_zr",
+            "raid10_near" => "raid10",
+            "raid0_meta" => "raid0",
+            other => other,
+        }
+    }
+
+    /// Copies of each block: every image for raid1, `data_copies` (2 if absent) for raid10.
+    pub fn copies(&self) -> usize {
+        match self.level {
+            RaidLevel::Raid1 => self.images.len(),
+            RaidLevel::Raid10 => self.data_copies.unwrap_or(2).max(1) as usize,
+            _ => 1,
+        }
+    }
+
+    /// How many images may be missing with the data still whole.
+    pub fn tolerated(&self) -> usize {
+        self.level.tolerated(self.images.len(), self.copies())
+    }
+
+    fn from_body(segtype: &str, level: RaidLevel, s: &Section, at: &str) -> Result<Self, VgError> {
+        let count_key = if level == RaidLevel::Raid0 && s.get("device_count").is_none() {
+            "stripe_count"
+        } else {
+            "device_count"
+        };
+        let count = get_u64(s, at, count_key)?;
+        if count == 0 || count > 256 {
+            return Err(out_of_range(
+                at,
+                count_key,
+                count,
+                "a raid set has 1 to 256 images",
+            ));
+        }
+        let items = s
+            .get_array("raids")
+            .ok_or_else(|| missing_or_wrong(s, at, "raids", "an array"))?;
+        let with_meta = segtype != "raid0";
+        let per = if with_meta { 2 } else { 1 };
+        if items.len() as u64 != count * per {
+            return Err(VgError::Inconsistent {
+                at: at.to_string(),
+                why: format!(
+                    "{count_key} is {count} but 'raids' has {} entries ({per} per image)",
+                    items.len()
+                ),
+            });
+        }
+        let mut names = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Str(name) => names.push(name.clone()),
+                _ => {
+                    return Err(VgError::WrongType {
+                        at: at.to_string(),
+                        key: "raids".into(),
+                        expected: "an array of LV names",
+                    })
+                }
+            }
+        }
+        let images = names
+            .chunks(per as usize)
+            .map(|c| match c {
+                [meta, data] => RaidImage {
+                    meta: Some(meta.clone()),
+                    data: data.clone(),
+                },
+                [data] => RaidImage {
+                    meta: None,
+                    data: data.clone(),
+                },
+                _ => unreachable!("chunks of 1 or 2"),
+            })
+            .collect();
+        let stripe_size_sectors = get_u64_or(s, at, "stripe_size", 0)?;
+        if stripe_size_sectors != 0 && !stripe_size_sectors.is_power_of_two() {
+            return Err(out_of_range(
+                at,
+                "stripe_size",
+                stripe_size_sectors,
+                "a power of two",
+            ));
+        }
+        if level != RaidLevel::Raid1 && stripe_size_sectors == 0 && count > 1 {
+            return Err(VgError::Missing {
+                at: at.to_string(),
+                key: "stripe_size".into(),
+            });
+        }
+        let data_copies = match s.get("data_copies") {
+            Some(_) => Some(get_u64(s, at, "data_copies")?),
+            None => None,
+        };
+        if let Some(copies) = data_copies {
+            if copies == 0 || copies > count {
+                return Err(out_of_range(
+                    at,
+                    "data_copies",
+                    copies,
+                    "1 to the number of images",
+                ));
+            }
+        }
+        let data_offset_sectors = match s.get("data_offset") {
+            Some(_) => Some(get_u64(s, at, "data_offset")?),
+            None => None,
+        };
+        Ok(RaidSegment {
+            segtype: segtype.to_string(),
+            level,
+            stripe_size_sectors,
+            region_size_sectors: get_u64_or(s, at, "region_size", 0)?,
+            data_copies,
+            data_offset_sectors,
+            images,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +287,7 @@ impl Segment {
         match &self.kind {
             SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => "linear",
             SegmentKind::Striped { .. } => "striped",
+            SegmentKind::Raid { raid, .. } => &raid.segtype,
             SegmentKind::Other { segtype, .. } => segtype,
         }
     }
@@ -98,6 +295,7 @@ impl Segment {
     pub fn stripe_count(&self) -> u64 {
         match &self.kind {
             SegmentKind::Striped { stripes, .. } => stripes.len() as u64,
+            SegmentKind::Raid { raid, .. } => raid.images.len() as u64,
             SegmentKind::Other { body, .. } => body
                 .get_int("stripe_count")
                 .or_else(|| body.get_int("device_count"))
@@ -122,6 +320,8 @@ impl Segment {
                     })
                     .collect()
             }
+            // Its sub-LVs hold the extents.
+            SegmentKind::Raid { .. } => Vec::new(),
             SegmentKind::Other { body, .. } => {
                 let mut areas = Vec::new();
                 for (_, node) in &body.entries {
@@ -171,11 +371,18 @@ impl LogicalVolume {
             .iter()
             .all(|s| matches!(s.kind, SegmentKind::Striped { .. }))
     }
+    /// The raid segment, if this is a raid LV (lvm2 gives raid LVs one segment).
+    pub fn raid(&self) -> Option<&RaidSegment> {
+        match &self.segments.first()?.kind {
+            SegmentKind::Raid { raid, .. } => Some(raid),
+            _ => None,
+        }
+    }
     /// The other LVs this one's segments name (sub-LVs of raid, snapshot origins, pools).
     pub fn referenced_names<'a>(&'a self, names: &HashSet<&'a str>) -> Vec<&'a str> {
         let mut out = Vec::new();
         for seg in &self.segments {
-            if let SegmentKind::Other { body, .. } = &seg.kind {
+            if let SegmentKind::Other { body, .. } | SegmentKind::Raid { body, .. } = &seg.kind {
                 collect_strings(body, &mut |s| {
                     if names.contains(s) && s != self.name {
                         out.push(s);
@@ -513,6 +720,20 @@ impl VolumeGroup {
                         });
                     }
                 }
+                if let SegmentKind::Raid { raid, .. } = &seg.kind {
+                    let sub_lvs = raid
+                        .images
+                        .iter()
+                        .flat_map(|i| i.meta.iter().chain(std::iter::once(&i.data)));
+                    for sub in sub_lvs {
+                        if *sub == lv.name || self.lv(sub).is_none() {
+                            return Err(VgError::Inconsistent {
+                                at: sat,
+                                why: format!("names sub-LV '{sub}', which the VG does not have"),
+                            });
+                        }
+                    }
+                }
                 for area in seg.pv_areas(&keys) {
                     let Some(pv) = self.pv(&area.pv) else {
                         return Err(VgError::Inconsistent {
@@ -734,9 +955,15 @@ impl Segment {
             for k in ["start_extent", "extent_count", "type"] {
                 body.remove(k);
             }
-            SegmentKind::Other {
-                segtype: segtype.to_string(),
-                body,
+            match RaidLevel::of_segtype(segtype) {
+                Some(level) => SegmentKind::Raid {
+                    raid: RaidSegment::from_body(segtype, level, &body, at)?,
+                    body,
+                },
+                None => SegmentKind::Other {
+                    segtype: segtype.to_string(),
+                    body,
+                },
             }
         };
         Ok(Segment {
@@ -765,6 +992,10 @@ impl Segment {
                     .flat_map(|st| [Value::Str(st.pv.clone()), int(st.start_pe)])
                     .collect();
                 s.set_value("stripes", Value::Array(items));
+            }
+            SegmentKind::Raid { raid, body } => {
+                s.set_value("type", Value::Str(raid.segtype.clone()));
+                s.entries.extend(body.entries.iter().cloned());
             }
             SegmentKind::Other { segtype, body } => {
                 s.set_value("type", Value::Str(segtype.clone()));
@@ -1026,6 +1257,45 @@ stripe_count = 1
 stripes = ["pv0", 12]
 }
 }
+r1_rmeta_0 {
+id = "ffNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 13]
+}
+}
+r1_rimage_1 {
+id = "ggNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv1", 5]
+}
+}
+r1_rmeta_1 {
+id = "hhNLKr-4SoW-oV7w-lDbg-vblG-He0v-cmMPk8"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv1", 4]
+}
+}
 }
 }
 # Generated by LVM2 version 2.03.16(2) (2022-05-18): Sun Nov 22 22:48:32 2026
@@ -1052,10 +1322,29 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
         assert_eq!(st.segments[0].stripe_count(), 2);
         assert_eq!(vg.lv("r1").unwrap().segments[0].type_name(), "raid1");
         assert!(!vg.lv("r1").unwrap().is_plain());
-        // lin 10 + str 2 + r1_rimage_0 1 on pv0; lin 2 + str 2 on pv1.
-        assert_eq!(vg.pe_used("pv0"), 13);
-        assert_eq!(vg.pe_used("pv1"), 4);
-        assert_eq!(vg.pe_free_total(), 30 - 17);
+        // lin 10 + str 2 + r1's image and metadata 2 on pv0; lin 2 + str 2 + r1's 2 on pv1.
+        assert_eq!(vg.pe_used("pv0"), 14);
+        assert_eq!(vg.pe_used("pv1"), 6);
+        assert_eq!(vg.pe_free_total(), 30 - 20);
+        let raid = vg.lv("r1").unwrap().raid().unwrap();
+        assert_eq!(raid.level, RaidLevel::Raid1);
+        assert_eq!(raid.region_size_sectors, 4096);
+        assert_eq!(raid.stripe_size_sectors, 0);
+        assert_eq!(raid.tolerated(), 1);
+        assert_eq!(
+            raid.images,
+            vec![
+                RaidImage {
+                    meta: Some("r1_rmeta_0".into()),
+                    data: "r1_rimage_0".into()
+                },
+                RaidImage {
+                    meta: Some("r1_rmeta_1".into()),
+                    data: "r1_rimage_1".into()
+                },
+            ]
+        );
+        assert!(!vg.lv("r1_rimage_0").unwrap().is_visible());
         assert_eq!(
             vg.extra,
             vec![(
@@ -1164,13 +1453,15 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
 
     #[test]
     fn counts_pv_areas_named_by_unknown_segment_types() {
-        let text = SAMPLE.replacen(
-            "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]",
-            "mirrors = [\"pv1\", 6]",
-            1,
-        );
+        let text = SAMPLE
+            .replacen(
+                "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]",
+                "mirrors = [\"pv1\", 6]",
+                1,
+            )
+            .replacen("type = \"raid1\"", "type = \"mirror\"", 1);
         let vg = VolumeGroup::from_text(text.as_bytes()).unwrap().0;
-        assert_eq!(vg.pe_used("pv1"), 5);
+        assert_eq!(vg.pe_used("pv1"), 7);
     }
 
     #[test]
