@@ -255,16 +255,22 @@ impl Daemon {
             .vg
             .lv(lv_name)
             .ok_or_else(|| anyhow!("no LV '{lv_name}'"))?;
-        if !lv.is_plain() {
+        if !lv.is_plain() && lv.raid().is_none() {
             let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
             bail!("LVs of type {kind} cannot be served yet");
         }
-        let device = Arc::new(activate::activate_lv(
+        // A raid LV runs degraded only read-only: its metadata sub-LVs are not updated.
+        let (device, notes) = activate::activate_lv_with(
             scan,
             state,
             lv_name,
             self.registry.clone(),
-        )?);
+            self.read_only,
+        )?;
+        for note in notes {
+            eprintln!("tessera: warning: {}/{lv_name}: {note}", state.vg.name);
+        }
+        let device = Arc::new(device);
         let export = format!("{}/{lv_name}", state.vg.name);
         self.exports.insert(
             export.clone(),
@@ -540,9 +546,11 @@ impl Daemon {
             let mut volume = volumes.remove(&key).expect("listed");
             let lv_id = volume.lv.as_ref().expect("an LV's").lv_id.clone();
             let lv = state.and_then(|s| {
-                s.vg.lvs
-                    .iter()
-                    .find(|lv| lv.id.to_string() == lv_id && lv.is_visible() && lv.is_plain())
+                s.vg.lvs.iter().find(|lv| {
+                    lv.id.to_string() == lv_id
+                        && lv.is_visible()
+                        && (lv.is_plain() || lv.raid().is_some())
+                })
             });
             let (Some(state), Some(lv)) = (state, lv) else {
                 self.exports.remove(&volume.export);

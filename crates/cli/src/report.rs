@@ -322,6 +322,25 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
                 .collect();
             r.insert("devices", devices.join(","));
         }
+        SegmentKind::Raid { raid, .. } => {
+            r.insert("stripe_size", u.format(raid.stripe_size_sectors * 512));
+            // As lvm2 shows them: the data sub-LVs and their extents.
+            let ranges: Vec<String> = raid
+                .images
+                .iter()
+                .map(|i| {
+                    let count = s.vg.lv(&i.data).map_or(0, |l| l.extent_count());
+                    format!("{}:0-{}", i.data, count.saturating_sub(1))
+                })
+                .collect();
+            r.insert("seg_pe_ranges", ranges.join(" "));
+            let devices: Vec<String> = raid
+                .images
+                .iter()
+                .map(|i| format!("{}(0)", i.data))
+                .collect();
+            r.insert("devices", devices.join(","));
+        }
         SegmentKind::Other { body, .. } => {
             r.insert(
                 "stripe_size",

@@ -349,7 +349,8 @@ mod tests {
     #[test]
     fn corrupted_superblocks_are_refused_naming_the_device() {
         let good = sample().encode();
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Damage, &str)> = vec![
             (Box::new(|b| b.truncate(100)), "too small"),
             (Box::new(|b| b[0] ^= 1), "no dm-raid superblock"),
             (Box::new(|b| b[4] = 2), "compatible feature flags 0x2"),
