@@ -255,10 +255,9 @@ pub fn raid_plan(scan: &Scan, state: &VgState, lv_name: &str) -> Result<RaidPlan
         params.push(data_offset.to_string());
     }
     if raid.level == RaidLevel::Raid10 {
+        // lvm2's raid10 is near copies, dm-raid's default format.
         params.push("raid10_copies".into());
         params.push(raid.copies().to_string());
-        params.push("raid10_format".into());
-        params.push("near".into());
     }
     let images: Vec<Option<String>> = raid
         .images
