@@ -9,8 +9,7 @@ use tessera_formats::dmraid::{self, DmRaidSuperblock, BASE_BYTES, BYTES};
 
 #[test]
 fn dmraid_superblocks_never_panic_and_round_trip() {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/dmraid_superblock");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/dmraid_superblock");
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
