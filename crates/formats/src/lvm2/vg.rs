@@ -1464,6 +1464,151 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
         assert_eq!(vg.pe_used("pv1"), 7);
     }
 
+    /// SAMPLE's raid1 LV turned into a raid5 of 3 with keys lvm2 may write and one it
+    /// does not know yet.
+    fn raid5_text(extra: &str) -> String {
+        SAMPLE.replacen(
+            "type = \"raid1\"\ndevice_count = 2\nregion_size = 4096\nraids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]",
+            &format!(
+                "type = \"raid5_rs\"\ndevice_count = 2\nregion_size = 1024\nstripe_size = 128\n\
+                 min_recovery_rate = 100\ndata_offset = 2048\n{extra}\
+                 raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]"
+            ),
+            1,
+        )
+    }
+
+    #[test]
+    fn raid_segments_are_typed_and_written_back_key_for_key() {
+        let text = raid5_text("future_key = [\"x\", 1]\n");
+        let (vg, info) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+        let lv = vg.lv("r1").unwrap();
+        let raid = lv.raid().unwrap();
+        assert_eq!(raid.level, RaidLevel::Raid5);
+        assert_eq!(raid.dm_type(), "raid5_rs");
+        assert_eq!(raid.stripe_size_sectors, 128);
+        assert_eq!(raid.region_size_sectors, 1024);
+        assert_eq!(raid.data_offset_sectors, Some(2048));
+        assert_eq!(raid.images.len(), 2);
+        assert_eq!(raid.tolerated(), 1);
+        assert_eq!(lv.segments[0].stripe_count(), 2);
+        assert!(!lv.is_plain());
+        let names: HashSet<&str> = vg.lvs.iter().map(|l| l.name.as_str()).collect();
+        let mut refs = lv.referenced_names(&names);
+        refs.sort();
+        assert_eq!(
+            refs,
+            ["r1_rimage_0", "r1_rimage_1", "r1_rmeta_0", "r1_rmeta_1"]
+        );
+        // Every key of the segment, known or not, comes back in its place.
+        for style in [Style::Disk, Style::File] {
+            let written = vg.to_text(&info, style);
+            let seg = |t: &str| {
+                let root = config::parse(t.as_bytes()).unwrap();
+                let vg = root.sections().next().unwrap().1.clone();
+                let Some(Node::Section(lvs)) = vg.get("logical_volumes").cloned() else {
+                    panic!("no LVs")
+                };
+                let r1 = lvs
+                    .sections()
+                    .find(|(k, _)| *k == "r1")
+                    .map(|(_, s)| s.clone())
+                    .unwrap();
+                r1
+            };
+            assert_eq!(seg(&written), seg(&text), "{style:?}");
+            let keys: Vec<String> = match seg(&written).get("segment1") {
+                Some(Node::Section(s)) => s.entries.iter().map(|(k, _)| k.clone()).collect(),
+                _ => panic!("no segment1"),
+            };
+            assert_eq!(
+                keys,
+                [
+                    "start_extent",
+                    "extent_count",
+                    "type",
+                    "device_count",
+                    "region_size",
+                    "stripe_size",
+                    "min_recovery_rate",
+                    "data_offset",
+                    "future_key",
+                    "raids"
+                ]
+            );
+        }
+        // raid10 keeps data_copies; lvm2's short names map to dm-raid's.
+        let r10 = SAMPLE.replacen(
+            "type = \"raid1\"\ndevice_count = 2",
+            "type = \"raid10\"\ndevice_count = 2\ndata_copies = 2\nstripe_size = 128",
+            1,
+        );
+        let vg = VolumeGroup::from_text(r10.as_bytes()).unwrap().0;
+        let raid = vg.lv("r1").unwrap().raid().unwrap();
+        assert_eq!((raid.level, raid.copies()), (RaidLevel::Raid10, 2));
+        let r6 = raid5_text("").replacen("raid5_rs", "raid6", 1);
+        let vg = VolumeGroup::from_text(r6.as_bytes()).unwrap().0;
+        assert_eq!(vg.lv("r1").unwrap().raid().unwrap().dm_type(), "raid6_zr");
+    }
+
+    #[test]
+    fn broken_raid_segments_are_refused_naming_the_segment() {
+        let raids = "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1_rimage_1\"]";
+        let cases = [
+            (
+                "device_count = 2",
+                "device_count = 3",
+                "'raids' has 4 entries",
+            ),
+            (
+                raids,
+                "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\"]",
+                "'raids' has 3",
+            ),
+            (
+                raids,
+                "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", 7]",
+                "LV names",
+            ),
+            (
+                raids,
+                "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"nope\"]",
+                "sub-LV 'nope'",
+            ),
+            (
+                raids,
+                "raids = [\"r1_rmeta_0\", \"r1_rimage_0\", \"r1_rmeta_1\", \"r1\"]",
+                "sub-LV 'r1'",
+            ),
+            (raids, "mirrors = 1", "'raids' is missing"),
+            ("device_count = 2", "device_count = 0", "1 to 256"),
+            ("device_count = 2", "device_count = -2", "negative"),
+            ("region_size = 4096", "region_size = \"big\"", "wrong type"),
+            (
+                "type = \"raid1\"",
+                "type = \"raid5_ls\"",
+                "'stripe_size' is missing",
+            ),
+            (
+                "region_size = 4096",
+                "region_size = 4096\nstripe_size = 100",
+                "power of two",
+            ),
+            (
+                "region_size = 4096",
+                "region_size = 4096\ndata_copies = 3",
+                "data_copies",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let err = broken(from, to).to_string();
+            assert!(
+                err.contains(expected) && err.contains("LV 'r1'"),
+                "{from} -> {to}: got '{err}', expected '{expected}'"
+            );
+        }
+    }
+
     #[test]
     fn names_follow_lvm2_rules() {
         assert!(check_name("x", "vg_data-1.+").is_ok());
