@@ -444,6 +444,9 @@ mod tests {
                 stripes: Some(2),
                 stripe_size_bytes: Some(65536),
                 pvs: vec!["/d/a.img".into()],
+                segtype: None,
+                mirrors: None,
+                region_size_bytes: None,
             },
         });
         let line = envelope(&req, VERSION);

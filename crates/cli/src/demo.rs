@@ -64,6 +64,9 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
             stripes: None,
             stripe_size_bytes: None,
             pvs: vec![],
+            segtype: None,
+            mirrors: None,
+            region_size_bytes: None,
         };
         engine.lv_create("demo", "linear", &linear)?;
         let striped = LvCreateOptions {
@@ -71,6 +74,9 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
             stripes: Some(args.disks.clamp(1, 2) as u32),
             stripe_size_bytes: Some(64 << 10),
             pvs: vec![],
+            segtype: None,
+            mirrors: None,
+            region_size_bytes: None,
         };
         engine.lv_create("demo", "striped", &striped)?;
         println!("created LVs demo/linear (64 MiB) and demo/striped (128 MiB, 2 stripes)");

@@ -240,18 +240,33 @@ impl AllocArgs {
             stripes: self.stripes,
             stripe_size_bytes: opt_size(&self.stripe_size, "stripe-size")?,
             pvs: self.pvs,
+            segtype: None,
+            mirrors: None,
+            region_size_bytes: None,
         })
     }
 }
 
 #[derive(Subcommand)]
 enum LvCommand {
-    /// Create a linear or striped LV (as lvcreate).
+    /// Create an LV (as lvcreate): linear, striped (-i), or raid (--type raid1 -m 1, raid5
+    /// -i 2, raid6 -i 3, raid10 -i 2 -m 1), laid out as lvm2 lays raid LVs out (an rmeta and
+    /// an rimage sub-LV per image, each image on its own PV) so lvm2 activates them.
     Create {
         /// VG/LV
         name: String,
         #[command(flatten)]
         alloc: AllocArgs,
+        /// linear, striped, raid1, raid4, raid5[_la|_ra|_ls|_rs|_n], raid6[_zr|_nr|_nc|...],
+        /// raid10 (raid5 is raid5_ls and raid6 raid6_zr, as in lvm2).
+        #[arg(long = "type", value_name = "TYPE")]
+        segtype: Option<String>,
+        /// Copies beyond the first: raid1 images - 1 (default 1); raid10 takes 1.
+        #[arg(short = 'm', long)]
+        mirrors: Option<u32>,
+        /// The raid write-intent region (default 2M).
+        #[arg(short = 'R', long = "regionsize", value_name = "SIZE")]
+        region_size: Option<String>,
     },
     /// Grow an LV; new extents are striped like its last segment unless --stripes says otherwise.
     Extend {
@@ -501,12 +516,22 @@ fn run(cli: Cli) -> Result<bool> {
             }
         },
         Command::Lv(cmd) => match cmd {
-            LvCommand::Create { name, alloc } => {
+            LvCommand::Create {
+                name,
+                alloc,
+                segtype,
+                mirrors,
+                region_size,
+            } => {
                 let (vg, lv) = split_vg_lv(&name)?;
+                let mut options = alloc.options()?;
+                options.segtype = segtype;
+                options.mirrors = mirrors;
+                options.region_size_bytes = opt_size(&region_size, "regionsize")?;
                 let change = LvChange::Create {
                     vg: vg.into(),
                     lv: lv.into(),
-                    options: alloc.options()?,
+                    options,
                 };
                 print!("{}", lv_change(&engine, &socket, &change)?);
             }

@@ -22,6 +22,7 @@ use crate::devices;
 use crate::error::{EngineError, Result};
 use crate::lock::Lock;
 use crate::md::{self, MdMember};
+use crate::raid_create;
 use crate::scan::{self, PvInfo, Scan, VgState};
 use crate::units::{Amount, PercentOf, Sign, SizeArg};
 
@@ -131,9 +132,19 @@ pub struct LvCreateOptions {
     pub stripe_size_bytes: Option<u64>,
     /// PV paths to allocate from; all of the VG's when empty.
     pub pvs: Vec<String>,
+    /// lvm2's segment type for a raid LV (`raid1`, `raid4`, `raid5[_la|_ra|_ls|_rs|_n]`,
+    /// `raid6[_zr|_nr|_nc]`, `raid10`); linear or striped when `None`.
+    #[serde(default)]
+    pub segtype: Option<String>,
+    /// Extra copies (lvm2's `-m`): raid1 images beyond the first, raid10 copies beyond one.
+    #[serde(default)]
+    pub mirrors: Option<u32>,
+    /// The raid write-intent region (lvm2's `-R`; 2 MiB when `None`).
+    #[serde(default)]
+    pub region_size_bytes: Option<u64>,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -589,6 +600,11 @@ impl Engine {
             .write_zeroes(at, 4096.min(member.device.size_bytes() - at))?;
         member.device.flush()?;
         Ok(())
+    }
+
+    /// The host name recorded in new LVs.
+    pub(crate) fn hostname(&self) -> &str {
+        &self.hostname
     }
 
     fn lock(&self, name: &str) -> Result<Lock> {
@@ -1173,7 +1189,7 @@ impl Engine {
 
     // ---- LVs ----
 
-    fn extents_for(vg: &VolumeGroup, amount: Amount, allowed: Option<&[String]>) -> u64 {
+    pub(crate) fn extents_for(vg: &VolumeGroup, amount: Amount, allowed: Option<&[String]>) -> u64 {
         match amount {
             Amount::Bytes(b) => b.div_ceil(vg.extent_size_bytes()),
             Amount::Extents(n) => n,
@@ -1217,7 +1233,7 @@ impl Engine {
         Ok(Some(keys))
     }
 
-    fn no_space(vg: &VolumeGroup, e: NoSpace) -> EngineError {
+    pub(crate) fn no_space(vg: &VolumeGroup, e: NoSpace) -> EngineError {
         EngineError::NoSpace {
             vg: vg.name.clone(),
             need: e.need,
@@ -1256,6 +1272,24 @@ impl Engine {
             });
         }
         let allowed = Self::allowed_keys(&scan, &vg, &opts.pvs)?;
+        if let Some(segtype) = opts
+            .segtype
+            .as_deref()
+            .filter(|t| !matches!(*t, "linear" | "striped"))
+        {
+            let lv = raid_create::create(
+                self,
+                &scan,
+                &state,
+                &mut vg,
+                lv_name,
+                segtype,
+                opts,
+                allowed.as_deref(),
+            )?;
+            self.commit(&scan, Some(state), vg, &[])?;
+            return Ok(lv);
+        }
         let stripes = opts.stripes.unwrap_or(1).max(1) as u64;
         let mut extents = Self::extents_for(&vg, opts.size.amount, allowed.as_deref());
         if extents == 0 {
@@ -1296,7 +1330,7 @@ impl Engine {
         Ok(lv)
     }
 
-    fn check_stripe_size(vg: &VolumeGroup, bytes: u64) -> Result<()> {
+    pub(crate) fn check_stripe_size(vg: &VolumeGroup, bytes: u64) -> Result<()> {
         if bytes < 4096 || !bytes.is_power_of_two() || bytes > vg.extent_size_bytes() {
             return Err(EngineError::BadArgument(format!(
                 "stripe size {bytes} bytes: must be a power of two from 4 KiB up to the extent size ({} bytes)",
@@ -1359,6 +1393,9 @@ impl Engine {
             stripes: None,
             stripe_size_bytes: None,
             pvs: Vec::new(),
+            segtype: None,
+            mirrors: None,
+            region_size_bytes: None,
         };
         self.lv_resize(vg_name, lv_name, false, &opts)
     }

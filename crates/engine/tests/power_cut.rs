@@ -188,6 +188,9 @@ fn striped(size: &str, stripes: u32) -> LvCreateOptions {
         stripes: Some(stripes),
         stripe_size_bytes: None,
         pvs: vec![],
+        segtype: None,
+        mirrors: None,
+        region_size_bytes: None,
     }
 }
 

@@ -889,6 +889,49 @@ fn is_segment_key(key: &str) -> bool {
 }
 
 impl Segment {
+    /// A new raid segment over `images` (metadata and data sub-LV names per slot), laid out
+    /// as lvm2 writes one: `device_count`, `data_copies` (raid10), `region_size`,
+    /// `stripe_size` (not for raid1), `raids`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_raid(
+        start_extent: u64,
+        extent_count: u64,
+        segtype: &str,
+        data_copies: Option<u64>,
+        region_size_sectors: u64,
+        stripe_size_sectors: u64,
+        images: &[RaidImage],
+    ) -> Result<Segment, VgError> {
+        let at = format!("new {segtype} segment");
+        let level = RaidLevel::of_segtype(segtype).ok_or_else(|| VgError::Inconsistent {
+            at: at.clone(),
+            why: format!("{segtype:?} is not a raid segment type"),
+        })?;
+        let mut body = Section::new();
+        body.set_value("device_count", Value::Int(images.len() as i64));
+        if let Some(c) = data_copies {
+            body.set_value("data_copies", Value::Int(c as i64));
+        }
+        body.set_value("region_size", Value::Int(region_size_sectors as i64));
+        if level != RaidLevel::Raid1 {
+            body.set_value("stripe_size", Value::Int(stripe_size_sectors as i64));
+        }
+        let names = images
+            .iter()
+            .flat_map(|i| i.meta.iter().chain(std::iter::once(&i.data)))
+            .map(|n| Value::Str(n.clone()))
+            .collect();
+        body.set_value("raids", Value::Array(names));
+        Ok(Segment {
+            start_extent,
+            extent_count,
+            kind: SegmentKind::Raid {
+                raid: RaidSegment::from_body(segtype, level, &body, &at)?,
+                body,
+            },
+        })
+    }
+
     fn from_section(s: &Section, at: &str) -> Result<Segment, VgError> {
         let start_extent = get_u64(s, at, "start_extent")?;
         let extent_count = get_u64(s, at, "extent_count")?;
