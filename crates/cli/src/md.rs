@@ -719,6 +719,7 @@ fn examine(path: &str, json_out: bool) -> Result<bool> {
         "used_size_sectors": sb.used_size_sectors(),
         "superblock_offset_bytes": version.offset_bytes(dev.size_bytes()),
         "bitmap": bitmap_present(&sb),
+        "recovery_offset_sectors": sb.recovery_offset(),
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -747,6 +748,9 @@ fn examine(path: &str, json_out: bool) -> Result<bool> {
             }
         },
     );
+    if let Some(at) = sb.recovery_offset() {
+        line("Recovery Offset", format!("{at} sectors"));
+    }
     line(
         "Data Offset",
         format!("{} sectors", sb.data_offset_sectors()),

@@ -253,6 +253,17 @@ impl MdSuperblock {
         })
     }
 
+    /// How far a member being rebuilt got (sectors from its data offset), if it is one:
+    /// 1.x records it; 0.90 has no place for it.
+    pub fn recovery_offset(&self) -> Option<u64> {
+        match self {
+            Self::V1(s) if s.feature_map & super1::FEATURE_RECOVERY_OFFSET != 0 => {
+                Some(s.recovery_offset)
+            }
+            _ => None,
+        }
+    }
+
     /// Where the array's data starts on the member.
     pub fn data_offset_sectors(&self) -> u64 {
         match self {
