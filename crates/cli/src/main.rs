@@ -268,6 +268,14 @@ enum LvCommand {
         #[arg(short = 'R', long = "regionsize", value_name = "SIZE")]
         region_size: Option<String>,
     },
+    /// Repair raid LVs that lost images with a missing PV (as lvconvert --repair, then
+    /// vgreduce --removemissing): each lost image moves to a PV none of the LV's other
+    /// images uses, is rebuilt from them, and the missing PVs leave the VG. VG/LV repairs
+    /// one LV; VG every raid LV that needs it.
+    Repair {
+        /// VG or VG/LV
+        name: String,
+    },
     /// Grow an LV; new extents are striped like its last segment unless --stripes says otherwise.
     Extend {
         /// VG/LV
@@ -534,6 +542,29 @@ fn run(cli: Cli) -> Result<bool> {
                     options,
                 };
                 print!("{}", lv_change(&engine, &socket, &change)?);
+            }
+            LvCommand::Repair { name } => {
+                let (vg, lv) = match name.split_once('/') {
+                    Some((vg, lv)) => (vg, Some(lv)),
+                    None => (name.as_str(), None),
+                };
+                refuse_if_served(&socket, vg)?;
+                let repaired = engine.lv_repair(vg, lv)?;
+                for r in &repaired {
+                    let moved: Vec<String> = r
+                        .images
+                        .iter()
+                        .map(|(slot, pv)| format!("image {slot} to {pv}"))
+                        .collect();
+                    println!(
+                        "  {vg}/{}: {}; rebuilt {} MiB per image in {:.1} s",
+                        r.lv,
+                        moved.join(", "),
+                        r.rebuilt.sectors / 2048,
+                        r.rebuilt.millis as f64 / 1000.0
+                    );
+                }
+                println!("Volume group \"{vg}\" repaired; its missing PVs are removed.");
             }
             LvCommand::Extend { name, alloc } => {
                 let (vg, lv) = split_vg_lv(&name)?;

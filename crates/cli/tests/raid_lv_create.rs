@@ -3,6 +3,10 @@
 //! the VG, the kernel's dm-raid syncs each (its first activation of new metadata sub-LVs),
 //! the bytes at /dev/VG/LV equal what was written, and `lvs -o +raid_sync_action,
 //! raid_mismatch_count` is idle with 0 mismatches, also after lvm2's own `check`.
+//!
+//! Before the lab, one PV is lost: `tessera lv repair` moves the images it held to other
+//! PVs and rebuilds them, the VG drops the PV, tessera serves the same bytes again, and the
+//! lab's lvm2 activates the repaired VG over the PVs that are left.
 
 mod common;
 
@@ -41,7 +45,7 @@ global { use_lvmpolld = 0 }
 C
 export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
 devs=()
-for i in 0 1 2 3 4; do devs+=("$(losetup -f --show "pv$i.img")"); done
+for f in pv*.img; do devs+=("$(losetup -f --show "$f")"); done
 vgchange -q -ay rc || { echo "vgchange-failed"; exit 1; }
 dmsetup mknodes
 lvs -a -o +segtype,devices rc
@@ -75,7 +79,7 @@ fn raid_lvs_tessera_creates_are_activated_by_lvm2_byte_exact_and_clean() {
     let d = dir.path();
     let state = d.join("state");
     let mut pvs = Vec::new();
-    for i in 0..5 {
+    for i in 0..6 {
         let p = d.join(format!("pv{i}.img"));
         std::fs::File::create(&p)
             .unwrap()
@@ -137,6 +141,27 @@ fn raid_lvs_tessera_creates_are_activated_by_lvm2_byte_exact_and_clean() {
         shas.push(format!("{:x}", Sha256::digest(&data)));
         std::fs::remove_file(&back).unwrap();
         std::fs::remove_file(&file).unwrap();
+    }
+    drop(served);
+
+    // PV 0 is lost; the raid LVs with images there are repaired onto the others.
+    std::fs::rename(d.join("pv0.img"), d.join("lost.img")).unwrap();
+    let repair = tessera(&["lv", "repair", "rc"]);
+    eprintln!("{repair}");
+    assert!(repair.contains("repaired"), "{repair}");
+    let moved = repair.lines().filter(|l| l.contains("rebuilt")).count();
+    assert!(moved >= 2, "images on pv0 were moved: {repair}");
+    let served = serve(&devices, &state, &[]);
+    for ((lv, _, _), sha) in LVS.iter().zip(&shas) {
+        let back = d.join(format!("{lv}.back"));
+        run_ok(
+            Command::new("nbdcopy")
+                .arg(format!("{}/rc/{lv}", served.addr))
+                .arg(&back),
+        );
+        let got = format!("{:x}", Sha256::digest(std::fs::read(&back).unwrap()));
+        assert_eq!(&got, sha, "{lv}: the same bytes after the repair");
+        std::fs::remove_file(&back).unwrap();
     }
     drop(served);
 

@@ -14,7 +14,7 @@ mod lock;
 pub mod md;
 pub mod md_records;
 pub mod ops;
-mod raid_create;
+pub mod raid_create;
 pub mod raid_lv;
 pub mod scan;
 pub mod units;

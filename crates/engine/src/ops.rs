@@ -602,6 +602,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Repairs raid LVs that lost images with a PV (`lv repair`): see
+    /// [`crate::raid_create::repair`]. Commits the VG without the missing PVs.
+    pub fn lv_repair(&self, vg_name: &str, lv: Option<&str>) -> Result<Vec<raid_create::Repaired>> {
+        let _lock = self.lock_vg(vg_name)?;
+        let scan = self.scan_with(true)?;
+        let state = scan
+            .vg(vg_name)
+            .ok_or_else(|| EngineError::VgNotFound(vg_name.to_string()))?;
+        let (vg, repaired) = raid_create::repair(&scan, state, lv)?;
+        let mut complete = state.clone();
+        complete.missing.clear();
+        self.commit(&scan, Some(&complete), vg, &[])?;
+        Ok(repaired)
+    }
+
     /// The host name recorded in new LVs.
     pub(crate) fn hostname(&self) -> &str {
         &self.hostname

@@ -320,3 +320,205 @@ mod tests {
         assert_eq!(stored_segtype("mirror"), None);
     }
 }
+
+/// What `lv repair` did to one raid LV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    pub lv: String,
+    /// (slot, the PV its image moved to)
+    pub images: Vec<(usize, String)>,
+    pub rebuilt: crate::raid_lv::Rebuilt,
+}
+
+/// Moves the images of raid LVs that lie on missing PVs onto free extents of present PVs
+/// (each on a PV no other image of its LV uses), rebuilds them from the other images, and
+/// drops the missing PVs from the VG, as `lvconvert --repair` and `vgreduce --removemissing`
+/// do. Only `only` when given; every raid LV that needs it otherwise.
+pub(crate) fn repair(
+    scan: &Scan,
+    state: &VgState,
+    only: Option<&str>,
+) -> Result<(VolumeGroup, Vec<Repaired>)> {
+    let mut vg = state.vg.clone();
+    let name = vg.name.clone();
+    let refuse = |why: String| EngineError::Refused {
+        vg: name.clone(),
+        why,
+    };
+    if !state.is_partial() {
+        return Err(refuse("no PV is missing: nothing to repair".into()));
+    }
+    let keys: Vec<String> = vg.pv_keys().into_iter().map(str::to_string).collect();
+    let key_set = keys.iter().map(String::as_str).collect();
+    let on_missing = |vg: &VolumeGroup, lv: &str| -> bool {
+        vg.lv(lv).is_some_and(|l| {
+            l.segments
+                .iter()
+                .flat_map(|s| s.pv_areas(&key_set))
+                .any(|a| state.missing.contains(&a.pv))
+        })
+    };
+    let present: Vec<String> = keys
+        .iter()
+        .filter(|k| !state.missing.contains(*k))
+        .cloned()
+        .collect();
+    let mut work = Vec::new();
+    for lv in &vg.lvs {
+        let Some(raid) = lv.raid() else { continue };
+        if only.is_some_and(|o| o != lv.name) {
+            continue;
+        }
+        let lost: Vec<usize> = raid
+            .images
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| {
+                on_missing(&vg, &i.data) || i.meta.as_deref().is_some_and(|m| on_missing(&vg, m))
+            })
+            .map(|(s, _)| s)
+            .collect();
+        if !lost.is_empty() {
+            work.push((lv.name.clone(), raid.clone(), lost));
+        }
+    }
+    if let Some(o) = only {
+        if vg.lv(o).and_then(|l| l.raid()).is_none() {
+            return Err(refuse(format!("LV '{o}' is not a raid LV")));
+        }
+        if work.is_empty() {
+            return Err(refuse(format!(
+                "raid LV '{o}' has no image on a missing PV"
+            )));
+        }
+    }
+    let mut moved = Vec::new();
+    for (lv_name, raid, lost) in &work {
+        let survivors: Vec<usize> = (0..raid.images.len())
+            .filter(|s| !lost.contains(s))
+            .collect();
+        if lost.len() > raid.tolerated() {
+            return Err(refuse(format!(
+                "raid LV '{lv_name}' lost images {lost:?}, more than its {} survives: its data cannot be rebuilt",
+                raid.segtype
+            )));
+        }
+        // PVs the surviving images use are not candidates.
+        let mut busy: Vec<String> = Vec::new();
+        for &s in &survivors {
+            let image = &raid.images[s];
+            for sub in std::iter::once(&image.data).chain(image.meta.iter()) {
+                if let Some(l) = vg.lv(sub) {
+                    busy.extend(
+                        l.segments
+                            .iter()
+                            .flat_map(|seg| seg.pv_areas(&key_set))
+                            .map(|a| a.pv),
+                    );
+                }
+            }
+        }
+        let mut images = Vec::new();
+        for &slot in lost {
+            let image = &raid.images[slot];
+            let per = vg.lv(&image.data).map_or(0, LogicalVolume::extent_count);
+            let candidates: Vec<String> = present
+                .iter()
+                .filter(|k| !busy.contains(*k))
+                .cloned()
+                .collect();
+            let best = candidates
+                .iter()
+                .map(|k| {
+                    let free: u64 = alloc::free_areas(&vg, Some(std::slice::from_ref(k)))
+                        .iter()
+                        .map(|a| a.count)
+                        .sum();
+                    (k.clone(), free)
+                })
+                .filter(|(_, free)| *free > per)
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+            let Some((pv, _)) = best else {
+                return Err(refuse(format!(
+                    "raid LV '{lv_name}' image {slot} needs a PV that holds none of its other \
+                     images, with {} free extents; none has (add one with vg extend)",
+                    per + 1
+                )));
+            };
+            let only_pv = [pv.clone()];
+            let subs: Vec<(String, u64)> = image
+                .meta
+                .iter()
+                .map(|m| (m.clone(), 1))
+                .chain(std::iter::once((image.data.clone(), per)))
+                .collect();
+            for (sub, count) in subs {
+                let mut segments = Vec::new();
+                alloc::extend_linear(&vg, &mut segments, count, Some(&only_pv))
+                    .map_err(|e| Engine::no_space(&vg, e))?;
+                let l = vg
+                    .lvs
+                    .iter_mut()
+                    .find(|l| l.name == sub)
+                    .expect("sub-LV named by the segment");
+                l.segments = segments;
+            }
+            busy.push(pv.clone());
+            images.push((slot, pv));
+        }
+        moved.push((lv_name.clone(), images));
+    }
+    let still: Vec<String> = vg
+        .lvs
+        .iter()
+        .filter(|l| on_missing(&vg, &l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    if !still.is_empty() {
+        return Err(refuse(format!(
+            "the missing PVs also hold extents of {}; repair those too (lv repair {name}) or \
+             drop them with vg reduce --remove-missing --force",
+            still.join(", ")
+        )));
+    }
+    vg.pvs.retain(|pv| !state.missing.contains(&pv.key));
+    let mut complete = state.clone();
+    complete.missing.clear();
+    complete.vg = vg.clone();
+
+    // Blank metadata sub-LVs (dm-raid takes a blank one for a new image), then the data.
+    let extent = vg.extent_size_sectors;
+    let mut out = Vec::new();
+    for (lv_name, images) in moved {
+        let raid = vg
+            .lv(&lv_name)
+            .and_then(LogicalVolume::raid)
+            .expect("a raid LV")
+            .clone();
+        for (slot, _) in &images {
+            if let Some(meta) = &raid.images[*slot].meta {
+                for seg in &vg.lv(meta).expect("named").segments {
+                    if let SegmentKind::Striped { stripes, .. } = &seg.kind {
+                        for st in stripes {
+                            let pv = vg.pv(&st.pv).expect("present");
+                            let dev = &scan.pvs[complete.present[&st.pv]].device;
+                            dev.write_zeroes(
+                                (pv.pe_start_sectors + st.start_pe * extent) * 512,
+                                seg.extent_count * extent * 512,
+                            )?;
+                            dev.flush()?;
+                        }
+                    }
+                }
+            }
+        }
+        let slots: Vec<usize> = images.iter().map(|(s, _)| *s).collect();
+        let rebuilt = crate::raid_lv::rebuild_images(scan, &complete, &lv_name, &slots)?;
+        out.push(Repaired {
+            lv: lv_name,
+            images,
+            rebuilt,
+        });
+    }
+    Ok((vg, out))
+}

@@ -352,3 +352,121 @@ mod tests {
         assert!(!raid10_survives(6, 3, &[3, 4, 5]));
     }
 }
+
+/// How a rebuild of raid images went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Sectors written to each rebuilt image.
+    pub sectors: u64,
+    pub millis: u64,
+}
+
+/// Rebuilds the data sub-LVs of slots `slots` of raid LV `lv_name` from the other images,
+/// in user space (the `raid` row with dm-raid's `rebuild` parameters), and returns once
+/// every image is in sync and flushed. The images rebuilt must be mapped onto their new
+/// extents in `state.vg` already.
+pub fn rebuild_images(
+    scan: &Scan,
+    state: &VgState,
+    lv_name: &str,
+    slots: &[usize],
+) -> Result<Rebuilt> {
+    let lv = state
+        .vg
+        .lv(lv_name)
+        .ok_or_else(|| EngineError::LvNotFound {
+            vg: state.vg.name.clone(),
+            lv: lv_name.into(),
+        })?;
+    let raid = lv
+        .raid()
+        .ok_or_else(|| refused(state, format!("LV '{lv_name}' is not a raid LV")))?
+        .clone();
+    let plan = raid_plan(scan, state, lv_name)?;
+    let mut tokens: Vec<String> = plan.table.split_whitespace().map(str::to_string).collect();
+    let nparams: usize = tokens[4].parse().expect("raid_plan writes the count");
+    let devs = 6 + nparams;
+    for &slot in slots {
+        let image = raid
+            .images
+            .get(slot)
+            .ok_or_else(|| refused(state, format!("raid LV '{lv_name}' has no image {slot}")))?;
+        tokens[devs + 2 * slot + 1] = escape_arg(&dm_name(&state.vg.name, &image.data));
+    }
+    let mut extra = Vec::new();
+    for &slot in slots {
+        extra.push("rebuild".to_string());
+        extra.push(slot.to_string());
+    }
+    tokens[4] = (nparams + extra.len()).to_string();
+    tokens.splice(5 + nparams..5 + nparams, extra);
+    let text = tokens.join(" ") + "\n";
+
+    let mut registry = TargetRegistry::new();
+    tessera_raid::register(&mut registry);
+    let registry = Arc::new(registry);
+    let mut subs: HashMap<String, SharedDevice> = HashMap::new();
+    for (slot, image) in raid.images.iter().enumerate() {
+        if plan.images[slot].is_some() || slots.contains(&slot) {
+            let sub = map_sub_lv(scan, state, &image.data, registry.clone())?;
+            subs.insert(sub.name().to_string(), sub);
+        }
+    }
+    let device = MappedDevice::new(dm_name(&state.vg.name, lv_name), registry);
+    let table = Table::parse(&text).map_err(|source| EngineError::Table {
+        device: device.name().to_string(),
+        source,
+    })?;
+    let resolve = |name: &str| {
+        subs.get(name).cloned().ok_or_else(|| BlockError::Open {
+            device: name.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not an image"),
+        })
+    };
+    device.load(&table, &resolve)?;
+    device.resume()?;
+    let _ = device.message(0, &["speed", "1000000000", "1000000000"]);
+    let started = std::time::Instant::now();
+    let mut idle_since: Option<std::time::Instant> = None;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // "<start> <len> raid <type> <#devs> <health> <done>/<total> <action> ..."
+        let status = device.status();
+        let f: Vec<&str> = status.split_whitespace().collect();
+        let (health, action) = (
+            f.get(5).copied().unwrap_or(""),
+            f.get(7).copied().unwrap_or(""),
+        );
+        if health.contains('D') {
+            return Err(refused(
+                state,
+                format!("rebuilding raid LV '{lv_name}' failed: an image failed ({status})"),
+            ));
+        }
+        if !health.contains('a') && action == "idle" {
+            break;
+        }
+        if action == "idle" {
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(refused(
+                    state,
+                    format!("rebuilding raid LV '{lv_name}' stopped: {status}"),
+                ));
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+    let report = device.message(0, &["report"]).unwrap_or_default();
+    let sectors = report
+        .lines()
+        .find_map(|l| l.strip_prefix("last_sectors="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    device.flush()?;
+    Ok(Rebuilt {
+        sectors,
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
