@@ -363,6 +363,25 @@ fn a_failing_member_is_replaced_by_the_spare_with_no_client_error_and_mdadm_agre
     }
 }
 
+const BITMAP_INSIDE: &str = r#"set -u
+cd "$(dirname "$0")"
+devs=()
+for f in k-0.img k-1.img k-2.img; do devs+=("$(losetup -f --show "$f")"); done
+echo "before $(mdadm -X "${devs[0]}" | grep 'Bitmap :')"
+mdadm --assemble /dev/md0 "${devs[@]}" || echo assemble-failed
+sleep 0.5
+while [ "$(cat /sys/block/md0/md/sync_action)" != idle ]; do sleep 0.2; done
+echo check > /sys/block/md0/md/sync_action
+sleep 0.2
+while [ "$(cat /sys/block/md0/md/sync_action)" != idle ]; do sleep 0.2; done
+echo "mismatch $(cat /sys/block/md0/md/mismatch_cnt)"
+echo "state $(mdadm --detail /dev/md0 | sed -n 's/^ *State : *//p' | tr -d ' ')"
+mdadm --stop /dev/md0
+echo "after $(mdadm -X "${devs[0]}" | grep 'Bitmap :')"
+for d in "${devs[@]}"; do losetup -d "$d"; done
+echo bitmap-done
+"#;
+
 /// `tessera serve` killed with SIGKILL while fio writes into a few MiB of a raid5 with a
 /// write-intent bitmap: the superblocks say dirty, and the next `tessera serve` resyncs only
 /// the bitmap's dirty regions, after which `md check` finds no mismatch.
@@ -433,6 +452,43 @@ fn kill_during_writes_then_only_dirty_bitmap_regions_are_resynced() {
         examine.contains("active"),
         "dirty after the kill: {examine}"
     );
+
+    // A copy of the members goes to the kernel lab: mdadm reads tessera's bitmap, the kernel
+    // resyncs the regions it marks, and md's check finds nothing.
+    let lab_dir = d.join("lab");
+    std::fs::create_dir(&lab_dir).unwrap();
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::copy(p, lab_dir.join(format!("k-{i}.img"))).unwrap();
+    }
+    std::fs::write(lab_dir.join("inside.sh"), BITMAP_INSIDE).unwrap();
+    let lab =
+        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
+    let out = std::process::Command::new(format!("{lab}/vm-run"))
+        .args(["-t", "300", "-w"])
+        .arg(&lab_dir)
+        .arg("--")
+        .arg(format!("bash {}/inside.sh", lab_dir.display()))
+        .output()
+        .expect("kernel lab runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("bitmap-done"), "lab:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    let dirty_bits = |tag: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(tag))
+            .unwrap_or_else(|| panic!("no {tag} in {text}"));
+        // "Bitmap : 40 bits (chunks), 2 dirty (5.0%)"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "dirty").expect("dirty count");
+        words[at - 1].parse().unwrap()
+    };
+    let before = dirty_bits("before");
+    let after = dirty_bits("after");
+    assert!((1..=3).contains(&before), "mdadm -X before assembly: {text}");
+    assert_eq!(after, 0, "{text}");
+    assert!(text.contains("mismatch 0"), "{text}");
+    assert!(text.contains("state clean"), "{text}");
+    eprintln!("k5 in the lab: mdadm -X saw {before} dirty bits of tessera's bitmap; the kernel resynced them; check mismatch 0; {after} dirty after");
 
     let served = common::serve(&devices, &state, &[]);
     let control = state.join("control.sock");
