@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use tessera_block::BlockDevice;
 
 /// (name, level, layout, chunk, metadata, members)
@@ -118,18 +116,7 @@ fn arrays_tessera_creates_are_assembled_clean_by_mdadm_with_no_mismatches() {
         list.push_str(&format!("{name} {members}\n"));
     }
     std::fs::write(d.join("list"), list).unwrap();
-    std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
-    let lab =
-        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
-    let out = Command::new(format!("{lab}/vm-run"))
-        .args(["-t", "600", "-w"])
-        .arg(d)
-        .arg("--")
-        .arg(format!("bash {}/inside.sh", d.display()))
-        .output()
-        .expect("kernel lab runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = common::lab_script(d, INSIDE, 600);
     assert!(text.contains("md-create-done"), "{text}");
     for &(name, level, _, _, _, members) in ARRAYS {
         let line = text

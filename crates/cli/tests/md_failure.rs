@@ -204,16 +204,7 @@ fn a_failing_member_is_replaced_by_the_spare_with_no_client_error_and_mdadm_agre
     let state = d.join("state");
     let mut list = String::new();
     for &(name, level, layout, n) in ARRAYS {
-        let paths: Vec<String> = (0..=n)
-            .map(|i| {
-                let p = d.join(format!("{name}-{i}.img"));
-                std::fs::File::create(&p)
-                    .unwrap()
-                    .set_len(MEMBER_MIB << 20)
-                    .unwrap();
-                p.display().to_string()
-            })
-            .collect();
+        let paths = common::image_files(d, name, n + 1, MEMBER_MIB << 20);
         let (members, spare) = paths.split_at(n);
         let mut args = vec![
             "md", "create", name, "-l", level, "-c", "64k", "-x", &spare[0],
@@ -333,22 +324,8 @@ fn a_failing_member_is_replaced_by_the_spare_with_no_client_error_and_mdadm_agre
 
     // The real mdadm and kernel assemble what is left (the failed member is not given).
     std::fs::write(d.join("list"), list).unwrap();
-    std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
-    let lab =
-        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
-    let out = std::process::Command::new(format!("{lab}/vm-run"))
-        .args(["-t", "500", "-w"])
-        .arg(d)
-        .arg("--")
-        .arg(format!("cd {} && bash inside.sh", d.display()))
-        .output()
-        .expect("kernel lab runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("md-failure-done"),
-        "lab: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::lab_script(d, INSIDE, 500);
+    assert!(text.contains("md-failure-done"), "lab: {text}");
     for &(name, _, _, n) in ARRAYS {
         let line = text
             .lines()
@@ -390,25 +367,9 @@ fn kill_during_writes_then_only_dirty_bitmap_regions_are_resynced() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     let state = d.join("state");
-    let paths: Vec<String> = (0..3)
-        .map(|i| {
-            let p = d.join(format!("k-{i}.img"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(MEMBER_MIB << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let paths = common::image_files(d, "k", 3, MEMBER_MIB << 20);
     let devices = d.join("k-*.img").display().to_string();
-    let tessera = |args: &[&str]| {
-        run_ok(
-            std::process::Command::new(common::tessera_path())
-                .args(["--devices", &devices, "--state-dir"])
-                .arg(&state)
-                .args(args),
-        )
-    };
+    let tessera = |args: &[&str]| common::tessera(&devices, &state, args);
     let mut create = vec![
         "md",
         "create",
@@ -460,18 +421,8 @@ fn kill_during_writes_then_only_dirty_bitmap_regions_are_resynced() {
     for (i, p) in paths.iter().enumerate() {
         std::fs::copy(p, lab_dir.join(format!("k-{i}.img"))).unwrap();
     }
-    std::fs::write(lab_dir.join("inside.sh"), BITMAP_INSIDE).unwrap();
-    let lab =
-        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
-    let out = std::process::Command::new(format!("{lab}/vm-run"))
-        .args(["-t", "300", "-w"])
-        .arg(&lab_dir)
-        .arg("--")
-        .arg(format!("bash {}/inside.sh", lab_dir.display()))
-        .output()
-        .expect("kernel lab runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("bitmap-done"), "lab:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = common::lab_script(&lab_dir, BITMAP_INSIDE, 300);
+    assert!(text.contains("bitmap-done"), "lab:\n{text}");
     let dirty_bits = |tag: &str| -> u64 {
         let line = text
             .lines()
@@ -479,12 +430,18 @@ fn kill_during_writes_then_only_dirty_bitmap_regions_are_resynced() {
             .unwrap_or_else(|| panic!("no {tag} in {text}"));
         // "Bitmap : 40 bits (chunks), 2 dirty (5.0%)"
         let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "dirty").expect("dirty count");
+        let at = words
+            .iter()
+            .position(|w| *w == "dirty")
+            .expect("dirty count");
         words[at - 1].parse().unwrap()
     };
     let before = dirty_bits("before");
     let after = dirty_bits("after");
-    assert!((1..=3).contains(&before), "mdadm -X before assembly: {text}");
+    assert!(
+        (1..=3).contains(&before),
+        "mdadm -X before assembly: {text}"
+    );
     assert_eq!(after, 0, "{text}");
     assert!(text.contains("mismatch 0"), "{text}");
     assert!(text.contains("state clean"), "{text}");
@@ -545,25 +502,9 @@ fn kill_during_recovery_then_it_resumes_from_the_checkpoint() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     let state = d.join("state");
-    let paths: Vec<String> = (0..4)
-        .map(|i| {
-            let p = d.join(format!("q-{i}.img"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(MEMBER_MIB << 20)
-                .unwrap();
-            p.display().to_string()
-        })
-        .collect();
+    let paths = common::image_files(d, "q", 4, MEMBER_MIB << 20);
     let devices = d.join("q-*.img").display().to_string();
-    let tessera = |args: &[&str]| {
-        run_ok(
-            std::process::Command::new(common::tessera_path())
-                .args(["--devices", &devices, "--state-dir"])
-                .arg(&state)
-                .args(args),
-        )
-    };
+    let tessera = |args: &[&str]| common::tessera(&devices, &state, args);
     tessera(&[
         "md", "create", "q5", "-l", "5", "-c", "64k", "-x", &paths[3], &paths[0], &paths[1],
         &paths[2],

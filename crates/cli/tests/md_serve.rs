@@ -99,7 +99,7 @@ fn fio_verifies_through_raid5_raid6_and_raid10_whole_and_degraded() {
         .unwrap();
     let json: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert!(
-        json["exports"].as_array().map_or(true, |e| e.is_empty()),
+        json["exports"].as_array().is_none_or(|e| e.is_empty()),
         "degraded arrays started unasked: {json}"
     );
     // Started and stopped by hand through the daemon.

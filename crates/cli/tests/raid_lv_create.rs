@@ -45,7 +45,7 @@ global { use_lvmpolld = 0 }
 C
 export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
 devs=()
-for f in pv*.img; do devs+=("$(losetup -f --show "$f")"); done
+for f in pv-*.img; do devs+=("$(losetup -f --show "$f")"); done
 vgchange -q -ay rc || { echo "vgchange-failed"; exit 1; }
 dmsetup mknodes
 lvs -a -o +segtype,devices rc
@@ -78,24 +78,9 @@ fn raid_lvs_tessera_creates_are_activated_by_lvm2_byte_exact_and_clean() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
     let state = d.join("state");
-    let mut pvs = Vec::new();
-    for i in 0..6 {
-        let p = d.join(format!("pv{i}.img"));
-        std::fs::File::create(&p)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        pvs.push(p.display().to_string());
-    }
-    let devices = d.join("pv*.img").display().to_string();
-    let tessera = |args: &[&str]| {
-        run_ok(
-            Command::new(common::tessera_path())
-                .args(["--devices", &devices, "--state-dir"])
-                .arg(&state)
-                .args(args),
-        )
-    };
+    let pvs = common::image_files(d, "pv", 6, 64 << 20);
+    let devices = d.join("pv-*.img").display().to_string();
+    let tessera = |args: &[&str]| common::tessera(&devices, &state, args);
     let mut create = vec!["vg", "create", "rc", "-s", "1M"];
     create.extend(pvs.iter().map(String::as_str));
     tessera(&create);
@@ -145,7 +130,7 @@ fn raid_lvs_tessera_creates_are_activated_by_lvm2_byte_exact_and_clean() {
     drop(served);
 
     // PV 0 is lost; the raid LVs with images there are repaired onto the others.
-    std::fs::rename(d.join("pv0.img"), d.join("lost.img")).unwrap();
+    std::fs::rename(d.join("pv-0.img"), d.join("lost.img")).unwrap();
     let repair = tessera(&["lv", "repair", "rc"]);
     eprintln!("{repair}");
     assert!(repair.contains("repaired"), "{repair}");
@@ -167,18 +152,7 @@ fn raid_lvs_tessera_creates_are_activated_by_lvm2_byte_exact_and_clean() {
 
     let list: String = LVS.iter().map(|(lv, _, _)| format!("{lv}\n")).collect();
     std::fs::write(d.join("list"), list).unwrap();
-    std::fs::write(d.join("inside.sh"), INSIDE).unwrap();
-    let lab =
-        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
-    let out = Command::new(format!("{lab}/vm-run"))
-        .args(["-t", "600", "-w"])
-        .arg(d)
-        .arg("--")
-        .arg(format!("bash {}/inside.sh", d.display()))
-        .output()
-        .expect("kernel lab runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = common::lab_script(d, INSIDE, 600);
     assert!(text.contains("raid-create-done"), "lab:\n{text}");
     for ((lv, _, _), sha) in LVS.iter().zip(&shas) {
         let line = text

@@ -287,32 +287,6 @@ fn assemble_one(members: Vec<MdMember>) -> MdArray {
     array
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raid10_survival_follows_where_the_copies_are() {
-        // near=2 over 4: slots (0,1) and (2,3) mirror each other.
-        let n2 = 0x102;
-        assert!(raid10_survives(n2, 4, &[0, 2]));
-        assert!(raid10_survives(n2, 4, &[1, 2]));
-        assert!(raid10_survives(n2, 4, &[1, 3]));
-        assert!(!raid10_survives(n2, 4, &[0, 1]));
-        assert!(!raid10_survives(n2, 4, &[2, 3]));
-        // near=2 over 3: every pair of neighbours holds some chunk's two copies.
-        assert!(raid10_survives(n2, 3, &[1]));
-        assert!(!raid10_survives(n2, 3, &[0, 2]));
-        // near=3 over 5 survives any two.
-        assert!(raid10_survives(0x103, 5, &[0, 1]));
-        assert!(!raid10_survives(0x103, 5, &[0, 1, 2]));
-        // far=2 over 4: copies of slot s's chunks are on s+1.
-        let f2 = 0x201;
-        assert!(raid10_survives(f2, 4, &[0, 2]));
-        assert!(!raid10_survives(f2, 4, &[0, 1]));
-    }
-}
-
 impl MdArray {
     /// Records in the present members' superblocks that the missing slots are gone, with
     /// the events count one up, as md does when it runs an array degraded: a member that
@@ -518,5 +492,31 @@ impl MdArray {
         device.load(&table, &resolve).map_err(|e| e.to_string())?;
         device.resume().map_err(|e| e.to_string())?;
         Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raid10_survival_follows_where_the_copies_are() {
+        // near=2 over 4: slots (0,1) and (2,3) mirror each other.
+        let n2 = 0x102;
+        assert!(raid10_survives(n2, 4, &[0, 2]));
+        assert!(raid10_survives(n2, 4, &[1, 2]));
+        assert!(raid10_survives(n2, 4, &[1, 3]));
+        assert!(!raid10_survives(n2, 4, &[0, 1]));
+        assert!(!raid10_survives(n2, 4, &[2, 3]));
+        // near=2 over 3: every pair of neighbours holds some chunk's two copies.
+        assert!(raid10_survives(n2, 3, &[1]));
+        assert!(!raid10_survives(n2, 3, &[0, 2]));
+        // near=3 over 5 survives any two.
+        assert!(raid10_survives(0x103, 5, &[0, 1]));
+        assert!(!raid10_survives(0x103, 5, &[0, 1, 2]));
+        // far=2 over 4: copies of slot s's chunks are on s+1.
+        let f2 = 0x201;
+        assert!(raid10_survives(f2, 4, &[0, 2]));
+        assert!(!raid10_survives(f2, 4, &[0, 1]));
     }
 }

@@ -1295,7 +1295,7 @@ impl Engine {
             let lv = raid_create::create(
                 self,
                 &scan,
-                &state,
+                state,
                 &mut vg,
                 lv_name,
                 segtype,

@@ -136,10 +136,8 @@ impl Geometry {
         }
         let (mut near, mut far, mut far_offset) = (1, 1, false);
         match level {
-            Level::Raid5 => {
-                if !matches!(layout, 0..=5) {
-                    return Err(LayoutError::UnknownLayout { level, layout });
-                }
+            Level::Raid5 if !matches!(layout, 0..=5) => {
+                return Err(LayoutError::UnknownLayout { level, layout });
             }
             Level::Raid6 => {
                 let known = [
@@ -338,7 +336,9 @@ impl Geometry {
         let rot = |m: usize| (stripe % m as u64) as usize;
         let mut ddf = false;
         // Where data index 0..data_disks goes, P and Q.
-        let (p, q, place): (usize, Option<usize>, Box<dyn Fn(usize) -> usize>) = match self.level {
+        // Where P and Q go, and where data index i goes.
+        type Places = (usize, Option<usize>, Box<dyn Fn(usize) -> usize>);
+        let (p, q, place): Places = match self.level {
             Level::Raid4 => (data_disks, None, Box::new(|i| i)),
             Level::Raid5 => match self.layout {
                 LEFT_ASYMMETRIC => {

@@ -218,3 +218,35 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Sparse image files `DIR/PREFIX-N.img` of `bytes` each; their paths.
+#[allow(dead_code)]
+pub fn image_files(dir: &Path, prefix: &str, count: usize, bytes: u64) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let p = dir.join(format!("{prefix}-{i}.img"));
+            std::fs::File::create(&p)
+                .and_then(|f| f.set_len(bytes))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            p.display().to_string()
+        })
+        .collect()
+}
+
+/// Runs `script` with bash in the kernel lab (`$TESSERA_KERNEL_LAB`, by default the shared
+/// one), `dir` shared read-write; returns what it printed (stdout, then stderr).
+#[allow(dead_code)]
+pub fn lab_script(dir: &Path, script: &str, seconds: u32) -> String {
+    let path = dir.join("inside.sh");
+    std::fs::write(&path, script).expect("write the lab script");
+    let lab =
+        std::env::var("TESSERA_KERNEL_LAB").unwrap_or_else(|_| "/work/shared/kernel-lab".into());
+    let out = Command::new(format!("{lab}/vm-run"))
+        .args(["-t", &seconds.to_string(), "-w"])
+        .arg(dir)
+        .arg("--")
+        .arg(format!("bash {}", path.display()))
+        .output()
+        .expect("kernel lab runs");
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
