@@ -77,7 +77,7 @@ pub struct TableSource {
 }
 
 impl TableSource {
-    fn text(&self) -> Result<String> {
+    pub fn text(&self) -> Result<String> {
         if let Some(t) = &self.table {
             return Ok(t.replace(';', "\n"));
         }

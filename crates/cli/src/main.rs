@@ -6,6 +6,7 @@ mod control;
 mod daemon;
 mod demo;
 mod dm;
+mod kdm;
 mod md;
 mod report;
 mod serve;
@@ -73,9 +74,16 @@ enum Command {
     /// MD software RAID arrays, as mdadm makes them.
     #[command(subcommand, after_help = md::ABOUT)]
     Md(md::MdCommand),
-    /// Mapped devices of a running `tessera serve`, with dmsetup's verbs.
-    #[command(subcommand, after_help = dm::ABOUT)]
-    Dm(dm::DmCommand),
+    /// Mapped devices of a running `tessera serve` (or with --kernel the kernel's), with
+    /// dmsetup's verbs.
+    #[command(after_help = dm::ABOUT)]
+    Dm(DmArgs),
+    /// Activate LVs in the kernel (root): the tables, names (VG-LV) and uuids lvm2 gives
+    /// them, /dev/mapper/VG-LV and /dev/VG/LV made where udev does not. Targets: VG or VG/LV;
+    /// none means every VG found. For image files and no root, use `tessera serve`.
+    Activate(ActivateArgs),
+    /// Remove LVs' kernel devices (VG, VG/LV, or all found).
+    Deactivate(ActivateArgs),
     /// Make a VG over image files in a folder, list it and serve it: a first look at tessera.
     Demo(demo::DemoArgs),
 }
@@ -247,6 +255,25 @@ impl AllocArgs {
     }
 }
 
+#[derive(clap::Args)]
+struct DmArgs {
+    /// Work on the kernel's device-mapper (through /dev/mapper/control; root) instead of
+    /// the daemon's devices; tables name devices as /dev paths or MAJOR:MINOR.
+    #[arg(long)]
+    kernel: bool,
+    #[command(subcommand)]
+    command: dm::DmCommand,
+}
+
+#[derive(clap::Args)]
+struct ActivateArgs {
+    /// VG or VG/LV (repeatable); none: every VG found.
+    targets: Vec<String>,
+    /// In the kernel (the default; the only mode this command has).
+    #[arg(long)]
+    kernel: bool,
+}
+
 #[derive(Subcommand)]
 enum LvCommand {
     /// Create an LV (as lvcreate): linear, striped (-i), or raid (--type raid1 -m 1, raid5
@@ -412,7 +439,13 @@ fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
-        Command::Dm(cmd) => return dm::run(&socket, cmd),
+        Command::Dm(DmArgs {
+            kernel: true,
+            command,
+        }) => return kdm::run_dm(command),
+        Command::Dm(DmArgs { command, .. }) => return dm::run(&socket, command),
+        Command::Activate(args) => return kdm::activate(&engine, &args.targets),
+        Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),
         Command::Pv(cmd) => match cmd {

@@ -10,6 +10,9 @@ use thiserror::Error;
 pub enum EngineError {
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The kernel's device-mapper refused or failed.
+    #[error("{0}")]
+    Kernel(String),
     #[error(transparent)]
     Label(#[from] LabelError),
     #[error(transparent)]

@@ -10,6 +10,7 @@ mod archive;
 mod commit;
 pub mod devices;
 mod error;
+pub mod kernel;
 mod lock;
 pub mod md;
 pub mod md_records;

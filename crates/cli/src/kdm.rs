@@ -1,0 +1,155 @@
+//! `tessera dm --kernel VERB`: dmsetup's verbs on the kernel's device-mapper, through its
+//! ioctls (root only), and `tessera activate|deactivate --kernel`: LVs as kernel devices
+//! with the tables, names and uuids lvm2 gives them.
+
+use anyhow::{bail, Context, Result};
+
+use tessera_engine::kernel::{self, Activated};
+use tessera_engine::ops::Engine;
+use tessera_kernel::dm::{Control, Row};
+
+use crate::dm::DmCommand;
+
+fn rows(text: &str) -> Result<Vec<Row>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Row::parse(l).with_context(|| format!("not a table row: {l:?}")))
+        .collect()
+}
+
+pub fn run_dm(command: DmCommand) -> Result<bool> {
+    let c = Control::open()?;
+    match command {
+        DmCommand::Create { name, table } => {
+            let rows = rows(&table.text()?)?;
+            let info = c.create(&name, "")?;
+            if let Err(e) = c.load(&name, &rows, false).and_then(|()| c.resume(&name)) {
+                let _ = c.remove(&name);
+                bail!("{e}; {name} was not created");
+            }
+            println!("{name} created as {}:{}", info.major, info.minor);
+        }
+        DmCommand::Load { name, table } => c.load(&name, &rows(&table.text()?)?, false)?,
+        DmCommand::Suspend { name } => {
+            c.suspend(&name)?;
+        }
+        DmCommand::Resume { name } => {
+            c.resume(&name)?;
+        }
+        DmCommand::Remove { name } => c.remove(&name)?,
+        DmCommand::Table { name, inactive } => {
+            if inactive {
+                bail!("--inactive is for the daemon's devices; the kernel's inactive table is not read back");
+            }
+            for row in c.table(&name)? {
+                println!("{row}");
+            }
+        }
+        DmCommand::Status { name } => {
+            for row in c.status(&name)? {
+                println!("{row}");
+            }
+        }
+        DmCommand::Message {
+            name,
+            sector,
+            message,
+        } => {
+            let answer = c.message(&name, sector, &message.join(" "))?;
+            if !answer.is_empty() {
+                println!("{answer}");
+            }
+        }
+        DmCommand::Ls { json } => {
+            let list = c.list()?;
+            if json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|(n, ma, mi)| serde_json::json!({"name": n, "major": ma, "minor": mi}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("No devices found");
+            } else {
+                for (n, ma, mi) in list {
+                    println!("{n}\t({ma}:{mi})");
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The (VG, LV) pairs a target names: `VG/LV`, `VG` (its visible LVs), or every VG.
+fn targets(
+    engine: &Engine,
+    names: &[String],
+) -> Result<(tessera_engine::scan::Scan, Vec<(String, String)>)> {
+    let scan = engine.scan()?;
+    let mut out = Vec::new();
+    let vgs: Vec<String> = if names.is_empty() {
+        scan.vgs.keys().cloned().collect()
+    } else {
+        names.to_vec()
+    };
+    for t in vgs {
+        let (vg, lv) = match t.split_once('/') {
+            Some((vg, lv)) => (vg.to_string(), Some(lv.to_string())),
+            None => (t.clone(), None),
+        };
+        let Some(state) = scan.vg(&vg) else {
+            bail!("no VG '{vg}' on the devices scanned");
+        };
+        match lv {
+            Some(lv) => out.push((vg, lv)),
+            None => out.extend(
+                state
+                    .vg
+                    .lvs
+                    .iter()
+                    .filter(|l| l.status.iter().any(|s| s == "VISIBLE"))
+                    .map(|l| (vg.clone(), l.name.clone())),
+            ),
+        }
+    }
+    Ok((scan, out))
+}
+
+pub fn activate(engine: &Engine, names: &[String]) -> Result<bool> {
+    let control = Control::open()?;
+    let (scan, lvs) = targets(engine, names)?;
+    let mut ok = true;
+    for (vg, lv) in lvs {
+        let state = scan.vg(&vg).expect("found above");
+        match kernel::activate_lv(&control, &scan, state, &lv) {
+            Ok(Activated::New { name, major, minor }) => {
+                println!("  {vg}/{lv}: active as /dev/mapper/{name} ({major}:{minor})")
+            }
+            Ok(Activated::Already { name }) => println!("  {vg}/{lv}: already active as {name}"),
+            Ok(Activated::Reloaded { name }) => println!("  {vg}/{lv}: {name} reloaded"),
+            Err(e) => {
+                ok = false;
+                eprintln!("tessera: error: {vg}/{lv}: {e}");
+            }
+        }
+    }
+    Ok(ok)
+}
+
+pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
+    let control = Control::open()?;
+    let (_, lvs) = targets(engine, names)?;
+    let mut ok = true;
+    for (vg, lv) in lvs {
+        match kernel::deactivate_lv(&control, &vg, &lv) {
+            Ok(true) => println!("  {vg}/{lv}: deactivated"),
+            Ok(false) => {}
+            Err(e) => {
+                ok = false;
+                eprintln!("tessera: error: {vg}/{lv}: {e}");
+            }
+        }
+    }
+    Ok(ok)
+}

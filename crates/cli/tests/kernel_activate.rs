@@ -1,0 +1,112 @@
+//! Kernel activation in the kernel lab: lvm2 makes a VG with linear, striped and
+//! two-segment LVs and `vgchange -ay` activates it; then `tessera activate` does the same
+//! with its own device-mapper ioctls. The tables (`dmsetup table`), the uuids and the bytes
+//! at each device are the same, and /dev/VG/LV exists. A table the kernel refuses leaves no
+//! device behind; removing an open device is refused naming the cause; `tessera deactivate`
+//! removes them all.
+
+mod common;
+
+const INSIDE: &str = r#"set -u
+cd "$(dirname "$0")"
+mkdir -p /tmp/lvmconf /tmp/st
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+devs=()
+for i in 0 1 2; do truncate -s 64M "/tmp/pv$i.img"; devs+=("$(losetup -f --show "/tmp/pv$i.img")"); done
+pvcreate -q "${devs[@]}"
+vgcreate -q -s 1M ka "${devs[@]}"
+lvcreate -q -an -Zn -L 8M -n lin ka
+lvcreate -q -an -Zn -i 3 -I 64k -L 12M -n st ka
+lvcreate -q -an -Zn -L 4M -n seg ka
+lvcreate -q -an -Zn -L 4M -n pad ka
+lvextend -q -L +6M ka/seg
+vgchange -q -ay ka
+dmsetup mknodes
+names="lin st seg pad"
+show() { # who
+  for lv in $names; do
+    t=$(dmsetup table "ka-$lv" | tr ' ' _ | tr '\n' '|')
+    u=$(dmsetup info -c --noheadings -o uuid "ka-$lv")
+    s=$(sha256sum < "/dev/mapper/ka-$lv" | cut -d' ' -f1)
+    echo "$1 $lv $t $u $s"
+  done
+}
+for lv in $names; do dd if=/dev/urandom of="/dev/mapper/ka-$lv" bs=1M oflag=direct status=none 2>/dev/null; done
+show lvm
+vgchange -q -an ka
+dmsetup remove_all
+T=(./tessera --state-dir /tmp/st)
+for d in "${devs[@]}"; do T+=(--devices "$d"); done
+"${T[@]}" activate ka || echo "activate-failed"
+show tessera
+for lv in $names; do [ -L "/dev/ka/$lv" ] && [ -b "/dev/ka/$lv" ] && echo "link $lv"; done
+# A table the kernel refuses: nothing is left.
+if "${T[@]}" dm --kernel create bad --table '0 100 linear /dev/nonexistent 0' 2> bad.err; then
+  echo "bad-accepted"
+fi
+echo "bad-error $(tr '\n' ' ' < bad.err)"
+dmsetup info bad >/dev/null 2>&1 || echo "bad-absent"
+# An open device cannot go.
+exec 3< /dev/mapper/ka-lin
+"${T[@]}" deactivate ka/lin 2> busy.err && echo "busy-removed"
+echo "busy-error $(tr '\n' ' ' < busy.err)"
+exec 3<&-
+"${T[@]}" deactivate ka
+echo "left $(dmsetup ls | tr '\n' ' ')"
+"${T[@]}" dm --kernel ls
+for d in "${devs[@]}"; do losetup -d "$d"; done
+echo kernel-activate-done
+"#;
+
+#[test]
+fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    std::fs::copy(common::tessera_path(), d.join("tessera")).unwrap();
+    let text = common::lab_script(d, INSIDE, 400);
+    assert!(text.contains("kernel-activate-done"), "lab:\n{text}");
+    assert!(!text.contains("activate-failed"), "{text}");
+    for lv in ["lin", "st", "seg", "pad"] {
+        let field = |who: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{who} {lv} ")))
+                .unwrap_or_else(|| panic!("no {who} line for {lv}:\n{text}"));
+            line.split_whitespace()
+                .skip(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let (lvm, tessera) = (field("lvm"), field("tessera"));
+        assert_eq!(tessera[0], lvm[0], "{lv}: dmsetup table\n{text}");
+        assert_eq!(tessera[1], lvm[1], "{lv}: uuid");
+        assert_eq!(tessera[2], lvm[2], "{lv}: the bytes");
+        assert!(
+            text.contains(&format!("link {lv}")),
+            "/dev/ka/{lv}:\n{text}"
+        );
+        eprintln!(
+            "{lv}: table {} uuid {} sha {}",
+            tessera[0],
+            tessera[1],
+            &tessera[2][..16]
+        );
+    }
+    assert!(text.contains("bad-absent"), "{text}");
+    assert!(!text.contains("bad-accepted"), "{text}");
+    let bad = text.lines().find(|l| l.starts_with("bad-error")).unwrap();
+    assert!(
+        bad.contains("DM_TABLE_LOAD") && bad.contains("bad"),
+        "{bad}"
+    );
+    let busy = text.lines().find(|l| l.starts_with("busy-error")).unwrap();
+    assert!(!text.contains("busy-removed"), "{text}");
+    assert!(busy.contains("in use") || busy.contains("busy"), "{busy}");
+    assert!(text.contains("No devices found"), "{text}");
+    eprintln!("{bad}\n{busy}");
+}

@@ -1,0 +1,152 @@
+//! Activation in the kernel: the tables lvm2 would load, loaded into the kernel's own
+//! device-mapper, under the names and uuids lvm2 gives them (`VG-LV`, `LVM-<vg id><lv id>`)
+//! so that dmsetup, lsblk and lvm2 recognise them; `/dev/mapper/VG-LV` and `/dev/VG/LV`
+//! made where no udev makes them. A device whose table the kernel refuses is removed again:
+//! nothing is left half-activated.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use tessera_kernel::dm::{self, Control, DmError, Row};
+
+use crate::activate::{dm_name, lv_table};
+use crate::error::{EngineError, Result};
+use crate::scan::{Scan, VgState};
+
+impl From<DmError> for EngineError {
+    fn from(e: DmError) -> Self {
+        EngineError::Kernel(e.to_string())
+    }
+}
+
+/// The uuid lvm2 gives an LV's device.
+pub fn lv_uuid(state: &VgState, lv: &str) -> Option<String> {
+    let lv = state.vg.lv(lv)?;
+    Some(format!(
+        "LVM-{}{}",
+        String::from_utf8_lossy(state.vg.id.raw()),
+        String::from_utf8_lossy(lv.id.raw())
+    ))
+}
+
+/// `major:minor` of a block device path, as tables name devices in the kernel.
+fn devno(path: &str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| EngineError::DeviceUnusable {
+        device: path.into(),
+        why: e.to_string(),
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(EngineError::DeviceUnusable {
+            device: path.into(),
+            why: "is not a block device: the kernel maps block devices only (attach an image \
+                  with losetup, or serve it in user space)"
+                .into(),
+        });
+    }
+    let rdev = meta.rdev();
+    Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+}
+
+/// The kernel table of an LV: lvm2's rows, PVs named by device number.
+pub fn kernel_rows(scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
+    let text = lv_table(scan, state, lv)?;
+    let paths: Vec<&str> = state
+        .present
+        .values()
+        .map(|&i| scan.pvs[i].path.as_str())
+        .collect();
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = Vec::new();
+        for w in line.split_whitespace() {
+            words.push(if paths.contains(&w) {
+                devno(w)?
+            } else {
+                w.to_string()
+            });
+        }
+        rows.push(Row::parse(&words.join(" ")).ok_or_else(|| {
+            EngineError::Kernel(format!("LV {lv}: cannot read back its own row {line:?}"))
+        })?);
+    }
+    Ok(rows)
+}
+
+/// What activating one LV did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activated {
+    New {
+        name: String,
+        major: u32,
+        minor: u32,
+    },
+    /// It was live with this table already.
+    Already { name: String },
+    /// It was live with another table, which was replaced.
+    Reloaded { name: String },
+}
+
+/// Activates LV `lv` of `state` in the kernel.
+pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
+    let rows = kernel_rows(scan, state, lv)?;
+    let name = dm_name(&state.vg.name, lv);
+    let uuid = lv_uuid(state, lv).expect("the LV exists: its table was built");
+    if let Some(info) = control.info(&name)? {
+        if info.live_table && control.table(&name)? == rows {
+            make_nodes(&state.vg.name, lv, &name, info.major, info.minor);
+            return Ok(Activated::Already { name });
+        }
+        control.load(&name, &rows, false)?;
+        control.suspend(&name)?;
+        control.resume(&name)?;
+        return Ok(Activated::Reloaded { name });
+    }
+    let info = control.create(&name, &uuid)?;
+    let live = control
+        .load(&name, &rows, false)
+        .and_then(|()| control.resume(&name));
+    if let Err(e) = live {
+        // Nothing half-made: the empty device goes again.
+        let _ = control.remove(&name);
+        return Err(e.into());
+    }
+    make_nodes(&state.vg.name, lv, &name, info.major, info.minor);
+    Ok(Activated::New {
+        name,
+        major: info.major,
+        minor: info.minor,
+    })
+}
+
+/// Removes LV `lv`'s device, if it is active; `false` if it was not.
+pub fn deactivate_lv(control: &Control, vg: &str, lv: &str) -> Result<bool> {
+    let name = dm_name(vg, lv);
+    if control.info(&name)?.is_none() {
+        return Ok(false);
+    }
+    control.remove(&name)?;
+    let _ = std::fs::remove_file(format!("/dev/{vg}/{lv}"));
+    let _ = std::fs::remove_dir(format!("/dev/{vg}"));
+    if std::fs::symlink_metadata(format!("/dev/mapper/{name}")).is_ok() {
+        let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
+    }
+    Ok(true)
+}
+
+/// `/dev/mapper/NAME` and `/dev/VG/LV`, where udev has not made them.
+fn make_nodes(vg: &str, lv: &str, name: &str, major: u32, minor: u32) {
+    let node = format!("/dev/mapper/{name}");
+    if std::fs::metadata(&node).is_err() {
+        if let Err(e) = dm::make_node(&node, libc::S_IFBLK, major, minor) {
+            tracing::warn!("could not make {node}: {e}");
+        }
+    }
+    let dir = format!("/dev/{vg}");
+    let link = format!("{dir}/{lv}");
+    if std::fs::symlink_metadata(&link).is_err() {
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::os::unix::fs::symlink(format!("../mapper/{name}"), &link));
+        if let Err(e) = made {
+            tracing::warn!("could not make {link}: {e}");
+        }
+    }
+}
