@@ -30,6 +30,11 @@ done
 
 export LVM_SUPPRESS_FD_WARNINGS=1
 cargo build --workspace --all-targets
+# The static binary the boot test runs alone in the lab (glibc's static libraries come with
+# libc6-dev, which rustc needs anyway).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q \
+    --target x86_64-unknown-linux-gnu -p tessera-cli
+export TESSERA_STATIC_BIN=$PWD/target/x86_64-unknown-linux-gnu/release/tessera
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
 

@@ -110,3 +110,75 @@ fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
     assert!(text.contains("No devices found"), "{text}");
     eprintln!("{bad}\n{busy}");
 }
+
+const STATIC_INSIDE: &str = r#"set -u
+cd "$(dirname "$0")"
+mkdir -p /tmp/lvmconf
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+devs=()
+for i in 0 1; do truncate -s 32M "/tmp/pv$i.img"; devs+=("$(losetup -f --show "/tmp/pv$i.img")"); done
+pvcreate -q "${devs[@]}"
+vgcreate -q -s 1M boot "${devs[@]}"
+lvcreate -q -an -Zn -L 8M -n root boot
+lvcreate -q -an -Zn -i 2 -I 64k -L 8M -n data boot
+echo "ldd: $(ldd ./tessera-static 2>&1 | tr '\n' ' ')"
+# A root holding nothing but the binary, as an initramfs would.
+root=/tmp/root
+mkdir -p $root/dev $root/proc $root/sys $root/run
+cp ./tessera-static $root/tessera
+mount --bind /dev $root/dev
+mount -t proc proc $root/proc
+mount -t sysfs sys $root/sys
+args=(/tessera --state-dir /run)
+for d in "${devs[@]}"; do args+=(--devices "$d"); done
+echo "files: $(cd $root && find . -path ./dev -prune -o -path ./proc -prune -o -path ./sys -prune -o -type f -print | tr '\n' ' ')"
+chroot $root "${args[@]}" activate boot; echo "rc $?"
+umount $root/dev $root/proc $root/sys
+for lv in root data; do echo "table $lv $(dmsetup table boot-$lv | tr ' ' _)"; done
+[ -b /dev/mapper/boot-root ] && echo "node ok"
+dmsetup remove_all
+for d in "${devs[@]}"; do losetup -d "$d"; done
+echo static-done
+"#;
+
+/// The static binary (`-C target-feature=+crt-static`, built by scripts/test.sh) runs in a
+/// root that holds nothing else, as in an initramfs, and activates a VG in the kernel.
+#[test]
+fn the_static_binary_alone_activates_a_vg() {
+    let bin = std::env::var("TESSERA_STATIC_BIN").unwrap_or_else(|_| {
+        panic!(
+            "TESSERA_STATIC_BIN is not set: scripts/test.sh builds the static binary \
+             (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target \
+             x86_64-unknown-linux-gnu -p tessera-cli) and sets it"
+        )
+    });
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    std::fs::copy(&bin, d.join("tessera-static")).unwrap();
+    let text = common::lab_script(d, STATIC_INSIDE, 300);
+    assert!(text.contains("static-done"), "lab:\n{text}");
+    assert!(
+        text.contains("not a dynamic executable") || text.contains("statically linked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("files: ./tessera \n") || text.contains("files: ./tessera "),
+        "{text}"
+    );
+    assert!(text.contains("rc 0"), "{text}");
+    assert!(text.contains("node ok"), "{text}");
+    assert!(text.contains("table root 0_16384_linear_"), "{text}");
+    assert!(text.contains("table data 0_16384_striped_2_128_"), "{text}");
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("ldd") || l.starts_with("table") || l.contains("active as"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
