@@ -116,9 +116,88 @@ fn targets(
     Ok((scan, out))
 }
 
-pub fn activate(engine: &Engine, names: &[String]) -> Result<bool> {
+/// Starts MD array `name` in the kernel from the members tessera's assembly found fresh
+/// (and its spares); degraded only when asked.
+fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<bool> {
+    use tessera_engine::md::Health;
+    let scan = engine.md_scan(false)?;
+    let Some(array) = scan.array(name) else {
+        bail!("no MD array '{name}' on the devices scanned");
+    };
+    for (m, why) in &array.left_out {
+        eprintln!(
+            "tessera: warning: md/{}: leaving out {}: {why}",
+            array.name, m.path
+        );
+    }
+    match array.health() {
+        Health::Complete => {}
+        Health::Degraded { missing } if degraded => {
+            eprintln!(
+                "tessera: warning: md/{}: starting degraded, slots {missing:?} missing",
+                array.name
+            )
+        }
+        Health::Degraded { missing } => {
+            bail!(
+                "md/{}: slots {missing:?} are missing; --degraded starts it anyway",
+                array.name
+            )
+        }
+        Health::Failed { missing, tolerated } => bail!(
+            "md/{}: slots {missing:?} are missing and {} survives {tolerated}",
+            array.name,
+            array.level_name()
+        ),
+    }
+    let mut members = Vec::new();
+    for m in array.slots.iter().flatten().chain(&array.spares) {
+        let devno = tessera_engine::kernel::devno(&m.path)?;
+        let (major, minor) = devno.split_once(':').expect("major:minor");
+        members.push(tessera_kernel::md::Member {
+            major: major.parse()?,
+            minor: minor.parse()?,
+        });
+    }
+    let made =
+        tessera_kernel::md::assemble(&array.name, &array.version.to_string(), &members, false)?;
+    let node = format!("/dev/{}", made.device);
+    if std::fs::metadata(&node).is_err() {
+        let _ = tessera_kernel::dm::make_node(&node, libc::S_IFBLK, made.major, made.minor);
+    }
+    let link = format!("/dev/md/{}", array.name);
+    if std::fs::symlink_metadata(&link).is_err() {
+        let _ = std::fs::create_dir_all("/dev/md")
+            .and_then(|()| std::os::unix::fs::symlink(format!("../{}", made.device), &link));
+    }
+    println!(
+        "  md/{}: {} active as {node} ({}:{}), {} of {} members, state {}",
+        array.name,
+        array.level_name(),
+        made.major,
+        made.minor,
+        array.slots.iter().flatten().count(),
+        array.raid_disks,
+        made.state
+    );
+    Ok(true)
+}
+
+pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<bool> {
+    let (md, names): (Vec<&String>, Vec<String>) = {
+        let (md, rest): (Vec<&String>, Vec<&String>) =
+            names.iter().partition(|n| n.starts_with("md/"));
+        (md, rest.into_iter().cloned().collect())
+    };
+    let mut ok = true;
+    for n in &md {
+        ok &= activate_md(engine, &n[3..], degraded)?;
+    }
+    if !md.is_empty() && names.is_empty() {
+        return Ok(ok);
+    }
     let control = Control::open()?;
-    let (scan, lvs) = targets(engine, names)?;
+    let (scan, lvs) = targets(engine, &names)?;
     let mut ok = true;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");
@@ -138,9 +217,27 @@ pub fn activate(engine: &Engine, names: &[String]) -> Result<bool> {
 }
 
 pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
+    let mut ok = true;
+    let mut rest = Vec::new();
+    for n in names {
+        match n.strip_prefix("md/") {
+            Some(md) => {
+                if tessera_kernel::md::stop(md)? {
+                    let device = tessera_kernel::md::device_name(md);
+                    let _ = std::fs::remove_file(format!("/dev/md/{md}"));
+                    let _ = std::fs::remove_file(format!("/dev/{device}"));
+                    println!("  md/{md}: stopped");
+                }
+            }
+            None => rest.push(n.clone()),
+        }
+    }
+    if rest.is_empty() && !names.is_empty() {
+        return Ok(ok);
+    }
+    let names = &rest[..];
     let control = Control::open()?;
     let (_, lvs) = targets(engine, names)?;
-    let mut ok = true;
     for (vg, lv) in lvs {
         match kernel::deactivate_lv(&control, &vg, &lv) {
             Ok(true) => println!("  {vg}/{lv}: deactivated"),

@@ -78,9 +78,11 @@ enum Command {
     /// dmsetup's verbs.
     #[command(after_help = dm::ABOUT)]
     Dm(DmArgs),
-    /// Activate LVs in the kernel (root): the tables, names (VG-LV) and uuids lvm2 gives
-    /// them, /dev/mapper/VG-LV and /dev/VG/LV made where udev does not. Targets: VG or VG/LV;
-    /// none means every VG found. For image files and no root, use `tessera serve`.
+    /// Activate LVs and MD arrays in the kernel (root): LVs with the tables, names (VG-LV)
+    /// and uuids lvm2 gives them, /dev/mapper/VG-LV and /dev/VG/LV made where udev does not;
+    /// arrays (md/NAME) assembled through sysfs from the members tessera finds fresh, as
+    /// /dev/md_NAME and /dev/md/NAME. Targets: VG, VG/LV or md/NAME; none means every VG
+    /// found. For image files and no root, use `tessera serve`.
     Activate(ActivateArgs),
     /// Remove LVs' kernel devices (VG, VG/LV, or all found).
     Deactivate(ActivateArgs),
@@ -272,6 +274,9 @@ struct ActivateArgs {
     /// In the kernel (the default; the only mode this command has).
     #[arg(long)]
     kernel: bool,
+    /// Start MD arrays (md/NAME) even with members missing, if redundancy covers them.
+    #[arg(long)]
+    degraded: bool,
 }
 
 #[derive(Subcommand)]
@@ -444,7 +449,7 @@ fn run(cli: Cli) -> Result<bool> {
             command,
         }) => return kdm::run_dm(command),
         Command::Dm(DmArgs { command, .. }) => return dm::run(&socket, command),
-        Command::Activate(args) => return kdm::activate(&engine, &args.targets),
+        Command::Activate(args) => return kdm::activate(&engine, &args.targets, args.degraded),
         Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),

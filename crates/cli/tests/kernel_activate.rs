@@ -182,3 +182,103 @@ fn the_static_binary_alone_activates_a_vg() {
             .join("\n")
     );
 }
+
+const MD_INSIDE: &str = r#"set -u
+cd "$(dirname "$0")"
+devs=()
+for i in 0 1 2 3; do truncate -s 32M "/tmp/m$i.img"; devs+=("$(losetup -f --show "/tmp/m$i.img")"); done
+yes | mdadm --create /dev/md0 --run --assume-clean -l 5 -n 3 -c 64 --name=kr5 --homehost=lab \
+    "${devs[0]}" "${devs[1]}" "${devs[2]}" --spare-devices=1 "${devs[3]}" >/dev/null 2>&1
+dd if=/dev/urandom of=/dev/md0 bs=1M count=40 oflag=direct status=none
+echo "mdadm-sha $(sha256sum < /dev/md0 | cut -d' ' -f1)"
+mdadm --stop /dev/md0 >/dev/null 2>&1
+T=(./tessera --state-dir /tmp)
+for d in "${devs[@]}"; do T+=(--devices "$d"); done
+"${T[@]}" activate md/kr5 || echo "activate-failed"
+cat /proc/mdstat
+echo "tessera-sha $(sha256sum < /dev/md/kr5 | cut -d' ' -f1)"
+mdadm --detail /dev/md_kr5 > detail.txt
+for k in "Raid Level" "Raid Devices" "Active Devices" "Spare Devices" "State" "UUID" "Array Size"; do
+  echo "mdadm $k=$(sed -n "s/^ *$k : *//p" detail.txt | head -1)"
+done
+"${T[@]}" md detail kr5 --json > tdetail.json
+echo "tessera-json $(tr -d '\n ' < tdetail.json)"
+"${T[@]}" deactivate md/kr5
+echo "after $(cat /sys/block/md_kr5/md/array_state 2>/dev/null || echo gone)"
+mdadm --detail /dev/md_kr5 >/dev/null 2>&1 && echo "still-there"
+for d in "${devs[@]}"; do losetup -d "$d"; done
+echo md-kernel-done
+"#;
+
+/// An array the real mdadm made is assembled into the kernel by tessera (sysfs, from the
+/// members its own assembly chose): /proc/mdstat and `mdadm --detail` agree with `tessera md
+/// detail`, the bytes are mdadm's, and `deactivate` stops it.
+#[test]
+fn md_arrays_assembled_into_the_kernel_agree_with_mdadm() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    std::fs::copy(common::tessera_path(), d.join("tessera")).unwrap();
+    let text = common::lab_script(d, MD_INSIDE, 300);
+    assert!(text.contains("md-kernel-done"), "lab:\n{text}");
+    assert!(!text.contains("activate-failed"), "{text}");
+    let value = |prefix: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        value("mdadm-sha "),
+        value("tessera-sha "),
+        "the bytes\n{text}"
+    );
+    // Started as mdadm starts arrays: active, read-only until the first write.
+    let mdstat = text
+        .lines()
+        .find(|l| l.starts_with("md_kr5 : active"))
+        .unwrap_or_else(|| panic!("/proc/mdstat:\n{text}"));
+    assert!(
+        mdstat.contains("raid5") && mdstat.contains("(S)"),
+        "{mdstat}"
+    );
+    assert!(text.contains("[3/3] [UUU]"), "/proc/mdstat:\n{text}");
+    let json: serde_json::Value = serde_json::from_str(&value("tessera-json ")).unwrap();
+    assert_eq!(
+        value("mdadm Raid Level="),
+        json["level"].as_str().unwrap(),
+        "{text}"
+    );
+    assert_eq!(
+        value("mdadm Raid Devices="),
+        json["raid_disks"].to_string(),
+        "{text}"
+    );
+    assert_eq!(
+        value("mdadm UUID="),
+        json["uuid"].as_str().unwrap(),
+        "{text}"
+    );
+    assert_eq!(value("mdadm Active Devices="), "3", "{text}");
+    assert_eq!(value("mdadm Spare Devices="), "1", "{text}");
+    assert_eq!(value("mdadm State="), "clean", "{text}");
+    let size_kib: u64 = value("mdadm Array Size=")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        size_kib * 1024,
+        json["size_bytes"].as_u64().unwrap(),
+        "{text}"
+    );
+    assert!(!text.contains("still-there"), "{text}");
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("md_kr5") || l.starts_with("mdadm ") || l.contains("-sha"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -29,7 +29,7 @@ pub fn lv_uuid(state: &VgState, lv: &str) -> Option<String> {
 }
 
 /// `major:minor` of a block device path, as tables name devices in the kernel.
-fn devno(path: &str) -> Result<String> {
+pub fn devno(path: &str) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| EngineError::DeviceUnusable {
         device: path.into(),
         why: e.to_string(),
