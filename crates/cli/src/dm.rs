@@ -60,6 +60,12 @@ pub enum DmCommand {
         #[arg(required = true, allow_hyphen_values = true, num_args = 1..)]
         message: Vec<String>,
     },
+    /// The device-mapper interface versions (with --kernel: the kernel's and tessera's;
+    /// --interface asks the kernel about another one).
+    Version {
+        #[arg(long, value_name = "MAJOR.MINOR.PATCH")]
+        interface: Option<String>,
+    },
     /// List the devices with their size, state and export.
     Ls {
         #[arg(long)]
@@ -129,6 +135,7 @@ pub fn run(socket: &Path, command: DmCommand) -> Result<bool> {
             json = j;
             Request::DmLs
         }
+        DmCommand::Version { .. } => Request::Version,
     };
     let reply = client.call(&request)?;
     if !reply.ok {

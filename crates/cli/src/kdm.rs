@@ -61,6 +61,27 @@ pub fn run_dm(command: DmCommand) -> Result<bool> {
                 println!("{answer}");
             }
         }
+        DmCommand::Version { interface } => {
+            let k = c.kernel_version();
+            println!("Driver version:    {}.{}.{}", k[0], k[1], k[2]);
+            let v = tessera_kernel::dm::VERSION;
+            println!("Tessera speaks:    {}.{}.{}", v[0], v[1], v[2]);
+            if let Some(text) = interface {
+                let parts: Vec<u32> = text
+                    .split('.')
+                    .map(str::parse)
+                    .collect::<std::result::Result<_, _>>()
+                    .with_context(|| format!("--interface {text:?}: MAJOR.MINOR.PATCH"))?;
+                let [a, b, p] = parts[..] else {
+                    bail!("--interface {text:?}: MAJOR.MINOR.PATCH");
+                };
+                let answer = c.handshake([a, b, p])?;
+                println!(
+                    "Interface {a}.{b}.{p}: served (the kernel answers {}.{}.{})",
+                    answer[0], answer[1], answer[2]
+                );
+            }
+        }
         DmCommand::Ls { json } => {
             let list = c.list()?;
             if json {
@@ -237,9 +258,10 @@ pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
     }
     let names = &rest[..];
     let control = Control::open()?;
-    let (_, lvs) = targets(engine, names)?;
+    let (scan, lvs) = targets(engine, names)?;
     for (vg, lv) in lvs {
-        match kernel::deactivate_lv(&control, &vg, &lv) {
+        let state = scan.vg(&vg).expect("found above");
+        match kernel::deactivate_lv(&control, state, &lv) {
             Ok(true) => println!("  {vg}/{lv}: deactivated"),
             Ok(false) => {}
             Err(e) => {

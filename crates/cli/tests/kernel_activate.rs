@@ -25,9 +25,17 @@ lvcreate -q -an -Zn -i 3 -I 64k -L 12M -n st ka
 lvcreate -q -an -Zn -L 4M -n seg ka
 lvcreate -q -an -Zn -L 4M -n pad ka
 lvextend -q -L +6M ka/seg
+lvcreate -q -y -Wn --type raid1 -m 1 -L 4M -n r1 ka
+lvcreate -q -y -Wn --type raid5 -i 2 -I 64k -L 4M -n r5 ka
 vgchange -q -ay ka
 dmsetup mknodes
-names="lin st seg pad"
+for lv in r1 r5; do
+  for _ in $(seq 300); do
+    [ "$(lvs --noheadings -o sync_percent ka/$lv | tr -d ' ')" = 100.00 ] && break
+    sleep 0.5
+  done
+done
+names="lin st seg pad r1 r5 r1_rmeta_0 r1_rimage_0 r1_rmeta_1 r1_rimage_1 r5_rmeta_0 r5_rimage_0 r5_rmeta_1 r5_rimage_1 r5_rmeta_2 r5_rimage_2"
 show() { # who
   for lv in $names; do
     t=$(dmsetup table "ka-$lv" | tr ' ' _ | tr '\n' '|')
@@ -36,7 +44,7 @@ show() { # who
     echo "$1 $lv $t $u $s"
   done
 }
-for lv in $names; do dd if=/dev/urandom of="/dev/mapper/ka-$lv" bs=1M oflag=direct status=none 2>/dev/null; done
+for lv in lin st seg pad r1 r5; do dd if=/dev/urandom of="/dev/mapper/ka-$lv" bs=1M oflag=direct status=none 2>/dev/null; done
 show lvm
 vgchange -q -an ka
 dmsetup remove_all
@@ -44,7 +52,10 @@ T=(./tessera --state-dir /tmp/st)
 for d in "${devs[@]}"; do T+=(--devices "$d"); done
 "${T[@]}" activate ka || echo "activate-failed"
 show tessera
-for lv in $names; do [ -L "/dev/ka/$lv" ] && [ -b "/dev/ka/$lv" ] && echo "link $lv"; done
+for lv in lin st seg pad r1 r5; do [ -L "/dev/ka/$lv" ] && [ -b "/dev/ka/$lv" ] && echo "link $lv"; done
+"${T[@]}" dm --kernel version --interface 4.0.0; echo "v-old rc $?"
+"${T[@]}" dm --kernel version --interface 4.999.0 2> vnew.err; echo "v-new rc $? $(cat vnew.err)"
+"${T[@]}" dm --kernel version --interface 5.0.0 2> vmaj.err; echo "v-major rc $? $(cat vmaj.err)"
 # A table the kernel refuses: nothing is left.
 if "${T[@]}" dm --kernel create bad --table '0 100 linear /dev/nonexistent 0' 2> bad.err; then
   echo "bad-accepted"
@@ -71,7 +82,41 @@ fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
     let text = common::lab_script(d, INSIDE, 400);
     assert!(text.contains("kernel-activate-done"), "lab:\n{text}");
     assert!(!text.contains("activate-failed"), "{text}");
-    for lv in ["lin", "st", "seg", "pad"] {
+    // Devices the tables name that are dm devices themselves (raid sub-LVs) get other
+    // minors in each activation: those numbers are normalised.
+    let normalise = |t: &str| -> String {
+        t.split('_')
+            .map(|w| match w.split_once(':') {
+                Some((major, minor))
+                    if major != "7"
+                        && major.parse::<u32>().is_ok()
+                        && minor.trim_end_matches('|').parse::<u32>().is_ok() =>
+                {
+                    "DM"
+                }
+                _ => w,
+            })
+            .collect::<Vec<_>>()
+            .join("_")
+    };
+    for lv in [
+        "lin",
+        "st",
+        "seg",
+        "pad",
+        "r1",
+        "r5",
+        "r1_rmeta_0",
+        "r1_rimage_0",
+        "r1_rmeta_1",
+        "r1_rimage_1",
+        "r5_rmeta_0",
+        "r5_rimage_0",
+        "r5_rmeta_1",
+        "r5_rimage_1",
+        "r5_rmeta_2",
+        "r5_rimage_2",
+    ] {
         let field = |who: &str| -> Vec<String> {
             let line = text
                 .lines()
@@ -83,13 +128,22 @@ fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
                 .collect()
         };
         let (lvm, tessera) = (field("lvm"), field("tessera"));
-        assert_eq!(tessera[0], lvm[0], "{lv}: dmsetup table\n{text}");
-        assert_eq!(tessera[1], lvm[1], "{lv}: uuid");
-        assert_eq!(tessera[2], lvm[2], "{lv}: the bytes");
-        assert!(
-            text.contains(&format!("link {lv}")),
-            "/dev/ka/{lv}:\n{text}"
+        assert_eq!(
+            normalise(&tessera[0]),
+            normalise(&lvm[0]),
+            "{lv}: dmsetup table\n{text}"
         );
+        assert_eq!(tessera[1], lvm[1], "{lv}: uuid");
+        // The kernel rewrites the dm-raid superblock in rmeta at each activation.
+        if !lv.contains("_rmeta_") {
+            assert_eq!(tessera[2], lvm[2], "{lv}: the bytes");
+        }
+        if !lv.contains("_r") {
+            assert!(
+                text.contains(&format!("link {lv}")),
+                "/dev/ka/{lv}:\n{text}"
+            );
+        }
         eprintln!(
             "{lv}: table {} uuid {} sha {}",
             tessera[0],
@@ -97,6 +151,19 @@ fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
             &tessera[2][..16]
         );
     }
+    assert!(text.contains("Interface 4.0.0: served"), "{text}");
+    assert!(text.contains("v-old rc 0"), "{text}");
+    let newer = text.lines().find(|l| l.starts_with("v-new")).unwrap();
+    assert!(
+        newer.starts_with("v-new rc 1") && newer.contains("refused interface 4.999.0"),
+        "{newer}"
+    );
+    let major = text.lines().find(|l| l.starts_with("v-major")).unwrap();
+    assert!(
+        major.starts_with("v-major rc 1") && major.contains("refused interface 5.0.0"),
+        "{major}"
+    );
+    eprintln!("{newer}\n{major}");
     assert!(text.contains("bad-absent"), "{text}");
     assert!(!text.contains("bad-accepted"), "{text}");
     let bad = text.lines().find(|l| l.starts_with("bad-error")).unwrap();

@@ -85,9 +85,61 @@ pub enum Activated {
     Reloaded { name: String },
 }
 
-/// Activates LV `lv` of `state` in the kernel.
+/// The rows of raid LV `lv`, as lvm2 loads them: its metadata and data sub-LVs activated
+/// first (devices of their own) and named by device number.
+fn raid_rows(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
+    let plan = crate::raid_lv::raid_plan(scan, state, lv)?;
+    if plan.is_degraded() {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why: format!(
+                "raid LV '{lv}' is degraded ({}); tessera activates whole raid LVs in the kernel",
+                plan.describe_left_out()
+            ),
+        });
+    }
+    let raid = state
+        .vg
+        .lv(lv)
+        .and_then(|l| l.raid())
+        .expect("raid_plan checked it")
+        .clone();
+    let mut pairs = Vec::new();
+    for image in &raid.images {
+        let mut numbers = Vec::new();
+        for sub in image.meta.iter().chain(std::iter::once(&image.data)) {
+            let (major, minor) = match activate_lv(control, scan, state, sub)? {
+                Activated::New { major, minor, .. } => (major, minor),
+                Activated::Already { name } | Activated::Reloaded { name } => {
+                    let info = control.info(&name)?.expect("just activated");
+                    (info.major, info.minor)
+                }
+            };
+            numbers.push(format!("{major}:{minor}"));
+        }
+        if image.meta.is_none() {
+            numbers.insert(0, "-".into());
+        }
+        pairs.push(numbers.join(" "));
+    }
+    // The plan's row with its "- NAME" pairs replaced by the devices' numbers.
+    let words: Vec<&str> = plan.table.split_whitespace().collect();
+    let nparams: usize = words[4].parse().expect("raid_plan writes the count");
+    let head = words[..6 + nparams].join(" ");
+    let line = format!("{head} {}", pairs.join(" "));
+    Ok(vec![Row::parse(&line).ok_or_else(|| {
+        EngineError::Kernel(format!("raid LV {lv}: cannot read back its row {line:?}"))
+    })?])
+}
+
+/// Activates LV `lv` of `state` in the kernel (a raid LV with its sub-LVs).
 pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
-    let rows = kernel_rows(scan, state, lv)?;
+    let is_raid = state.vg.lv(lv).is_some_and(|l| l.raid().is_some());
+    let rows = if is_raid {
+        raid_rows(control, scan, state, lv)?
+    } else {
+        kernel_rows(scan, state, lv)?
+    };
     let name = dm_name(&state.vg.name, lv);
     let uuid = lv_uuid(state, lv).expect("the LV exists: its table was built");
     if let Some(info) = control.info(&name)? {
@@ -117,13 +169,26 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
     })
 }
 
-/// Removes LV `lv`'s device, if it is active; `false` if it was not.
-pub fn deactivate_lv(control: &Control, vg: &str, lv: &str) -> Result<bool> {
+/// Removes LV `lv`'s device (and a raid LV's sub-LVs'), if it is active; `false` if it
+/// was not.
+pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<bool> {
+    let vg = state.vg.name.as_str();
     let name = dm_name(vg, lv);
     if control.info(&name)?.is_none() {
         return Ok(false);
     }
     control.remove(&name)?;
+    if let Some(raid) = state.vg.lv(lv).and_then(|l| l.raid()) {
+        for image in &raid.images {
+            for sub in image.meta.iter().chain(std::iter::once(&image.data)) {
+                let sub_name = dm_name(vg, sub);
+                if control.info(&sub_name)?.is_some() {
+                    control.remove(&sub_name)?;
+                    let _ = std::fs::remove_file(format!("/dev/mapper/{sub_name}"));
+                }
+            }
+        }
+    }
     let _ = std::fs::remove_file(format!("/dev/{vg}/{lv}"));
     let _ = std::fs::remove_dir(format!("/dev/{vg}"));
     if std::fs::symlink_metadata(format!("/dev/mapper/{name}")).is_ok() {
@@ -139,6 +204,9 @@ fn make_nodes(vg: &str, lv: &str, name: &str, major: u32, minor: u32) {
         if let Err(e) = dm::make_node(&node, libc::S_IFBLK, major, minor) {
             tracing::warn!("could not make {node}: {e}");
         }
+    }
+    if lv.contains("_rimage_") || lv.contains("_rmeta_") {
+        return;
     }
     let dir = format!("/dev/{vg}");
     let link = format!("{dir}/{lv}");

@@ -83,6 +83,8 @@ pub enum DmError {
     Unavailable { why: String },
     #[error("the kernel's device-mapper speaks interface {}.{}.{}; tessera needs {}.{}.x or newer in major {}", kernel[0], kernel[1], kernel[2], VERSION[0], need, VERSION[0])]
     Version { kernel: [u32; 3], need: u32 },
+    #[error("the kernel's device-mapper refused interface {}.{}.{}: it speaks {}.{}.{} and serves only major {} up to minor {}", asked[0], asked[1], asked[2], kernel[0], kernel[1], kernel[2], kernel[0], kernel[1])]
+    Refused { asked: [u32; 3], kernel: [u32; 3] },
     #[error("{command} on {device:?}: {source}{hint}")]
     Ioctl {
         command: &'static str,
@@ -389,6 +391,25 @@ impl Control {
     /// The kernel's interface version.
     pub fn kernel_version(&self) -> [u32; 3] {
         self.kernel
+    }
+
+    /// Asks the kernel whether it serves interface `version` (DM_VERSION with it): the
+    /// kernel refuses another major, and a minor newer than its own.
+    pub fn handshake(&self, version: [u32; 3]) -> Result<[u32; 3]> {
+        let req = Request {
+            version,
+            ..Request::default()
+        };
+        match self.call(Command::Version, &req, 0) {
+            Ok((reply, _)) => Ok(reply.version),
+            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                Err(DmError::Refused {
+                    asked: version,
+                    kernel: self.kernel,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Issues `command`; the answer's header and data. `room` is where the answer's data
