@@ -272,3 +272,38 @@ pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
     }
     Ok(ok)
 }
+
+/// `activate --userspace`: LVs are active in a running daemon by themselves; arrays are
+/// started there.
+pub fn activate_userspace(
+    socket: &std::path::Path,
+    names: &[String],
+    degraded: bool,
+) -> Result<bool> {
+    use crate::control::{Client, Request};
+    let Some(mut client) = Client::connect(socket)? else {
+        bail!(
+            "no tessera daemon is listening on {}: user-space activation runs inside \
+             `tessera serve`, which activates every LV and complete array it finds",
+            socket.display()
+        );
+    };
+    for n in names {
+        if let Some(md) = n.strip_prefix("md/") {
+            let reply = client.call(&Request::MdAssemble {
+                name: md.to_string(),
+                degraded,
+            })?;
+            match (reply.ok, reply.error) {
+                (true, _) => print!("{}", reply.output),
+                (false, Some(e)) if e.contains("exists already") => {
+                    println!("  md/{md}: running in the daemon already")
+                }
+                (false, e) => bail!("md/{md}: {}", e.unwrap_or_default()),
+            }
+        } else {
+            println!("  {n}: served by the daemon (its LVs are active there as VG-LV)");
+        }
+    }
+    Ok(true)
+}

@@ -269,11 +269,18 @@ struct DmArgs {
 
 #[derive(clap::Args)]
 struct ActivateArgs {
-    /// VG or VG/LV (repeatable); none: every VG found.
+    /// VG, VG/LV or md/NAME (repeatable); none, or --all: every VG found.
     targets: Vec<String>,
-    /// In the kernel (the default; the only mode this command has).
-    #[arg(long)]
+    /// Every VG found.
+    #[arg(long, conflicts_with = "targets")]
+    all: bool,
+    /// In the kernel's device-mapper and MD (the default).
+    #[arg(long, conflicts_with = "userspace")]
     kernel: bool,
+    /// In the running `tessera serve` instead: it activates every LV itself; md/NAME
+    /// starts an array there.
+    #[arg(long)]
+    userspace: bool,
     /// Start MD arrays (md/NAME) even with members missing, if redundancy covers them.
     #[arg(long)]
     degraded: bool,
@@ -449,6 +456,9 @@ fn run(cli: Cli) -> Result<bool> {
             command,
         }) => return kdm::run_dm(command),
         Command::Dm(DmArgs { command, .. }) => return dm::run(&socket, command),
+        Command::Activate(args) if args.userspace => {
+            return kdm::activate_userspace(&socket, &args.targets, args.degraded)
+        }
         Command::Activate(args) => return kdm::activate(&engine, &args.targets, args.degraded),
         Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),

@@ -191,6 +191,10 @@ devs=()
 for i in 0 1; do truncate -s 32M "/tmp/pv$i.img"; devs+=("$(losetup -f --show "/tmp/pv$i.img")"); done
 pvcreate -q "${devs[@]}"
 vgcreate -q -s 1M boot "${devs[@]}"
+mds=()
+for i in 0 1; do truncate -s 32M "/tmp/md$i.img"; mds+=("$(losetup -f --show "/tmp/md$i.img")"); done
+yes | mdadm --create /dev/md0 --run --assume-clean -l 1 -n 2 --name=sr1 --homehost=lab "${mds[@]}" >/dev/null 2>&1
+mdadm --stop /dev/md0 >/dev/null 2>&1
 lvcreate -q -an -Zn -L 8M -n root boot
 lvcreate -q -an -Zn -i 2 -I 64k -L 8M -n data boot
 echo "ldd: $(ldd ./tessera-static 2>&1 | tr '\n' ' ')"
@@ -202,21 +206,24 @@ mount --bind /dev $root/dev
 mount -t proc proc $root/proc
 mount -t sysfs sys $root/sys
 args=(/tessera --state-dir /run)
-for d in "${devs[@]}"; do args+=(--devices "$d"); done
+for d in "${devs[@]}" "${mds[@]}"; do args+=(--devices "$d"); done
 echo "files: $(cd $root && find . -path ./dev -prune -o -path ./proc -prune -o -path ./sys -prune -o -type f -print | tr '\n' ' ')"
 chroot $root "${args[@]}" activate boot; echo "rc $?"
+chroot $root "${args[@]}" activate md/sr1; echo "md rc $?"
+echo "mdstat $(grep '^md_sr1' /proc/mdstat)"
+chroot $root "${args[@]}" deactivate md/sr1; echo "md stop rc $?"
 umount $root/dev $root/proc $root/sys
 for lv in root data; do echo "table $lv $(dmsetup table boot-$lv | tr ' ' _)"; done
 [ -b /dev/mapper/boot-root ] && echo "node ok"
 dmsetup remove_all
-for d in "${devs[@]}"; do losetup -d "$d"; done
+for d in "${devs[@]}" "${mds[@]}"; do losetup -d "$d"; done
 echo static-done
 "#;
 
 /// The static binary (`-C target-feature=+crt-static`, built by scripts/test.sh) runs in a
-/// root that holds nothing else, as in an initramfs, and activates a VG in the kernel.
+/// root that holds nothing else, as in an initramfs, and activates a VG and an MD array.
 #[test]
-fn the_static_binary_alone_activates_a_vg() {
+fn the_static_binary_alone_activates_a_vg_and_an_array() {
     let bin = std::env::var("TESSERA_STATIC_BIN").unwrap_or_else(|_| {
         panic!(
             "TESSERA_STATIC_BIN is not set: scripts/test.sh builds the static binary \
@@ -237,14 +244,23 @@ fn the_static_binary_alone_activates_a_vg() {
         text.contains("files: ./tessera \n") || text.contains("files: ./tessera "),
         "{text}"
     );
-    assert!(text.contains("rc 0"), "{text}");
+    assert!(text.contains("\nrc 0"), "{text}");
+    assert!(
+        text.contains("md rc 0") && text.contains("md stop rc 0"),
+        "{text}"
+    );
+    assert!(text.contains("mdstat md_sr1 : active"), "{text}");
+    assert!(text.contains("raid1"), "{text}");
     assert!(text.contains("node ok"), "{text}");
     assert!(text.contains("table root 0_16384_linear_"), "{text}");
     assert!(text.contains("table data 0_16384_striped_2_128_"), "{text}");
     eprintln!(
         "{}",
         text.lines()
-            .filter(|l| l.starts_with("ldd") || l.starts_with("table") || l.contains("active as"))
+            .filter(|l| l.starts_with("ldd")
+                || l.starts_with("table")
+                || l.starts_with("mdstat")
+                || l.contains("active as"))
             .collect::<Vec<_>>()
             .join("\n")
     );
@@ -348,4 +364,30 @@ fn md_arrays_assembled_into_the_kernel_agree_with_mdadm() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Where the kernel has no device-mapper (this machine's own kernel), activation says so
+/// and names the cure; where it has one, the same command runs.
+#[test]
+fn without_device_mapper_activation_says_so() {
+    let has_dm = std::fs::read_to_string("/proc/misc")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.trim().ends_with(" device-mapper"));
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = common::tessera_output(
+        &dir.path().join("none.img").display().to_string(),
+        &dir.path().join("state"),
+        &["activate"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if has_dm {
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            err.contains("the kernel has no device-mapper") && err.contains("dm-mod"),
+            "{err}"
+        );
+    }
 }

@@ -368,9 +368,14 @@ impl Control {
                     })?
             }
             Err(e) => {
-                return Err(DmError::Unavailable {
-                    why: format!("{CONTROL}: {e} (device-mapper needs root)"),
-                })
+                let why = if misc_minor().is_none() {
+                    format!("{CONTROL}: {e}: {NO_DM}")
+                } else if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                    format!("{CONTROL}: {e} (device-mapper needs root)")
+                } else {
+                    format!("{CONTROL}: {e}")
+                };
+                return Err(DmError::Unavailable { why });
             }
         };
         let mut control = Control {
@@ -631,20 +636,21 @@ fn hint(command: Command, e: &io::Error) -> &'static str {
     }
 }
 
+const NO_DM: &str =
+    "the kernel has no device-mapper (no 'device-mapper' in /proc/misc; load the dm-mod module)";
+
+/// The misc minor of device-mapper, if the kernel has it.
+fn misc_minor() -> Option<u32> {
+    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
+    misc.lines().find_map(|l| {
+        let (num, name) = l.trim().split_once(' ')?;
+        (name.trim() == "device-mapper").then(|| num.parse::<u32>().ok())?
+    })
+}
+
 /// Makes /dev/mapper/control from the minor /proc/misc gives device-mapper (udev would).
 fn make_control_node() -> Result<()> {
-    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
-    let minor = misc
-        .lines()
-        .find_map(|l| {
-            let (num, name) = l.trim().split_once(' ')?;
-            (name.trim() == "device-mapper").then(|| num.parse::<u32>().ok())?
-        })
-        .ok_or_else(|| DmError::Unavailable {
-            why: "the kernel has no device-mapper (no 'device-mapper' in /proc/misc; \
-                  load the dm-mod module)"
-                .into(),
-        })?;
+    let minor = misc_minor().ok_or_else(|| DmError::Unavailable { why: NO_DM.into() })?;
     std::fs::create_dir_all(Path::new(CONTROL).parent().expect("has a parent")).map_err(|e| {
         DmError::Unavailable {
             why: format!("/dev/mapper: {e}"),
