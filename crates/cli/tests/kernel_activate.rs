@@ -56,6 +56,10 @@ for lv in lin st seg pad r1 r5; do [ -L "/dev/ka/$lv" ] && [ -b "/dev/ka/$lv" ] 
 "${T[@]}" dm --kernel version --interface 4.0.0; echo "v-old rc $?"
 "${T[@]}" dm --kernel version --interface 4.999.0 2> vnew.err; echo "v-new rc $? $(cat vnew.err)"
 "${T[@]}" dm --kernel version --interface 5.0.0 2> vmaj.err; echo "v-major rc $? $(cat vmaj.err)"
+# Messages reach the kernel's targets: dm-raid's check.
+"${T[@]}" dm --kernel message ka-r1 0 check; echo "msg rc $?"
+sleep 1
+echo "raid-status $("${T[@]}" dm --kernel status ka-r1)"
 # A table the kernel refuses: nothing is left.
 if "${T[@]}" dm --kernel create bad --table '0 100 linear /dev/nonexistent 0' 2> bad.err; then
   echo "bad-accepted"
@@ -151,6 +155,13 @@ fn tessera_activates_lvs_in_the_kernel_as_vgchange_does() {
             &tessera[2][..16]
         );
     }
+    assert!(text.contains("msg rc 0"), "{text}");
+    let status = text.lines().find(|l| l.starts_with("raid-status")).unwrap();
+    assert!(status.contains(" raid raid1 2 AA "), "{status}");
+    assert!(
+        status.contains(" check ") || status.contains(" idle "),
+        "{status}"
+    );
     assert!(text.contains("Interface 4.0.0: served"), "{text}");
     assert!(text.contains("v-old rc 0"), "{text}");
     let newer = text.lines().find(|l| l.starts_with("v-new")).unwrap();
