@@ -43,6 +43,8 @@ pub struct Daemon {
     /// By device name (`VG-LV` for LVs, as lvm2 names them). The lock also serialises
     /// the requests that change volumes.
     volumes: Mutex<BTreeMap<String, Volume>>,
+    /// Exclusive claims on every member of what this daemon runs.
+    _claims: Vec<tessera_engine::claim::Claim>,
 }
 
 impl Daemon {
@@ -53,15 +55,35 @@ impl Daemon {
     pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
         let mut registry = TargetRegistry::new();
         tessera_raid::register(&mut registry);
+        // Claim every member first: a second daemon over the same devices stops here,
+        // before it writes anything.
+        let md = engine.md_scan(!read_only)?;
+        let scan = engine.scan_with(!read_only)?;
+        let mut members: Vec<String> = md
+            .arrays
+            .iter()
+            .flat_map(|a| a.slots.iter().flatten().chain(&a.spares))
+            .map(|m| m.path.clone())
+            .collect();
+        for state in scan.vgs.values() {
+            members.extend(state.present.values().map(|&i| scan.pvs[i].path.clone()));
+        }
+        members.sort();
+        members.dedup();
+        let claims = members
+            .iter()
+            .map(|p| tessera_engine::claim::claim(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        drop(scan);
         let daemon = Daemon {
             engine,
             exports: ExportSet::new(),
             registry: Arc::new(registry),
             read_only,
             volumes: Mutex::new(BTreeMap::new()),
+            _claims: claims,
         };
         let mut warnings = Vec::new();
-        let md = daemon.engine.md_scan(!read_only)?;
         warnings.extend(md.problems.iter().cloned());
         {
             let mut volumes = daemon.lock();

@@ -149,3 +149,41 @@ fn nbd_clients_read_lvs_at_their_pv_offsets() {
         );
     }
 }
+
+/// The members a daemon serves are claimed: a second `tessera serve` over the same image
+/// files (another state directory, another port) is refused, naming the image and the
+/// process that holds it; once the first stops, it starts.
+#[test]
+fn a_second_daemon_over_the_same_members_is_refused() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let imgs = common::image_files(d, "c", 2, 16 << 20);
+    let devices = imgs.join(",");
+    let state = d.join("state");
+    common::tessera(
+        &devices,
+        &state,
+        &["vg", "create", "cl", &imgs[0], &imgs[1]],
+    );
+    common::tessera(&devices, &state, &["lv", "create", "cl/a", "-L", "8M"]);
+    let first = common::serve(&devices, &state, &[]);
+    let pid = first.child.id().to_string();
+    let second = Command::new(common::tessera_path())
+        .args(["--devices", &devices, "--state-dir"])
+        .arg(d.join("state2"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second daemon started: {err}");
+    assert!(
+        err.contains("c-0.img") && err.contains(&format!("process {pid}")),
+        "{err}"
+    );
+    assert!(err.contains("serve"), "names what holds it: {err}");
+    drop(first);
+    let again = common::serve(&devices, &d.join("state2"), &[]);
+    drop(again);
+}

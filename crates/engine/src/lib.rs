@@ -7,6 +7,7 @@
 pub mod activate;
 pub mod alloc;
 mod archive;
+pub mod claim;
 mod commit;
 pub mod devices;
 mod error;
