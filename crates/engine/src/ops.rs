@@ -372,25 +372,7 @@ impl Engine {
         }
         let mut devices = Vec::new();
         for path in members {
-            if !Path::new(path).exists() {
-                return Err(EngineError::DeviceUnusable {
-                    device: path.clone(),
-                    why: "no such file or device".into(),
-                });
-            }
-            let dev = Self::open(path, true)?;
-            let found = signature::probe(dev.as_ref())?;
-            if !found.is_empty() && !opts.force {
-                let what = found
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(EngineError::Occupied {
-                    device: path.clone(),
-                    what,
-                });
-            }
+            let dev = Self::open_new_member(path, opts.force)?;
             let area =
                 md_format::create::data_area(opts.version, dev.size_bytes()).ok_or_else(|| {
                     EngineError::DeviceUnusable {
@@ -493,25 +475,7 @@ impl Engine {
                 "tessera adds spares to arrays with 1.x superblocks".into()
             ));
         };
-        if !Path::new(device).exists() {
-            return Err(EngineError::DeviceUnusable {
-                device: device.into(),
-                why: "no such file or device".into(),
-            });
-        }
-        let dev = Self::open(device, true)?;
-        let found = signature::probe(dev.as_ref())?;
-        if !found.is_empty() && !force {
-            let what = found
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(EngineError::Occupied {
-                device: device.into(),
-                what,
-            });
-        }
+        let dev = Self::open_new_member(device, force)?;
         let (data_offset, data_size) =
             md_format::create::data_area(template.version, dev.size_bytes()).ok_or_else(|| {
                 EngineError::DeviceUnusable {
@@ -563,6 +527,31 @@ impl Engine {
         md_format::write(dev.as_ref(), template.version, &sb)?;
         dev.flush()?;
         Ok(())
+    }
+
+    /// Opens a device that is to become an array member, refusing one that holds another
+    /// format's signature unless `force`.
+    fn open_new_member(path: &str, force: bool) -> Result<SharedDevice> {
+        if !Path::new(path).exists() {
+            return Err(EngineError::DeviceUnusable {
+                device: path.into(),
+                why: "no such file or device".into(),
+            });
+        }
+        let dev = Self::open(path, true)?;
+        let found = signature::probe(dev.as_ref())?;
+        if !found.is_empty() && !force {
+            let what = found
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(EngineError::Occupied {
+                device: path.into(),
+                what,
+            });
+        }
+        Ok(dev)
     }
 
     /// Takes a spare or a failed member out of array `name` (mdadm --remove): its
