@@ -74,3 +74,55 @@ awk '
                 iops[s[i], "randwrite"] / iops["bench/lin", "randwrite"],
                 mib[s[i], "seqread"] / mib["bench/lin", "seqread"]
     }' "$RESULTS"
+
+# Sync work on r6s (raid6 over 4 x 256 MiB members plus a spare), beside fio's sequential
+# rate on the same kind of member file: a member is failed and the spare rebuilt, then a
+# full resync and a check run, each with md's maximum rate lifted (the array is idle).
+for i in 0 1 2 3 4; do truncate -s 256M "$DIR/r6s-$i.img"; done
+kill $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+"$T" --state-dir "$STATE" md create r6s --level 6 --chunk 64k -x "$DIR/r6s-4.img" \
+    "$DIR"/r6s-{0,1,2,3}.img >/dev/null
+"$T" --devices "$DIR/*.img" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$PORT/md/r6s" >/dev/null 2>&1 && break; sleep 0.1; done
+fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$PORT/md/r6s" --rw=write --bs=1M \
+    --iodepth=8 --size=500M --output=/dev/null >/dev/null
+C=(--state-dir "$STATE")
+"$T" "${C[@]}" md speed r6s 10000000 10000000
+last() { # wait for the action to finish; print its MiB/s
+    local r
+    for _ in $(seq 3000); do
+        r=$("$T" "${C[@]}" dm message md-r6s 0 report)
+        if grep -q "last_action=$1" <<<"$r" && grep -q last_complete=true <<<"$r" \
+            && "$T" "${C[@]}" dm status md-r6s | grep -q ' idle '; then
+            awk -F= '/^last_sectors=/ { s = $2 } /^last_millis=/ { ms = $2 }
+                END { printf "%.0f", s / 2048 / (ms / 1000) }' <<<"$r"
+            return
+        fi
+        sleep 0.1
+    done
+    echo "?"
+}
+"$T" "${C[@]}" md fail r6s "$DIR/r6s-1.img" >/dev/null
+recover=$(last recover)
+"$T" "${C[@]}" dm message md-r6s 0 resync >/dev/null
+resync=$(last resync)
+"$T" "${C[@]}" dm message md-r6s 0 check >/dev/null
+check=$(last check)
+kill $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+truncate -s 256M "$DIR/seq.img"
+seqw=$(fio --name=w --filename="$DIR/seq.img" --rw=write --bs=1M --size=256M --output-format=json \
+    | jq -r '.jobs[0].write.bw / 1024 | floor')
+seqr=$(fio --name=r --filename="$DIR/seq.img" --rw=read --bs=1M --size=256M --output-format=json \
+    | jq -r '.jobs[0].read.bw / 1024 | floor')
+echo
+echo "raid6 sync work (MiB/s of member sectors) beside fio 1M sequential on a 256 MiB member file"
+printf "%-10s %8s %10s %10s\n" "" "MiB/s" "/ fio write" "/ fio read"
+for row in "recover $recover" "resync $resync" "check $check"; do
+    set -- $row
+    awk -v n="$1" -v v="$2" -v w="$seqw" -v r="$seqr" \
+        'BEGIN { printf "%-10s %8s %10.2fx %10.2fx\n", n, v, v / w, v / r }'
+done
+printf "%-10s %8s   %8s\n" "fio" "$seqw w" "$seqr r"
