@@ -4,4 +4,5 @@
 pub mod dmraid;
 pub mod lvm2;
 pub mod md;
+pub mod partition;
 pub mod signature;
