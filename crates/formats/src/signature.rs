@@ -11,12 +11,17 @@ use tessera_block::{BlockDevice, BlockError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
     /// blkid's name: LVM2_member, linux_raid_member, crypto_LUKS, ext2/ext3/ext4/jbd, xfs,
-    /// btrfs, swap, gpt, dos.
+    /// btrfs, swap, vfat, gpt, dos.
     pub kind: &'static str,
     /// Byte offset of the magic.
     pub offset: u64,
-    /// What else was found (version, label); may be empty.
+    /// What else was found (version, label, UUID); may be empty.
     pub detail: String,
+    /// The UUID as blkid prints it (lowercase dashed hex; XXXX-XXXX for FAT; LUKS's own
+    /// text), or "" when the format has none or it is all zeroes.
+    pub uuid: String,
+    /// The label, or "".
+    pub label: String,
 }
 
 impl fmt::Display for Signature {
@@ -58,6 +63,12 @@ fn read<const N: usize>(dev: &dyn BlockDevice, offset: u64) -> Result<Option<[u8
     }
 }
 
+fn u16_le(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_le_bytes)
+}
+
 fn u32_le(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4)
         .and_then(|s| s.try_into().ok())
@@ -78,16 +89,54 @@ pub fn probe(dev: &dyn BlockDevice) -> Result<Vec<Signature>, BlockError> {
     md(dev, &mut found)?;
     ext(dev, &mut found)?;
     btrfs_and_swap(dev, &mut found)?;
+    vfat(dev, &mut found)?;
     partition_tables(dev, &mut found)?;
     Ok(found)
 }
 
-fn push(found: &mut Vec<Signature>, kind: &'static str, offset: u64, detail: String) {
+/// Records a signature; its detail is `what` followed by the label and UUID when known.
+fn push(
+    found: &mut Vec<Signature>,
+    kind: &'static str,
+    offset: u64,
+    what: String,
+    label: String,
+    uuid: String,
+) {
+    let mut parts = Vec::new();
+    if !what.is_empty() {
+        parts.push(what);
+    }
+    if !label.is_empty() {
+        parts.push(format!("label '{label}'"));
+    }
+    if !uuid.is_empty() {
+        parts.push(format!("uuid {uuid}"));
+    }
     found.push(Signature {
         kind,
         offset,
-        detail,
+        detail: parts.join(", "),
+        uuid,
+        label,
     });
+}
+
+/// A 16-byte binary UUID as 8-4-4-4-12 lowercase hex, or "" when it is all zeroes (blkid
+/// reports no UUID then).
+fn uuid_text(b: &[u8]) -> String {
+    if b.iter().all(|&c| c == 0) {
+        return String::new();
+    }
+    let hex: String = b.iter().map(|c| format!("{c:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// A label in one of the first four sectors.
@@ -96,28 +145,79 @@ fn lvm2(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockEr
         if let Some(b) = read::<32>(dev, sector * 512)? {
             if &b[0..8] == b"LABELONE" {
                 let detail = format!("label type '{}'", name_field(&b[24..32]));
-                push(found, "LVM2_member", sector * 512, detail);
+                push(
+                    found,
+                    "LVM2_member",
+                    sector * 512,
+                    detail,
+                    String::new(),
+                    String::new(),
+                );
             }
         }
     }
     Ok(())
 }
 
+/// LUKS: the UUID is text at 168 in both versions; LUKS2 adds a label at 24.
+fn luks_names(b: &[u8; 208], version: u16) -> (String, String) {
+    let label = if version == 2 {
+        name_field(&b[24..72])
+    } else {
+        String::new()
+    };
+    (label, name_field(&b[168..208]))
+}
+
 fn luks_and_xfs(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
-    if let Some(b) = read::<8>(dev, 0)? {
+    if let Some(b) = read::<208>(dev, 0)? {
         if &b[0..6] == b"LUKS\xba\xbe" {
             let version = u16::from_be_bytes([b[6], b[7]]);
-            push(found, "crypto_LUKS", 0, format!("LUKS{version}"));
+            let (label, uuid) = luks_names(&b, version);
+            push(
+                found,
+                "crypto_LUKS",
+                0,
+                format!("LUKS{version}"),
+                label,
+                uuid,
+            );
+        }
+        // The superblock: UUID at 32, 12-byte label at 108.
+        if &b[0..4] == b"XFSB" {
+            let (label, uuid) = (name_field(&b[108..120]), uuid_text(&b[32..48]));
+            push(found, "xfs", 0, String::new(), label, uuid);
+        }
+    } else if let Some(b) = read::<8>(dev, 0)? {
+        // Too small for the names, but the magic alone is still a signature.
+        if &b[0..6] == b"LUKS\xba\xbe" {
+            let version = u16::from_be_bytes([b[6], b[7]]);
+            push(
+                found,
+                "crypto_LUKS",
+                0,
+                format!("LUKS{version}"),
+                String::new(),
+                String::new(),
+            );
         }
         if &b[0..4] == b"XFSB" {
-            push(found, "xfs", 0, String::new());
+            push(found, "xfs", 0, String::new(), String::new(), String::new());
         }
     }
     // blkid finds LUKS2 by its second header too, so that must go as well.
     for at in LUKS2_SECONDARY {
-        if let Some(b) = read::<8>(dev, at)? {
+        if let Some(b) = read::<208>(dev, at)? {
             if &b[0..6] == b"SKUL\xba\xbe" && b[6..8] == [0, 2] {
-                push(found, "crypto_LUKS", at, "LUKS2 secondary header".into());
+                let (label, uuid) = luks_names(&b, 2);
+                push(
+                    found,
+                    "crypto_LUKS",
+                    at,
+                    "LUKS2 secondary header".into(),
+                    label,
+                    uuid,
+                );
             }
         }
     }
@@ -150,6 +250,8 @@ fn md(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockErro
                     "linux_raid_member",
                     at,
                     format!("MD superblock {version}"),
+                    String::new(),
+                    String::new(),
                 );
             }
         }
@@ -179,34 +281,122 @@ fn ext(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockErr
     } else {
         "ext2"
     };
-    let label = name_field(&sb[120..136]);
-    let detail = if label.is_empty() {
-        String::new()
-    } else {
-        format!("label '{label}'")
-    };
-    push(found, kind, 1080, detail);
+    let (label, uuid) = (name_field(&sb[120..136]), uuid_text(&sb[104..120]));
+    push(found, kind, 1080, String::new(), label, uuid);
     Ok(())
 }
 
+/// btrfs: the superblock at 64 KiB, magic at its byte 64, fsid at 32, label at 299 (256).
+/// swap: magic at the end of the first page; a version-1 header (SWAPSPACE2) keeps its
+/// UUID at 1024+12 and its label at 1024+28 (16).
 fn btrfs_and_swap(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
-    if let Some(b) = read::<8>(dev, 65536 + 64)? {
-        if &b == b"_BHRfS_M" {
-            push(found, "btrfs", 65536 + 64, String::new());
+    if let Some(b) = read::<72>(dev, 65536)? {
+        if &b[64..72] == b"_BHRfS_M" {
+            let (label, uuid) = match read::<555>(dev, 65536)? {
+                Some(sb) => (name_field(&sb[299..555]), uuid_text(&sb[32..48])),
+                None => (String::new(), String::new()),
+            };
+            push(found, "btrfs", 65536 + 64, String::new(), label, uuid);
         }
     }
     for page in SWAP_PAGES {
         if let Some(b) = read::<10>(dev, page - 10)? {
             if &b == b"SWAPSPACE2" || &b == b"SWAP-SPACE" {
+                let (label, uuid) = match read::<44>(dev, 1024)? {
+                    Some(h) if &b == b"SWAPSPACE2" => {
+                        (name_field(&h[28..44]), uuid_text(&h[12..28]))
+                    }
+                    _ => (String::new(), String::new()),
+                };
                 push(
                     found,
                     "swap",
                     page - 10,
                     format!("{} KiB pages", page >> 10),
+                    label,
+                    uuid,
                 );
             }
         }
     }
+    Ok(())
+}
+
+/// A FAT boot sector: 0x55AA at 510, a FAT type name (at 54 for FAT12/16, 82 for FAT32) or
+/// an OEM name that the usual formatters write, and a BIOS parameter block whose numbers
+/// are sane, so that a partition table's boot code is not taken for one.
+fn vfat(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
+    let Some(bs) = read::<512>(dev, 0)? else {
+        return Ok(());
+    };
+    if bs[510..512] != [0x55, 0xaa] {
+        return Ok(());
+    }
+    let magic_at = if [&b"FAT12   "[..], b"FAT16   ", b"FAT     "].contains(&&bs[54..62])
+        || bs[54..59] == *b"MSDOS"
+    {
+        54
+    } else if bs[82..90] == *b"FAT32   " || bs[82..87] == *b"MSWIN" {
+        82
+    } else if [&b"MSWIN"[..], b"MSDOS", b"mkfs.", b"mkdos"]
+        .iter()
+        .any(|oem| bs[3..8] == **oem)
+    {
+        3
+    } else {
+        return Ok(());
+    };
+    let bytes_per_sector = u16_le(&bs, 11);
+    let sectors_per_cluster = bs[13];
+    let reserved = u16_le(&bs, 14);
+    let fats = bs[16];
+    let media = bs[21];
+    let sane = matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
+        && sectors_per_cluster.is_power_of_two()
+        && reserved > 0
+        && (1..=4).contains(&fats)
+        && (media == 0xf0 || media >= 0xf8);
+    if !sane {
+        return Ok(());
+    }
+    let fat16_size = u16_le(&bs, 22);
+    let version = if fat16_size == 0 {
+        "FAT32"
+    } else {
+        // FAT12 and FAT16 differ only in the cluster count.
+        let total = match u16_le(&bs, 19) {
+            0 => u64::from(u32_le(&bs, 32)),
+            n => u64::from(n),
+        };
+        let bps = u64::from(bytes_per_sector);
+        let root_sectors = (u64::from(u16_le(&bs, 17)) * 32).div_ceil(bps);
+        let meta = u64::from(reserved) + u64::from(fats) * u64::from(fat16_size) + root_sectors;
+        let clusters = total.saturating_sub(meta) / u64::from(sectors_per_cluster);
+        if clusters < 4085 {
+            "FAT12"
+        } else {
+            "FAT16"
+        }
+    };
+    // The extended boot record (signature 0x29) holds the serial and label, at 39/43 for
+    // FAT12/16 and 67/71 for FAT32.
+    let ebr = if version == "FAT32" { 64 } else { 36 };
+    let (label, uuid) = if bs[ebr + 2] == 0x29 {
+        let serial = u32_le(&bs, ebr + 3);
+        let label = name_field(&bs[ebr + 7..ebr + 18]);
+        let label = if label == "NO NAME" {
+            String::new()
+        } else {
+            label
+        };
+        (
+            label,
+            format!("{:04X}-{:04X}", serial >> 16, serial & 0xffff),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    push(found, "vfat", magic_at, version.into(), label, uuid);
     Ok(())
 }
 
@@ -225,7 +415,14 @@ fn partition_tables(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result
                     } else {
                         "backup header"
                     };
-                    push(found, "gpt", at, detail.into());
+                    push(
+                        found,
+                        "gpt",
+                        at,
+                        detail.into(),
+                        String::new(),
+                        String::new(),
+                    );
                     gpt = true;
                 }
             }
@@ -234,7 +431,9 @@ fn partition_tables(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result
     let Some(mbr) = read::<512>(dev, 0)? else {
         return Ok(());
     };
-    if mbr[510..512] != [0x55, 0xaa] || gpt {
+    // A FAT boot sector also ends in 0x55AA; it is not a partition table.
+    let fat = found.iter().any(|s| s.kind == "vfat");
+    if mbr[510..512] != [0x55, 0xaa] || gpt || fat {
         return Ok(());
     }
     let entries: Vec<&[u8]> = mbr[446..510].chunks_exact(16).collect();
@@ -255,7 +454,7 @@ fn partition_tables(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result
         } else {
             ("dos", format!("{used} partition(s)"))
         };
-        push(found, kind, 510, detail);
+        push(found, kind, 510, detail, String::new(), String::new());
     }
     Ok(())
 }
@@ -368,6 +567,200 @@ mod tests {
         let d = mbr(&[(0, 0xee, u32::MAX)], &[]);
         d.write_at(b"EFI PART", 512).unwrap();
         assert_eq!(kinds(&d), vec![("gpt", 512)]);
+    }
+
+    const UUID: [u8; 16] = [
+        0x4e, 0xd4, 0x22, 0xfe, 0x88, 0x17, 0x41, 0xe9, 0xad, 0x25, 0x67, 0x86, 0x6c, 0xff, 0xbe,
+        0x8e,
+    ];
+    const UUID_TEXT: &str = "4ed422fe-8817-41e9-ad25-67866cffbe8e";
+
+    fn only(d: &MemoryDevice) -> Signature {
+        let mut found = probe(d).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.remove(0)
+    }
+
+    fn names(s: &Signature) -> (&'static str, &str, &str) {
+        (s.kind, s.label.as_str(), s.uuid.as_str())
+    }
+
+    #[test]
+    fn filesystem_labels_and_uuids() {
+        let mut sb = [0u8; 256];
+        sb[56..58].copy_from_slice(&0xef53u16.to_le_bytes());
+        sb[96] = 0x40; // incompat EXTENTS
+        sb[104..120].copy_from_slice(&UUID);
+        sb[120..126].copy_from_slice(b"rootfs");
+        let ext = only(&with(1024, &sb));
+        assert_eq!(names(&ext), ("ext4", "rootfs", UUID_TEXT));
+        assert_eq!(
+            ext.to_string(),
+            format!("an ext4 signature at byte 1080 (label 'rootfs', uuid {UUID_TEXT})")
+        );
+
+        let mut xfs = [0u8; 120];
+        xfs[..4].copy_from_slice(b"XFSB");
+        xfs[32..48].copy_from_slice(&UUID);
+        xfs[108..114].copy_from_slice(b"xlabel");
+        assert_eq!(names(&only(&with(0, &xfs))), ("xfs", "xlabel", UUID_TEXT));
+
+        let mut btrfs = vec![0u8; 555];
+        btrfs[32..48].copy_from_slice(&UUID);
+        btrfs[64..72].copy_from_slice(b"_BHRfS_M");
+        btrfs[299..305].copy_from_slice(b"blabel");
+        let found = only(&with(65536, &btrfs));
+        assert_eq!(names(&found), ("btrfs", "blabel", UUID_TEXT));
+        assert_eq!(found.offset, 65600);
+
+        let d = with(4086, b"SWAPSPACE2");
+        let mut header = [0u8; 44];
+        header[12..28].copy_from_slice(&UUID);
+        header[28..34].copy_from_slice(b"swappy");
+        d.write_at(&header, 1024).unwrap();
+        let swap = only(&d);
+        assert_eq!(names(&swap), ("swap", "swappy", UUID_TEXT));
+        assert_eq!(
+            swap.detail,
+            format!("4 KiB pages, label 'swappy', uuid {UUID_TEXT}")
+        );
+        // The old format has no names; the same bytes there are not read as them.
+        d.write_at(b"SWAP-SPACE", 4086).unwrap();
+        assert_eq!(names(&only(&d)), ("swap", "", ""));
+
+        // An all-zero UUID is no UUID.
+        let mut xfs = [0u8; 120];
+        xfs[..4].copy_from_slice(b"XFSB");
+        assert_eq!(names(&only(&with(0, &xfs))), ("xfs", "", ""));
+    }
+
+    #[test]
+    fn luks_labels_and_uuids() {
+        let uuid = b"68d218ce-6030-4ff2-874d-2023f458592d";
+        let mut h = [0u8; 208];
+        h[..8].copy_from_slice(b"LUKS\xba\xbe\x00\x02");
+        h[24..29].copy_from_slice(b"vault");
+        h[168..204].copy_from_slice(uuid);
+        let d = with(0, &h);
+        h[..4].copy_from_slice(b"SKUL");
+        d.write_at(&h, 0x4000).unwrap();
+        let found = probe(&d).unwrap();
+        assert_eq!(found.len(), 2);
+        for s in &found {
+            assert_eq!(
+                names(s),
+                (
+                    "crypto_LUKS",
+                    "vault",
+                    "68d218ce-6030-4ff2-874d-2023f458592d"
+                )
+            );
+        }
+        assert_eq!(
+            found[0].detail,
+            "LUKS2, label 'vault', uuid 68d218ce-6030-4ff2-874d-2023f458592d"
+        );
+        // LUKS1 has no label: bytes 24.. are its cipher name.
+        let mut h = [0u8; 208];
+        h[..8].copy_from_slice(b"LUKS\xba\xbe\x00\x01");
+        h[8..11].copy_from_slice(b"aes");
+        h[168..204].copy_from_slice(uuid);
+        assert_eq!(names(&only(&with(0, &h))).1, "");
+    }
+
+    /// A boot sector as mkfs.fat writes it for `sectors` sectors of 512 bytes.
+    fn fat_boot_sector(fat32: bool, sectors: u32, fat_sectors: u16, label: &[u8]) -> [u8; 512] {
+        let mut b = [0u8; 512];
+        b[..3].copy_from_slice(&[0xeb, 0x3c, 0x90]);
+        b[3..11].copy_from_slice(b"mkfs.fat");
+        b[11..13].copy_from_slice(&512u16.to_le_bytes());
+        b[13] = 4;
+        b[14..16].copy_from_slice(&(if fat32 { 32u16 } else { 4 }).to_le_bytes());
+        b[16] = 2;
+        b[21] = 0xf8;
+        if sectors < 65536 {
+            b[19..21].copy_from_slice(&(sectors as u16).to_le_bytes());
+        } else {
+            b[32..36].copy_from_slice(&sectors.to_le_bytes());
+        }
+        let ebr = if fat32 {
+            b[36..40].copy_from_slice(&u32::from(fat_sectors).to_le_bytes());
+            b[82..90].copy_from_slice(b"FAT32   ");
+            64
+        } else {
+            b[17..19].copy_from_slice(&512u16.to_le_bytes());
+            b[22..24].copy_from_slice(&fat_sectors.to_le_bytes());
+            b[54..62].copy_from_slice(if sectors / 4 < 4085 {
+                b"FAT12   "
+            } else {
+                b"FAT16   "
+            });
+            36
+        };
+        b[ebr + 2] = 0x29;
+        b[ebr + 3..ebr + 7].copy_from_slice(&0xf03a_b858u32.to_le_bytes());
+        b[ebr + 7..ebr + 18].copy_from_slice(label);
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        b
+    }
+
+    #[test]
+    fn vfat_boot_sectors() {
+        let cases = [
+            (
+                fat_boot_sector(false, 8192, 12, b"NO NAME    "),
+                "FAT12",
+                54,
+                "",
+            ),
+            (
+                fat_boot_sector(false, 614400, 600, b"BOOTPART   "),
+                "FAT16",
+                54,
+                "BOOTPART",
+            ),
+            (
+                fat_boot_sector(true, 614400, 1200, b"EFI        "),
+                "FAT32",
+                82,
+                "EFI",
+            ),
+        ];
+        for (bs, version, offset, label) in cases {
+            let s = only(&with(0, &bs));
+            assert_eq!(names(&s), ("vfat", label, "F03A-B858"), "{version}");
+            assert_eq!(
+                (s.offset, s.detail.split(',').next()),
+                (offset, Some(version))
+            );
+        }
+        // No type name but a formatter's OEM name, and a sane BPB: still FAT (16 by its
+        // cluster count), found at the OEM name.
+        let mut bs = fat_boot_sector(false, 614400, 600, b"NO NAME    ");
+        bs[54..62].fill(b' ');
+        let s = only(&with(0, &bs));
+        assert_eq!(
+            (s.kind, s.offset, s.detail.as_str()),
+            ("vfat", 3, "FAT16, uuid F03A-B858")
+        );
+        // Without the extended boot record there is no serial or label.
+        let mut bs = fat_boot_sector(true, 614400, 1200, b"EFI        ");
+        bs[66] = 0;
+        assert_eq!(names(&only(&with(0, &bs))), ("vfat", "", ""));
+        // A FAT name on a sector whose BPB is nonsense is not a filesystem.
+        for (at, value) in [(11, 100u8), (13, 3), (16, 0), (21, 0x12)] {
+            let mut bs = fat_boot_sector(false, 614400, 600, b"X          ");
+            bs[at] = value;
+            if at == 11 {
+                bs[12] = 0;
+            }
+            assert!(kinds(&with(0, &bs)).is_empty(), "byte {at}");
+        }
+        // A DOS partition table with a FAT-looking OEM name stays a partition table when
+        // its BPB is not sane.
+        let d = mbr(&[(0x80, 0x83, 100)], &[(3, b"MSDOS5.0")]);
+        assert_eq!(kinds(&d), vec![("dos", 510)]);
     }
 
     #[test]
