@@ -10,11 +10,13 @@ mod error;
 mod fault;
 mod file;
 mod memory;
+mod slice;
 
 pub use error::{BlockError, Result};
 pub use fault::{ErrorOn, FaultDevice, PowerDomain};
 pub use file::{FileDevice, OpenOptions};
 pub use memory::MemoryDevice;
+pub use slice::SliceDevice;
 
 /// A device that stores bytes at offsets: an image file, a block device, memory, or a
 /// wrapper around another device. Usable from many threads at once.

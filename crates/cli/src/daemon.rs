@@ -68,6 +68,11 @@ impl Daemon {
         for state in scan.vgs.values() {
             members.extend(state.present.values().map(|&i| scan.pvs[i].path.clone()));
         }
+        // A partition read from an image file's table is claimed through the file.
+        let mut members: Vec<String> = members
+            .iter()
+            .filter_map(|m| tessera_engine::devices::backing_path(m))
+            .collect();
         members.sort();
         members.dedup();
         let claims = members
@@ -192,6 +197,7 @@ impl Daemon {
             bail!("md/{name} is not running in this daemon");
         };
         self.exports.remove(&volume.export);
+        self.engine.remove_stacked(&volume.export);
         let flushed = tessera_block::BlockDevice::flush(&*volume.device);
         retire(&volume.device);
         flushed?;
@@ -247,6 +253,8 @@ impl Daemon {
                 .map_err(|e| anyhow!(e))?,
         );
         let export = format!("md/{}", array.name);
+        // The PVs on the array are found by the next scan.
+        self.engine.add_stacked(export.clone(), device.clone());
         self.exports.insert(
             export.clone(),
             Export::new(device.clone())

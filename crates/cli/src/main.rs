@@ -10,6 +10,7 @@ mod kdm;
 mod md;
 mod report;
 mod serve;
+mod show;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,6 +89,14 @@ enum Command {
     Deactivate(ActivateArgs),
     /// Make a VG over image files in a folder, list it and serve it: a first look at tessera.
     Demo(demo::DemoArgs),
+    /// Show the whole storage stack as a tree: disk > partition > array > PV > VG > LV >
+    /// LUKS or filesystem, with sizes, states and problems (reads only).
+    #[command(after_help = show::SHOW_ABOUT)]
+    Show(show::ShowArgs),
+    /// Probe every device (block devices and their partitions, or --devices) and list what
+    /// each holds, one line per device, array and LV (reads only).
+    #[command(after_help = show::SHOW_ABOUT)]
+    Scan(show::ShowArgs),
 }
 
 #[derive(Args, Clone)]
@@ -450,6 +459,8 @@ fn run(cli: Cli) -> Result<bool> {
     let socket = control::socket_path(cli.control.as_deref(), engine.state_dir());
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
+        Command::Show(args) => return show::show(&engine, &args),
+        Command::Scan(args) => return show::scan(&engine, &args),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(DmArgs {
             kernel: true,

@@ -567,7 +567,7 @@ fn health_word(a: &MdArray) -> &'static str {
 
 fn layout_name(level: i32, layout: u32) -> String {
     match level {
-        4 | 5 | 6 => {
+        4..=6 => {
             let base = match layout & !16 {
                 0 => "left-asymmetric",
                 1 => "right-asymmetric",

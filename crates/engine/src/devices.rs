@@ -66,3 +66,52 @@ pub fn block_devices() -> Vec<String> {
     out.sort();
     out
 }
+
+/// The file or device to claim for `name`: itself when it exists, the disk or image file
+/// for a partition tessera read from its table (`disk.img1`, `/dev/loop0p1`), None for a
+/// device that runs on others (an array, claimed through its members).
+pub fn backing_path(name: &str) -> Option<String> {
+    if Path::new(name).exists() {
+        return Some(name.to_string());
+    }
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stem.len() == name.len() {
+        return None;
+    }
+    // `loop0p1` names disk `loop0`; `disk.img1` names `disk.img`.
+    let disk = match stem.strip_suffix('p') {
+        Some(d) if d.ends_with(|c: char| c.is_ascii_digit()) => d,
+        _ => stem,
+    };
+    Path::new(disk).exists().then(|| disk.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_claimed_through_their_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, b"x").unwrap();
+        let img = img.to_string_lossy().into_owned();
+        assert_eq!(backing_path(&img).as_deref(), Some(img.as_str()));
+        assert_eq!(
+            backing_path(&format!("{img}1")).as_deref(),
+            Some(img.as_str())
+        );
+        assert_eq!(
+            backing_path(&format!("{img}12")).as_deref(),
+            Some(img.as_str())
+        );
+        assert_eq!(backing_path("md/stack"), None);
+        let digits = dir.path().join("disk0");
+        std::fs::write(&digits, b"x").unwrap();
+        let digits = digits.to_string_lossy().into_owned();
+        assert_eq!(
+            backing_path(&format!("{digits}p1")).as_deref(),
+            Some(digits.as_str())
+        );
+    }
+}

@@ -10,6 +10,7 @@ mod archive;
 pub mod claim;
 mod commit;
 pub mod devices;
+pub mod discover;
 mod error;
 pub mod kernel;
 mod lock;

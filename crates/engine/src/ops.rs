@@ -50,6 +50,8 @@ enum Source {
 pub struct Engine {
     state_dir: PathBuf,
     source: Source,
+    /// Devices running on top of the others (a daemon's MD arrays), scanned with them.
+    stacked: std::sync::Mutex<NamedDevices>,
     description: String,
     hostname: String,
 }
@@ -178,6 +180,7 @@ impl Engine {
         Engine {
             state_dir: state_dir.into(),
             source,
+            stacked: Default::default(),
             description: String::new(),
             hostname: hostname(),
         }
@@ -191,6 +194,7 @@ impl Engine {
         Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
+            stacked: Default::default(),
             description: String::new(),
             hostname: hostname(),
         }
@@ -227,8 +231,72 @@ impl Engine {
         Ok(std::sync::Arc::new(FileDevice::open(path, ro)?))
     }
 
-    /// The devices to scan, and the problems met opening them.
+    /// Adds a device that runs on top of the scanned ones (an MD array started in user
+    /// space), so that the PVs on it are found too.
+    pub fn add_stacked(&self, name: impl Into<String>, device: SharedDevice) {
+        let mut stacked = self
+            .stacked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = name.into();
+        stacked.retain(|(n, _)| *n != name);
+        stacked.push((name, device));
+    }
+
+    /// Forgets a stacked device.
+    pub fn remove_stacked(&self, name: &str) {
+        let mut stacked = self
+            .stacked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stacked.retain(|(n, _)| n != name);
+    }
+
+    fn stacked(&self) -> NamedDevices {
+        self.stacked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `name` is a stacked device (claimed through its own members).
+    pub fn is_stacked(&self, name: &str) -> bool {
+        self.stacked().iter().any(|(n, _)| n == name)
+    }
+
+    /// The devices where volumes may live: the listed devices, with each partition table's
+    /// partitions in place of the disk holding it, and the stacked devices; and the problems
+    /// met opening them.
     fn devices(&self, write: bool) -> Result<(NamedDevices, Vec<String>)> {
+        let (listed, mut problems) = self.listed_devices(write)?;
+        let modules: Vec<Box<dyn crate::discover::FormatModule>> =
+            vec![Box::new(crate::discover::PartitionTables)];
+        let mut out = Vec::new();
+        for tree in crate::discover::probe_tree(&listed, &modules) {
+            if let Some(f) = &tree.finding {
+                problems.extend(f.problems.iter().cloned());
+            }
+            let mut leaves = Vec::new();
+            tree.leaves(&mut leaves);
+            out.extend(
+                leaves
+                    .into_iter()
+                    .map(|p| (p.name.clone(), p.device.clone())),
+            );
+        }
+        out.extend(self.stacked());
+        Ok((out, problems))
+    }
+
+    /// Everything on the devices, layer by layer (see [`crate::discover`]). Reads only.
+    pub fn discover(&self) -> Result<crate::discover::Report> {
+        let (listed, problems) = self.listed_devices(false)?;
+        Ok(crate::discover::discover(&listed, problems))
+    }
+
+    /// The devices as listed (`--devices`, every block device, or given), and the problems
+    /// met opening them.
+    fn listed_devices(&self, write: bool) -> Result<(NamedDevices, Vec<String>)> {
         let paths = match &self.source {
             Source::Given(devs) => return Ok((devs.clone(), Vec::new())),
             Source::Patterns(p) => devices::expand(p)?,
@@ -260,6 +328,12 @@ impl Engine {
     /// LVs read-write); a device that cannot be opened for writing is opened read-only.
     pub fn scan_with(&self, write: bool) -> Result<Scan> {
         let (devs, problems) = self.devices(write)?;
+        // An MD member is not a PV even where it shows one (a 1.0 member's data starts with
+        // the array's): the PV is the array, found as a stacked device.
+        let devs: NamedDevices = devs
+            .into_iter()
+            .filter(|(_, d)| !matches!(md_format::probe(d.as_ref()), Ok(Some(_))))
+            .collect();
         let mut result = scan::scan(&devs);
         result.problems.splice(0..0, problems);
         Ok(result)
@@ -372,7 +446,7 @@ impl Engine {
         }
         let mut devices = Vec::new();
         for path in members {
-            let dev = Self::open_new_member(path, opts.force)?;
+            let dev = self.open_new_member(path, opts.force)?;
             let area =
                 md_format::create::data_area(opts.version, dev.size_bytes()).ok_or_else(|| {
                     EngineError::DeviceUnusable {
@@ -475,7 +549,7 @@ impl Engine {
                 "tessera adds spares to arrays with 1.x superblocks".into()
             ));
         };
-        let dev = Self::open_new_member(device, force)?;
+        let dev = self.open_new_member(device, force)?;
         let (data_offset, data_size) =
             md_format::create::data_area(template.version, dev.size_bytes()).ok_or_else(|| {
                 EngineError::DeviceUnusable {
@@ -531,14 +605,8 @@ impl Engine {
 
     /// Opens a device that is to become an array member, refusing one that holds another
     /// format's signature unless `force`.
-    fn open_new_member(path: &str, force: bool) -> Result<SharedDevice> {
-        if !Path::new(path).exists() {
-            return Err(EngineError::DeviceUnusable {
-                device: path.into(),
-                why: "no such file or device".into(),
-            });
-        }
-        let dev = Self::open(path, true)?;
+    fn open_new_member(&self, path: &str, force: bool) -> Result<SharedDevice> {
+        let dev = self.open_named(path, true)?;
         let found = signature::probe(dev.as_ref())?;
         if !found.is_empty() && !force {
             let what = found
@@ -638,13 +706,23 @@ impl Engine {
         if let Some(i) = scan.pvs.iter().position(|p| same_path(&p.path, path)) {
             return Ok((scan.pvs[i].path.clone(), scan.pvs[i].device.clone()));
         }
-        if !Path::new(path).exists() {
-            return Err(EngineError::DeviceUnusable {
-                device: path.into(),
-                why: "no such file or device".into(),
-            });
+        Ok((path.to_string(), self.open_named(path, true)?))
+    }
+
+    /// Opens `path`, or the partition or stacked device of that name among the engine's
+    /// devices (`disk.img1`, `md/NAME`), which has no path of its own.
+    fn open_named(&self, path: &str, write: bool) -> Result<SharedDevice> {
+        if Path::new(path).exists() {
+            return Self::open(path, write);
         }
-        Ok((path.to_string(), Self::open(path, true)?))
+        let (devs, _) = self.devices(write)?;
+        devs.into_iter()
+            .find(|(name, _)| name == path)
+            .map(|(_, d)| d)
+            .ok_or_else(|| EngineError::DeviceUnusable {
+                device: path.into(),
+                why: "no such file or device, nor a partition or array tessera found".into(),
+            })
     }
 
     fn pv_index(scan: &Scan, path: &str) -> Option<usize> {
