@@ -131,15 +131,36 @@ impl Daemon {
         let size = volumes
             .get(&format!("md-{}", array.name))
             .map_or(0, |v| v.device.size_sectors());
+        let mut text = format!(
+            "md/{} started: {} over {} of {} members, {size} sectors\n",
+            array.name,
+            array.level_name(),
+            array.slots.iter().flatten().count(),
+            array.raid_disks
+        );
+        // The LVs on PVs the array holds come up with it.
+        let scan = self.engine.scan_with(!self.read_only)?;
+        let mut served = Vec::new();
+        for state in scan.vgs.values() {
+            for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
+                let key = activate::dm_name(&state.vg.name, &lv.name);
+                if volumes.contains_key(&key) {
+                    continue;
+                }
+                match self.add_lv(&scan, state, &lv.name, &mut volumes) {
+                    Ok(()) => {
+                        text.push_str(&format!("  {}/{} served\n", state.vg.name, lv.name));
+                        served.push(format!("{}/{}", state.vg.name, lv.name));
+                    }
+                    Err(e) => {
+                        text.push_str(&format!("  {}/{} skipped: {e}\n", state.vg.name, lv.name))
+                    }
+                }
+            }
+        }
         Ok(Reply::ok(
-            format!(
-                "md/{} started: {} over {} of {} members, {size} sectors\n",
-                array.name,
-                array.level_name(),
-                array.slots.iter().flatten().count(),
-                array.raid_disks
-            ),
-            json!({ "name": array.name, "size_sectors": size }),
+            text,
+            json!({ "name": array.name, "size_sectors": size, "lvs": served }),
         ))
     }
 

@@ -137,9 +137,99 @@ fn targets(
     Ok((scan, out))
 }
 
+/// Starts, ahead of the VGs `names` (every VG when empty), the MD arrays that discovery
+/// found holding their PVs, and adds each running array to the engine's devices. An array
+/// running already (started by tessera or mdadm) is used as it is. False when an array
+/// could not start (degraded without --degraded, too few members).
+fn assemble_under(engine: &Engine, names: &[String], degraded: bool) -> Result<bool> {
+    let report = engine.discover()?;
+    let wanted: Vec<&str> = names
+        .iter()
+        .map(|n| n.split_once('/').map_or(n.as_str(), |(vg, _)| vg))
+        .collect();
+    let mut arrays: Vec<String> = Vec::new();
+    for (_, node) in report.walk() {
+        if node.kind != "md" || arrays.contains(&node.name) {
+            continue;
+        }
+        let holds = |n: &tessera_engine::discover::Node| -> bool {
+            fn any_vg(n: &tessera_engine::discover::Node, wanted: &[&str]) -> bool {
+                (n.kind == "vg" && (wanted.is_empty() || wanted.contains(&n.name.as_str())))
+                    || n.children.iter().any(|c| any_vg(c, wanted))
+            }
+            any_vg(n, &wanted)
+        };
+        if wanted.is_empty() || holds(node) {
+            arrays.push(node.name.clone());
+        }
+    }
+    let mut ok = true;
+    for array in arrays {
+        let name = &array[3..];
+        let node = match running_array(engine, name)? {
+            Some(node) => {
+                println!("  {array}: running already as {node}");
+                Some(node)
+            }
+            None => match activate_md(engine, name, degraded) {
+                Ok(node) => node,
+                Err(e) => {
+                    eprintln!("tessera: error: {e:#}");
+                    None
+                }
+            },
+        };
+        match node {
+            Some(node) => {
+                let ro = tessera_block::OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                };
+                let device = tessera_block::FileDevice::open(&node, ro)?;
+                engine.add_stacked(node, std::sync::Arc::new(device));
+            }
+            None => ok = false,
+        }
+    }
+    Ok(ok)
+}
+
+/// The kernel device of array `name` if it runs already: tessera's `md_NAME`, or the md
+/// device holding its members (an array mdadm started, `md127`).
+fn running_array(engine: &Engine, name: &str) -> Result<Option<String>> {
+    let device = tessera_kernel::md::device_name(name);
+    if let Some(state) = tessera_kernel::md::read_attr(&device, "array_state") {
+        if state != "clear" && state != "inactive" {
+            return Ok(Some(format!("/dev/{device}")));
+        }
+    }
+    let scan = engine.md_scan(false)?;
+    let Some(array) = scan.array(name) else {
+        return Ok(None);
+    };
+    for m in array.slots.iter().flatten() {
+        let Ok(real) = std::fs::canonicalize(&m.path) else {
+            continue;
+        };
+        let Some(base) = real.file_name().map(|b| b.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let holders = format!("/sys/class/block/{base}/holders");
+        if let Ok(entries) = std::fs::read_dir(holders) {
+            for e in entries.flatten() {
+                let h = e.file_name().to_string_lossy().into_owned();
+                if h.starts_with("md") && std::path::Path::new(&format!("/dev/{h}")).exists() {
+                    return Ok(Some(format!("/dev/{h}")));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Starts MD array `name` in the kernel from the members tessera's assembly found fresh
-/// (and its spares); degraded only when asked.
-fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<bool> {
+/// (and its spares); degraded only when asked. Returns its device node.
+fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<Option<String>> {
     use tessera_engine::md::Health;
     let scan = engine.md_scan(false)?;
     let Some(array) = scan.array(name) else {
@@ -201,7 +291,7 @@ fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<bool> {
         array.raid_disks,
         made.state
     );
-    Ok(true)
+    Ok(Some(node))
 }
 
 pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<bool> {
@@ -212,14 +302,15 @@ pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<boo
     };
     let mut ok = true;
     for n in &md {
-        ok &= activate_md(engine, &n[3..], degraded)?;
+        ok &= activate_md(engine, &n[3..], degraded)?.is_some();
     }
     if !md.is_empty() && names.is_empty() {
         return Ok(ok);
     }
+    // The arrays under the VGs first, so that the PVs on them are found.
+    ok &= assemble_under(engine, &names, degraded)?;
     let control = Control::open()?;
     let (scan, lvs) = targets(engine, &names)?;
-    let mut ok = true;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");
         match kernel::activate_lv(&control, &scan, state, &lv) {

@@ -59,9 +59,26 @@ echo "vguuid $(vgs --noheadings -o vg_uuid vg0 | tr -d ' ')"
 echo "partuuid $(blkid -p -o value -s PART_ENTRY_UUID ${L0}p1)"
 vgchange -q -an vg0
 mdadm --stop "$MD" >/dev/null 2>&1
+# Auto-assembly in the kernel, on a copy: tessera finds the array under vg0 (no --devices:
+# every block device, the kernel's partitions among them), starts it, then the VG on it.
+for l in "${loops[@]}"; do losetup -d "$l"; done
+mkdir -p kern && cp --sparse=always clean/d0.img clean/d1.img clean/d2.img kern/
+K=()
+for i in 0 1 2; do K+=("$(losetup -P -f --show "kern/d$i.img")"); done
+sleep 1
+KT=(./tessera --state-dir /tmp/kst)
+"${KT[@]}" activate --all > kact.out 2>&1; echo "kact rc $?"
+sed 's/^/kact: /' kact.out
+echo "kmdstat $(grep -c '^md_stack : active.* raid1 ' /proc/mdstat)"
+for lv in secret plain data; do echo "ksha $lv $(sha256sum < /dev/mapper/vg0-$lv | cut -d' ' -f1)"; done
+"${KT[@]}" show --json > kshow.json 2> kshow.err; echo "kshow rc $?"
+"${KT[@]}" show 2>&1 | sed 's/^/kshow: /'
+"${KT[@]}" deactivate vg0 > /dev/null; "${KT[@]}" deactivate md/stack > /dev/null
+echo "kleft-lv $(dmsetup ls | grep -c vg0)"
+echo "kleft-md $(grep -c md_stack /proc/mdstat)"
+for l in "${K[@]}"; do losetup -d "$l"; done
 # The damaged copy: member 1 misses writes (the array runs on member 0 alone), disk 2 is gone.
 cp --sparse=always clean/d0.img clean/d1.img damaged/
-for l in "${loops[@]}"; do losetup -d "$l"; done
 D0=$(losetup -P -f --show damaged/d0.img)
 mdadm --assemble --run /dev/md/stack ${D0}p1 >/dev/null 2>&1 || echo "degraded-assemble-failed"
 mdadm --readwrite /dev/md/stack 2>/dev/null
@@ -123,7 +140,10 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     let d = kept.as_deref().map(Path::new).unwrap_or(dir.path());
     let text = match &kept {
         Some(k) => std::fs::read_to_string(Path::new(k).join("lab.txt")).unwrap(),
-        None => common::lab_script(d, INSIDE, 600),
+        None => {
+            std::fs::copy(common::tessera_path(), d.join("tessera")).unwrap();
+            common::lab_script(d, INSIDE, 600)
+        }
     };
     assert!(text.contains("discovery-lab-done"), "lab:\n{text}");
     assert!(!text.contains("-failed"), "lab:\n{text}");
@@ -251,6 +271,36 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     );
     drop(served);
 
+    // Auto-assembly in the kernel: the array, then the VG on it; the kernel reads the same
+    // bytes; show names the running array by its kernel device and lists it once.
+    assert_eq!(v("kact rc"), "0", "{text}");
+    assert_eq!(v("kmdstat"), "1", "{text}");
+    for lv in ["secret", "plain", "data"] {
+        assert_eq!(
+            v(&format!("ksha {lv}")),
+            v(&format!("sha {lv}")),
+            "kernel vg0/{lv}"
+        );
+    }
+    assert_eq!(v("kshow rc"), "0", "{text}");
+    assert_eq!(v("kleft-lv"), "0", "{text}");
+    assert_eq!(v("kleft-md"), "0", "{text}");
+    let kshow: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("kshow.json")).unwrap()).unwrap();
+    let kmd = node(&kshow, "md/stack");
+    assert_eq!(kmd["detail"]["kernel_device"], "/dev/md_stack", "{kmd:#}");
+    assert_eq!(kmd["format"], "LVM2_member");
+    assert_eq!(node(&kshow, "vg0/plain")["format"], "ext4");
+    assert_eq!(node(&kshow, "/dev/loop0p1")["state"], "active");
+    assert!(
+        kshow["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != "/dev/md_stack"),
+        "the kernel's array is not a disk of its own: {kshow:#}"
+    );
+
     // The damaged copy: d2 (PV p2) gone, d1's member stale.
     let damaged = format!("{}/damaged/*.img", d.display());
     let report = show(d, &damaged);
@@ -289,4 +339,30 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     assert_eq!(node(&report, "vg0/plain")["format"], "ext4");
     assert_eq!(node(&report, "vg0/data")["state"], "unreadable");
     eprintln!("damaged: {problems:#?}");
+
+    // Served, the degraded array waits to be asked; asked, it brings up the LVs on it.
+    let state = d.join("state3");
+    let served = common::serve(&damaged, &state, &[]);
+    let list = common::run_ok(Command::new("nbdinfo").arg("--list").arg(&served.addr));
+    assert!(!list.contains("vg0/plain"), "{list}");
+    let up = common::run_ok(
+        Command::new(common::tessera_path())
+            .args(["--devices", &damaged, "--state-dir"])
+            .arg(&state)
+            .args(["activate", "--userspace", "--degraded", "md/stack"]),
+    );
+    assert!(up.contains("vg0/plain served"), "{up}");
+    let file = d.join("degraded-plain.out");
+    common::run_ok(
+        Command::new("nbdcopy")
+            .arg(format!("{}/vg0/plain", served.addr))
+            .arg(&file),
+    );
+    let sha = common::run_ok(Command::new("sha256sum").arg(&file));
+    assert_eq!(
+        sha.split(' ').next().unwrap(),
+        v("sha plain"),
+        "degraded vg0/plain"
+    );
+    drop(served);
 }

@@ -59,6 +59,11 @@ pub fn block_devices() -> Vec<String> {
                 .trim()
                 .parse()
                 .ok()?;
+            // LVs active in the kernel show under their VG, not as disks of their own.
+            let uuid = std::fs::read_to_string(e.path().join("dm/uuid")).unwrap_or_default();
+            if uuid.starts_with("LVM-") {
+                return None;
+            }
             let dev = format!("/dev/{name}");
             (size > 0 && Path::new(&dev).exists()).then_some(dev)
         })

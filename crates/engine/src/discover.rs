@@ -508,7 +508,7 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
         tessera_raid::register(&mut r);
         Arc::new(r)
     };
-    let trees = probe_tree(devices, &modules);
+    let mut trees = probe_tree(devices, &modules);
 
     // Arrays from the MD members among the leaves.
     let mut leaves = Vec::new();
@@ -528,6 +528,7 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             }
         }
     }
+    drop(leaves);
     let arrays = md_model::assemble(members);
     let mut member_state: std::collections::HashMap<String, (String, String, Option<String>)> =
         Default::default();
@@ -613,6 +614,31 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             problems: node_problems,
             children: Vec::new(),
         };
+        // An array the kernel runs is read there, not put together a second time.
+        let kernel = array
+            .slots
+            .iter()
+            .flatten()
+            .find_map(|m| kernel_holder(&m.path))
+            .and_then(|dev| trees.iter().position(|t| t.name == dev));
+        let mut node = node;
+        if let Some(index) = kernel {
+            let tree = trees.remove(index);
+            node.summary
+                .push_str(&format!(", running in the kernel as {}", tree.name));
+            node.detail["kernel_device"] = serde_json::Value::String(tree.name.clone());
+            node.size_bytes = tree.device.size_bytes();
+            array_trees.push((name.clone(), tree));
+            array_nodes.push((
+                members,
+                Made {
+                    name,
+                    _device: None,
+                    node,
+                },
+            ));
+            continue;
+        }
         let device: Option<SharedDevice> = if startable {
             match array.activate(&name, registry.clone(), None) {
                 Ok(d) => Some(Arc::new(d)),
@@ -650,6 +676,10 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
     }
 
     // The VGs on every PV: leaves of the disks and of the arrays.
+    let mut leaves = Vec::new();
+    for t in &trees {
+        t.leaves(&mut leaves);
+    }
     let mut pv_devices: NamedDevices = Vec::new();
     for leaf in &leaves {
         if leaf.format() == Some("LVM2_member") {
@@ -814,6 +844,18 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
 /// One sentence for a member its array leaves out, the same on the member and the array.
 fn left_out_problem(member: &str, array: &str, why: &impl std::fmt::Display) -> String {
     format!("{member}: left out of {array}: {why}")
+}
+
+/// The kernel's md device (`/dev/md127`) holding block device `member`, if one does.
+fn kernel_holder(member: &str) -> Option<String> {
+    let real = std::fs::canonicalize(member).ok()?;
+    let base = real.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(format!("/sys/class/block/{base}/holders"))
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|h| h.starts_with("md"))
+        .map(|h| format!("/dev/{h}"))
 }
 
 fn collect_problems(n: &Node, out: &mut Vec<String>) {

@@ -284,7 +284,11 @@ impl Engine {
                     .map(|p| (p.name.clone(), p.device.clone())),
             );
         }
-        out.extend(self.stacked());
+        for (name, device) in self.stacked() {
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, device));
+            }
+        }
         Ok((out, problems))
     }
 
