@@ -36,6 +36,13 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A format that is there but cannot be read: what it is, and the problem.
+    fn damaged(format: &str, what: &str, problem: String) -> Option<(Finding, Vec<Inner>)> {
+        let mut f = Finding::new(format, what);
+        f.problems.push(problem);
+        Some((f, Vec::new()))
+    }
+
     fn new(format: impl Into<String>, summary: impl Into<String>) -> Finding {
         Finding {
             format: format.into(),
@@ -116,11 +123,7 @@ impl FormatModule for PartitionTables {
         let table = match read_partition_table(name, device.as_ref()) {
             Ok(Some(t)) => t,
             Ok(None) => return None,
-            Err(e) => {
-                let mut f = Finding::new("partition table", "a damaged partition table");
-                f.problems.push(e);
-                return Some((f, Vec::new()));
-            }
+            Err(e) => return Finding::damaged("partition table", "a damaged partition table", e),
         };
         let scheme = match table.scheme {
             Scheme::Mbr => "dos",
@@ -211,12 +214,11 @@ impl FormatModule for MdMembers {
                 });
                 Some((f, Vec::new()))
             }
-            Err(e) => {
-                let mut f =
-                    Finding::new("linux_raid_member", "an MD superblock that cannot be read");
-                f.problems.push(e.to_string());
-                Some((f, Vec::new()))
-            }
+            Err(e) => Finding::damaged(
+                "linux_raid_member",
+                "an MD superblock that cannot be read",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -239,11 +241,11 @@ impl FormatModule for LvmLabels {
                 });
                 Some((f, Vec::new()))
             }
-            Err(e) => {
-                let mut f = Finding::new("LVM2_member", "an LVM2 label that cannot be read");
-                f.problems.push(e.to_string());
-                Some((f, Vec::new()))
-            }
+            Err(e) => Finding::damaged(
+                "LVM2_member",
+                "an LVM2 label that cannot be read",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -280,11 +282,11 @@ impl FormatModule for LuksHeaders {
                 f.problems.extend(h.warning.clone());
                 Some((f, Vec::new()))
             }
-            Err(e) => {
-                let mut f = Finding::new("crypto_LUKS", "a LUKS header that cannot be read");
-                f.problems.push(e.to_string());
-                Some((f, Vec::new()))
-            }
+            Err(e) => Finding::damaged(
+                "crypto_LUKS",
+                "a LUKS header that cannot be read",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -314,11 +316,7 @@ impl FormatModule for Signatures {
     fn probe(&self, name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
         let found = match signature::probe(device.as_ref()) {
             Ok(found) => found,
-            Err(e) => {
-                let mut f = Finding::new("unreadable", "cannot be read");
-                f.problems.push(e.to_string());
-                return Some((f, Vec::new()));
-            }
+            Err(e) => return Finding::damaged("unreadable", "cannot be read", e.to_string()),
         };
         let content: Vec<_> = found.iter().filter(|s| CONTENT.contains(&s.kind)).collect();
         if let Some(first) = content.first() {
@@ -340,9 +338,7 @@ impl FormatModule for Signatures {
         let len = device.size_bytes().min(64 << 10) as usize;
         let mut head = vec![0u8; len];
         if let Err(e) = device.read_at(&mut head, 0) {
-            let mut f = Finding::new("unreadable", "cannot be read");
-            f.problems.push(e.to_string());
-            return Some((f, Vec::new()));
+            return Finding::damaged("unreadable", "cannot be read", e.to_string());
         }
         let first = head.iter().position(|&b| b != 0)?;
         let mut f = Finding::new("unknown", "data in no format tessera knows");
@@ -1010,6 +1006,24 @@ mod tests {
             "{:?}",
             report.problems
         );
+    }
+
+    #[test]
+    fn a_partition_listed_on_its_own_is_probed_once_under_its_disk() {
+        let disk = mbr_disk(&[(0x82, 2048, 20480)]);
+        // The kernel's partition device: its own node, the same bytes.
+        let part = MemoryDevice::new("disk1", 20480 * 512);
+        part.write_at(b"SWAPSPACE2", 4086).unwrap();
+        let devices: NamedDevices = vec![
+            ("disk".into(), Arc::new(disk)),
+            ("disk1".into(), Arc::new(part)),
+        ];
+        let report = discover(&devices, Vec::new());
+        assert_eq!(report.devices.len(), 1, "{:#?}", report.devices);
+        let p = &report.devices[0].children[0];
+        assert_eq!(p.name, "disk1");
+        // Read through the listed device (the slice of the disk holds no swap).
+        assert_eq!(p.format.as_deref(), Some("swap"));
     }
 
     #[test]
