@@ -113,6 +113,21 @@ impl Daemon {
         Ok((daemon, warnings))
     }
 
+    /// Stops everything the daemon runs, LVs first and the arrays under them last: each is
+    /// flushed and its table replaced by `error`, so a raid set stops its sync work and
+    /// records itself clean, as md does when an array stops.
+    pub fn shutdown(&self) {
+        let mut volumes = self.lock();
+        let (arrays, others): (Vec<_>, Vec<_>) = std::mem::take(&mut *volumes)
+            .into_values()
+            .partition(|v| v.export.starts_with("md/"));
+        for volume in others.iter().chain(&arrays) {
+            self.exports.remove(&volume.export);
+            let _ = tessera_block::BlockDevice::flush(&*volume.device);
+            retire(&volume.device);
+        }
+    }
+
     pub fn exports(&self) -> &ExportSet {
         &self.exports
     }

@@ -457,6 +457,13 @@ fn run(cli: Cli) -> Result<bool> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     ));
     let socket = control::socket_path(cli.control.as_deref(), engine.state_dir());
+    // PVs on MD arrays are seen by the PV, VG and LV commands, which put the arrays
+    // together for themselves; the daemon runs its own, and the kernel path uses the
+    // kernel's.
+    engine.set_assemble_arrays(matches!(
+        cli.command,
+        Command::Pv(_) | Command::Vg(_) | Command::Lv(_)
+    ));
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
         Command::Show(args) => return show::show(&engine, &args),

@@ -1,13 +1,11 @@
 //! `tessera md`: MD software RAID arrays, read from their members' superblocks as mdadm
 //! writes them.
 
-use std::sync::Arc;
-
 use crate::control::{Client, Request};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
-use tessera_block::{BlockDevice, FileDevice, OpenOptions};
+
 use tessera_engine::md::{Health, MdArray};
 use tessera_engine::ops::MdCreateOptions;
 use tessera_engine::Engine;
@@ -222,7 +220,7 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             )?;
             Ok(true)
         }
-        MdCommand::Examine { device, json } => examine(&device, json),
+        MdCommand::Examine { device, json } => examine(engine, &device, json),
         MdCommand::List { json } => {
             let scan = engine.md_scan(false)?;
             if json {
@@ -683,16 +681,11 @@ fn detail_text(a: &MdArray) -> String {
     out
 }
 
-fn examine(path: &str, json_out: bool) -> Result<bool> {
-    let dev = FileDevice::open(
-        path,
-        OpenOptions {
-            read_only: true,
-            ..OpenOptions::default()
-        },
-    )
-    .with_context(|| format!("cannot open {path}"))?;
-    let dev = Arc::new(dev);
+fn examine(engine: &Engine, path: &str, json_out: bool) -> Result<bool> {
+    // A path, or a partition tessera read from an image file's table (`disk.img1`).
+    let dev = engine
+        .open_named(path, false)
+        .with_context(|| format!("cannot open {path}"))?;
     let Some((version, sb)) = md_format::probe(&*dev)? else {
         bail!("{path}: no MD superblock (versions 0.90, 1.0, 1.1, 1.2 looked for)");
     };

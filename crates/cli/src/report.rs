@@ -389,16 +389,25 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
                 if let Some(first) = lv.segments.first() {
                     seg_fields(s, scan, first, u, &mut base);
                     // Whole-LV values where a segment's would mislead.
-                    let ranges: Vec<String> = lv
+                    let per_segment: Vec<Row> = lv
                         .segments
                         .iter()
                         .map(|seg| {
                             let mut r = Row::new();
                             seg_fields(s, scan, seg, u, &mut r);
-                            r.remove("seg_pe_ranges").unwrap_or_default()
+                            r
                         })
                         .collect();
-                    base.insert("seg_pe_ranges", ranges.join(" "));
+                    let joined = |key: &str, sep: &str| -> String {
+                        per_segment
+                            .iter()
+                            .filter_map(|r| r.get(key).filter(|v| !v.is_empty()).cloned())
+                            .collect::<Vec<_>>()
+                            .join(sep)
+                    };
+                    base.insert("seg_pe_ranges", joined("seg_pe_ranges", " "));
+                    // lvm2 lists every segment's devices, comma-separated.
+                    base.insert("devices", joined("devices", ","));
                 }
                 rows.push(base);
             }

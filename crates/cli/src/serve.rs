@@ -101,6 +101,21 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
         );
     }
     let daemon = Arc::new(daemon);
+    // SIGTERM, SIGINT (Ctrl-C) and SIGHUP stop the daemon cleanly: arrays are recorded clean,
+    // so the next start needs no resync. (SIGKILL cannot be caught; the bitmap covers it.)
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let stopping = daemon.clone();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("tessera: signal {signal}: stopping, arrays recorded clean");
+            stopping.shutdown();
+            std::process::exit(0);
+        }
+    });
     let handler = daemon.clone();
     let control = control::listen(control_path, Arc::new(move |req| handler.handle(req)))?;
 

@@ -366,3 +366,104 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     );
     drop(served);
 }
+
+const ARRAY_VG_INSIDE: &str = r#"set -u
+cd "$(dirname "$0")"
+mkdir -p /tmp/lvmconf
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+L=()
+for i in 0 1; do L+=("$(losetup -P -f --show "d$i.img")"); done
+sleep 1
+mdadm --assemble /dev/md/tarr "${L[0]}p1" "${L[1]}p1" >/dev/null 2>&1; echo "assemble rc $?"
+eval "$(mdadm --detail --export /dev/md/tarr)"; echo "md-state $MD_LEVEL $MD_DEVICES"
+echo "mdadm-state $(mdadm --detail /dev/md/tarr | awk -F' : ' '/State :/ {print $2}' | tr -d ' ')"
+vgchange -q -ay tv; echo "vgchange rc $?"
+vgck tv; echo "vgck rc $?"
+echo "lvs $(lvs --noheadings -o lv_name,devices tv | tr -s ' ' | tr '\n' ';')"
+echo "sha-k $(sha256sum < /dev/mapper/tv-data | cut -d' ' -f1)"
+vgchange -q -an tv
+mdadm --stop /dev/md/tarr >/dev/null 2>&1
+for l in "${L[@]}"; do losetup -d "$l"; done
+echo array-vg-done
+"#;
+
+/// The other way round: tessera makes the array (over GPT partitions of image files), a PV on
+/// it and a VG over it and a partition, writes an LV through `serve`; in the lab, mdadm
+/// assembles the array and lvm2 activates the VG on it with the same bytes.
+#[test]
+fn a_vg_tessera_makes_on_its_array_is_what_mdadm_and_lvm2_see() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let disks: Vec<String> = common::image_files(d, "d", 2, 64 << 20);
+    for (i, disk) in disks.iter().enumerate() {
+        let to = d.join(format!("d{i}.img"));
+        std::fs::rename(disk, &to).unwrap();
+        let mut sfdisk = Command::new("sfdisk")
+            .arg("-q")
+            .arg(&to)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        sfdisk
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: gpt\nsize=40M, type=A19D880F-05FC-4D3B-A006-743F0F84911E\ntype=E6D6D379-F507-44C2-A23C-238F2A3DF928\n")
+            .unwrap();
+        assert!(sfdisk.wait().unwrap().success());
+    }
+    let devices = format!("{}/d*.img", d.display());
+    let t = |args: &[&str]| common::tessera(&devices, &state, args);
+    let p = |n: u32, part: u32| format!("{}/d{n}.img{part}", d.display());
+    t(&["md", "create", "tarr", "--level", "1", &p(0, 1), &p(1, 1)]);
+    t(&["pv", "create", "md/tarr", &p(1, 2)]);
+    t(&["vg", "create", "tv", "md/tarr", &p(1, 2)]);
+    // 40 MiB: more than the array holds, so the LV spans the array and the partition.
+    t(&["lv", "create", "tv/data", "-L", "40M"]);
+    let pvs = t(&["lv", "list", "-o", "lv_name,devices", "--noheadings"]);
+    assert!(pvs.contains("md/tarr") && pvs.contains("d1.img2"), "{pvs}");
+    let source = d.join("source");
+    common::run_ok(
+        Command::new("head")
+            .args(["-c", "41943040", "/dev/urandom"])
+            .stdout(std::fs::File::create(&source).unwrap()),
+    );
+    let served = common::serve(&devices, &state, &[]);
+    common::run_ok(
+        Command::new("nbdcopy")
+            .arg(&source)
+            .arg(format!("{}/tv/data", served.addr)),
+    );
+    // Stopped at once after the last write, the array is recorded clean all the same.
+    assert!(served.stop().success());
+    let examine = t(&["md", "examine", &p(0, 1)]);
+    assert!(examine.contains("State : clean"), "{examine}");
+    let sha = common::run_ok(Command::new("sha256sum").arg(&source));
+    let sha = sha.split(' ').next().unwrap();
+
+    let text = common::lab_script(d, ARRAY_VG_INSIDE, 300);
+    assert!(text.contains("array-vg-done"), "lab:\n{text}");
+    let value = |k: &str| -> &str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in\n{text}"))
+            .trim()
+    };
+    assert_eq!(value("assemble rc"), "0", "{text}");
+    assert_eq!(value("md-state"), "raid1 2", "{text}");
+    assert_eq!(value("mdadm-state"), "clean", "{text}");
+    assert_eq!(value("vgchange rc"), "0", "{text}");
+    assert_eq!(value("vgck rc"), "0", "{text}");
+    assert_eq!(
+        value("sha-k"),
+        sha,
+        "the kernel reads what tessera wrote:\n{text}"
+    );
+}

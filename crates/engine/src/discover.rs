@@ -743,14 +743,17 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
                     if let Some(p) = probed.into_iter().next() {
                         fill(&mut node, &p);
                     }
-                    node.state = Some(
-                        if state.missing.is_empty() {
-                            "readable"
-                        } else {
-                            "readable, partial VG"
-                        }
-                        .into(),
-                    );
+                    // Readable, with nothing on it or something; in a partial VG, say so.
+                    let what = if node.format.is_some() {
+                        "readable"
+                    } else {
+                        "empty"
+                    };
+                    node.state = Some(if state.missing.is_empty() {
+                        what.to_string()
+                    } else {
+                        format!("{what}, partial VG")
+                    });
                     lv_devices.push(device);
                 }
                 Err(crate::EngineError::VgPartial { list, .. }) => {
@@ -843,7 +846,7 @@ fn left_out_problem(member: &str, array: &str, why: &impl std::fmt::Display) -> 
 }
 
 /// The kernel's md device (`/dev/md127`) holding block device `member`, if one does.
-fn kernel_holder(member: &str) -> Option<String> {
+pub(crate) fn kernel_holder(member: &str) -> Option<String> {
     let real = std::fs::canonicalize(member).ok()?;
     let base = real.file_name()?.to_string_lossy().into_owned();
     std::fs::read_dir(format!("/sys/class/block/{base}/holders"))
@@ -891,7 +894,9 @@ fn fill(node: &mut Node, p: &Probed) {
             node.problems.extend(f.problems.iter().cloned());
         }
         None => {
-            node.summary = p.what.clone().unwrap_or_default();
+            if let Some(what) = &p.what {
+                node.summary = what.clone();
+            }
             node.state = Some("empty".into());
         }
     }

@@ -52,6 +52,9 @@ pub struct Engine {
     source: Source,
     /// Devices running on top of the others (a daemon's MD arrays), scanned with them.
     stacked: std::sync::Mutex<NamedDevices>,
+    /// Whether the MD arrays on the devices are put together (in user space, for this
+    /// process only) so that the PVs on them are seen: see [`Engine::set_assemble_arrays`].
+    assemble_arrays: bool,
     description: String,
     hostname: String,
 }
@@ -181,6 +184,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source,
             stacked: Default::default(),
+            assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
         }
@@ -195,6 +199,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
             stacked: Default::default(),
+            assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
         }
@@ -229,6 +234,63 @@ impl Engine {
             }
         }
         Ok(std::sync::Arc::new(FileDevice::open(path, ro)?))
+    }
+
+    /// Makes every command see the PVs on MD arrays: each array found is put together in
+    /// user space as `md/NAME` whenever the devices are listed (complete arrays; degraded
+    /// ones too when only reading). Arrays the kernel runs are seen through their own device,
+    /// and a daemon's arrays through [`Engine::add_stacked`]; neither is assembled again.
+    /// Such an array keeps no records: commands write only LVM metadata through it.
+    pub fn set_assemble_arrays(&mut self, on: bool) {
+        self.assemble_arrays = on;
+    }
+
+    /// The arrays on `devs` as devices `md/NAME` (see [`Engine::set_assemble_arrays`]).
+    fn assembled_arrays(
+        &self,
+        devs: &NamedDevices,
+        write: bool,
+        problems: &mut Vec<String>,
+    ) -> NamedDevices {
+        let mut members = Vec::new();
+        for (path, device) in devs {
+            if let Ok(Some((version, sb))) = md_format::probe(device.as_ref()) {
+                members.push(MdMember {
+                    path: path.clone(),
+                    device: device.clone(),
+                    version,
+                    sb,
+                });
+            }
+        }
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let mut registry = tessera_mapper::TargetRegistry::new();
+        tessera_raid::register(&mut registry);
+        let registry = std::sync::Arc::new(registry);
+        let mut out: NamedDevices = Vec::new();
+        for array in md::assemble(members) {
+            let name = format!("md/{}", array.name);
+            let in_kernel = array
+                .slots
+                .iter()
+                .flatten()
+                .any(|m| crate::discover::kernel_holder(&m.path).is_some());
+            if in_kernel || devs.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            match array.health() {
+                md::Health::Complete => {}
+                md::Health::Degraded { .. } if !write => {}
+                _ => continue,
+            }
+            match array.activate(&name, registry.clone(), None) {
+                Ok(device) => out.push((name, std::sync::Arc::new(device))),
+                Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
+            }
+        }
+        out
     }
 
     /// Adds a device that runs on top of the scanned ones (an MD array started in user
@@ -288,6 +350,10 @@ impl Engine {
             if !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, device));
             }
+        }
+        if self.assemble_arrays {
+            let arrays = self.assembled_arrays(&out, write, &mut problems);
+            out.extend(arrays);
         }
         Ok((out, problems))
     }
@@ -715,7 +781,7 @@ impl Engine {
 
     /// Opens `path`, or the partition or stacked device of that name among the engine's
     /// devices (`disk.img1`, `md/NAME`), which has no path of its own.
-    fn open_named(&self, path: &str, write: bool) -> Result<SharedDevice> {
+    pub fn open_named(&self, path: &str, write: bool) -> Result<SharedDevice> {
         if Path::new(path).exists() {
             return Self::open(path, write);
         }

@@ -175,6 +175,17 @@ pub struct Served {
     pub addr: String,
 }
 
+impl Served {
+    /// Stops the daemon as a supervisor would (SIGTERM) and waits for it to exit.
+    #[allow(dead_code)]
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: a signal to the child this handle owns.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().expect("tessera serve exits")
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
