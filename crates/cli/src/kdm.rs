@@ -307,9 +307,9 @@ pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<boo
     if !md.is_empty() && names.is_empty() {
         return Ok(ok);
     }
+    let control = Control::open()?;
     // The arrays under the VGs first, so that the PVs on them are found.
     ok &= assemble_under(engine, &names, degraded)?;
-    let control = Control::open()?;
     let (scan, lvs) = targets(engine, &names)?;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");

@@ -29,7 +29,7 @@ for i in 0 1 2; do
   loops+=("$(losetup -P -f --show "clean/d$i.img")")
 done
 L0=${loops[0]} L1=${loops[1]} L2=${loops[2]}
-mdadm --create /dev/md/stack --run --level 1 --raid-devices 2 --metadata 1.2 --assume-clean ${L0}p1 ${L1}p1 >/dev/null 2>&1 || echo "mdadm-failed"
+mdadm --create /dev/md/stack --run --level 1 --raid-devices 2 --spare-devices 1 --metadata 1.2 --assume-clean ${L0}p1 ${L1}p1 ${L2}p1 >/dev/null 2>&1 || echo "mdadm-failed"
 MD=$(readlink -f /dev/md/stack)
 pvcreate -q "$MD" ${L2}p2
 vgcreate -q -s 1M vg0 "$MD" ${L2}p2
@@ -70,6 +70,7 @@ KT=(./tessera --state-dir /tmp/kst)
 "${KT[@]}" activate --all > kact.out 2>&1; echo "kact rc $?"
 sed 's/^/kact: /' kact.out
 echo "kmdstat $(grep -c '^md_stack : active.* raid1 ' /proc/mdstat)"
+echo "kspare $(grep '^md_stack : ' /proc/mdstat | grep -c '(S)')"
 for lv in secret plain data; do echo "ksha $lv $(sha256sum < /dev/mapper/vg0-$lv | cut -d' ' -f1)"; done
 "${KT[@]}" show --json > kshow.json 2> kshow.err; echo "kshow rc $?"
 "${KT[@]}" show 2>&1 | sed 's/^/kshow: /'
@@ -169,6 +170,9 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     assert_eq!(md["state"], "clean");
     assert_eq!(md["detail"]["uuid"], v("mduuid"));
     assert_eq!(md["size_bytes"].as_u64().unwrap().to_string(), v("size md"));
+    // The third disk's first partition is the array's spare.
+    assert_eq!(node(&report, &img(2, 1))["state"], "spare");
+    assert!(md["summary"].as_str().unwrap().contains("1 spare(s)"), "{md:#}");
     // > PV > VG: lvm2's uuids; the VG complete with both PVs.
     assert_eq!(md["format"], "LVM2_member", "{md:#}");
     assert_eq!(md["detail"]["content"]["pv_uuid"], v("pvuuid md"));
@@ -275,6 +279,7 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     // bytes; show names the running array by its kernel device and lists it once.
     assert_eq!(v("kact rc"), "0", "{text}");
     assert_eq!(v("kmdstat"), "1", "{text}");
+    assert_eq!(v("kspare"), "1", "the spare joins in the kernel too:\n{text}");
     for lv in ["secret", "plain", "data"] {
         assert_eq!(
             v(&format!("ksha {lv}")),
