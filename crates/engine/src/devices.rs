@@ -65,7 +65,8 @@ pub fn block_devices() -> Vec<String> {
                 return None;
             }
             let dev = format!("/dev/{name}");
-            (size > 0 && Path::new(&dev).exists()).then_some(dev)
+            // Nothing lives in 1 KiB: that is the kernel's device for an extended partition.
+            (size > 2 && Path::new(&dev).exists()).then_some(dev)
         })
         .collect();
     out.sort();

@@ -138,6 +138,10 @@ impl FormatModule for PartitionTables {
         let mut parts = Vec::new();
         for p in &table.partitions {
             let part_name = partition_name(name, p.number);
+            // An extended partition is a container of logical ones, nothing in itself.
+            if p.kind == "0x05" || p.kind == "0x0f" || p.kind == "0x85" {
+                continue;
+            }
             let slice = SliceDevice::new(
                 part_name.clone(),
                 device.clone(),

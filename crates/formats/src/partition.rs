@@ -150,11 +150,94 @@ pub fn read_table(
             }
         }
     }
+    // The logical partitions of the (first) extended partition, numbered from 5 as the
+    // kernel numbers them. The kernel shows the container itself as a 1 KiB device.
+    let mut logical = Vec::new();
+    if let Some(ext) = partitions.iter_mut().find(|p| is_extended(&p.kind)) {
+        logical = read_logical(device, ext, read)?;
+        ext.sectors = ext.sectors.min(2);
+    }
+    partitions.extend(logical);
     Ok(Some(PartitionTable {
         scheme: Scheme::Mbr,
         partitions,
         warning: None,
     }))
+}
+
+/// The most logical partitions read from one extended partition's chain (a loop in the chain
+/// stops there too).
+const MAX_LOGICAL: u32 = 128;
+
+fn is_extended(kind: &str) -> bool {
+    matches!(kind, "0x05" | "0x0f" | "0x85")
+}
+
+/// Follows the chain of extended boot records in `ext`: each holds one logical partition
+/// (its start relative to that record) and a link to the next record (relative to the
+/// extended partition's start).
+fn read_logical(
+    device: &str,
+    ext: &Partition,
+    read: &dyn SectorReader,
+) -> Result<Vec<Partition>, PartitionError> {
+    let bad = |what: String| PartitionError::Malformed {
+        device: device.to_string(),
+        what,
+    };
+    let ext_end = ext.start_sector + ext.sectors;
+    let mut out = Vec::new();
+    let mut ebr = ext.start_sector;
+    let mut seen = std::collections::HashSet::new();
+    for number in 5..5 + MAX_LOGICAL {
+        if !seen.insert(ebr) {
+            return Err(bad(format!(
+                "the extended partition's chain loops back to sector {ebr}"
+            )));
+        }
+        let Some(sector) = read.read(ebr, 1) else {
+            return Err(bad(format!(
+                "extended boot record at sector {ebr} cannot be read"
+            )));
+        };
+        if sector.len() < 512 || sector[510..512] != MBR_SIGNATURE {
+            // An empty extended partition, or the end of a chain that lost its link.
+            break;
+        }
+        let entry = |i: usize| &sector[446 + 16 * i..462 + 16 * i];
+        let (data, link) = (entry(0), entry(1));
+        let (kind, start, sectors) = (data[4], u64::from(le32(data, 8)), u64::from(le32(data, 12)));
+        if kind != 0 && sectors != 0 {
+            let first = ebr + start;
+            if start == 0 || first + sectors > ext_end {
+                return Err(bad(format!(
+                    "logical partition {number} ({sectors} sectors at sector {first}) lies outside \
+                     the extended partition (sectors {}-{})",
+                    ext.start_sector,
+                    ext_end - 1
+                )));
+            }
+            out.push(Partition {
+                number,
+                start_sector: first,
+                sectors,
+                kind: format!("0x{kind:02x}"),
+                name: String::new(),
+                uuid: String::new(),
+            });
+        }
+        let next = u64::from(le32(link, 8));
+        if !is_extended(&format!("0x{:02x}", link[4])) || next == 0 {
+            break;
+        }
+        ebr = ext.start_sector + next;
+        if ebr >= ext_end {
+            return Err(bad(format!(
+                "the extended partition's chain points to sector {ebr}, past its end"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 fn read_gpt(
@@ -333,6 +416,49 @@ mod tests {
             sectors - 33,
         ));
         d
+    }
+
+    /// Writes MBR-style entry `i` (kind, start, sectors) into the sector at `at`.
+    fn entry(d: &mut [u8], at: u64, i: usize, kind: u8, start: u32, sectors: u32) {
+        let e = (at * SECTOR) as usize + 446 + 16 * i;
+        d[e + 4] = kind;
+        d[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        d[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
+        let sig = (at * SECTOR) as usize + 510;
+        d[sig..sig + 2].copy_from_slice(&MBR_SIGNATURE);
+    }
+
+    #[test]
+    fn logical_partitions_follow_the_chain_and_a_loop_is_named() {
+        let mut d = vec![0u8; 4096 * SECTOR as usize];
+        entry(&mut d, 0, 0, 0x83, 64, 100);
+        entry(&mut d, 0, 1, 0x05, 1000, 2000);
+        // EBR 1 at 1000: logical at +10 for 100, next EBR at ext+500.
+        entry(&mut d, 1000, 0, 0x83, 10, 100);
+        entry(&mut d, 1000, 1, 0x05, 500, 300);
+        // EBR 2 at 1500: logical at +10 for 200, end of chain.
+        entry(&mut d, 1500, 0, 0x82, 10, 200);
+        let t = read_table("d", 4096, &reader(&d)).unwrap().unwrap();
+        let got: Vec<(u32, u64, u64)> = t
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.start_sector, p.sectors))
+            .collect();
+        assert_eq!(
+            got,
+            [(1, 64, 100), (2, 1000, 2), (5, 1010, 100), (6, 1510, 200)]
+        );
+        // A link back to the first record.
+        entry(&mut d, 1500, 1, 0x05, 0, 300);
+        d[1500 * 512 + 446 + 16 + 8..1500 * 512 + 446 + 16 + 12]
+            .copy_from_slice(&500u32.to_le_bytes());
+        let err = read_table("d", 4096, &reader(&d)).unwrap_err();
+        assert!(err.to_string().contains("loops back"), "{err}");
+        // A logical partition outside its container.
+        entry(&mut d, 1500, 1, 0, 0, 0);
+        entry(&mut d, 1500, 0, 0x82, 10, 5000);
+        let err = read_table("d", 4096, &reader(&d)).unwrap_err();
+        assert!(err.to_string().contains("logical partition 6"), "{err}");
     }
 
     fn reader(d: &[u8]) -> impl Fn(u64, u64) -> Option<Vec<u8>> + '_ {
