@@ -37,8 +37,9 @@ Examples:
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "A volume manager: LVM2 volume groups and MD RAID arrays on disks and image files, served from user space", after_help = AFTER_HELP)]
 struct Cli {
-    /// Where to look for PVs: a device, an image file or a glob (repeatable; TESSERA_DEVICES
-    /// takes a comma-separated list). Without it, every block device is scanned.
+    /// Where to look for PVs, arrays and partitions: a device, an image file or a glob
+    /// (repeatable; TESSERA_DEVICES takes a comma-separated list). Without it, every block
+    /// device is scanned.
     #[arg(long, global = true, env = "TESSERA_DEVICES", value_delimiter = ',')]
     devices: Vec<String>,
     /// Directory for locks, the metadata archive and backups (default /var/lib/tessera for
@@ -83,7 +84,8 @@ enum Command {
     /// and uuids lvm2 gives them, /dev/mapper/VG-LV and /dev/VG/LV made where udev does not;
     /// arrays (md/NAME) assembled through sysfs from the members tessera finds fresh, as
     /// /dev/md_NAME and /dev/md/NAME. Targets: VG, VG/LV or md/NAME; none means every VG
-    /// found. For image files and no root, use `tessera serve`.
+    /// found. The arrays holding a VG's PVs are started first (degraded ones only with
+    /// --degraded). For image files and no root, use `tessera serve`.
     Activate(ActivateArgs),
     /// Remove LVs' kernel devices (VG, VG/LV, or all found).
     Deactivate(ActivateArgs),
