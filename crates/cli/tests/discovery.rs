@@ -172,7 +172,10 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     assert_eq!(md["size_bytes"].as_u64().unwrap().to_string(), v("size md"));
     // The third disk's first partition is the array's spare.
     assert_eq!(node(&report, &img(2, 1))["state"], "spare");
-    assert!(md["summary"].as_str().unwrap().contains("1 spare(s)"), "{md:#}");
+    assert!(
+        md["summary"].as_str().unwrap().contains("1 spare(s)"),
+        "{md:#}"
+    );
     // > PV > VG: lvm2's uuids; the VG complete with both PVs.
     assert_eq!(md["format"], "LVM2_member", "{md:#}");
     assert_eq!(md["detail"]["content"]["pv_uuid"], v("pvuuid md"));
@@ -279,7 +282,11 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     // bytes; show names the running array by its kernel device and lists it once.
     assert_eq!(v("kact rc"), "0", "{text}");
     assert_eq!(v("kmdstat"), "1", "{text}");
-    assert_eq!(v("kspare"), "1", "the spare joins in the kernel too:\n{text}");
+    assert_eq!(
+        v("kspare"),
+        "1",
+        "the spare joins in the kernel too:\n{text}"
+    );
     for lv in ["secret", "plain", "data"] {
         assert_eq!(
             v(&format!("ksha {lv}")),
