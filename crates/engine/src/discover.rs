@@ -489,14 +489,6 @@ impl Report {
     }
 }
 
-/// A running user-space device made during discovery (an array, an LV), kept alive while
-/// its contents are probed.
-struct Made {
-    name: String,
-    _device: Option<SharedDevice>,
-    node: Node,
-}
-
 /// Discovers the whole stack on `devices`: probes them, assembles the MD arrays their
 /// members make (read-only, in user space, degraded where the level allows) and probes
 /// those, reads the VGs on every PV found (on disks, partitions or arrays), and probes each
@@ -532,7 +524,7 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
     let arrays = md_model::assemble(members);
     let mut member_state: std::collections::HashMap<String, (String, String, Option<String>)> =
         Default::default();
-    let mut array_nodes: Vec<(Vec<String>, Made)> = Vec::new();
+    let mut array_nodes: Vec<Node> = Vec::new();
     let mut array_trees: Vec<(String, Probed)> = Vec::new();
     for array in &arrays {
         let name = format!("md/{}", array.name);
@@ -577,14 +569,6 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             );
             node_problems.push(left_out_problem(&m.path, &name, why));
         }
-        let members: Vec<String> = array
-            .slots
-            .iter()
-            .flatten()
-            .chain(&array.spares)
-            .chain(array.left_out.iter().map(|(m, _)| m))
-            .map(|m| m.path.clone())
-            .collect();
         let size = array.size_sectors().unwrap_or(0) * 512;
         let summary = format!(
             "MD {} {}, {} of {} members{}, metadata {}",
@@ -600,7 +584,7 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             array.version
         );
         problems.extend(node_problems.iter().cloned());
-        let node = Node {
+        let mut node = Node {
             kind: "md",
             name: name.clone(),
             size_bytes: size,
@@ -621,7 +605,6 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             .flatten()
             .find_map(|m| kernel_holder(&m.path))
             .and_then(|dev| trees.iter().position(|t| t.name == dev));
-        let mut node = node;
         if let Some(index) = kernel {
             let tree = trees.remove(index);
             node.summary
@@ -629,50 +612,23 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
             node.detail["kernel_device"] = serde_json::Value::String(tree.name.clone());
             node.size_bytes = tree.device.size_bytes();
             array_trees.push((name.clone(), tree));
-            array_nodes.push((
-                members,
-                Made {
-                    name,
-                    _device: None,
-                    node,
-                },
-            ));
+            array_nodes.push(node);
             continue;
         }
-        let device: Option<SharedDevice> = if startable {
+        if startable {
             match array.activate(&name, registry.clone(), None) {
-                Ok(d) => Some(Arc::new(d)),
-                Err(e) => {
-                    problems.push(format!("{name}: cannot be read: {e}"));
-                    None
+                Ok(device) => {
+                    let device: SharedDevice = Arc::new(device);
+                    // The probed tree keeps the array running while what is on it is read.
+                    let probed = probe_tree(&vec![(name.clone(), device)], &modules);
+                    if let Some(p) = probed.into_iter().next() {
+                        array_trees.push((name.clone(), p));
+                    }
                 }
+                Err(e) => problems.push(format!("{name}: cannot be read: {e}")),
             }
-        } else {
-            None
-        };
-        if let Some(device) = device {
-            let probed = probe_tree(&vec![(name.clone(), device.clone())], &modules);
-            if let Some(p) = probed.into_iter().next() {
-                array_trees.push((name.clone(), p));
-            }
-            array_nodes.push((
-                members,
-                Made {
-                    name,
-                    _device: Some(device),
-                    node,
-                },
-            ));
-        } else {
-            array_nodes.push((
-                members,
-                Made {
-                    name,
-                    _device: None,
-                    node,
-                },
-            ));
         }
+        array_nodes.push(node);
     }
 
     // The VGs on every PV: leaves of the disks and of the arrays.
@@ -912,7 +868,7 @@ fn fill(node: &mut Node, p: &Probed) {
 fn attach_layers(
     node: &mut Node,
     members: &std::collections::HashMap<String, (String, String, Option<String>)>,
-    arrays: &[(Vec<String>, Made)],
+    arrays: &[Node],
     array_trees: &[(String, Probed)],
     vgs: &[(Vec<String>, Node)],
 ) {
@@ -926,8 +882,8 @@ fn attach_layers(
                 node.problems.push(left_out_problem(&node.name, array, why));
             }
         }
-        if let Some((_, made)) = arrays.iter().find(|(_, m)| m.name == *array) {
-            let mut child = made.node.clone();
+        if let Some(made) = arrays.iter().find(|n| n.name == *array) {
+            let mut child = made.clone();
             if let Some((_, tree)) = array_trees.iter().find(|(n, _)| n == array) {
                 let inner = to_node(tree, "md");
                 child.format = inner.format;
