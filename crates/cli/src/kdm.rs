@@ -207,24 +207,12 @@ fn running_array(engine: &Engine, name: &str) -> Result<Option<String>> {
     let Some(array) = scan.array(name) else {
         return Ok(None);
     };
-    for m in array.slots.iter().flatten() {
-        let Ok(real) = std::fs::canonicalize(&m.path) else {
-            continue;
-        };
-        let Some(base) = real.file_name().map(|b| b.to_string_lossy().into_owned()) else {
-            continue;
-        };
-        let holders = format!("/sys/class/block/{base}/holders");
-        if let Ok(entries) = std::fs::read_dir(holders) {
-            for e in entries.flatten() {
-                let h = e.file_name().to_string_lossy().into_owned();
-                if h.starts_with("md") && std::path::Path::new(&format!("/dev/{h}")).exists() {
-                    return Ok(Some(format!("/dev/{h}")));
-                }
-            }
-        }
-    }
-    Ok(None)
+    Ok(array
+        .slots
+        .iter()
+        .flatten()
+        .filter_map(|m| tessera_engine::discover::kernel_holder(&m.path))
+        .find(|node| std::path::Path::new(node).exists()))
 }
 
 /// Starts MD array `name` in the kernel from the members tessera's assembly found fresh

@@ -16,7 +16,7 @@ use tessera_formats::partition::{self, PartitionTable, Scheme};
 use tessera_formats::{luks, signature};
 use tessera_mapper::TargetRegistry;
 
-use crate::md::{self as md_model, Health, MdMember};
+use crate::md::{self as md_model, Health};
 use crate::ops::NamedDevices;
 use crate::scan;
 
@@ -507,19 +507,13 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
     for t in &trees {
         t.leaves(&mut leaves);
     }
-    let mut members = Vec::new();
-    for leaf in &leaves {
-        if leaf.format() == Some("linux_raid_member") {
-            if let Ok(Some((version, sb))) = md_format::probe(leaf.device.as_ref()) {
-                members.push(MdMember {
-                    path: leaf.name.clone(),
-                    device: leaf.device.clone(),
-                    version,
-                    sb,
-                });
-            }
-        }
-    }
+    // (An unreadable superblock is already a problem on its device's finding.)
+    let (members, _) = md_model::probe_members(
+        leaves
+            .iter()
+            .filter(|leaf| leaf.format() == Some("linux_raid_member"))
+            .map(|leaf| (&leaf.name, &leaf.device)),
+    );
     drop(leaves);
     let arrays = md_model::assemble(members);
     let mut member_state: std::collections::HashMap<String, (String, String, Option<String>)> =
@@ -654,7 +648,6 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
     let lvm = scan::scan(&pv_devices);
     problems.extend(lvm.problems.iter().cloned());
     let mut vg_nodes: Vec<(Vec<String>, Node)> = Vec::new();
-    let mut lv_devices: Vec<SharedDevice> = Vec::new();
     for state in lvm.vgs.values() {
         let vg = &state.vg;
         let name = vg.name.clone();
@@ -714,7 +707,6 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
                     } else {
                         format!("{what}, partial VG")
                     });
-                    lv_devices.push(device);
                 }
                 Err(crate::EngineError::VgPartial { list, .. }) => {
                     node.state = Some("unreadable".into());
@@ -793,7 +785,6 @@ pub fn discover(devices: &NamedDevices, mut problems: Vec<String>) -> Report {
     }
     problems.sort();
     problems.dedup();
-    drop(lv_devices);
     Report {
         devices: roots,
         problems,
@@ -806,7 +797,7 @@ fn left_out_problem(member: &str, array: &str, why: &impl std::fmt::Display) -> 
 }
 
 /// The kernel's md device (`/dev/md127`) holding block device `member`, if one does.
-pub(crate) fn kernel_holder(member: &str) -> Option<String> {
+pub fn kernel_holder(member: &str) -> Option<String> {
     let real = std::fs::canonicalize(member).ok()?;
     let base = real.file_name()?.to_string_lossy().into_owned();
     std::fs::read_dir(format!("/sys/class/block/{base}/holders"))

@@ -185,6 +185,28 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
+/// The devices among `devices` that hold an MD superblock, as members; a superblock that
+/// cannot be read is a problem naming the device.
+pub fn probe_members<'a>(
+    devices: impl IntoIterator<Item = (&'a String, &'a SharedDevice)>,
+) -> (Vec<MdMember>, Vec<String>) {
+    let mut members = Vec::new();
+    let mut problems = Vec::new();
+    for (path, device) in devices {
+        match md::probe(device.as_ref()) {
+            Ok(Some((version, sb))) => members.push(MdMember {
+                path: path.clone(),
+                device: device.clone(),
+                version,
+                sb,
+            }),
+            Ok(None) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (members, problems)
+}
+
 /// Groups MD members into arrays by UUID, in the order their UUIDs were first seen.
 pub fn assemble(members: Vec<MdMember>) -> Vec<MdArray> {
     let mut groups: BTreeMap<(usize, [u8; 16]), Vec<MdMember>> = BTreeMap::new();

@@ -21,7 +21,7 @@ use crate::commit;
 use crate::devices;
 use crate::error::{EngineError, Result};
 use crate::lock::Lock;
-use crate::md::{self, MdMember};
+use crate::md;
 use crate::raid_create;
 use crate::scan::{self, PvInfo, Scan, VgState};
 use crate::units::{Amount, PercentOf, Sign, SizeArg};
@@ -252,17 +252,8 @@ impl Engine {
         write: bool,
         problems: &mut Vec<String>,
     ) -> NamedDevices {
-        let mut members = Vec::new();
-        for (path, device) in devs {
-            if let Ok(Some((version, sb))) = md_format::probe(device.as_ref()) {
-                members.push(MdMember {
-                    path: path.clone(),
-                    device: device.clone(),
-                    version,
-                    sb,
-                });
-            }
-        }
+        // Unreadable superblocks are md_scan's to report; here they only leave an array out.
+        let (members, _) = md::probe_members(devs.iter().map(|(p, d)| (p, d)));
         if members.is_empty() {
             return Vec::new();
         }
@@ -414,19 +405,8 @@ impl Engine {
     /// cannot be read are problems, named with what is wrong.
     pub fn md_scan(&self, write: bool) -> Result<MdScan> {
         let (devs, mut problems) = self.devices(write)?;
-        let mut members = Vec::new();
-        for (path, device) in devs {
-            match md_format::probe(&*device) {
-                Ok(Some((version, sb))) => members.push(MdMember {
-                    path,
-                    device,
-                    version,
-                    sb,
-                }),
-                Ok(None) => {}
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
+        let (members, unreadable) = md::probe_members(devs.iter().map(|(p, d)| (p, d)));
+        problems.extend(unreadable);
         Ok(MdScan {
             arrays: md::assemble(members),
             problems,
