@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tessera_engine::ops::LvCreateOptions;
+use tessera_engine::LvCreateOptions;
 use tessera_engine::units::SizeArg;
 
 /// The protocol version this build speaks.

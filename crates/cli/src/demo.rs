@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_engine::ops::LvCreateOptions;
+use tessera_engine::LvCreateOptions;
 use tessera_engine::units::{parse_size, Units};
 use tessera_engine::Engine;
 

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 
 use tessera_engine::kernel::{self, Activated};
-use tessera_engine::ops::Engine;
+use tessera_engine::Engine;
 use tessera_kernel::dm::{Control, Row};
 
 use crate::dm::DmCommand;

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tessera_engine::ops::{LvCreateOptions, PvCreateOptions};
+use tessera_engine::{LvCreateOptions, PvCreateOptions};
 use tessera_engine::units::{parse_extents, parse_size, Amount, SizeArg, Units};
 use tessera_engine::Engine;
 

@@ -24,5 +24,8 @@ pub mod units;
 
 pub use archive::{Archive, ArchiveEntry};
 pub use error::{EngineError, Result};
-pub use ops::Engine;
+pub use ops::{
+    Engine, LvCreateOptions, MdCreateOptions, MdScan, NamedDevices, PvCreateOptions,
+    DEFAULT_EXTENT_BYTES, DEFAULT_PE_START_BYTES, DEFAULT_STRIPE_BYTES,
+};
 pub use scan::{PvInfo, Scan, VgState};
