@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tessera_engine::LvCreateOptions;
 use tessera_engine::units::SizeArg;
+use tessera_engine::LvCreateOptions;
 
 /// The protocol version this build speaks.
 pub const VERSION: [u32; 3] = [1, 1, 0];

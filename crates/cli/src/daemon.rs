@@ -285,7 +285,11 @@ impl Daemon {
         };
         let device = Arc::new(
             array
-                .activate(&name, self.registry.clone(), records.clone())
+                .activate(
+                    &name,
+                    self.registry.clone(),
+                    records.clone().map(|r| r as _),
+                )
                 .map_err(|e| anyhow!(e))?,
         );
         let export = format!("md/{}", array.name);

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_engine::LvCreateOptions;
 use tessera_engine::units::{parse_size, Units};
 use tessera_engine::Engine;
+use tessera_engine::LvCreateOptions;
 
 use crate::report;
 

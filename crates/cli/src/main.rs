@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tessera_engine::{LvCreateOptions, PvCreateOptions};
 use tessera_engine::units::{parse_extents, parse_size, Amount, SizeArg, Units};
 use tessera_engine::Engine;
+use tessera_engine::{LvCreateOptions, PvCreateOptions};
 
 use crate::control::LvChange;
 

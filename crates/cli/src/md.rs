@@ -7,8 +7,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use tessera_engine::md::{Health, MdArray};
-use tessera_engine::MdCreateOptions;
 use tessera_engine::Engine;
+use tessera_engine::MdCreateOptions;
 use tessera_formats::md::{self as md_format, ArrayState, MdSuperblock, MdVersion, Role};
 
 pub const ABOUT: &str = "\

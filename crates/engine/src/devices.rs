@@ -121,3 +121,6 @@ mod tests {
         );
     }
 }
+
+/// Devices with the names used in messages.
+pub type NamedDevices = Vec<(String, tessera_block::SharedDevice)>;

@@ -1,31 +1,33 @@
-//! tessera's engine: finds the devices, reads every PV and VG on them into one model, and
-//! makes each change to a VG a transaction that lands crash-safely in every metadata area.
+//! tessera's engine: finds the devices, reads what every format holds into one model, and
+//! makes each change a transaction that lands crash-safely on the devices.
 //!
-//! The engine never touches data bytes; it reads and writes metadata through the formats
-//! crate and leaves I/O scheduling to the block layer.
+//! The layout follows the objects: the core ([`Engine`]: devices, locks, claims, state)
+//! knows no format; each on-disk format is a module under [`modules`] behind the
+//! [`format::FormatModule`] trait, holding its probe, its model, its verbs and its
+//! activation; [`discover`] puts the stack together through the trait alone. The engine
+//! never touches data bytes except through mapped devices.
 
-pub mod activate;
-pub mod alloc;
-mod archive;
 pub mod claim;
-mod commit;
 pub mod devices;
 pub mod discover;
+mod engine;
 mod error;
-pub mod kernel;
+pub mod format;
 mod lock;
-pub mod md;
-pub mod md_records;
-pub mod ops;
-pub mod raid_create;
-pub mod raid_lv;
-pub mod scan;
+pub mod modules;
 pub mod units;
 
-pub use archive::{Archive, ArchiveEntry};
+pub use engine::Engine;
 pub use error::{EngineError, Result};
-pub use ops::{
-    Engine, LvCreateOptions, MdCreateOptions, MdScan, NamedDevices, PvCreateOptions,
+
+// The public face, independent of where each piece lives.
+pub use devices::NamedDevices;
+pub use modules::lvm2::archive::{Archive, ArchiveEntry};
+pub use modules::lvm2::scan::{PvInfo, Scan, VgState};
+pub use modules::lvm2::{
+    activate, alloc, kernel, raid_create, raid_lv, scan, LvCreateOptions, PvCreateOptions,
     DEFAULT_EXTENT_BYTES, DEFAULT_PE_START_BYTES, DEFAULT_STRIPE_BYTES,
 };
-pub use scan::{PvInfo, Scan, VgState};
+pub use modules::md::array as md;
+pub use modules::md::ops::{MdCreateOptions, MdScan};
+pub use modules::md::records as md_records;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tessera_block::{BlockDevice, FaultDevice, FileDevice, OpenOptions, PowerDomain, SharedDevice};
-use tessera_engine::{LvCreateOptions, PvCreateOptions};
 use tessera_engine::units::parse_size;
 use tessera_engine::Engine;
+use tessera_engine::{LvCreateOptions, PvCreateOptions};
 use tessera_formats::lvm2::vg::VolumeGroup;
 
 struct Images {

@@ -10,8 +10,8 @@ use tessera_formats::lvm2::label::{write_label, PvLabel, PV_EXT_USED};
 use tessera_formats::lvm2::mda::{next_text_offset, write_mda_header, write_text, MdaHeader};
 use tessera_formats::lvm2::vg::{TextInfo, VolumeGroup};
 
+use super::scan::PvInfo;
 use crate::error::Result;
-use crate::scan::PvInfo;
 
 /// Runs `f` on every item on its own thread, so flushes to many devices overlap; returns
 /// the first error.

@@ -10,10 +10,12 @@
 use tessera_formats::lvm2::id::Id;
 use tessera_formats::lvm2::vg::{LogicalVolume, RaidImage, Segment, SegmentKind, VolumeGroup};
 
-use crate::alloc;
+use super::alloc;
+use super::options::LvCreateOptions;
+use super::scan::{Scan, VgState};
+use super::DEFAULT_STRIPE_BYTES;
+use crate::engine::now;
 use crate::error::{EngineError, Result};
-use crate::ops::{Engine, LvCreateOptions, DEFAULT_STRIPE_BYTES};
-use crate::scan::{Scan, VgState};
 
 /// lvm2's default raid region: 2 MiB.
 pub const DEFAULT_REGION_BYTES: u64 = 2 << 20;
@@ -126,7 +128,7 @@ fn no_mirrors(segtype: &str, mirrors: Option<u32>) -> std::result::Result<(), St
 /// Adds raid LV `lv_name` and its sub-LVs to `vg` (not committed), zeroing the sub-LVs.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create(
-    engine: &Engine,
+    hostname: &str,
     scan: &Scan,
     state: &VgState,
     vg: &mut VolumeGroup,
@@ -158,7 +160,7 @@ pub(crate) fn create(
         0
     } else {
         let b = opts.stripe_size_bytes.unwrap_or(DEFAULT_STRIPE_BYTES);
-        Engine::check_stripe_size(vg, b)?;
+        alloc::check_stripe_size(vg, b)?;
         b
     };
     let region_bytes = opts.region_size_bytes.unwrap_or(DEFAULT_REGION_BYTES);
@@ -167,7 +169,7 @@ pub(crate) fn create(
             "region size {region_bytes} bytes: a power of two of at least 4 KiB"
         )));
     }
-    let extents = Engine::extents_for(vg, opts.size.amount, allowed);
+    let extents = alloc::extents_for(vg, opts.size.amount, allowed);
     if extents == 0 {
         return Err(bad("the LV would have no extents".into()));
     }
@@ -218,14 +220,14 @@ pub(crate) fn create(
         ] {
             let mut segments = Vec::new();
             alloc::extend_linear(vg, &mut segments, count, Some(&key))
-                .map_err(|e| Engine::no_space(vg, e))?;
+                .map_err(|e| alloc::no_space(vg, e))?;
             vg.lvs.push(LogicalVolume {
                 name,
                 id: Id::random(),
                 status: vec!["READ".into(), "WRITE".into()],
                 flags: Vec::new(),
-                creation_time: Some(crate::ops::now()),
-                creation_host: Some(engine.hostname().to_string()),
+                creation_time: Some(now()),
+                creation_host: Some(hostname.to_string()),
                 extra: Vec::new(),
                 segments,
             });
@@ -250,8 +252,8 @@ pub(crate) fn create(
         id: Id::random(),
         status: vec!["READ".into(), "WRITE".into(), "VISIBLE".into()],
         flags: Vec::new(),
-        creation_time: Some(crate::ops::now()),
-        creation_host: Some(engine.hostname().to_string()),
+        creation_time: Some(now()),
+        creation_host: Some(hostname.to_string()),
         extra: Vec::new(),
         segments: vec![segment],
     };
@@ -327,7 +329,7 @@ pub struct Repaired {
     pub lv: String,
     /// (slot, the PV its image moved to)
     pub images: Vec<(usize, String)>,
-    pub rebuilt: crate::raid_lv::Rebuilt,
+    pub rebuilt: super::raid_lv::Rebuilt,
 }
 
 /// Moves the images of raid LVs that lie on missing PVs onto free extents of present PVs
@@ -455,7 +457,7 @@ pub(crate) fn repair(
             for (sub, count) in subs {
                 let mut segments = Vec::new();
                 alloc::extend_linear(&vg, &mut segments, count, Some(&only_pv))
-                    .map_err(|e| Engine::no_space(&vg, e))?;
+                    .map_err(|e| alloc::no_space(&vg, e))?;
                 let l = vg
                     .lvs
                     .iter_mut()
@@ -513,7 +515,7 @@ pub(crate) fn repair(
             }
         }
         let slots: Vec<usize> = images.iter().map(|(s, _)| *s).collect();
-        let rebuilt = crate::raid_lv::rebuild_images(scan, &complete, &lv_name, &slots)?;
+        let rebuilt = super::raid_lv::rebuild_images(scan, &complete, &lv_name, &slots)?;
         out.push(Repaired {
             lv: lv_name,
             images,

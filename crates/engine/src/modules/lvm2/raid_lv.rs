@@ -15,9 +15,9 @@ use tessera_formats::dmraid::{self, DmRaidSuperblock};
 use tessera_formats::lvm2::vg::{LogicalVolume, RaidLevel, RaidSegment};
 use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
 
-use crate::activate::{dm_name, load_lv};
+use super::scan::{Scan, VgState};
+use super::table::{dm_name, load_plain};
 use crate::error::{EngineError, Result};
-use crate::scan::{Scan, VgState};
 
 /// How a raid LV is put together from what the scan found.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ fn map_sub_lv(
     registry: Arc<TargetRegistry>,
 ) -> Result<Arc<MappedDevice>> {
     let device = MappedDevice::new(dm_name(&state.vg.name, name), registry);
-    load_lv(scan, state, name, &device)?;
+    load_plain(scan, state, name, &device)?;
     device.resume()?;
     Ok(Arc::new(device))
 }

@@ -8,9 +8,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use tessera_kernel::dm::{self, Control, DmError, Row};
 
-use crate::activate::{dm_name, lv_table};
+use super::activate::{dm_name, lv_table};
+use super::scan::{Scan, VgState};
 use crate::error::{EngineError, Result};
-use crate::scan::{Scan, VgState};
 
 impl From<DmError> for EngineError {
     fn from(e: DmError) -> Self {
@@ -88,7 +88,7 @@ pub enum Activated {
 /// The rows of raid LV `lv`, as lvm2 loads them: its metadata and data sub-LVs activated
 /// first (devices of their own) and named by device number.
 fn raid_rows(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
-    let plan = crate::raid_lv::raid_plan(scan, state, lv)?;
+    let plan = super::raid_lv::raid_plan(scan, state, lv)?;
     if plan.is_degraded() {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),

@@ -14,8 +14,6 @@ use tessera_raid::layout::{Geometry, Level};
 use tessera_raid::metadata::SetMetadata;
 use tessera_raid::target::type_name as raid_type_name;
 
-use crate::md_records::MdRecords;
-
 /// One device holding an MD superblock.
 #[derive(Clone)]
 pub struct MdMember {
@@ -480,7 +478,7 @@ impl MdArray {
         &self,
         name: &str,
         registry: Arc<TargetRegistry>,
-        records: Option<Arc<MdRecords>>,
+        records: Option<Arc<dyn SetMetadata>>,
     ) -> std::result::Result<MappedDevice, String> {
         let text = self.table()?;
         let table = Table::parse(&text).map_err(|e| e.to_string())?;
@@ -488,8 +486,7 @@ impl MdArray {
             Some(records) => {
                 let mut own = (*registry).clone();
                 own.set("raid", move |args| {
-                    let meta: Arc<dyn SetMetadata> = records.clone();
-                    tessera_raid::target::construct_with(args, Some(meta))
+                    tessera_raid::target::construct_with(args, Some(records.clone()))
                 })
                 .map_err(|e| e.to_string())?;
                 Arc::new(own)

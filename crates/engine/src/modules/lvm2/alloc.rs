@@ -6,6 +6,9 @@ use std::collections::HashSet;
 
 use tessera_formats::lvm2::vg::{Segment, SegmentKind, Stripe, VolumeGroup};
 
+use crate::error::{EngineError, Result};
+use crate::units::{Amount, PercentOf};
+
 /// A run of free extents on one PV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeArea {
@@ -247,4 +250,43 @@ pub fn truncate(segments: &mut Vec<Segment>, extents: u64) {
         last.extent_count = keep.div_ceil(stripes) * stripes;
         break;
     }
+}
+
+pub fn extents_for(vg: &VolumeGroup, amount: Amount, allowed: Option<&[String]>) -> u64 {
+    match amount {
+        Amount::Bytes(b) => b.div_ceil(vg.extent_size_bytes()),
+        Amount::Extents(n) => n,
+        Amount::Percent(p, of) => {
+            let base = match of {
+                PercentOf::Free => vg.pe_free_total(),
+                PercentOf::Vg => vg.pe_total(),
+                PercentOf::Pvs => vg
+                    .pvs
+                    .iter()
+                    .filter(|pv| allowed.is_none_or(|a| a.contains(&pv.key)))
+                    .map(|pv| pv.pe_count)
+                    .sum(),
+            };
+            base * p / 100
+        }
+    }
+}
+
+pub fn no_space(vg: &VolumeGroup, e: NoSpace) -> EngineError {
+    EngineError::NoSpace {
+        vg: vg.name.clone(),
+        need: e.need,
+        free: e.free,
+        detail: e.detail,
+    }
+}
+
+pub fn check_stripe_size(vg: &VolumeGroup, bytes: u64) -> Result<()> {
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > vg.extent_size_bytes() {
+        return Err(EngineError::BadArgument(format!(
+            "stripe size {bytes} bytes: must be a power of two from 4 KiB up to the extent size ({} bytes)",
+            vg.extent_size_bytes()
+        )));
+    }
+    Ok(())
 }
