@@ -505,3 +505,28 @@ fn pv_create_refuses_other_formats_without_force() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'/'"));
 }
+
+#[test]
+fn a_bad_name_is_named_once() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = dir.path().join("state");
+    let img = common::image_files(dir.path(), "d", 1, 32 << 20).remove(0);
+    for args in [
+        vec!["vg", "create", "b c", &img],
+        vec!["lv", "create", "vg0/a b", "-L", "4M"],
+        vec!["lv", "rename", "vg0/x", "a b"],
+    ] {
+        if args[0] == "lv" {
+            common::tessera(&img, &state, &["vg", "create", "vg0", &img]);
+        }
+        let out = common::tessera_output(&img, &state, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let bad = if args[0] == "vg" { "'b c'" } else { "'a b'" };
+        assert_eq!(err.matches(bad).count(), 1, "{args:?}: {err}");
+        assert!(err.contains("' ' is not allowed"), "{args:?}: {err}");
+        if args[0] == "lv" {
+            common::tessera(&img, &state, &["vg", "remove", "vg0"]);
+        }
+    }
+}

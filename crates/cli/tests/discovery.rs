@@ -117,6 +117,22 @@ fn node<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no node {name} in {report:#}"))
 }
 
+/// How many nodes of the report are called `name`.
+fn count(report: &Value, name: &str) -> usize {
+    fn go(node: &Value, name: &str) -> usize {
+        usize::from(node["name"] == name)
+            + node["children"]
+                .as_array()
+                .map_or(0, |c| c.iter().map(|n| go(n, name)).sum())
+    }
+    report["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| go(d, name))
+        .sum()
+}
+
 fn show(dir: &Path, devices: &str) -> Value {
     let out = Command::new(common::tessera_path())
         .args(["--devices", devices, "--state-dir"])
@@ -188,7 +204,24 @@ fn a_lab_built_stack_is_shown_layer_by_layer_and_served() {
     assert_eq!(p2["format"], "LVM2_member");
     assert_eq!(p2["detail"]["pv_uuid"], v("pvuuid p2"));
     assert_eq!(p2["size_bytes"].as_u64().unwrap().to_string(), v("size p2"));
-    assert_eq!(p2["children"][0]["name"], "vg0");
+    // A VG over several PVs is shown once, under its first PV; the others name it.
+    assert_eq!(count(&report, "vg0"), 1, "{report:#}");
+    assert!(p2["children"].as_array().unwrap().is_empty(), "{p2:#}");
+    assert!(
+        p2["summary"]
+            .as_str()
+            .unwrap()
+            .contains("in VG vg0 (shown under md/stack)"),
+        "{p2:#}"
+    );
+    assert!(
+        vg["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("also on {}", img(2, 2))),
+        "{vg:#}"
+    );
+    assert_eq!(count(&report, "md/stack"), 1, "{report:#}");
     // > LV > LUKS / filesystem / swap, as blkid names them.
     for lv in ["secret", "plain", "data"] {
         let n = find(vg, &format!("vg0/{lv}")).unwrap();

@@ -19,13 +19,11 @@ pub enum EngineError {
     Mda(#[from] MdaError),
     #[error(transparent)]
     Md(#[from] tessera_formats::md::MdError),
-    #[error("{device}: {source}")]
-    Metadata {
-        device: String,
-        #[source]
-        source: VgError,
-    },
-    #[error("{0}")]
+    // The cause is printed in the message, so it is not also given as `source()`: a
+    // printed chain (`{:#}`) would say it twice.
+    #[error("{device}: {cause}")]
+    Metadata { device: String, cause: VgError },
+    #[error(transparent)]
     Model(#[from] VgError),
     #[error("{device}: holds {what}; use --force to overwrite it")]
     Occupied { device: String, what: String },
@@ -60,19 +58,14 @@ pub enum EngineError {
     },
     #[error("{0}")]
     BadArgument(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error(transparent)]
     Mapper(#[from] tessera_mapper::MapperError),
-    #[error("table of {device}: {source}")]
+    #[error("table of {device}: {cause}")]
     Table {
         device: String,
-        #[source]
-        source: tessera_mapper::TableError,
+        cause: tessera_mapper::TableError,
     },
     #[error("{path}: {why}")]
     BadFile { path: String, why: String },

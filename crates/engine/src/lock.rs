@@ -17,7 +17,7 @@ impl Lock {
     pub fn exclusive(dir: &Path, name: &str) -> Result<Lock> {
         std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
             path: dir.display().to_string(),
-            source,
+            cause: source,
         })?;
         let path = dir.join(name);
         let file = OpenOptions::new()
@@ -27,7 +27,7 @@ impl Lock {
             .open(&path)
             .map_err(|source| EngineError::Io {
                 path: path.display().to_string(),
-                source,
+                cause: source,
             })?;
         loop {
             // SAFETY: flock on a descriptor we own; it has no memory effects.
@@ -39,7 +39,7 @@ impl Lock {
             if err.kind() != std::io::ErrorKind::Interrupted {
                 return Err(EngineError::Io {
                     path: path.display().to_string(),
-                    source: err,
+                    cause: err,
                 });
             }
         }

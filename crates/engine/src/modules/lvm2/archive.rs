@@ -44,7 +44,7 @@ pub fn backup_text(vg: &VolumeGroup, info: &TextInfo) -> String {
 pub fn read_backup(path: &Path) -> Result<(VolumeGroup, TextInfo)> {
     let text = std::fs::read(path).map_err(|source| EngineError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     VolumeGroup::from_text(&text).map_err(|e| EngineError::BadFile {
         path: path.display().to_string(),
@@ -56,7 +56,7 @@ pub fn read_backup(path: &Path) -> Result<(VolumeGroup, TextInfo)> {
 pub fn write_file_durably(path: &Path, text: &str) -> Result<()> {
     let io = |source| EngineError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     };
     let tmp = path.with_extension("tmp");
     {
@@ -80,7 +80,7 @@ impl Archive {
     pub fn store(&self, vg: &VolumeGroup, info: &TextInfo) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.dir).map_err(|source| EngineError::Io {
             path: self.dir.display().to_string(),
-            source,
+            cause: source,
         })?;
         if let Some(existing) = self
             .list(&vg.name)?
@@ -97,7 +97,7 @@ impl Archive {
         // so the archive skips the fsync that would double the cost of every change.
         std::fs::write(&path, backup_text(vg, info)).map_err(|source| EngineError::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         let entries = self.list(&vg.name)?;
         if entries.len() > KEEP {

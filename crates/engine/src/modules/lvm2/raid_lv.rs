@@ -317,7 +317,7 @@ pub fn load_raid_lv(
     }
     let table = Table::parse(&plan.table).map_err(|source| EngineError::Table {
         device: device.name().to_string(),
-        source,
+        cause: source,
     })?;
     let resolve = |name: &str| {
         subs.get(name).cloned().ok_or_else(|| BlockError::Open {
@@ -415,7 +415,7 @@ pub fn rebuild_images(
     let device = MappedDevice::new(dm_name(&state.vg.name, lv_name), registry);
     let table = Table::parse(&text).map_err(|source| EngineError::Table {
         device: device.name().to_string(),
-        source,
+        cause: source,
     })?;
     let resolve = |name: &str| {
         subs.get(name).cloned().ok_or_else(|| BlockError::Open {

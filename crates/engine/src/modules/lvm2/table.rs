@@ -87,7 +87,7 @@ pub fn load_plain(
     let text = plain_table(scan, state, lv_name)?;
     let table = Table::parse(&text).map_err(|source| EngineError::Table {
         device: device.name().to_string(),
-        source,
+        cause: source,
     })?;
     let resolve = |path: &str| {
         scan.pvs

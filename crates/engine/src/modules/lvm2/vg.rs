@@ -405,7 +405,7 @@ impl Engine {
                 let dir = self.state_dir.join("backup");
                 std::fs::create_dir_all(&dir).map_err(|source| EngineError::Io {
                     path: dir.display().to_string(),
-                    source,
+                    cause: source,
                 })?;
                 dir.join(name)
             }
