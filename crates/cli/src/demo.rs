@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_engine::LvCreateOptions;
 use tessera_engine::units::{parse_size, Units};
 use tessera_engine::Engine;
+use tessera_engine::LvCreateOptions;
 
 use crate::report;
 
@@ -106,7 +106,7 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         return Ok(scan.problems.is_empty());
     }
     println!();
-    let control = crate::control::socket_path(None, engine.state_dir());
+    let control = tessera_daemon::socket_path(None, engine.state_dir());
     crate::serve::run(
         engine,
         &control,
