@@ -106,7 +106,7 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         return Ok(scan.problems.is_empty());
     }
     println!();
-    let control = crate::control::socket_path(None, engine.state_dir());
+    let control = tessera_daemon::socket_path(None, engine.state_dir());
     crate::serve::run(
         engine,
         &control,

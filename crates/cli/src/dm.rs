@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use crate::control::{Client, Request};
+use tessera_daemon::Client;
 
 pub const ABOUT: &str = "\
 Tables are dmsetup's syntax, one row per line: START LENGTH TARGET ARGS..., in 512-byte
@@ -108,42 +108,25 @@ pub fn run(socket: &Path, command: DmCommand) -> Result<bool> {
         );
     };
     let mut json = false;
-    let request = match command {
-        DmCommand::Create { name, table } => Request::DmCreate {
-            name,
-            table: table.text()?,
-        },
-        DmCommand::Load { name, table } => Request::DmLoad {
-            name,
-            table: table.text()?,
-        },
-        DmCommand::Suspend { name } => Request::DmSuspend { name },
-        DmCommand::Resume { name } => Request::DmResume { name },
-        DmCommand::Remove { name } => Request::DmRemove { name },
-        DmCommand::Table { name, inactive } => Request::DmTable { name, inactive },
-        DmCommand::Status { name } => Request::DmStatus { name },
+    let reply = match command {
+        DmCommand::Create { name, table } => client.dm_create(&name, &table.text()?)?,
+        DmCommand::Load { name, table } => client.dm_load(&name, &table.text()?)?,
+        DmCommand::Suspend { name } => client.dm_suspend(&name)?,
+        DmCommand::Resume { name } => client.dm_resume(&name)?,
+        DmCommand::Remove { name } => client.dm_remove(&name)?,
+        DmCommand::Table { name, inactive } => client.dm_table(&name, inactive)?,
+        DmCommand::Status { name } => client.dm_status(&name)?,
         DmCommand::Message {
             name,
             sector,
             message,
-        } => Request::DmMessage {
-            name,
-            sector,
-            message,
-        },
+        } => client.dm_message(&name, sector, &message)?,
         DmCommand::Ls { json: j } => {
             json = j;
-            Request::DmLs
+            client.dm_ls()?
         }
-        DmCommand::Version { .. } => Request::Version,
+        DmCommand::Version { .. } => client.version()?,
     };
-    let reply = client.call(&request)?;
-    if !reply.ok {
-        bail!(
-            "{}",
-            reply.error.unwrap_or_else(|| "the daemon refused".into())
-        );
-    }
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.data)?);
     } else {

@@ -359,7 +359,7 @@ pub fn activate_userspace(
     names: &[String],
     degraded: bool,
 ) -> Result<bool> {
-    use crate::control::{Client, Request};
+    use tessera_daemon::{Client, DaemonError};
     let Some(mut client) = Client::connect(socket)? else {
         bail!(
             "no tessera daemon is listening on {}: user-space activation runs inside \
@@ -369,16 +369,13 @@ pub fn activate_userspace(
     };
     for n in names {
         if let Some(md) = n.strip_prefix("md/") {
-            let reply = client.call(&Request::MdAssemble {
-                name: md.to_string(),
-                degraded,
-            })?;
-            match (reply.ok, reply.error) {
-                (true, _) => print!("{}", reply.output),
-                (false, Some(e)) if e.contains("exists already") => {
+            match client.md_assemble(md, degraded) {
+                Ok(reply) => print!("{}", reply.output),
+                Err(DaemonError::Refused(why)) if why.contains("exists already") => {
                     println!("  md/{md}: running in the daemon already")
                 }
-                (false, e) => bail!("md/{md}: {}", e.unwrap_or_default()),
+                Err(DaemonError::Refused(why)) => bail!("md/{md}: {why}"),
+                Err(e) => return Err(e.into()),
             }
         } else {
             println!("  {n}: served by the daemon (its LVs are active there as VG-LV)");

@@ -2,8 +2,6 @@
 //! LVM2 on-disk format, and MD RAID arrays as mdadm writes them (lvm2 and mdadm read what
 //! tessera writes, and the reverse); `tessera serve` serves them over NBD from user space.
 
-mod control;
-mod daemon;
 mod demo;
 mod dm;
 mod kdm;
@@ -17,11 +15,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use tessera_daemon::{Client, DaemonError, LvChange};
 use tessera_engine::units::{parse_extents, parse_size, Amount, SizeArg, Units};
 use tessera_engine::Engine;
 use tessera_engine::{LvCreateOptions, PvCreateOptions};
-
-use crate::control::LvChange;
 
 const AFTER_HELP: &str = "\
 Sizes take lvm2's suffixes: b, s (512-byte sectors), k, m, g, t, p, e (powers of 1024; m when
@@ -421,27 +418,27 @@ fn report_problems(scan: &tessera_engine::Scan) -> bool {
 /// An LV change: through the daemon when one listens on `socket` and serves the VG (so its
 /// served LVs follow the change online), else made here.
 fn lv_change(engine: &Engine, socket: &Path, change: &LvChange) -> Result<String> {
-    if let Some(mut client) = control::Client::connect(socket)? {
-        let reply = client.call(&control::Request::Lv(change.clone()))?;
-        if reply.ok {
-            return Ok(reply.output);
-        }
-        if reply.code.as_deref() != Some("not-served") {
-            bail!(
-                "{}",
-                reply.error.unwrap_or_else(|| "the daemon refused".into())
-            );
+    if let Some(mut client) = Client::connect(socket)? {
+        match client.lv_change(change) {
+            Ok(reply) => return Ok(reply.output),
+            Err(DaemonError::NotServed(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    daemon::apply_lv_change(engine, change)
+    Ok(tessera_daemon::apply_lv_change(engine, change)?)
 }
 
 /// Refuses a VG change that would pull extents from under LVs the daemon serves; the
 /// daemon makes only LV changes itself.
 fn refuse_if_served(socket: &Path, vg: &str) -> Result<()> {
-    if let Some(mut client) = control::Client::connect(socket)? {
-        let reply = client.call(&control::Request::Serves { vg: vg.into() })?;
-        if reply.ok && reply.data == serde_json::Value::Bool(true) {
+    if let Some(mut client) = Client::connect(socket)? {
+        let serves = match client.serves(vg) {
+            Ok(serves) => serves,
+            // A daemon that cannot say does not hold the VG back.
+            Err(DaemonError::Refused(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if serves {
             bail!(
                 "volume group '{vg}' is served by the tessera daemon at {}; stop it first",
                 socket.display()
@@ -458,7 +455,7 @@ fn run(cli: Cli) -> Result<bool> {
         "Write from tessera {}.",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     ));
-    let socket = control::socket_path(cli.control.as_deref(), engine.state_dir());
+    let socket = tessera_daemon::socket_path(cli.control.as_deref(), engine.state_dir());
     // PVs on MD arrays are seen by the PV, VG and LV commands, which put the arrays
     // together for themselves; the daemon runs its own, and the kernel path uses the
     // kernel's.

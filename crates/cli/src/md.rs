@@ -1,11 +1,11 @@
 //! `tessera md`: MD software RAID arrays, read from their members' superblocks as mdadm
 //! writes them.
 
-use crate::control::{Client, Request};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use tessera_daemon::{Client, DaemonError, Reply};
 use tessera_engine::md::{Health, MdArray};
 use tessera_engine::Engine;
 use tessera_engine::MdCreateOptions;
@@ -136,9 +136,9 @@ pub enum MdCommand {
 pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Result<bool> {
     match command {
         MdCommand::Assemble { name, degraded } => {
-            daemon_call(socket, &Request::MdAssemble { name, degraded })
+            daemon_call(socket, |c| c.md_assemble(&name, degraded))
         }
-        MdCommand::Stop { name } => daemon_call(socket, &Request::MdStop { name }),
+        MdCommand::Stop { name } => daemon_call(socket, |c| c.md_stop(&name)),
         MdCommand::Create {
             name,
             level,
@@ -317,18 +317,11 @@ fn client(socket: &std::path::Path) -> Result<Client> {
 
 /// Sends a message to array `name`'s set in the daemon.
 fn message(socket: &std::path::Path, name: &str, args: &[&str]) -> Result<String> {
-    let reply = client(socket)?.call(&Request::DmMessage {
-        name: format!("md-{name}"),
-        sector: 0,
-        message: args.iter().map(|s| s.to_string()).collect(),
-    })?;
-    if !reply.ok {
-        bail!(
-            "md/{name}: {}",
-            reply.error.unwrap_or_else(|| "the daemon refused".into())
-        );
+    match client(socket)?.dm_message(&format!("md-{name}"), 0, args) {
+        Ok(reply) => Ok(reply.output),
+        Err(DaemonError::Refused(why)) => bail!("md/{name}: {why}"),
+        Err(e) => Err(e.into()),
     }
-    Ok(reply.output)
 }
 
 /// The set's status in the daemon, split: type, #devs, health, done/total, action, mismatches.
@@ -336,12 +329,11 @@ pub fn sync_status(socket: &std::path::Path, name: &str) -> Result<Option<Vec<St
     let Some(mut c) = Client::connect(socket)? else {
         return Ok(None);
     };
-    let reply = c.call(&Request::DmStatus {
-        name: format!("md-{name}"),
-    })?;
-    if !reply.ok {
-        return Ok(None);
-    }
+    let reply = match c.dm_status(&format!("md-{name}")) {
+        Ok(reply) => reply,
+        Err(DaemonError::Refused(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     // "<start> <len> raid <type> <#devs> <health> <done>/<total> <action> <mismatches> ..."
     Ok(Some(
         reply
@@ -398,11 +390,11 @@ fn running_json(socket: &std::path::Path, name: &str) -> Result<Value> {
 
 fn reload_if_served(socket: &std::path::Path, name: &str) -> Result<bool> {
     if let Some(mut c) = Client::connect(socket)? {
-        let reply = c.call(&Request::MdReload { name: name.into() })?;
-        if reply.ok {
-            print!("{}", reply.output);
-        } else if let Some(e) = reply.error.filter(|e| !e.contains("not running")) {
-            bail!("md/{name}: {e}");
+        match c.md_reload(name) {
+            Ok(reply) => print!("{}", reply.output),
+            Err(DaemonError::Refused(why)) if why.contains("not running") => {}
+            Err(DaemonError::Refused(why)) => bail!("md/{name}: {why}"),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(true)
@@ -466,7 +458,10 @@ fn scrub(socket: &std::path::Path, name: &str, action: &str, no_wait: bool) -> R
 }
 
 /// Sends an array request to the daemon and prints its answer.
-fn daemon_call(socket: &std::path::Path, request: &Request) -> Result<bool> {
+fn daemon_call(
+    socket: &std::path::Path,
+    request: impl FnOnce(&mut Client) -> tessera_daemon::Result<Reply>,
+) -> Result<bool> {
     let Some(mut client) = Client::connect(socket)? else {
         bail!(
             "no tessera daemon is listening on {}: arrays run inside `tessera serve`, which \
@@ -474,13 +469,7 @@ fn daemon_call(socket: &std::path::Path, request: &Request) -> Result<bool> {
             socket.display()
         );
     };
-    let reply = client.call(request)?;
-    if !reply.ok {
-        bail!(
-            "{}",
-            reply.error.unwrap_or_else(|| "the daemon refused".into())
-        );
-    }
+    let reply = request(&mut client)?;
     print!("{}", reply.output);
     Ok(true)
 }

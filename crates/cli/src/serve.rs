@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
+use tessera_daemon::Daemon;
 use tessera_engine::Engine;
 use tessera_export::{Server, DEFAULT_TCP_ADDR};
-
-use crate::control;
-use crate::daemon::Daemon;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -116,8 +114,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
             std::process::exit(0);
         }
     });
-    let handler = daemon.clone();
-    let control = control::listen(control_path, Arc::new(move |req| handler.handle(req)))?;
+    let control = daemon.listen(control_path)?;
 
     // A closed stdout (a supervisor that stopped reading) must not stop the service, so
     // these lines ignore write errors.

@@ -7,16 +7,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
 use tessera_engine::md::{Health, MdArray};
 use tessera_engine::md_records::MdRecords;
-use tessera_engine::{activate, Engine, Scan, VgState};
+use tessera_engine::{activate, Engine, EngineError, Scan, VgState};
 use tessera_export::{Export, ExportSet};
 use tessera_mapper::{MappedDevice, Table, TargetRegistry};
 
-use crate::control::{version_string, LvChange, Reply, Request, VERSION};
+use crate::control::{
+    version_string, ControlSocket, LvChange, Reply, Request, NOT_SERVED, VERSION,
+};
+use crate::error::{chain, refuse, DaemonError, Result};
 
 /// A mapped device the daemon holds.
 struct Volume {
@@ -35,6 +37,10 @@ struct LvRef {
     lv_id: String,
 }
 
+/// The volumes a tessera daemon serves and the requests that change them. It is shared
+/// between threads: wrap it in an [`Arc`] and hand [`Daemon::listen`] (or [`crate::listen`]
+/// with [`Daemon::handle`]) a control socket; the NBD and FUSE front ends serve
+/// [`Daemon::exports`].
 pub struct Daemon {
     engine: Engine,
     exports: ExportSet,
@@ -94,7 +100,7 @@ impl Daemon {
             let mut volumes = daemon.lock();
             for array in &md.arrays {
                 if let Err(e) = daemon.add_array(array, degraded || read_only, &mut volumes) {
-                    warnings.push(format!("not starting md/{}: {e:#}", array.name));
+                    warnings.push(format!("not starting md/{}: {}", array.name, e.chain()));
                 }
             }
         }
@@ -128,8 +134,17 @@ impl Daemon {
         }
     }
 
+    /// The exports of every volume the daemon serves: `VG/LV`, `md/NAME`, and the names of
+    /// the devices made with `dm create`. They change as requests change the volumes.
     pub fn exports(&self) -> &ExportSet {
         &self.exports
+    }
+
+    /// Answers requests on a control socket at `path` with [`Daemon::handle`], one thread
+    /// per client; dropping the returned socket removes its file, so no new client finds it.
+    pub fn listen(self: &Arc<Self>, path: &std::path::Path) -> Result<ControlSocket> {
+        let daemon = self.clone();
+        crate::control::listen(path, Arc::new(move |request| daemon.handle(request)))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Volume>> {
@@ -140,7 +155,7 @@ impl Daemon {
         let mut volumes = self.lock();
         let scan = self.engine.md_scan(!self.read_only)?;
         let Some(array) = scan.array(name) else {
-            bail!("no MD array '{name}' on the daemon's devices");
+            refuse!("no MD array '{name}' on the daemon's devices");
         };
         self.add_array(array, degraded || self.read_only, &mut volumes)?;
         let size = volumes
@@ -185,19 +200,19 @@ impl Daemon {
         let volumes = self.lock();
         let key = format!("md-{name}");
         let Some(volume) = volumes.get(&key) else {
-            bail!("md/{name} is not running in this daemon");
+            refuse!("md/{name} is not running in this daemon");
         };
         let Some(records) = &volume.records else {
-            bail!("md/{name} runs read-only: it takes no new members");
+            refuse!("md/{name} runs read-only: it takes no new members");
         };
         let scan = self.engine.md_scan(false)?;
         let Some(array) = scan.array(name) else {
-            bail!("no MD array '{name}' on the daemon's devices");
+            refuse!("no MD array '{name}' on the daemon's devices");
         };
         for spare in &array.spares {
             records.add_member(spare.clone());
         }
-        let table = tessera_mapper::Table::parse(&array.table().map_err(|e| anyhow!(e))?)?;
+        let table = Table::parse(&array.table().map_err(DaemonError::Refused)?)?;
         let resolve = |path: &str| {
             array
                 .slots
@@ -230,7 +245,7 @@ impl Daemon {
         let mut volumes = self.lock();
         let key = format!("md-{name}");
         let Some(volume) = volumes.remove(&key) else {
-            bail!("md/{name} is not running in this daemon");
+            refuse!("md/{name} is not running in this daemon");
         };
         self.exports.remove(&volume.export);
         self.engine.remove_stacked(&volume.export);
@@ -259,29 +274,29 @@ impl Daemon {
             Health::Degraded { missing } if degraded => {
                 if !self.read_only {
                     // Before any write: a member that comes back later must be seen as stale.
-                    array.mark_missing()?;
+                    array.mark_missing().map_err(EngineError::from)?;
                 }
                 eprintln!(
                     "tessera: warning: md/{}: running degraded, slots {missing:?} missing",
                     array.name
                 );
             }
-            Health::Degraded { missing } => bail!(
+            Health::Degraded { missing } => refuse!(
                 "it is degraded (slots {missing:?} missing); serve --degraded starts it anyway"
             ),
-            Health::Failed { missing, tolerated } => bail!(
+            Health::Failed { missing, tolerated } => refuse!(
                 "slots {missing:?} are missing and {} survives {tolerated}",
                 array.level_name()
             ),
         }
         let name = format!("md-{}", array.name);
         if volumes.contains_key(&name) {
-            bail!("a device named {name} exists already");
+            refuse!("a device named {name} exists already");
         }
         let records = if self.read_only {
             None
         } else {
-            Some(Arc::new(MdRecords::new(&array)?))
+            Some(Arc::new(MdRecords::new(&array).map_err(EngineError::from)?))
         };
         let device = Arc::new(
             array
@@ -290,7 +305,7 @@ impl Daemon {
                     self.registry.clone(),
                     records.clone().map(|r| r as _),
                 )
-                .map_err(|e| anyhow!(e))?,
+                .map_err(DaemonError::Refused)?,
         );
         let export = format!("md/{}", array.name);
         // The PVs on the array are found by the next scan.
@@ -324,10 +339,10 @@ impl Daemon {
         let lv = state
             .vg
             .lv(lv_name)
-            .ok_or_else(|| anyhow!("no LV '{lv_name}'"))?;
+            .ok_or_else(|| DaemonError::Refused(format!("no LV '{lv_name}'")))?;
         if !lv.is_plain() && lv.raid().is_none() {
             let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
-            bail!("LVs of type {kind} cannot be served yet");
+            refuse!("LVs of type {kind} cannot be served yet");
         }
         // A raid LV runs degraded only read-only: its metadata sub-LVs are not updated.
         let (device, notes) = activate::activate_lv_with(
@@ -387,16 +402,17 @@ impl Daemon {
             }
             dm => self.dm(dm),
         };
-        result.unwrap_or_else(|e| Reply::error(format!("{e:#}")))
+        result.unwrap_or_else(|e| Reply::error(e.chain()))
     }
 
     fn dm(&self, request: Request) -> Result<Reply> {
         let mut volumes = self.lock();
         let get = |volumes: &BTreeMap<String, Volume>, name: &str| {
-            volumes
-                .get(name)
-                .map(|v| v.device.clone())
-                .ok_or_else(|| anyhow!("no mapped device '{name}' (tessera dm ls lists them)"))
+            volumes.get(name).map(|v| v.device.clone()).ok_or_else(|| {
+                DaemonError::Refused(format!(
+                    "no mapped device '{name}' (tessera dm ls lists them)"
+                ))
+            })
         };
         match request {
             Request::DmLs => {
@@ -426,7 +442,7 @@ impl Daemon {
             Request::DmCreate { name, table } => {
                 check_device_name(&name)?;
                 if volumes.contains_key(&name) || self.exports.get(&name).is_some() {
-                    bail!("a device or export named '{name}' exists already");
+                    refuse!("a device or export named '{name}' exists already");
                 }
                 let table = parse_table(&name, &table)?;
                 let device = Arc::new(MappedDevice::new(name.clone(), self.registry.clone()));
@@ -482,7 +498,7 @@ impl Daemon {
                             t.rows().iter().any(|r| names_device(&r.args(), &name))
                         })
                 }) {
-                    bail!("{name} is in use by the table of {}", user.0);
+                    refuse!("{name} is in use by the table of {}", user.0);
                 }
                 let volume = volumes.remove(&name).expect("present");
                 self.exports.remove(&volume.export);
@@ -567,12 +583,12 @@ impl Daemon {
             || self.engine.scan()?.vg(vg).is_some();
         if !served {
             return Ok(Reply {
-                code: Some("not-served".into()),
+                code: Some(NOT_SERVED.into()),
                 ..Reply::error(format!("this daemon does not serve VG '{vg}'"))
             });
         }
         if self.read_only {
-            bail!("the daemon serves VG '{vg}' read-only; it makes no changes");
+            refuse!("the daemon serves VG '{vg}' read-only; it makes no changes");
         }
         let resized = match change {
             LvChange::Extend { lv, .. } | LvChange::Reduce { lv, .. } => volumes
@@ -661,7 +677,7 @@ impl Daemon {
                 }
                 match self.add_lv(&scan, state, &lv.name, volumes) {
                     Ok(()) => notes.push(format!("  {vg}/{}: now served", lv.name)),
-                    Err(e) => notes.push(format!("  {vg}/{}: not served: {e:#}", lv.name)),
+                    Err(e) => notes.push(format!("  {vg}/{}: not served: {}", lv.name, chain(&e))),
                 }
             }
         }
@@ -719,7 +735,7 @@ fn retire(device: &MappedDevice) {
 }
 
 fn parse_table(name: &str, text: &str) -> Result<Table> {
-    Table::parse(text).map_err(|e| anyhow!("table for {name}: {e}"))
+    Table::parse(text).map_err(|e| DaemonError::Refused(format!("table for {name}: {e}")))
 }
 
 /// Whether a table row's arguments name the device `name`.
@@ -731,16 +747,16 @@ fn names_device(args: &[String], name: &str) -> bool {
 /// Device names as device-mapper takes them: 1 to 127 bytes, printable, no '/'.
 fn check_device_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 127 {
-        bail!("device name '{name}' must be 1 to 127 bytes long");
+        refuse!("device name '{name}' must be 1 to 127 bytes long");
     }
     if name == "." || name == ".." {
-        bail!("'{name}' cannot name a device");
+        refuse!("'{name}' cannot name a device");
     }
     if let Some(c) = name
         .chars()
         .find(|c| *c == '/' || c.is_control() || c.is_whitespace())
     {
-        bail!("device name '{name}' holds {c:?}; names are printable, without '/' or blanks");
+        refuse!("device name '{name}' holds {c:?}; names are printable, without '/' or blanks");
     }
     Ok(())
 }

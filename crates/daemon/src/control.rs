@@ -11,17 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tessera_engine::units::SizeArg;
 use tessera_engine::LvCreateOptions;
 
+use crate::error::{DaemonError, Result};
+
 /// The protocol version this build speaks.
 pub const VERSION: [u32; 3] = [1, 1, 0];
 
 /// The longest request line the daemon reads; a longer one closes the connection.
-const MAX_REQUEST_BYTES: u64 = 1 << 20;
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 
 /// The file name of the control socket in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -169,7 +170,26 @@ impl Reply {
             ..Reply::default()
         }
     }
+
+    /// The reply when the daemon did what was asked; its refusal as an error otherwise:
+    /// [`DaemonError::NotServed`] for code `not-served`, else [`DaemonError::Refused`] with
+    /// the daemon's sentence.
+    pub fn into_result(self) -> Result<Reply> {
+        if self.ok {
+            return Ok(self);
+        }
+        let error = self
+            .error
+            .unwrap_or_else(|| "the daemon refused".to_string());
+        Err(match self.code.as_deref() {
+            Some(NOT_SERVED) => DaemonError::NotServed(error),
+            _ => DaemonError::Refused(error),
+        })
+    }
 }
+
+/// The reply code of an LV change to a VG the daemon does not serve.
+pub const NOT_SERVED: &str = "not-served";
 
 pub fn version_string(v: [u32; 3]) -> String {
     format!("{}.{}.{}", v[0], v[1], v[2])
@@ -182,25 +202,15 @@ pub fn version_supported(v: [u32; 3]) -> bool {
 
 /// Decodes one request line: first its version (so that a newer client's unknown command
 /// is refused for its version, not as garbage), then the request.
-pub fn decode(line: &str) -> std::result::Result<Request, String> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("request is not valid JSON: {e}"))?;
-    let version = value
-        .get("version")
-        .ok_or("request has no \"version\": expected e.g. \"version\": [1, 0, 0]")?;
+pub fn decode(line: &str) -> Result<Request> {
+    let value: Value = serde_json::from_str(line).map_err(DaemonError::NotJson)?;
+    let version = value.get("version").ok_or(DaemonError::NoVersion)?;
     let version: [u32; 3] = serde_json::from_value(version.clone())
-        .map_err(|_| format!("request version {version} is not three numbers such as [1, 0, 0]"))?;
+        .map_err(|_| DaemonError::BadVersion(version.clone()))?;
     if !version_supported(version) {
-        return Err(format!(
-            "request speaks control protocol {}, this tessera daemon speaks {} \
-             (it serves major version {} up to minor {}): use a tessera of the daemon's version",
-            version_string(version),
-            version_string(VERSION),
-            VERSION[0],
-            VERSION[1],
-        ));
+        return Err(DaemonError::version_refused(version));
     }
-    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+    serde_json::from_value(value).map_err(DaemonError::BadRequest)
 }
 
 /// The socket a client talks to: `--control`, else the state directory's.
@@ -208,63 +218,6 @@ pub fn socket_path(explicit: Option<&Path>, state_dir: &Path) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
         .unwrap_or_else(|| state_dir.join(SOCKET_NAME))
-}
-
-/// A connection to a running daemon.
-pub struct Client {
-    stream: BufReader<UnixStream>,
-    path: PathBuf,
-}
-
-impl Client {
-    /// Connects to the daemon at `path`; `Ok(None)` when none is running there (no socket,
-    /// or a socket left behind by a daemon that died).
-    pub fn connect(path: &Path) -> Result<Option<Client>> {
-        match UnixStream::connect(path) {
-            Ok(stream) => Ok(Some(Client {
-                stream: BufReader::new(stream),
-                path: path.to_path_buf(),
-            })),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => {
-                Err(e).with_context(|| format!("cannot reach the daemon at {}", path.display()))
-            }
-        }
-    }
-
-    /// Sends one request and reads the reply.
-    pub fn call(&mut self, request: &Request) -> Result<Reply> {
-        self.call_raw(&envelope(request, VERSION))
-    }
-
-    /// Sends a request line as it is (tests use it to speak other versions).
-    pub fn call_raw(&mut self, line: &str) -> Result<Reply> {
-        let what = || format!("control socket {}", self.path.display());
-        let stream = self.stream.get_mut();
-        stream.write_all(line.as_bytes()).with_context(what)?;
-        stream.write_all(b"\n").with_context(what)?;
-        let mut answer = String::new();
-        self.stream.read_line(&mut answer).with_context(what)?;
-        if answer.is_empty() {
-            bail!(
-                "the daemon at {} closed the connection",
-                self.path.display()
-            );
-        }
-        serde_json::from_str(&answer).map_err(|e| {
-            anyhow!(
-                "the daemon at {} sent a bad reply: {e}",
-                self.path.display()
-            )
-        })
-    }
 }
 
 /// A request as a JSON line with `version` beside the command.
@@ -282,24 +235,26 @@ pub fn listen(
     path: &Path,
     handle: Arc<dyn Fn(Request) -> Reply + Send + Sync>,
 ) -> Result<ControlSocket> {
+    let io = |what: String| move |source| DaemonError::Io { what, source };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            bail!(
-                "another tessera daemon is listening on {}; stop it first or give --control",
-                path.display()
-            );
+            return Err(DaemonError::SocketInUse {
+                path: path.to_path_buf(),
+            });
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io(format!(
+            "cannot remove the stale socket {}",
+            path.display()
+        )))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
     }
     let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+        UnixListener::bind(path).map_err(io(format!("cannot listen on {}", path.display())))?;
     // Whoever may talk to the socket may change volumes: its owner only.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        .map_err(io(format!("cannot set the mode of {}", path.display())))?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -310,7 +265,7 @@ pub fn listen(
                     .spawn(move || serve_client(stream, &*handle));
             }
         })
-        .context("cannot start the control thread")?;
+        .map_err(io("cannot start the control thread".into()))?;
     Ok(ControlSocket {
         path: path.to_path_buf(),
     })
@@ -347,9 +302,7 @@ fn serve_client(stream: UnixStream, handle: &(dyn Fn(Request) -> Reply + Send + 
             Ok(_) => {}
         }
         if !line.ends_with('\n') {
-            let reply = Reply::error(format!(
-                "request longer than {MAX_REQUEST_BYTES} bytes or not ended by a newline"
-            ));
+            let reply = Reply::error(DaemonError::RequestTooLong.to_string());
             let _ = writeln!(
                 writer,
                 "{}",
@@ -359,10 +312,10 @@ fn serve_client(stream: UnixStream, handle: &(dyn Fn(Request) -> Reply + Send + 
         }
         let reply = match decode(line.trim_end()) {
             Ok(request) => handle(request),
-            Err(e) => Reply::error(e),
+            Err(e) => Reply::error(e.to_string()),
         };
         let text = serde_json::to_string(&reply).unwrap_or_else(|e| {
-            serde_json::to_string(&Reply::error(format!("cannot encode the reply: {e}")))
+            serde_json::to_string(&Reply::error(DaemonError::Encode(e).to_string()))
                 .unwrap_or_default()
         });
         if writeln!(writer, "{text}").is_err() {
@@ -384,30 +337,58 @@ mod tests {
         let line = envelope(&Request::DmLs, [1, 1, 0]);
         assert!(decode(&line).is_ok(), "this minor is served");
         for v in [[2, 0, 0], [1, 2, 0], [0, 9, 0]] {
-            let err = decode(&envelope(&Request::DmLs, v)).unwrap_err();
+            let err = decode(&envelope(&Request::DmLs, v))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&version_string(v)), "{err}");
             assert!(err.contains(&version_string(VERSION)), "{err}");
         }
         // A newer client's unknown command is refused for its version, not as garbage.
-        let err = decode(r#"{"version":[3,0,0],"command":"teleport"}"#).unwrap_err();
+        let err = decode(r#"{"version":[3,0,0],"command":"teleport"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3.0.0"), "{err}");
+        // The sentence old and new tools print, word for word.
+        let err = decode(&envelope(&Request::DmLs, [1, 2, 0])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DaemonError::VersionRefused {
+                    request: [1, 2, 0],
+                    daemon: VERSION
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "request speaks control protocol 1.2.0, this tessera daemon speaks 1.1.0 (it serves \
+             major version 1 up to minor 1): use a tessera of the daemon's version"
+        );
     }
 
     #[test]
     fn malformed_requests_get_errors_that_say_what_is_wrong() {
-        assert!(decode("{").unwrap_err().contains("not valid JSON"));
+        assert!(decode("{")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
         assert!(decode(r#"{"command":"dm_ls"}"#)
             .unwrap_err()
+            .to_string()
             .contains("no \"version\""));
         assert!(decode(r#"{"version":"1.0","command":"dm_ls"}"#)
             .unwrap_err()
+            .to_string()
             .contains("three numbers"));
         assert!(decode(r#"{"version":[1,0,0],"command":"teleport"}"#)
             .unwrap_err()
+            .to_string()
             .contains("bad request"));
         assert!(
             decode(r#"{"version":[1,0,0],"command":"dm_create","name":"x"}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("table")
         );
     }
