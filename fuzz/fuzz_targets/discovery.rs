@@ -13,7 +13,11 @@ use tessera_engine::discover::discover;
 fuzz_target!(|data: &[u8]| {
     let dev = Arc::new(MemoryDevice::with_contents("fuzz", data));
     let size = dev.size_bytes();
-    let report = discover(&vec![("fuzz".to_string(), dev)], Vec::new());
+    let report = discover(
+        &vec![("fuzz".to_string(), dev)],
+        Vec::new(),
+        &tessera_engine::modules::registry(),
+    );
     for (_, node) in report.walk() {
         if node.kind == "partition" {
             assert!(node.size_bytes <= size, "a partition larger than its disk");

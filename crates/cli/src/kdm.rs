@@ -211,7 +211,7 @@ fn running_array(engine: &Engine, name: &str) -> Result<Option<String>> {
         .slots
         .iter()
         .flatten()
-        .filter_map(|m| tessera_engine::discover::kernel_holder(&m.path))
+        .filter_map(|m| tessera_engine::md::kernel_holder(&m.path))
         .find(|node| std::path::Path::new(node).exists()))
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::json;
 use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
+use tessera_engine::format::Volume as FormatVolume;
 use tessera_engine::md::{Health, MdArray};
 use tessera_engine::md_records::MdRecords;
 use tessera_engine::{activate, Engine, EngineError, Scan, VgState};
@@ -19,6 +20,10 @@ use crate::control::{
     version_string, ControlSocket, LvChange, Reply, Request, NOT_SERVED, VERSION,
 };
 use crate::error::{chain, refuse, DaemonError, Result};
+
+/// The format modules whose volumes the daemon starts through its own verbs (MD arrays with
+/// their records, LVs that follow online changes) rather than as the module activates them.
+const SERVED_BY_OWN_VERBS: [&str; 2] = ["md", "lvm2"];
 
 /// A mapped device the daemon holds.
 struct Volume {
@@ -65,12 +70,21 @@ impl Daemon {
         // before it writes anything.
         let md = engine.md_scan(!read_only)?;
         let scan = engine.scan_with(!read_only)?;
+        // The volumes of formats this daemon has no verbs of its own for (MD arrays and LVs
+        // are started below, with their records and online changes) are served as their
+        // modules activate them.
+        let (others, _) = engine.volumes(!read_only)?;
+        let others: Vec<Box<dyn FormatVolume>> = others
+            .into_iter()
+            .filter(|v| !SERVED_BY_OWN_VERBS.contains(&v.module()))
+            .collect();
         let mut members: Vec<String> = md
             .arrays
             .iter()
             .flat_map(|a| a.slots.iter().flatten().chain(&a.spares))
             .map(|m| m.path.clone())
             .collect();
+        members.extend(others.iter().flat_map(|v| v.devices()));
         for state in scan.vgs.values() {
             members.extend(state.present.values().map(|&i| scan.pvs[i].path.clone()));
         }
@@ -113,6 +127,11 @@ impl Daemon {
                     if let Err(e) = daemon.add_lv(&scan, state, &lv.name, &mut volumes) {
                         warnings.push(format!("skipping {}/{}: {e}", state.vg.name, lv.name));
                     }
+                }
+            }
+            for volume in &others {
+                if let Err(e) = daemon.add_volume(volume.as_ref(), &mut volumes) {
+                    warnings.push(format!("skipping {}: {}", volume.name(), e.chain()));
                 }
             }
         }
@@ -323,6 +342,43 @@ impl Daemon {
                 export,
                 lv: None,
                 records,
+            },
+        );
+        Ok(())
+    }
+
+    /// Activates a volume of another format module as that module activates it, and
+    /// exports it under its name.
+    fn add_volume(
+        &self,
+        volume: &dyn FormatVolume,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        let name = volume.dm_name();
+        if volumes.contains_key(&name) {
+            refuse!("a device named {name} exists already");
+        }
+        let activated = volume
+            .activate(self.registry.clone(), !self.read_only)
+            .map_err(DaemonError::Refused)?;
+        for note in &activated.notes {
+            eprintln!("tessera: warning: {}: {note}", volume.name());
+        }
+        let device = Arc::new(activated.device);
+        let export = volume.name();
+        self.exports.insert(
+            export.clone(),
+            Export::new(device.clone())
+                .read_only(self.read_only)
+                .description(format!("{} volume {export}", volume.module())),
+        )?;
+        volumes.insert(
+            name,
+            Volume {
+                device,
+                export,
+                lv: None,
+                records: None,
             },
         );
         Ok(())

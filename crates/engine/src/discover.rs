@@ -11,6 +11,7 @@ use serde::Serialize;
 use tessera_block::SharedDevice;
 
 use crate::devices::NamedDevices;
+pub use crate::format::Node;
 use crate::format::{self, Finding, FormatModule, Member, Place, Shown, Volume};
 
 /// How many layers of sets discovery follows (an array holding a PV whose VG holds an LV
@@ -122,46 +123,6 @@ impl Probed {
                     },
                 ));
             }
-        }
-    }
-}
-
-/// One node of the stack as `tessera show` prints it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Node {
-    /// disk, partition, md, vg or lv.
-    pub kind: &'static str,
-    pub name: String,
-    pub size_bytes: u64,
-    /// What lies on it (a Finding's format), if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// What it is, in words.
-    pub summary: String,
-    /// clean, degraded, failed (arrays); complete, partial (VGs); active, spare, stale
-    /// (members); empty (a device with nothing on it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub detail: serde_json::Value,
-    pub problems: Vec<String>,
-    pub children: Vec<Node>,
-}
-
-impl Node {
-    /// A node that only carries problems no device or set owns (metadata that cannot be
-    /// read at all); such a node is never shown, its problems are listed.
-    pub fn problems_only(kind: &'static str, problems: Vec<String>) -> Node {
-        Node {
-            kind,
-            name: String::new(),
-            size_bytes: 0,
-            format: None,
-            summary: String::new(),
-            state: None,
-            detail: serde_json::Value::Null,
-            problems,
-            children: Vec::new(),
         }
     }
 }
@@ -313,7 +274,7 @@ impl Stack {
         }
         for (index, set) in self.sets.iter().enumerate() {
             for (i, place) in set.places.iter().enumerate() {
-                if place.name != node.name {
+                if place.name != node.name && !self.is_alias(&place.name, &node.name) {
                     continue;
                 }
                 if let Some(state) = &place.state {
@@ -331,6 +292,19 @@ impl Stack {
                 }
             }
         }
+    }
+
+    /// Whether `name` is what a set called `set_name` was read through: the listed device
+    /// of a volume the kernel runs (`/dev/md127` for `md/NAME`), which members of the next
+    /// layer (the PV on it) are named by.
+    fn is_alias(&self, name: &str, set_name: &str) -> bool {
+        self.sets.iter().any(|s| {
+            s.node.name == set_name
+                && s.volumes.iter().any(|v| {
+                    matches!(v.volume.shown(), Shown::AsSet)
+                        && v.tree.as_ref().is_some_and(|t| t.name == name)
+                })
+        })
     }
 
     /// A set's node with its volumes: what is on a volume that is the set itself goes on
@@ -435,18 +409,6 @@ pub fn discover(
     Stack::build(devices, modules).report(problems)
 }
 
-/// The kernel's md device (`/dev/md127`) holding block device `member`, if one does.
-pub fn kernel_holder(member: &str) -> Option<String> {
-    let real = std::fs::canonicalize(member).ok()?;
-    let base = real.file_name()?.to_string_lossy().into_owned();
-    std::fs::read_dir(format!("/sys/class/block/{base}/holders"))
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|h| h.starts_with("md"))
-        .map(|h| format!("/dev/{h}"))
-}
-
 fn collect_problems(n: &Node, out: &mut Vec<String>) {
     out.extend(n.problems.iter().cloned());
     for c in &n.children {
@@ -525,7 +487,7 @@ mod tests {
         // Swap in partition 1, zeroes in partition 2.
         dev.write_at(b"SWAPSPACE2", 2048 * 512 + 4086).unwrap();
         let devices: NamedDevices = vec![("disk".into(), Arc::new(dev))];
-        let report = discover(&devices, Vec::new(), &format::modules());
+        let report = discover(&devices, Vec::new(), &crate::modules::registry());
         let disk = &report.devices[0];
         assert_eq!(disk.format.as_deref(), Some("dos"));
         assert_eq!(disk.children.len(), 2);
@@ -546,7 +508,7 @@ mod tests {
             ("disk".into(), Arc::new(dev)),
             ("junk".into(), Arc::new(junk)),
         ];
-        let report = discover(&devices, Vec::new(), &format::modules());
+        let report = discover(&devices, Vec::new(), &crate::modules::registry());
         assert!(
             report
                 .problems
@@ -576,7 +538,7 @@ mod tests {
             ("disk".into(), Arc::new(disk)),
             ("disk1".into(), Arc::new(part)),
         ];
-        let report = discover(&devices, Vec::new(), &format::modules());
+        let report = discover(&devices, Vec::new(), &crate::modules::registry());
         assert_eq!(report.devices.len(), 1, "{:#?}", report.devices);
         let p = &report.devices[0].children[0];
         assert_eq!(p.name, "disk1");

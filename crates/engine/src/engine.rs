@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tessera_block::{FileDevice, OpenOptions, SharedDevice};
+use tessera_formats::signature::{self, Signature};
 
 use crate::devices::{self, NamedDevices};
 use crate::error::{EngineError, Result};
-use crate::format::{self, FormatModule};
+use crate::format::{FormatModule, Volume};
 use crate::lock::Lock;
 
 /// Where the engine finds devices.
@@ -83,7 +84,7 @@ impl Engine {
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
-            formats: format::modules(),
+            formats: crate::modules::registry(),
         }
     }
 
@@ -99,7 +100,7 @@ impl Engine {
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
-            formats: format::modules(),
+            formats: crate::modules::registry(),
         }
     }
 
@@ -144,11 +145,17 @@ impl Engine {
         Ok(std::sync::Arc::new(FileDevice::open(path, ro)?))
     }
 
-    /// Makes every command see the PVs on MD arrays: each array found is put together in
-    /// user space as `md/NAME` whenever the devices are listed (complete arrays; degraded
-    /// ones too when only reading). Arrays the kernel runs are seen through their own device,
-    /// and a daemon's arrays through [`Engine::add_stacked`]; neither is assembled again.
-    /// Such an array keeps no records: commands write only LVM metadata through it.
+    /// Makes every command see the devices that sets of devices make (MD arrays, so that
+    /// the PVs on them are found): each format module's [`FormatModule::stacked_devices`]
+    /// are added whenever the devices are listed. Arrays the kernel runs are seen through
+    /// their own device, and a daemon's through [`Engine::add_stacked`]; neither is
+    /// assembled again. Such a device keeps no records: commands write only other formats'
+    /// metadata through it.
+    pub fn set_assemble_arrays(&mut self, on: bool) {
+        self.assemble_arrays = on;
+    }
+
+    /// Adds a device that runs on top of the scanned ones (an MD array started in user
     /// space), so that the PVs on it are found too.
     pub fn add_stacked(&self, name: impl Into<String>, device: SharedDevice) {
         let mut stacked = self
@@ -186,8 +193,13 @@ impl Engine {
     /// met opening them.
     pub(crate) fn devices(&self, write: bool) -> Result<(NamedDevices, Vec<String>)> {
         let (listed, mut problems) = self.listed_devices(write)?;
-        let modules: Vec<Arc<dyn FormatModule>> =
-            vec![Arc::new(crate::modules::partition::PartitionTables)];
+        // Only the formats that hold devices (partition tables) are probed here.
+        let modules: Vec<Arc<dyn FormatModule>> = self
+            .formats
+            .iter()
+            .filter(|m| m.contains_devices())
+            .cloned()
+            .collect();
         let mut out = Vec::new();
         for tree in crate::discover::probe_tree(&listed, &modules) {
             if let Some(f) = &tree.finding {
@@ -207,10 +219,22 @@ impl Engine {
             }
         }
         if self.assemble_arrays {
-            let arrays = self.assembled_arrays(&out, write, &mut problems);
-            out.extend(arrays);
+            let mut stacked = Vec::new();
+            for module in &self.formats {
+                stacked.extend(module.stacked_devices(&out, write, &mut problems));
+            }
+            out.extend(stacked);
         }
         Ok((out, problems))
+    }
+
+    /// Every volume the format modules make on the devices, in the order they were
+    /// assembled, each ready to be activated (the devices opened for writing when
+    /// `write`); and the problems met opening the devices. Finding them reads only.
+    pub fn volumes(&self, write: bool) -> Result<(Vec<Box<dyn Volume>>, Vec<String>)> {
+        let (listed, problems) = self.listed_devices(write)?;
+        let stack = crate::discover::Stack::build(&listed, &self.formats);
+        Ok((stack.into_volumes(), problems))
     }
 
     /// Everything on the devices, layer by layer (see [`crate::discover`]). Reads only.
@@ -255,6 +279,36 @@ impl Engine {
 
     pub(crate) fn lock_orphans(&self) -> Result<Lock> {
         self.lock("P_orphans")
+    }
+
+    /// Refuses to overwrite `device` (called `name`) when it holds a format, unless
+    /// `force`: the signatures blkid knows, and what any other registered format module
+    /// recognises there, so a format from outside the engine is kept as the built-in ones
+    /// are. Returns the signatures found (what `--force` wipes).
+    pub(crate) fn refuse_occupied(
+        &self,
+        name: &str,
+        device: &SharedDevice,
+        force: bool,
+    ) -> Result<Vec<Signature>> {
+        let found = signature::probe(device.as_ref())?;
+        let mut what: Vec<String> = found.iter().map(|s| s.to_string()).collect();
+        for module in &self.formats {
+            if let Some((f, _)) = module.probe(name, device) {
+                // Damaged remains and raw data are no format to keep.
+                let known = found.iter().any(|s| s.kind == f.format);
+                if !known && f.problems.is_empty() && f.state.is_none() {
+                    what.push(format!("{} ({})", f.format, f.summary));
+                }
+            }
+        }
+        if !what.is_empty() && !force {
+            return Err(EngineError::Occupied {
+                device: name.into(),
+                what: what.join(", "),
+            });
+        }
+        Ok(found)
     }
 
     /// Opens `path`, or the partition or stacked device of that name among the engine's

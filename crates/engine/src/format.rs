@@ -16,7 +16,7 @@
 //!   own directory (`modules/lvm2/{pv,vg,lv}.rs`, `modules/md/ops.rs`) as methods of
 //!   [`Engine`](crate::Engine), and use only what the engine core guarantees (below).
 //!
-//! Adding a format is one module and one line in [`modules`] (or, from another crate,
+//! Adding a format is one module and one line in [`crate::modules::registry`] (or, from another crate,
 //! [`Engine::register_format`](crate::Engine::register_format)); discovery, `show`, `scan`
 //! and serving find it through this trait alone.
 //!
@@ -50,8 +50,7 @@ use serde::Serialize;
 use tessera_block::SharedDevice;
 use tessera_mapper::{MappedDevice, TargetRegistry};
 
-use crate::discover::Node;
-use crate::modules;
+use crate::devices::NamedDevices;
 
 /// What one format module found on a device.
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +139,46 @@ pub enum Shown {
     Own(Node),
 }
 
+/// One node of the stack as `tessera show` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// disk, partition, md, vg or lv.
+    pub kind: &'static str,
+    pub name: String,
+    pub size_bytes: u64,
+    /// What lies on it (a Finding's format), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// What it is, in words.
+    pub summary: String,
+    /// clean, degraded, failed (arrays); complete, partial (VGs); active, spare, stale
+    /// (members); empty (a device with nothing on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+    pub problems: Vec<String>,
+    pub children: Vec<Node>,
+}
+
+impl Node {
+    /// A node that only carries problems no device or set owns (metadata that cannot be
+    /// read at all); such a node is never shown, its problems are listed.
+    pub fn problems_only(kind: &'static str, problems: Vec<String>) -> Node {
+        Node {
+            kind,
+            name: String::new(),
+            size_bytes: 0,
+            format: None,
+            summary: String::new(),
+            state: None,
+            detail: serde_json::Value::Null,
+            problems,
+            children: Vec::new(),
+        }
+    }
+}
+
 /// A volume a set makes, activated as a mapped device.
 pub trait Volume: Send + Sync {
     /// The module that made it (its [`FormatModule::name`]).
@@ -163,6 +202,9 @@ pub trait Volume: Send + Sync {
     /// note for each thing it runs without (an image left out). With `writable` false it
     /// writes nothing, metadata included.
     fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String>;
+    /// The devices it maps onto, by the names they were probed under: what a daemon
+    /// claims before it runs the volume writable.
+    fn devices(&self) -> Vec<String>;
     /// The rows the kernel's device-mapper loads for it, as the format's own tools load them.
     fn kernel_rows(&self) -> Result<Vec<tessera_kernel::dm::Row>, String> {
         Err(format!(
@@ -193,20 +235,24 @@ pub trait FormatModule: Send + Sync {
         let _ = members;
         Vec::new()
     }
-}
-
-/// Every format tessera knows, in the order they are tried: the first that recognises a
-/// device claims it. Partition tables come first (a partitioned disk is not itself a
-/// member), MD before LVM2 (an MD 1.0 member shows the PV inside at its start), and the
-/// filesystem signatures last.
-pub fn modules() -> Vec<Arc<dyn FormatModule>> {
-    vec![
-        Arc::new(modules::partition::PartitionTables),
-        Arc::new(modules::md::MdMembers),
-        Arc::new(modules::lvm2::LvmLabels),
-        Arc::new(modules::luks::LuksHeaders),
-        Arc::new(modules::signature::Signatures),
-    ]
+    /// Whether the devices `probe` finds inside a device (a partition table's partitions)
+    /// stand in for it in every command: the engine lists them in its place.
+    fn contains_devices(&self) -> bool {
+        false
+    }
+    /// The devices the sets on `devices` make that every command should see as devices
+    /// of their own (the MD arrays, for the PVs on them), each activated in user space
+    /// without records (see [`crate::Engine::set_assemble_arrays`]); `write` when the
+    /// command writes. Problems putting one together go to `problems`.
+    fn stacked_devices(
+        &self,
+        devices: &NamedDevices,
+        write: bool,
+        problems: &mut Vec<String>,
+    ) -> NamedDevices {
+        let _ = (devices, write, problems);
+        Vec::new()
+    }
 }
 
 /// The target types every volume may use: the mapper's own and the raid personalities.

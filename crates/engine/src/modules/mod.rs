@@ -1,8 +1,26 @@
 //! The format modules, one per on-disk format, each behind [`crate::format::FormatModule`]
-//! and registered in [`crate::format::modules`].
+//! and registered in [`registry`].
 
 pub mod luks;
 pub mod lvm2;
 pub mod md;
 pub mod partition;
 pub mod signature;
+
+use std::sync::Arc;
+
+use crate::format::FormatModule;
+
+/// Every format tessera knows, in the order they are tried: the first that recognises a
+/// device claims it. Partition tables come first (a partitioned disk is not itself a
+/// member), MD before LVM2 (an MD 1.0 member shows the PV inside at its start), and the
+/// filesystem signatures last.
+pub fn registry() -> Vec<Arc<dyn FormatModule>> {
+    vec![
+        Arc::new(partition::PartitionTables),
+        Arc::new(md::MdMembers),
+        Arc::new(lvm2::LvmLabels),
+        Arc::new(luks::LuksHeaders),
+        Arc::new(signature::Signatures),
+    ]
+}

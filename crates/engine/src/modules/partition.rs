@@ -43,6 +43,9 @@ impl FormatModule for PartitionTables {
     fn name(&self) -> &'static str {
         "partition-tables"
     }
+    fn contains_devices(&self) -> bool {
+        true
+    }
     fn probe(&self, name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
         let table = match read_partition_table(name, device.as_ref()) {
             Ok(Some(t)) => t,

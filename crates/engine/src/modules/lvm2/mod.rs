@@ -27,11 +27,10 @@ use tessera_formats::md as md_format;
 use tessera_mapper::TargetRegistry;
 
 use crate::devices::NamedDevices;
-use crate::discover::Node;
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::format::{
-    Activated, Assembly, Finding, FormatModule, Inner, Member, Place, Shown, Volume,
+    Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
 };
 use scan::Scan;
 
@@ -258,6 +257,14 @@ impl Volume for LvVolume {
             problems: Vec::new(),
             children: Vec::new(),
         })
+    }
+    fn devices(&self) -> Vec<String> {
+        let state = self.state();
+        state
+            .present
+            .values()
+            .map(|&i| self.scan.pvs[i].path.clone())
+            .collect()
     }
     fn state_note(&self) -> Option<String> {
         self.state().is_partial().then(|| "partial VG".to_string())

@@ -5,7 +5,6 @@ use tessera_block::SharedDevice;
 use tessera_formats::lvm2::id::Id;
 use tessera_formats::lvm2::label::{wipe_label, write_label, PvLabel};
 use tessera_formats::lvm2::mda::{write_mda_header, MdaHeader};
-use tessera_formats::signature;
 
 use super::commit;
 use super::options::PvCreateOptions;
@@ -67,15 +66,7 @@ impl Engine {
                 });
             }
         }
-        let found = signature::probe(dev.as_ref())?;
-        if !found.is_empty() && !opts.force {
-            let what = found
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(EngineError::Occupied { device: name, what });
-        }
+        let found = self.refuse_occupied(&name, &dev, opts.force)?;
         let size = dev.size_bytes();
         let pe_start = opts.pe_start_bytes.unwrap_or(DEFAULT_PE_START_BYTES);
         if pe_start < 8192 || pe_start % 4096 != 0 {

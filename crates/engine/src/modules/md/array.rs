@@ -514,6 +514,18 @@ impl MdArray {
     }
 }
 
+/// The kernel's md device (`/dev/md127`) holding block device `member`, if one does.
+pub fn kernel_holder(member: &str) -> Option<String> {
+    let real = std::fs::canonicalize(member).ok()?;
+    let base = real.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(format!("/sys/class/block/{base}/holders"))
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|h| h.starts_with("md"))
+        .map(|h| format!("/dev/{h}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

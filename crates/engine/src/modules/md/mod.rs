@@ -14,9 +14,9 @@ use tessera_formats::md as md_format;
 use tessera_mapper::TargetRegistry;
 use tessera_raid::metadata::SetMetadata;
 
-use crate::discover::Node;
+use crate::devices::NamedDevices;
 use crate::format::{
-    Activated, Assembly, Finding, FormatModule, Inner, Member, Place, Shown, Volume,
+    Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
 };
 use array::{Health, LeftOut, MdArray};
 
@@ -63,6 +63,46 @@ impl FormatModule for MdMembers {
             ),
         }
     }
+
+    /// The arrays on `devs` as devices `md/NAME`: complete ones, and degraded ones when
+    /// only reading; not those the kernel runs or a daemon runs already.
+    fn stacked_devices(
+        &self,
+        devs: &NamedDevices,
+        write: bool,
+        problems: &mut Vec<String>,
+    ) -> NamedDevices {
+        // Unreadable superblocks are md_scan's to report; here they only leave an array out.
+        let (members, _) = array::probe_members(devs.iter().map(|(p, d)| (p, d)));
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let registry = crate::format::target_registry();
+        let mut out: NamedDevices = Vec::new();
+        for array in array::assemble(members) {
+            let name = format!("md/{}", array.name);
+            let in_kernel = array
+                .slots
+                .iter()
+                .flatten()
+                .any(|m| array::kernel_holder(&m.path).is_some());
+            if in_kernel || devs.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            match array.health() {
+                Health::Complete => {}
+                Health::Degraded { .. } if !write => {}
+                _ => continue,
+            }
+            match array.activate(&name, registry.clone(), None) {
+                Ok(device) => out.push((name, std::sync::Arc::new(device))),
+                Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
+            }
+        }
+        out
+    }
+
+    /// Adds a device that runs on top of the scanned ones (an MD array started in user
 
     fn assemble(&self, members: Vec<Member>) -> Vec<Assembly> {
         // (An unreadable superblock is already a problem on its device's finding.)
@@ -156,7 +196,7 @@ fn assembly(array: MdArray) -> Assembly {
         .slots
         .iter()
         .flatten()
-        .find_map(|m| crate::discover::kernel_holder(&m.path));
+        .find_map(|m| array::kernel_holder(&m.path));
     if let Some(dev) = &kernel {
         summary.push_str(&format!(", running in the kernel as {dev}"));
         detail["kernel_device"] = serde_json::Value::String(dev.clone());
@@ -206,6 +246,15 @@ impl Volume for MdVolume {
     }
     fn listed_as(&self) -> Option<String> {
         self.kernel.clone()
+    }
+    fn devices(&self) -> Vec<String> {
+        self.array
+            .slots
+            .iter()
+            .flatten()
+            .chain(&self.array.spares)
+            .map(|m| m.path.clone())
+            .collect()
     }
     /// Writable, the running set keeps the superblocks and bitmap (see [`records`]); a
     /// degraded array records its missing slots before any write.

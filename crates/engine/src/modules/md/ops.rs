@@ -3,12 +3,10 @@
 
 use tessera_block::SharedDevice;
 use tessera_formats::md as md_format;
-use tessera_formats::signature;
 
-use crate::devices::NamedDevices;
+use super::array as md;
 use crate::engine::{hostname, now, random_bytes, same_path, Engine};
 use crate::error::{EngineError, Result};
-use crate::modules::md::array as md;
 
 /// The MD arrays on the scanned devices.
 #[derive(Debug, Clone)]
@@ -65,50 +63,6 @@ fn check_md_name(name: &str) -> Result<()> {
 }
 
 impl Engine {
-    pub fn set_assemble_arrays(&mut self, on: bool) {
-        self.assemble_arrays = on;
-    }
-
-    /// The arrays on `devs` as devices `md/NAME` (see [`Engine::set_assemble_arrays`]).
-    pub(crate) fn assembled_arrays(
-        &self,
-        devs: &NamedDevices,
-        write: bool,
-        problems: &mut Vec<String>,
-    ) -> NamedDevices {
-        // Unreadable superblocks are md_scan's to report; here they only leave an array out.
-        let (members, _) = md::probe_members(devs.iter().map(|(p, d)| (p, d)));
-        if members.is_empty() {
-            return Vec::new();
-        }
-        let mut registry = tessera_mapper::TargetRegistry::new();
-        tessera_raid::register(&mut registry);
-        let registry = std::sync::Arc::new(registry);
-        let mut out: NamedDevices = Vec::new();
-        for array in md::assemble(members) {
-            let name = format!("md/{}", array.name);
-            let in_kernel = array
-                .slots
-                .iter()
-                .flatten()
-                .any(|m| crate::discover::kernel_holder(&m.path).is_some());
-            if in_kernel || devs.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
-            match array.health() {
-                md::Health::Complete => {}
-                md::Health::Degraded { .. } if !write => {}
-                _ => continue,
-            }
-            match array.activate(&name, registry.clone(), None) {
-                Ok(device) => out.push((name, std::sync::Arc::new(device))),
-                Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
-            }
-        }
-        out
-    }
-
-    /// Adds a device that runs on top of the scanned ones (an MD array started in user
     /// Finds the MD members on the devices and groups them into arrays; `write` opens the
     /// members for writing (to run the arrays read-write). Devices whose MD superblock
     /// cannot be read are problems, named with what is wrong.
@@ -366,18 +320,7 @@ impl Engine {
     /// format's signature unless `force`.
     pub(crate) fn open_new_member(&self, path: &str, force: bool) -> Result<SharedDevice> {
         let dev = self.open_named(path, true)?;
-        let found = signature::probe(dev.as_ref())?;
-        if !found.is_empty() && !force {
-            let what = found
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(EngineError::Occupied {
-                device: path.into(),
-                what,
-            });
-        }
+        self.refuse_occupied(path, &dev, force)?;
         Ok(dev)
     }
 
