@@ -1,0 +1,366 @@
+//! The daemon behind `tessera serve`: the VGs' LVs activated in user space as mapped
+//! devices and exported over NBD, plus the devices made with `tessera dm create`. Requests
+//! from the control socket change them: dmsetup's verbs on the mapped devices, and LV
+//! changes, which the daemon commits itself and then follows with suspend, load and resume,
+//! so a served LV is resized online.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde_json::json;
+use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
+use tessera_engine::format::Volume as FormatVolume;
+use tessera_engine::md::{Health, MdArray};
+use tessera_engine::md_records::MdRecords;
+use tessera_engine::{activate, Engine, EngineError, Scan, VgState};
+use tessera_export::{Export, ExportSet};
+use tessera_mapper::{MappedDevice, Table, TargetRegistry};
+
+use crate::control::{
+    version_string, ControlSocket, LvChange, Reply, Request, NOT_SERVED, VERSION,
+};
+use crate::error::{chain, refuse, DaemonError, Result};
+
+mod dm;
+mod lv;
+mod md;
+
+use dm::retire;
+pub use lv::apply_lv_change;
+
+/// The format modules whose volumes the daemon starts through its own verbs (MD arrays with
+/// their records, LVs that follow online changes) rather than as the module activates them.
+const SERVED_BY_OWN_VERBS: [&str; 2] = ["md", "lvm2"];
+
+/// A mapped device the daemon holds.
+struct Volume {
+    device: Arc<MappedDevice>,
+    /// The NBD export name: `VG/LV` for LVs, the device name for `dm create`'s.
+    export: String,
+    /// The LV it maps, when it maps one: followed by id, so a rename keeps the device.
+    lv: Option<LvRef>,
+    /// The records an MD array's set keeps (its superblocks), when it is one run writable.
+    records: Option<Arc<MdRecords>>,
+}
+
+#[derive(Clone)]
+struct LvRef {
+    vg: String,
+    lv_id: String,
+}
+
+/// The volumes a tessera daemon serves and the requests that change them. It is shared
+/// between threads: wrap it in an [`Arc`] and hand [`Daemon::listen`] (or [`crate::listen`]
+/// with [`Daemon::handle`]) a control socket; the NBD and FUSE front ends serve
+/// [`Daemon::exports`].
+pub struct Daemon {
+    engine: Engine,
+    exports: ExportSet,
+    registry: Arc<TargetRegistry>,
+    read_only: bool,
+    /// By device name (`VG-LV` for LVs, as lvm2 names them). The lock also serialises
+    /// the requests that change volumes.
+    volumes: Mutex<BTreeMap<String, Volume>>,
+    /// Exclusive claims on every member of what this daemon runs.
+    _claims: Vec<tessera_engine::claim::Claim>,
+}
+
+impl Daemon {
+    /// Scans the engine's devices and activates every LV that can be served; returns the
+    /// daemon and a warning for each LV or VG it skipped.
+    /// MD arrays are started too (as `md/NAME`): complete ones always, degraded ones when
+    /// `degraded` is set or when serving read-only.
+    pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
+        let mut registry = TargetRegistry::new();
+        tessera_raid::register(&mut registry);
+        // Claim every member first: a second daemon over the same devices stops here,
+        // before it writes anything.
+        let md = engine.md_scan(!read_only)?;
+        let scan = engine.scan_with(!read_only)?;
+        // The volumes of formats this daemon has no verbs of its own for (MD arrays and LVs
+        // are started below, with their records and online changes) are served as their
+        // modules activate them.
+        let (others, _) = engine.volumes(!read_only)?;
+        let others: Vec<Box<dyn FormatVolume>> = others
+            .into_iter()
+            .filter(|v| !SERVED_BY_OWN_VERBS.contains(&v.module()))
+            .collect();
+        let mut members: Vec<String> = md
+            .arrays
+            .iter()
+            .flat_map(|a| a.slots.iter().flatten().chain(&a.spares))
+            .map(|m| m.path.clone())
+            .collect();
+        members.extend(others.iter().flat_map(|v| v.devices()));
+        for state in scan.vgs.values() {
+            members.extend(state.present.values().map(|&i| scan.pvs[i].path.clone()));
+        }
+        // A partition read from an image file's table is claimed through the file.
+        let mut members: Vec<String> = members
+            .iter()
+            .filter_map(|m| tessera_engine::devices::backing_path(m))
+            .collect();
+        members.sort();
+        members.dedup();
+        let claims = members
+            .iter()
+            .map(|p| tessera_engine::claim::claim(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        drop(scan);
+        let daemon = Daemon {
+            engine,
+            exports: ExportSet::new(),
+            registry: Arc::new(registry),
+            read_only,
+            volumes: Mutex::new(BTreeMap::new()),
+            _claims: claims,
+        };
+        let mut warnings = Vec::new();
+        warnings.extend(md.problems.iter().cloned());
+        {
+            let mut volumes = daemon.lock();
+            for array in &md.arrays {
+                if let Err(e) = daemon.add_array(array, degraded || read_only, &mut volumes) {
+                    warnings.push(format!("not starting md/{}: {}", array.name, e.chain()));
+                }
+            }
+        }
+        let scan = daemon.engine.scan_with(!read_only)?;
+        warnings.extend(scan.problems.iter().map(|p| p.to_string()));
+        {
+            let mut volumes = daemon.lock();
+            for state in scan.vgs.values() {
+                for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
+                    if let Err(e) = daemon.add_lv(&scan, state, &lv.name, &mut volumes) {
+                        warnings.push(format!("skipping {}/{}: {e}", state.vg.name, lv.name));
+                    }
+                }
+            }
+            for volume in &others {
+                if let Err(e) = daemon.add_volume(volume.as_ref(), &mut volumes) {
+                    warnings.push(format!("skipping {}: {}", volume.name(), e.chain()));
+                }
+            }
+        }
+        Ok((daemon, warnings))
+    }
+
+    /// Stops everything the daemon runs, LVs first and the arrays under them last: each is
+    /// flushed and its table replaced by `error`, so a raid set stops its sync work and
+    /// records itself clean, as md does when an array stops.
+    pub fn shutdown(&self) {
+        let mut volumes = self.lock();
+        let (arrays, others): (Vec<_>, Vec<_>) = std::mem::take(&mut *volumes)
+            .into_values()
+            .partition(|v| v.export.starts_with("md/"));
+        for volume in others.iter().chain(&arrays) {
+            self.exports.remove(&volume.export);
+            let _ = tessera_block::BlockDevice::flush(&*volume.device);
+            retire(&volume.device);
+        }
+    }
+
+    /// The exports of every volume the daemon serves: `VG/LV`, `md/NAME`, and the names of
+    /// the devices made with `dm create`. They change as requests change the volumes.
+    pub fn exports(&self) -> &ExportSet {
+        &self.exports
+    }
+
+    /// Answers requests on a control socket at `path` with [`Daemon::handle`], one thread
+    /// per client; dropping the returned socket removes its file, so no new client finds it.
+    pub fn listen(self: &Arc<Self>, path: &std::path::Path) -> Result<ControlSocket> {
+        let daemon = self.clone();
+        crate::control::listen(path, Arc::new(move |request| daemon.handle(request)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Volume>> {
+        self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts an MD array in user space and exports it as `md/NAME`.
+    fn add_array(
+        &self,
+        array: &MdArray,
+        degraded: bool,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        for (member, why) in &array.left_out {
+            eprintln!(
+                "tessera: warning: md/{}: leaving out {}: {why}",
+                array.name, member.path
+            );
+        }
+        let mut array = array.clone();
+        match array.health() {
+            Health::Complete => {}
+            Health::Degraded { missing } if degraded => {
+                if !self.read_only {
+                    // Before any write: a member that comes back later must be seen as stale.
+                    array.mark_missing().map_err(EngineError::from)?;
+                }
+                eprintln!(
+                    "tessera: warning: md/{}: running degraded, slots {missing:?} missing",
+                    array.name
+                );
+            }
+            Health::Degraded { missing } => refuse!(
+                "it is degraded (slots {missing:?} missing); serve --degraded starts it anyway"
+            ),
+            Health::Failed { missing, tolerated } => refuse!(
+                "slots {missing:?} are missing and {} survives {tolerated}",
+                array.level_name()
+            ),
+        }
+        let name = format!("md-{}", array.name);
+        if volumes.contains_key(&name) {
+            refuse!("a device named {name} exists already");
+        }
+        let records = if self.read_only {
+            None
+        } else {
+            Some(Arc::new(MdRecords::new(&array).map_err(EngineError::from)?))
+        };
+        let device = Arc::new(
+            array
+                .activate(
+                    &name,
+                    self.registry.clone(),
+                    records.clone().map(|r| r as _),
+                )
+                .map_err(DaemonError::Refused)?,
+        );
+        let export = format!("md/{}", array.name);
+        // The PVs on the array are found by the next scan.
+        self.engine.add_stacked(export.clone(), device.clone());
+        self.exports.insert(
+            export.clone(),
+            Export::new(device.clone())
+                .read_only(self.read_only)
+                .description(format!("MD {} array {}", array.level_name(), array.name)),
+        )?;
+        volumes.insert(
+            name,
+            Volume {
+                device,
+                export,
+                lv: None,
+                records,
+            },
+        );
+        Ok(())
+    }
+
+    /// Activates a volume of another format module as that module activates it, and
+    /// exports it under its name.
+    fn add_volume(
+        &self,
+        volume: &dyn FormatVolume,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        let name = volume.dm_name();
+        if volumes.contains_key(&name) {
+            refuse!("a device named {name} exists already");
+        }
+        let activated = volume
+            .activate(self.registry.clone(), !self.read_only)
+            .map_err(DaemonError::Refused)?;
+        for note in &activated.notes {
+            eprintln!("tessera: warning: {}: {note}", volume.name());
+        }
+        let device = Arc::new(activated.device);
+        let export = volume.name();
+        self.exports.insert(
+            export.clone(),
+            Export::new(device.clone())
+                .read_only(self.read_only)
+                .description(format!("{} volume {export}", volume.module())),
+        )?;
+        volumes.insert(
+            name,
+            Volume {
+                device,
+                export,
+                lv: None,
+                records: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Activates one LV and exports it as `VG/LV`.
+    fn add_lv(
+        &self,
+        scan: &Scan,
+        state: &VgState,
+        lv_name: &str,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        let lv = state
+            .vg
+            .lv(lv_name)
+            .ok_or_else(|| DaemonError::Refused(format!("no LV '{lv_name}'")))?;
+        if !lv.is_plain() && lv.raid().is_none() {
+            let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
+            refuse!("LVs of type {kind} cannot be served yet");
+        }
+        // A raid LV runs degraded only read-only: its metadata sub-LVs are not updated.
+        let (device, notes) = activate::activate_lv_with(
+            scan,
+            state,
+            lv_name,
+            self.registry.clone(),
+            self.read_only,
+        )?;
+        for note in notes {
+            eprintln!("tessera: warning: {}/{lv_name}: {note}", state.vg.name);
+        }
+        let device = Arc::new(device);
+        let export = format!("{}/{lv_name}", state.vg.name);
+        self.exports.insert(
+            export.clone(),
+            Export::new(device.clone())
+                .read_only(self.read_only)
+                .description(format!("LV {export}")),
+        )?;
+        volumes.insert(
+            device.name().to_string(),
+            Volume {
+                device,
+                export,
+                lv: Some(LvRef {
+                    vg: state.vg.name.clone(),
+                    lv_id: lv.id.to_string(),
+                }),
+                records: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Answers one control request.
+    pub fn handle(&self, request: Request) -> Reply {
+        let result = match request {
+            Request::Version => Ok(Reply::ok(
+                format!(
+                    "tessera {} control protocol {}\n",
+                    env!("CARGO_PKG_VERSION"),
+                    version_string(VERSION)
+                ),
+                json!({"tessera": env!("CARGO_PKG_VERSION"), "protocol": VERSION}),
+            )),
+            Request::Lv(change) => self.lv_change(&change),
+            Request::MdAssemble { name, degraded } => self.md_assemble(&name, degraded),
+            Request::MdStop { name } => self.md_stop(&name),
+            Request::MdReload { name } => self.md_reload(&name),
+            Request::Serves { vg } => {
+                let serves = self
+                    .lock()
+                    .values()
+                    .any(|v| v.lv.as_ref().is_some_and(|l| l.vg == vg));
+                Ok(Reply::ok("", json!(serves)))
+            }
+            dm => self.dm(dm),
+        };
+        result.unwrap_or_else(|e| Reply::error(e.chain()))
+    }
+}
