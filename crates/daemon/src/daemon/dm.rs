@@ -46,22 +46,18 @@ impl Daemon {
                 let device = Arc::new(MappedDevice::new(name.clone(), self.registry.clone()));
                 device.load(&table, &|arg| self.resolve(&volumes, &name, arg))?;
                 device.resume()?;
-                self.exports.insert(
-                    name.clone(),
-                    Export::new(device.clone())
-                        .read_only(self.read_only)
-                        .description(format!("mapped device {name}")),
-                )?;
                 let size = device.size_sectors();
-                volumes.insert(
+                self.serve(
+                    &mut volumes,
                     name.clone(),
+                    format!("mapped device {name}"),
                     Volume {
                         device,
                         export: name.clone(),
                         lv: None,
                         records: None,
                     },
-                );
+                )?;
                 Ok(Reply::ok(
                     format!("Created {name} ({size} sectors), exported as {name}\n"),
                     json!({"name": name, "size_sectors": size}),

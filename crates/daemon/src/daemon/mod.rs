@@ -232,21 +232,36 @@ impl Daemon {
         let export = format!("md/{}", array.name);
         // The PVs on the array are found by the next scan.
         self.engine.add_stacked(export.clone(), device.clone());
-        self.exports.insert(
-            export.clone(),
-            Export::new(device.clone())
-                .read_only(self.read_only)
-                .description(format!("MD {} array {}", array.level_name(), array.name)),
-        )?;
-        volumes.insert(
+        self.serve(
+            volumes,
             name,
+            format!("MD {} array {}", array.level_name(), array.name),
             Volume {
                 device,
                 export,
                 lv: None,
                 records,
             },
-        );
+        )?;
+        Ok(())
+    }
+
+    /// Exports `volume`'s device under its export name, described as `description`, and
+    /// holds it as `key`.
+    fn serve(
+        &self,
+        volumes: &mut BTreeMap<String, Volume>,
+        key: String,
+        description: String,
+        volume: Volume,
+    ) -> Result<()> {
+        self.exports.insert(
+            volume.export.clone(),
+            Export::new(volume.device.clone())
+                .read_only(self.read_only)
+                .description(description),
+        )?;
+        volumes.insert(key, volume);
         Ok(())
     }
 
@@ -269,21 +284,17 @@ impl Daemon {
         }
         let device = Arc::new(activated.device);
         let export = volume.name();
-        self.exports.insert(
-            export.clone(),
-            Export::new(device.clone())
-                .read_only(self.read_only)
-                .description(format!("{} volume {export}", volume.module())),
-        )?;
-        volumes.insert(
+        self.serve(
+            volumes,
             name,
+            format!("{} volume {export}", volume.module()),
             Volume {
                 device,
                 export,
                 lv: None,
                 records: None,
             },
-        );
+        )?;
         Ok(())
     }
 
@@ -316,14 +327,10 @@ impl Daemon {
         }
         let device = Arc::new(device);
         let export = format!("{}/{lv_name}", state.vg.name);
-        self.exports.insert(
-            export.clone(),
-            Export::new(device.clone())
-                .read_only(self.read_only)
-                .description(format!("LV {export}")),
-        )?;
-        volumes.insert(
+        self.serve(
+            volumes,
             device.name().to_string(),
+            format!("LV {export}"),
             Volume {
                 device,
                 export,
@@ -333,7 +340,7 @@ impl Daemon {
                 }),
                 records: None,
             },
-        );
+        )?;
         Ok(())
     }
 
