@@ -235,7 +235,7 @@ fn a_toy_format_from_outside_the_engine_is_probed_shown_and_served() {
 
     // The engine's own checks see the format too: pv create refuses to overwrite it.
     let err = engine(dir.path(), &img)
-        .pv_create(&[img.clone()], &Default::default())
+        .pv_create(std::slice::from_ref(&img), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(

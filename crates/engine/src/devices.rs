@@ -92,6 +92,9 @@ pub fn backing_path(name: &str) -> Option<String> {
     Path::new(disk).exists().then(|| disk.to_string())
 }
 
+/// Devices with the names used in messages.
+pub type NamedDevices = Vec<(String, tessera_block::SharedDevice)>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +124,3 @@ mod tests {
         );
     }
 }
-
-/// Devices with the names used in messages.
-pub type NamedDevices = Vec<(String, tessera_block::SharedDevice)>;

@@ -11,7 +11,7 @@ use tessera_formats::signature::{self, Signature};
 
 use crate::devices::{self, NamedDevices};
 use crate::error::{EngineError, Result};
-use crate::format::{FormatModule, Volume};
+use crate::format::{FormatModule, Volumes};
 use crate::lock::Lock;
 
 /// Where the engine finds devices.
@@ -231,7 +231,7 @@ impl Engine {
     /// Every volume the format modules make on the devices, in the order they were
     /// assembled, each ready to be activated (the devices opened for writing when
     /// `write`); and the problems met opening the devices. Finding them reads only.
-    pub fn volumes(&self, write: bool) -> Result<(Vec<Box<dyn Volume>>, Vec<String>)> {
+    pub fn volumes(&self, write: bool) -> Result<(Volumes, Vec<String>)> {
         let (listed, problems) = self.listed_devices(write)?;
         let stack = crate::discover::Stack::build(&listed, &self.formats);
         Ok((stack.into_volumes(), problems))

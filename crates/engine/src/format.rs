@@ -215,6 +215,9 @@ pub trait Volume: Send + Sync {
     }
 }
 
+/// Volumes, as sets make them.
+pub type Volumes = Vec<Box<dyn Volume>>;
+
 /// A volume running in user space.
 pub struct Activated {
     pub device: MappedDevice,

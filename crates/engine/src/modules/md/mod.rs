@@ -102,8 +102,6 @@ impl FormatModule for MdMembers {
         out
     }
 
-    /// Adds a device that runs on top of the scanned ones (an MD array started in user
-
     fn assemble(&self, members: Vec<Member>) -> Vec<Assembly> {
         // (An unreadable superblock is already a problem on its device's finding.)
         let (members, _) = array::probe_members(members.iter().map(|m| (&m.name, &m.device)));
