@@ -173,6 +173,10 @@ struct Set {
 pub struct Stack {
     trees: Vec<Probed>,
     sets: Vec<Set>,
+    /// (listed device, set): a set read through a device the kernel runs it as
+    /// (`/dev/md127` for `md/NAME`); members of the next layer (the PV on it) are named by
+    /// the device.
+    aliases: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -186,6 +190,7 @@ impl Stack {
             t.claimed_leaves(&mut pending);
         }
         let mut sets = Vec::new();
+        let mut aliases = Vec::new();
         for _ in 0..MAX_LAYERS {
             if pending.is_empty() {
                 break;
@@ -207,12 +212,15 @@ impl Stack {
                             .listed_as()
                             .and_then(|dev| trees.iter().position(|t| t.name == dev));
                         let read = match listed {
-                            Some(i) => VolumeRead {
-                                volume,
-                                tree: Some(trees.remove(i)),
-                                notes: Vec::new(),
-                                error: None,
-                            },
+                            Some(i) => {
+                                aliases.push((trees[i].name.clone(), assembly.node.name.clone()));
+                                VolumeRead {
+                                    volume,
+                                    tree: Some(trees.remove(i)),
+                                    notes: Vec::new(),
+                                    error: None,
+                                }
+                            }
                             None => read_volume(volume, registry.clone(), modules, &mut pending),
                         };
                         volumes.push(read);
@@ -225,7 +233,11 @@ impl Stack {
                 }
             }
         }
-        Stack { trees, sets }
+        Stack {
+            trees,
+            sets,
+            aliases,
+        }
     }
 
     /// Every volume of every set, in the order they were assembled.
@@ -294,17 +306,8 @@ impl Stack {
         }
     }
 
-    /// Whether `name` is what a set called `set_name` was read through: the listed device
-    /// of a volume the kernel runs (`/dev/md127` for `md/NAME`), which members of the next
-    /// layer (the PV on it) are named by.
     fn is_alias(&self, name: &str, set_name: &str) -> bool {
-        self.sets.iter().any(|s| {
-            s.node.name == set_name
-                && s.volumes.iter().any(|v| {
-                    matches!(v.volume.shown(), Shown::AsSet)
-                        && v.tree.as_ref().is_some_and(|t| t.name == name)
-                })
-        })
+        self.aliases.iter().any(|(n, s)| n == name && s == set_name)
     }
 
     /// A set's node with its volumes: what is on a volume that is the set itself goes on
