@@ -14,6 +14,7 @@ mod af_split;
 mod error;
 mod hash;
 mod kdf;
+pub mod keyring;
 mod secret;
 mod sector;
 
