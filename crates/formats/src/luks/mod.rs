@@ -1,6 +1,9 @@
-//! LUKS1 and LUKS2 headers, decoded to recognise and describe an encrypted device: its
-//! UUID, label, cipher, key size, where the data lies and which key slots are in use. No key
-//! material is read or handled, and nothing is unlocked.
+//! LUKS1 and LUKS2: headers decoded to recognise and describe an encrypted device (its
+//! UUID, label, cipher, key size, where the data lies and which key slots are in use:
+//! [`read_header`], [`parse`]), and the full metadata ([`read_metadata`]) with what is done
+//! with it: unlocking ([`unlock`]), formatting ([`format()`]), adding and removing
+//! passphrases ([`add_key`], [`remove_key`], [`kill_slot`]) and a `luksDump`-like listing
+//! ([`dump`]). The on-disk formats are the ones cryptsetup reads and writes.
 //!
 //! LUKS1 is one binary header at byte 0 (big-endian fields, 8 key slots). LUKS2 is a 4 KiB
 //! binary header followed by a JSON area, kept twice: the primary copy at byte 0 and the
@@ -13,6 +16,24 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha512};
 use tessera_block::{BlockDevice, BlockError};
+use tessera_cipher::CipherError;
+
+mod base64;
+mod dump;
+mod format;
+mod keys;
+mod metadata;
+mod unlock;
+mod write;
+
+pub use dump::dump;
+pub use format::{format, FormatOptions};
+pub use keys::{add_key, kill_slot, remove_key, AddKeyOptions, RemoveKeyOptions};
+pub use metadata::{
+    read_metadata, Luks1Keyslot, Luks1Metadata, Luks2Af, Luks2Area, Luks2Config, Luks2Digest,
+    Luks2Kdf, Luks2Keyslot, Luks2Metadata, Luks2Segment, LuksMetadata,
+};
+pub use unlock::{unlock, UnlockOptions, Unlocked};
 
 /// What a LUKS header says about the device it sits on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +65,55 @@ pub struct LuksHeader {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LuksError {
+    /// The header (or both LUKS2 copies) cannot be used.
     #[error("{device}: {what}")]
     Malformed { device: String, what: String },
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error("{device} holds no LUKS header")]
+    NotLuks { device: String },
+    /// No key slot tried opens with the passphrase. `slot` is the one asked for, if any;
+    /// `skipped` says which slots could not be tried and why.
+    #[error("{}", wrong_passphrase(device, *slot, skipped))]
+    WrongPassphrase {
+        device: String,
+        slot: Option<u32>,
+        skipped: Vec<String>,
+    },
+    /// One key slot cannot be used: damaged, unsupported, too costly or not in use.
+    #[error("{device}: key slot {slot}: {what}")]
+    Slot {
+        device: String,
+        slot: u32,
+        what: String,
+    },
+    /// Every key slot that could open the device is unusable, for the reasons given.
+    #[error("{device}: no key slot can be tried: {}", reasons.join("; "))]
+    NoUsableSlot {
+        device: String,
+        reasons: Vec<String>,
+    },
+    /// The operation is refused as asked (existing LUKS header, last key slot, too small a
+    /// device, an unsupported option); the text says what would make it go through.
+    #[error("{device}: {what}")]
+    Refused { device: String, what: String },
+    #[error("{device}: {what}: {source}")]
+    Cipher {
+        device: String,
+        what: String,
+        source: CipherError,
+    },
+}
+
+fn wrong_passphrase(device: &str, slot: Option<u32>, skipped: &[String]) -> String {
+    let mut text = match slot {
+        Some(slot) => format!("key slot {slot} of {device} does not open with this passphrase"),
+        None => format!("no key slot of {device} opens with this passphrase"),
+    };
+    if !skipped.is_empty() {
+        text.push_str(&format!(" (not tried: {})", skipped.join("; ")));
+    }
+    text
 }
 
 const MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
