@@ -22,7 +22,10 @@
 //!
 //! Data written through a crypt row lands on the device exactly as the kernel's dm-crypt
 //! would write it, so a volume can move between tessera and the kernel (and cryptsetup)
-//! either way. See [`target`](crate) for the IV arithmetic.
+//! either way. In particular the IV number of a crypt sector is its first 512-byte sector's
+//! number counted from the row's start (not the device's), plus `iv_offset`; with
+//! `iv_large_sectors` that number is divided by `sector_size / 512`. Requests must cover
+//! whole crypt sectors; others are refused with [`tessera_block::BlockError::Misaligned`].
 
 mod params;
 mod target;

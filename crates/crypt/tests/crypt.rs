@@ -529,3 +529,30 @@ fn luks2_volume_made_by_cryptsetup() {
     let (again, _) = luks_volume(&img, &keyfile).expect("luksDump after writing");
     assert!(again == volume_key);
 }
+
+#[test]
+fn threads_write_and_read_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "img", 8192);
+    let table = format!(
+        "0 8192 crypt aes-xts-plain64 {} 0 {img} 0 1 sector_size:4096",
+        hex(&key())
+    );
+    let dev = activate("vg-mt", &table).unwrap();
+    let part = 8192 * 512 / 8;
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let dev = &dev;
+            s.spawn(move || {
+                for round in 0..4u64 {
+                    let data = pattern(t * 10 + round, part);
+                    dev.write_at(&data, t * part as u64).unwrap();
+                    assert!(read(dev, t * part as u64, part) == data);
+                }
+            });
+        }
+    });
+    for t in 0..8u64 {
+        assert!(read(&dev, t * part as u64, part) == pattern(t * 10 + 3, part));
+    }
+}
