@@ -145,6 +145,12 @@ impl Crypt {
 }
 
 impl Target for Crypt {
+    /// Whole crypt sectors only: the mapped device reads, patches and writes whole
+    /// sectors for smaller requests, as the kernel raises the queue's logical block size.
+    fn block_bytes(&self) -> u32 {
+        self.params.options.sector_size
+    }
+
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<()> {
         self.check_aligned(sector, buf.len() as u64)?;
         self.dev.read_at(buf, self.dev_offset(sector))?;

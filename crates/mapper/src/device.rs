@@ -48,6 +48,9 @@ pub enum MapperError {
 struct Built {
     rows: Vec<BuiltRow>,
     size_sectors: u64,
+    /// The smallest I/O every target takes (crypt's sector_size): requests are cut into
+    /// blocks of this size, and a part of one is read, patched and written whole.
+    block_bytes: u64,
     logical_block_size: u32,
     physical_block_size: u32,
 }
@@ -65,6 +68,7 @@ impl Built {
         Built {
             rows: Vec::new(),
             size_sectors: 0,
+            block_bytes: SECTOR_BYTES,
             logical_block_size: 512,
             physical_block_size: 4096,
         }
@@ -156,26 +160,28 @@ fn index(range: Range<u64>) -> Range<usize> {
     range.start as usize..range.end as usize
 }
 
-/// Splits `len` bytes at `offset` into at most a partial head sector, a whole-sector middle
-/// and a partial tail sector.
-fn pieces(offset: u64, len: u64) -> Vec<Piece> {
+/// Splits `len` bytes at `offset` into at most a partial head block, a run of whole blocks
+/// and a partial tail block, blocks of `block` bytes (a multiple of the sector). Sectors
+/// are the 512-byte sectors where each piece starts.
+fn pieces(offset: u64, len: u64, block: u64) -> Vec<Piece> {
     let end = offset + len;
     let mut out = Vec::with_capacity(3);
     let mut pos = offset;
     while pos < end {
-        let sector = pos / SECTOR_BYTES;
-        let within = pos % SECTOR_BYTES;
+        let first = pos / block;
+        let within = pos % block;
         let range = |stop: u64| pos - offset..stop - offset;
-        if within != 0 || end - pos < SECTOR_BYTES {
-            let stop = end.min((sector + 1) * SECTOR_BYTES);
+        if within != 0 || end - pos < block {
+            let stop = end.min((first + 1) * block);
             out.push(Piece::Partial {
-                sector,
+                sector: first * block / SECTOR_BYTES,
                 within: within as usize,
                 range: range(stop),
             });
             pos = stop;
         } else {
-            let stop = end - end % SECTOR_BYTES;
+            let sector = pos / SECTOR_BYTES;
+            let stop = end - end % block;
             out.push(Piece::Whole {
                 sector,
                 range: range(stop),
@@ -343,13 +349,18 @@ impl MappedDevice {
         // The device's blocks are as large as the largest of any device under it, as the
         // kernel stacks queue limits.
         let devices: Vec<_> = rows.iter().flat_map(|r| r.target.devices()).collect();
+        let block_bytes = rows
+            .iter()
+            .map(|r| r.target.block_bytes())
+            .fold(512, u32::max);
         let built = Built {
             rows,
             size_sectors: table.size_sectors(),
+            block_bytes: u64::from(block_bytes),
             logical_block_size: devices
                 .iter()
                 .map(|d| d.logical_block_size())
-                .fold(512, u32::max),
+                .fold(block_bytes, u32::max),
             physical_block_size: devices
                 .iter()
                 .map(|d| d.physical_block_size())
@@ -497,12 +508,12 @@ impl MappedDevice {
         Ok((pass, live))
     }
 
-    /// Rewrites part of one sector, keeping the rest of it.
+    /// Rewrites part of one block (from `sector`), keeping the rest of it.
     fn patch(&self, live: &Built, sector: u64, within: usize, patch: Patch<'_>) -> BlockResult<()> {
         let _lock = self.patch[(sector % PATCH_LOCKS as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut block = [0u8; SECTOR];
+        let mut block = vec![0u8; live.block_bytes as usize];
         live.read(sector, &mut block)?;
         match patch {
             Patch::Data(data) => block[within..within + data.len()].copy_from_slice(data),
@@ -541,7 +552,7 @@ impl BlockDevice for MappedDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> BlockResult<()> {
         let (_pass, live) = self.admit(offset, buf.len() as u64)?;
-        for piece in pieces(offset, buf.len() as u64) {
+        for piece in pieces(offset, buf.len() as u64, live.block_bytes) {
             match piece {
                 Piece::Whole { sector, range } => live.read(sector, &mut buf[index(range)])?,
                 Piece::Partial {
@@ -549,7 +560,7 @@ impl BlockDevice for MappedDevice {
                     within,
                     range,
                 } => {
-                    let mut block = [0u8; SECTOR];
+                    let mut block = vec![0u8; live.block_bytes as usize];
                     live.read(sector, &mut block)?;
                     let dst = &mut buf[index(range)];
                     dst.copy_from_slice(&block[within..within + dst.len()]);
@@ -561,7 +572,7 @@ impl BlockDevice for MappedDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> BlockResult<()> {
         let (_pass, live) = self.admit(offset, buf.len() as u64)?;
-        for piece in pieces(offset, buf.len() as u64) {
+        for piece in pieces(offset, buf.len() as u64, live.block_bytes) {
             match piece {
                 Piece::Whole { sector, range } => live.write(sector, &buf[index(range)])?,
                 Piece::Partial {
@@ -593,7 +604,7 @@ impl BlockDevice for MappedDevice {
     /// which a discard allows.
     fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
         let (_pass, live) = self.admit(offset, len)?;
-        for piece in pieces(offset, len) {
+        for piece in pieces(offset, len, live.block_bytes) {
             if let Piece::Whole { sector, range } = piece {
                 let n = (range.end - range.start) / SECTOR_BYTES;
                 live.each_row(sector, n, |t, rel, n, _| t.discard(rel, n))?;
@@ -604,7 +615,7 @@ impl BlockDevice for MappedDevice {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> BlockResult<()> {
         let (_pass, live) = self.admit(offset, len)?;
-        for piece in pieces(offset, len) {
+        for piece in pieces(offset, len, live.block_bytes) {
             match piece {
                 Piece::Whole { sector, range } => {
                     let n = (range.end - range.start) / SECTOR_BYTES;

@@ -39,6 +39,12 @@ pub trait Target: Send + Sync {
         let _ = args;
         Err(TargetError::NoMessages)
     }
+    /// The smallest I/O this target takes, in bytes (dm's `io_hints`): 512 for most; a
+    /// crypt row with a larger sector_size takes whole crypt sectors only, and the mapped
+    /// device reads, patches and writes whole blocks of this size for smaller requests.
+    fn block_bytes(&self) -> u32 {
+        512
+    }
     /// The devices under this target (dm's `iterate_devices`), for block sizes and claims.
     fn devices(&self) -> Vec<SharedDevice> {
         Vec::new()
