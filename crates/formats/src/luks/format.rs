@@ -327,13 +327,15 @@ fn format_luks1(
 ) -> Result<LuksMetadata, LuksError> {
     let iterations = match kdf {
         Kdf::Pbkdf2 { hash, iterations } if hash == opts.hash => iterations,
-        Kdf::Pbkdf2 { hash, .. } => return Err(refused(
-            dev,
-            format!(
+        Kdf::Pbkdf2 { hash, .. } => {
+            return Err(refused(
+                dev,
+                format!(
                 "LUKS1 uses one hash for everything: PBKDF2 with {hash} does not go with --hash {}",
                 opts.hash
             ),
-        )),
+            ))
+        }
         Kdf::Argon2 { .. } => {
             return Err(refused(
                 dev,
