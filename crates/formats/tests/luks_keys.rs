@@ -905,3 +905,75 @@ fn bad_input_is_named() {
     let img = Image::new(1);
     expect(&err_of(&img, "pw", None, d), &["holds no LUKS header"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// The fuzz target's seeds.
+
+fn fix_luks2_checksums(b: &mut [u8]) {
+    for at in [0usize, 16384] {
+        if b.len() >= at + 16384 && (&b[at..at + 4] == b"LUKS" || &b[at..at + 4] == b"SKUL") {
+            let h = &mut b[at..at + 16384];
+            h[448..512].fill(0);
+            let sum = Sha256::digest(&*h);
+            h[448..480].copy_from_slice(&sum);
+        }
+    }
+}
+
+/// The seeds are real cryptsetup headers with KDF costs cut to `KdfLimits::fuzzing()`, so
+/// unlocking runs the KDF, decrypts, merges and checks the digest (and fails: the costs no
+/// longer match the key material). Mutations of them never panic.
+#[test]
+fn fuzz_seeds_reach_the_kdf() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/luks_unlock");
+    for (seed, version, deep) in [
+        ("seed-luks1", 1, true),
+        ("seed-luks2-pbkdf2", 2, true),
+        ("seed-luks2-argon2id", 2, true),
+        ("seed-luks2-headers", 2, false),
+    ] {
+        let bytes = std::fs::read(corpus.join(seed)).unwrap();
+        let dev = MemoryDevice::with_contents(seed, &bytes);
+        let meta = read_metadata(&dev).unwrap();
+        assert_eq!(meta.version(), version);
+        assert!(dump(&meta).starts_with("LUKS header information"));
+        let opts = UnlockOptions {
+            key_slot: None,
+            limits: KdfLimits::fuzzing(),
+        };
+        let err = unlock(&dev, b"fuzz", &opts).unwrap_err();
+        if deep {
+            assert!(
+                matches!(err, LuksError::WrongPassphrase { .. }),
+                "{seed}: {err}"
+            );
+        } else {
+            assert!(
+                err.to_string().contains("runs past the end"),
+                "{seed}: {err}"
+            );
+        }
+        // Bit flips through the binary header and the JSON, checksums made right.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..120 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut m = bytes.clone();
+            let span = if version == 1 { 1024 } else { 4096 + 1400 };
+            let at = (state % span) as usize;
+            m[at] ^= 1 << (i % 8);
+            if version == 2 && i % 2 == 0 {
+                // Replace a JSON character to keep the mutation inside the text.
+                let at = 4096 + (state % 1200) as usize;
+                m[at] = b"0123456789\"{}:,ax"[(state >> 20) as usize % 17];
+            }
+            fix_luks2_checksums(&mut m);
+            let dev = MemoryDevice::with_contents("mut", &m);
+            if let Ok(meta) = read_metadata(&dev) {
+                let _ = dump(&meta);
+                let _ = unlock(&dev, b"fuzz", &opts);
+            }
+        }
+    }
+}
