@@ -5,6 +5,7 @@
 mod demo;
 mod dm;
 mod kdm;
+mod luks;
 mod md;
 mod report;
 mod serve;
@@ -88,6 +89,10 @@ enum Command {
     Deactivate(ActivateArgs),
     /// Make a VG over image files in a folder, list it and serve it: a first look at tessera.
     Demo(demo::DemoArgs),
+    /// LUKS1 and LUKS2 encrypted devices, as cryptsetup makes them: open (in the daemon, or
+    /// --kernel), close, format, add-key, remove-key, kill-slot, dump.
+    #[command(subcommand, after_help = luks::ABOUT)]
+    Luks(luks::LuksCommand),
     /// Show the whole storage stack as a tree: disk > partition > array > PV > VG > LV >
     /// LUKS or filesystem, with sizes, states and problems (reads only).
     #[command(after_help = show::SHOW_ABOUT)]
@@ -461,12 +466,13 @@ fn run(cli: Cli) -> Result<bool> {
     // kernel's.
     engine.set_assemble_arrays(matches!(
         cli.command,
-        Command::Pv(_) | Command::Vg(_) | Command::Lv(_)
+        Command::Pv(_) | Command::Vg(_) | Command::Lv(_) | Command::Luks(_)
     ));
     match cli.command {
         Command::Demo(args) => return demo::run(&args),
-        Command::Show(args) => return show::show(&engine, &args),
-        Command::Scan(args) => return show::scan(&engine, &args),
+        Command::Show(args) => return show::show(&engine, &socket, &args),
+        Command::Scan(args) => return show::scan(&engine, &socket, &args),
+        Command::Luks(cmd) => return luks::run(&engine, &socket, cmd),
         Command::Serve(args) => return serve::run(engine, &socket, &args, false),
         Command::Dm(DmArgs {
             kernel: true,

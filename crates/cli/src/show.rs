@@ -13,6 +13,20 @@ pub struct ShowArgs {
     /// name, size_bytes, format, summary, state, detail, problems and children.
     #[arg(long)]
     json: bool,
+    /// Read the devices in this process even when a daemon listens.
+    #[arg(long)]
+    local: bool,
+}
+
+/// The stack: the running daemon's (with what it opened), or read here.
+fn report(engine: &Engine, socket: &std::path::Path, args: &ShowArgs) -> Result<Report> {
+    if !args.local {
+        if let Some(mut client) = tessera_daemon::Client::connect(socket)? {
+            let reply = client.show()?;
+            return Ok(serde_json::from_value(reply.data)?);
+        }
+    }
+    Ok(engine.discover()?)
 }
 
 pub const SHOW_ABOUT: &str = "\
@@ -20,7 +34,9 @@ Each device is probed by every format tessera knows (partition tables, MD, LVM2,
 filesystems and swap); partitions are probed as devices of their own, MD arrays are put
 together from their members and read in user space (degraded where the level allows), and
 the VGs on every PV are read with their LVs' contents. Nothing is written.
-An array or VG over several devices shows under each of them.
+An array or VG over several devices shows under each of them. While a `tessera serve`
+listens on the control socket, the stack is the daemon's: the LUKS volumes it opened
+(`tessera luks open`) show with what is inside them; --local reads the devices here instead.
 
 States: clean, degraded, failed (arrays); active, spare, stale, faulty (members);
 complete, partial (VGs); empty (nothing found on the device).
@@ -81,8 +97,8 @@ fn print_problems(report: &Report) {
     }
 }
 
-pub fn show(engine: &Engine, args: &ShowArgs) -> Result<bool> {
-    let report = engine.discover()?;
+pub fn show(engine: &Engine, socket: &std::path::Path, args: &ShowArgs) -> Result<bool> {
+    let report = report(engine, socket, args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(true);
@@ -98,8 +114,8 @@ pub fn show(engine: &Engine, args: &ShowArgs) -> Result<bool> {
 }
 
 /// `tessera scan`: each device, partition, array and LV once, one line each.
-pub fn scan(engine: &Engine, args: &ShowArgs) -> Result<bool> {
-    let report = engine.discover()?;
+pub fn scan(engine: &Engine, socket: &std::path::Path, args: &ShowArgs) -> Result<bool> {
+    let report = report(engine, socket, args)?;
     let mut seen = std::collections::HashSet::new();
     let rows: Vec<&Node> = report
         .walk()

@@ -81,7 +81,7 @@ impl Client {
     }
 
     /// The daemon's tessera and protocol versions: `data` is
-    /// `{"tessera": "0.1.0", "protocol": [1, 1, 0]}`.
+    /// `{"tessera": "0.1.0", "protocol": [1, 2, 0]}`.
     pub fn version(&mut self) -> Result<Reply> {
         self.ask(Request::Version)
     }
@@ -183,5 +183,36 @@ impl Client {
     /// removed). Since protocol 1.1.
     pub fn md_reload(&mut self, name: &str) -> Result<Reply> {
         self.ask(Request::MdReload { name: name.into() })
+    }
+
+    /// Unlocks LUKS device `device` in the daemon and serves its plaintext as `name`, with
+    /// the LVs on it. Since protocol 1.2.
+    pub fn luks_open(
+        &mut self,
+        device: &str,
+        name: &str,
+        passphrase: &[u8],
+        key_slot: Option<u32>,
+        read_only: bool,
+    ) -> Result<Reply> {
+        let passphrase_hex = passphrase.iter().map(|b| format!("{b:02x}")).collect();
+        self.ask(Request::LuksOpen {
+            device: device.into(),
+            name: name.into(),
+            passphrase_hex,
+            key_slot,
+            read_only,
+        })
+    }
+
+    /// Closes open LUKS volume `name` in the daemon. Since protocol 1.2.
+    pub fn luks_close(&mut self, name: &str) -> Result<Reply> {
+        self.ask(Request::LuksClose { name: name.into() })
+    }
+
+    /// The stack as the daemon sees it (`data` is `tessera show --json`'s report). Since
+    /// protocol 1.2.
+    pub fn show(&mut self) -> Result<Reply> {
+        self.ask(Request::Show)
     }
 }

@@ -19,7 +19,7 @@ use tessera_engine::LvCreateOptions;
 use crate::error::{DaemonError, Result};
 
 /// The protocol version this build speaks.
-pub const VERSION: [u32; 3] = [1, 1, 0];
+pub const VERSION: [u32; 3] = [1, 2, 0];
 
 /// The longest request line the daemon reads; a longer one closes the connection.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -88,6 +88,26 @@ pub enum Request {
     MdReload {
         name: String,
     },
+    /// Unlocks LUKS device `device` and exports its plaintext as `name`; the LVs on a PV
+    /// inside come up with it. The passphrase travels as hex over the (owner-only) control
+    /// socket. Since 1.2.
+    LuksOpen {
+        device: String,
+        name: String,
+        passphrase_hex: String,
+        #[serde(default)]
+        key_slot: Option<u32>,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Closes an open LUKS volume (and stops the LVs served from it); its key is forgotten.
+    /// Since 1.2.
+    LuksClose {
+        name: String,
+    },
+    /// The whole stack as the daemon sees it (with the LUKS volumes it opened), as
+    /// `tessera show --json` prints it. Since 1.2.
+    Show,
 }
 
 /// The LV changes that the daemon performs itself, so that a served LV follows them online.
@@ -334,9 +354,9 @@ mod tests {
         assert!(matches!(decode(&line), Ok(Request::DmLs)));
         let line = envelope(&Request::DmLs, [1, 0, 7]);
         assert!(decode(&line).is_ok(), "a newer patch level is served");
-        let line = envelope(&Request::DmLs, [1, 1, 0]);
+        let line = envelope(&Request::DmLs, [1, 2, 0]);
         assert!(decode(&line).is_ok(), "this minor is served");
-        for v in [[2, 0, 0], [1, 2, 0], [0, 9, 0]] {
+        for v in [[2, 0, 0], [1, 3, 0], [0, 9, 0]] {
             let err = decode(&envelope(&Request::DmLs, v))
                 .unwrap_err()
                 .to_string();
@@ -349,12 +369,12 @@ mod tests {
             .to_string();
         assert!(err.contains("3.0.0"), "{err}");
         // The sentence old and new tools print, word for word.
-        let err = decode(&envelope(&Request::DmLs, [1, 2, 0])).unwrap_err();
+        let err = decode(&envelope(&Request::DmLs, [1, 3, 0])).unwrap_err();
         assert!(
             matches!(
                 err,
                 DaemonError::VersionRefused {
-                    request: [1, 2, 0],
+                    request: [1, 3, 0],
                     daemon: VERSION
                 }
             ),
@@ -362,8 +382,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "request speaks control protocol 1.2.0, this tessera daemon speaks 1.1.0 (it serves \
-             major version 1 up to minor 1): use a tessera of the daemon's version"
+            "request speaks control protocol 1.3.0, this tessera daemon speaks 1.2.0 (it serves \
+             major version 1 up to minor 2): use a tessera of the daemon's version"
         );
     }
 

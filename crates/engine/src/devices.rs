@@ -1,6 +1,7 @@
 //! Where to look for PVs: the paths and globs given with `--devices`, or else every block
 //! device the kernel lists.
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::error::{EngineError, Result};
@@ -90,6 +91,24 @@ pub fn backing_path(name: &str) -> Option<String> {
         _ => stem,
     };
     Path::new(disk).exists().then(|| disk.to_string())
+}
+
+/// `major:minor` of a block device path, as tables name devices in the kernel.
+pub fn devno(path: &str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| EngineError::DeviceUnusable {
+        device: path.into(),
+        why: e.to_string(),
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(EngineError::DeviceUnusable {
+            device: path.into(),
+            why: "is not a block device: the kernel maps block devices only (attach an image \
+                  with losetup, or serve it in user space)"
+                .into(),
+        });
+    }
+    let rdev = meta.rdev();
+    Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
 }
 
 /// Devices with the names used in messages.

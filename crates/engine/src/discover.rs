@@ -128,7 +128,7 @@ impl Probed {
 }
 
 /// Everything discovery found: the stack as trees from each disk, and every problem.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     pub devices: Vec<Node>,
     pub problems: Vec<String>,

@@ -19,6 +19,8 @@ pub enum EngineError {
     Mda(#[from] MdaError),
     #[error(transparent)]
     Md(#[from] tessera_formats::md::MdError),
+    #[error(transparent)]
+    Luks(#[from] tessera_formats::luks::LuksError),
     // The cause is printed in the message, so it is not also given as `source()`: a
     // printed chain (`{:#}`) would say it twice.
     #[error("{device}: {cause}")]
@@ -72,3 +74,9 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<tessera_kernel::dm::DmError> for EngineError {
+    fn from(e: tessera_kernel::dm::DmError) -> Self {
+        EngineError::Kernel(e.to_string())
+    }
+}

@@ -142,7 +142,7 @@ pub enum Shown {
 /// One node of the stack as `tessera show` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
-    /// disk, partition, md, vg or lv.
+    /// disk, partition, md, vg, lv or crypt.
     pub kind: &'static str,
     pub name: String,
     pub size_bytes: u64,
@@ -159,6 +159,49 @@ pub struct Node {
     pub detail: serde_json::Value,
     pub problems: Vec<String>,
     pub children: Vec<Node>,
+}
+
+/// A node as it is read back (from a daemon's report).
+#[derive(serde::Deserialize)]
+struct NodeWire {
+    kind: String,
+    name: String,
+    size_bytes: u64,
+    #[serde(default)]
+    format: Option<String>,
+    summary: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    detail: serde_json::Value,
+    #[serde(default)]
+    problems: Vec<String>,
+    #[serde(default)]
+    children: Vec<NodeWire>,
+}
+
+impl From<NodeWire> for Node {
+    fn from(w: NodeWire) -> Node {
+        // The kinds modules use; another is kept as "other".
+        const KINDS: [&str; 6] = ["disk", "partition", "md", "vg", "lv", "crypt"];
+        Node {
+            kind: KINDS.into_iter().find(|k| *k == w.kind).unwrap_or("other"),
+            name: w.name,
+            size_bytes: w.size_bytes,
+            format: w.format,
+            summary: w.summary,
+            state: w.state,
+            detail: w.detail,
+            problems: w.problems,
+            children: w.children.into_iter().map(Node::from).collect(),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        NodeWire::deserialize(d).map(Node::from)
+    }
 }
 
 impl Node {
@@ -258,9 +301,17 @@ pub trait FormatModule: Send + Sync {
     }
 }
 
-/// The target types every volume may use: the mapper's own and the raid personalities.
+/// The target types every volume may use: the mapper's own, the raid personalities and
+/// crypt.
 pub fn target_registry() -> Arc<TargetRegistry> {
+    Arc::new(new_target_registry())
+}
+
+/// The same registry, to extend before it is shared.
+pub fn new_target_registry() -> TargetRegistry {
     let mut r = TargetRegistry::new();
     tessera_raid::register(&mut r);
-    Arc::new(r)
+    // Names fixed in this crate, distinct from the mapper's and raid's.
+    let _ = tessera_crypt::register(&mut r);
+    r
 }

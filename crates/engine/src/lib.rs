@@ -22,6 +22,8 @@ pub use error::{EngineError, Result};
 
 // The public face, independent of where each piece lives.
 pub use devices::NamedDevices;
+pub use modules::luks::ops::check_open_name;
+pub use modules::luks::{crypt_params, LuksOpenOptions, LuksOpened};
 pub use modules::lvm2::archive::{Archive, ArchiveEntry};
 pub use modules::lvm2::scan::{PvInfo, Scan, VgState};
 pub use modules::lvm2::{

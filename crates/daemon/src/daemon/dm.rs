@@ -56,6 +56,8 @@ impl Daemon {
                         export: name.clone(),
                         lv: None,
                         records: None,
+                        read_only: self.read_only,
+                        claim: None,
                     },
                 )?;
                 Ok(Reply::ok(
@@ -128,7 +130,10 @@ impl Daemon {
             | Request::Serves { .. }
             | Request::MdAssemble { .. }
             | Request::MdStop { .. }
-            | Request::MdReload { .. } => {
+            | Request::MdReload { .. }
+            | Request::LuksOpen { .. }
+            | Request::LuksClose { .. }
+            | Request::Show => {
                 unreachable!("handled by the caller")
             }
         }

@@ -22,25 +22,7 @@ impl Daemon {
             array.raid_disks
         );
         // The LVs on PVs the array holds come up with it.
-        let scan = self.engine.scan_with(!self.read_only)?;
-        let mut served = Vec::new();
-        for state in scan.vgs.values() {
-            for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
-                let key = activate::dm_name(&state.vg.name, &lv.name);
-                if volumes.contains_key(&key) {
-                    continue;
-                }
-                match self.add_lv(&scan, state, &lv.name, &mut volumes) {
-                    Ok(()) => {
-                        text.push_str(&format!("  {}/{} served\n", state.vg.name, lv.name));
-                        served.push(format!("{}/{}", state.vg.name, lv.name));
-                    }
-                    Err(e) => {
-                        text.push_str(&format!("  {}/{} skipped: {e}\n", state.vg.name, lv.name))
-                    }
-                }
-            }
-        }
+        let served = self.serve_new_lvs(&mut volumes, &mut text)?;
         Ok(Reply::ok(
             text,
             json!({ "name": array.name, "size_sectors": size, "lvs": served }),

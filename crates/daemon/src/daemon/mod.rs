@@ -22,6 +22,7 @@ use crate::control::{
 use crate::error::{chain, refuse, DaemonError, Result};
 
 mod dm;
+mod luks;
 mod lv;
 mod md;
 
@@ -41,6 +42,10 @@ struct Volume {
     lv: Option<LvRef>,
     /// The records an MD array's set keeps (its superblocks), when it is one run writable.
     records: Option<Arc<MdRecords>>,
+    /// Exported read-only (the whole daemon, or this volume alone).
+    read_only: bool,
+    /// The claim taken for it alone (a LUKS device opened while serving).
+    claim: Option<tessera_engine::claim::Claim>,
 }
 
 #[derive(Clone)]
@@ -71,8 +76,7 @@ impl Daemon {
     /// MD arrays are started too (as `md/NAME`): complete ones always, degraded ones when
     /// `degraded` is set or when serving read-only.
     pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
-        let mut registry = TargetRegistry::new();
-        tessera_raid::register(&mut registry);
+        let registry = tessera_engine::format::new_target_registry();
         // Claim every member first: a second daemon over the same devices stops here,
         // before it writes anything.
         let md = engine.md_scan(!read_only)?;
@@ -241,9 +245,41 @@ impl Daemon {
                 export,
                 lv: None,
                 records,
+                read_only: self.read_only,
+                claim: None,
             },
         )?;
         Ok(())
+    }
+
+    /// Serves the LVs not served yet on every VG the daemon's devices hold now (after an
+    /// array started or a LUKS volume opened under them), a line each in `text`; returns
+    /// their names.
+    fn serve_new_lvs(
+        &self,
+        volumes: &mut BTreeMap<String, Volume>,
+        text: &mut String,
+    ) -> Result<Vec<String>> {
+        let scan = self.engine.scan_with(!self.read_only)?;
+        let mut served = Vec::new();
+        for state in scan.vgs.values() {
+            for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
+                let key = activate::dm_name(&state.vg.name, &lv.name);
+                if volumes.contains_key(&key) {
+                    continue;
+                }
+                match self.add_lv(&scan, state, &lv.name, volumes) {
+                    Ok(()) => {
+                        text.push_str(&format!("  {}/{} served\n", state.vg.name, lv.name));
+                        served.push(format!("{}/{}", state.vg.name, lv.name));
+                    }
+                    Err(e) => {
+                        text.push_str(&format!("  {}/{} skipped: {e}\n", state.vg.name, lv.name))
+                    }
+                }
+            }
+        }
+        Ok(served)
     }
 
     /// Exports `volume`'s device under its export name, described as `description`, and
@@ -258,7 +294,7 @@ impl Daemon {
         self.exports.insert(
             volume.export.clone(),
             Export::new(volume.device.clone())
-                .read_only(self.read_only)
+                .read_only(volume.read_only)
                 .description(description),
         )?;
         volumes.insert(key, volume);
@@ -293,6 +329,8 @@ impl Daemon {
                 export,
                 lv: None,
                 records: None,
+                read_only: self.read_only,
+                claim: None,
             },
         )?;
         Ok(())
@@ -339,6 +377,8 @@ impl Daemon {
                     lv_id: lv.id.to_string(),
                 }),
                 records: None,
+                read_only: self.read_only,
+                claim: None,
             },
         )?;
         Ok(())
@@ -359,6 +399,29 @@ impl Daemon {
             Request::MdAssemble { name, degraded } => self.md_assemble(&name, degraded),
             Request::MdStop { name } => self.md_stop(&name),
             Request::MdReload { name } => self.md_reload(&name),
+            Request::LuksOpen {
+                device,
+                name,
+                passphrase_hex,
+                key_slot,
+                read_only,
+            } => match decode_hex(&passphrase_hex) {
+                Some(pass) => self.luks_open(&device, &name, &pass, key_slot, read_only),
+                None => Err(DaemonError::Refused(
+                    "the passphrase did not arrive as hex".into(),
+                )),
+            },
+            Request::LuksClose { name } => self.luks_close(&name),
+            Request::Show => self
+                .engine
+                .discover()
+                .map_err(DaemonError::from)
+                .and_then(|report| {
+                    let data = serde_json::to_value(&report).map_err(|e| {
+                        DaemonError::Refused(format!("cannot write the report: {e}"))
+                    })?;
+                    Ok(Reply::ok("", data))
+                }),
             Request::Serves { vg } => {
                 let serves = self
                     .lock()
@@ -370,4 +433,15 @@ impl Daemon {
         };
         result.unwrap_or_else(|e| Reply::error(e.chain()))
     }
+}
+
+/// Bytes from their hex text (how a passphrase crosses the control socket).
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }

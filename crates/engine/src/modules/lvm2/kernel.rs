@@ -4,19 +4,11 @@
 //! made where no udev makes them. A device whose table the kernel refuses is removed again:
 //! nothing is left half-activated.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-use tessera_kernel::dm::{self, Control, DmError, Row};
+use tessera_kernel::dm::{self, Control, Row};
 
 use super::activate::{dm_name, lv_table};
 use super::scan::{Scan, VgState};
 use crate::error::{EngineError, Result};
-
-impl From<DmError> for EngineError {
-    fn from(e: DmError) -> Self {
-        EngineError::Kernel(e.to_string())
-    }
-}
 
 /// The uuid lvm2 gives an LV's device.
 pub fn lv_uuid(state: &VgState, lv: &str) -> Option<String> {
@@ -28,23 +20,7 @@ pub fn lv_uuid(state: &VgState, lv: &str) -> Option<String> {
     ))
 }
 
-/// `major:minor` of a block device path, as tables name devices in the kernel.
-pub fn devno(path: &str) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| EngineError::DeviceUnusable {
-        device: path.into(),
-        why: e.to_string(),
-    })?;
-    if !meta.file_type().is_block_device() {
-        return Err(EngineError::DeviceUnusable {
-            device: path.into(),
-            why: "is not a block device: the kernel maps block devices only (attach an image \
-                  with losetup, or serve it in user space)"
-                .into(),
-        });
-    }
-    let rdev = meta.rdev();
-    Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
-}
+pub use crate::devices::devno;
 
 /// The kernel table of an LV: lvm2's rows, PVs named by device number.
 pub fn kernel_rows(scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
