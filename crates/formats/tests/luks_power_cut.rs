@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tessera_block::{BlockDevice, BlockError, FaultDevice, MemoryDevice, PowerDomain};
 use tessera_cipher::{Hash, Kdf, KdfLimits};
 use tessera_formats::luks::{
-    add_key, format, read_metadata, remove_key, unlock, AddKeyOptions, FormatOptions, LuksError,
-    RemoveKeyOptions, UnlockOptions,
+    add_key, format, read_header, read_metadata, remove_key, unlock, AddKeyOptions, FormatOptions,
+    LuksError, RemoveKeyOptions, UnlockOptions,
 };
 
 const FAST: Kdf = Kdf::Pbkdf2 {
@@ -129,7 +129,10 @@ fn replay(version: u16, op: Op) {
             // Reboot: what reached the medium.
             let inner = dev.inner().clone();
             let what = format!("LUKS{version} {op:?}, cut after {cut} of {writes}, torn {torn:?}");
-            read_metadata(inner.as_ref()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let meta = read_metadata(inner.as_ref()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            // The description discovery shows agrees with what unlocking uses.
+            let described = read_header(inner.as_ref()).unwrap().unwrap();
+            assert_eq!(described.active_keyslots, meta.active_keyslots(), "{what}");
             let opening: Vec<&str> = ["alpha", "beta", "gamma"]
                 .into_iter()
                 .filter(|p| opens(inner.as_ref(), p))

@@ -338,7 +338,7 @@ fn luks2(src: &dyn Source, primary: Primary) -> Result<Option<LuksHeader>, LuksE
     match primary {
         Primary::Absent => {}
         Primary::Present => match luks2_copy(src, 0)? {
-            Ok(header) => return Ok(Some(header)),
+            Ok(header) => return Ok(Some(newer_secondary(src, header)?)),
             Err(damage) => {
                 failures.push(format!("primary header: {}", damage.reason));
                 secondary_places.extend(damage.hdr_size);
@@ -391,6 +391,37 @@ fn luks2(src: &dyn Source, primary: Primary) -> Result<Option<LuksHeader>, LuksE
         src,
         format!("no usable LUKS2 header: {}", failures.join("; ")),
     ))
+}
+
+/// The primary copy, or the secondary if it is sound and newer: a change interrupted
+/// between writing the secondary and the primary leaves the newer state there, and
+/// unlocking uses it too.
+fn newer_secondary(src: &dyn Source, primary: LuksHeader) -> Result<LuksHeader, LuksError> {
+    let at = primary.header_bytes;
+    let seqid = |at: u64| -> Result<Option<u64>, LuksError> {
+        Ok(src.bytes(at, 24)?.map(|b| be64(&b, 16)))
+    };
+    let Some(start) = src.bytes(at, 8)? else {
+        return Ok(primary);
+    };
+    if &start[..6] != SECONDARY_MAGIC || be16(&start, 6) != 2 {
+        return Ok(primary);
+    }
+    let (Some(old), Some(new)) = (seqid(0)?, seqid(at)?) else {
+        return Ok(primary);
+    };
+    if new <= old {
+        return Ok(primary);
+    }
+    Ok(match luks2_copy(src, at)? {
+        Ok(mut secondary) => {
+            secondary.warning = Some(format!(
+                "the secondary LUKS2 header at byte {at} is newer than the primary (seqid {new} against {old}) and was used"
+            ));
+            secondary
+        }
+        Err(_) => primary,
+    })
 }
 
 /// One copy of a LUKS2 header at `at`: the outer Result carries I/O errors, the inner one
@@ -781,6 +812,25 @@ mod tests {
         image[..4096].fill(0);
         let h = parse("d", &image).unwrap().unwrap();
         assert!(h.warning.unwrap().starts_with("no primary LUKS2 header"));
+    }
+
+    #[test]
+    fn a_newer_secondary_is_used() {
+        // A change cut off after the secondary copy was written.
+        let mut image = luks2_copy_bytes(0, HDR, b"old", &json(&[0], DYNAMIC));
+        let mut secondary = luks2_copy_bytes(HDR, HDR, b"new", &json(&[0, 1], DYNAMIC));
+        secondary[16..24].copy_from_slice(&4u64.to_be_bytes());
+        secondary[CSUM_AT..CSUM_AT + CSUM_BYTES].fill(0);
+        let sum = hash_without_csum::<Sha256>(&secondary);
+        secondary[CSUM_AT..CSUM_AT + 32].copy_from_slice(&sum);
+        image.extend(&secondary);
+        let h = parse("d", &image).unwrap().unwrap();
+        assert_eq!((h.label.as_str(), h.active_keyslots), ("new", vec![0, 1]));
+        assert!(h.warning.unwrap().contains("seqid 4 against 3"));
+        // An older secondary is ignored.
+        image[HDR as usize + 16..HDR as usize + 24].copy_from_slice(&2u64.to_be_bytes());
+        let h = parse("d", &image).unwrap().unwrap();
+        assert_eq!(h.label, "old");
     }
 
     #[test]
