@@ -312,18 +312,30 @@ impl Engine {
     }
 
     /// Opens `path`, or the partition or stacked device of that name among the engine's
-    /// devices (`disk.img1`, `md/NAME`), which has no path of its own.
+    /// devices (`disk.img1`, `md/NAME`), which has no path of its own, or else a volume a
+    /// format module makes of them (`VG/LV`), activated in user space (writable when
+    /// `write`).
     pub fn open_named(&self, path: &str, write: bool) -> Result<SharedDevice> {
         if Path::new(path).exists() {
             return Self::open(path, write);
         }
         let (devs, _) = self.devices(write)?;
-        devs.into_iter()
-            .find(|(name, _)| name == path)
-            .map(|(_, d)| d)
-            .ok_or_else(|| EngineError::DeviceUnusable {
+        if let Some((_, d)) = devs.into_iter().find(|(name, _)| name == path) {
+            return Ok(d);
+        }
+        let (volumes, _) = self.volumes(write)?;
+        let Some(volume) = volumes.into_iter().find(|v| v.name() == path) else {
+            return Err(EngineError::DeviceUnusable {
                 device: path.into(),
-                why: "no such file or device, nor a partition or array tessera found".into(),
-            })
+                why: "no such file or device, nor a partition, array or LV tessera found".into(),
+            });
+        };
+        let activated = volume
+            .activate(crate::format::target_registry(), write)
+            .map_err(|why| EngineError::DeviceUnusable {
+                device: path.into(),
+                why,
+            })?;
+        Ok(Arc::new(activated.device))
     }
 }
