@@ -78,6 +78,7 @@ struct Stack {
     mounted: Option<PathBuf>,
     loop_dev: Option<String>,
     fuse: Option<PathBuf>,
+    nbdfuse: Option<std::process::Child>,
 }
 
 impl Drop for Stack {
@@ -91,19 +92,24 @@ impl Drop for Stack {
         if let Some(f) = self.fuse.take() {
             let _ = Command::new("fusermount3").arg("-u").arg(&f).status();
         }
+        // Unmounted, nbdfuse exits.
+        if let Some(mut child) = self.nbdfuse.take() {
+            let _ = child.wait();
+        }
     }
 }
 
 /// nbdfuse of `uri` at `dir`, then a loop device (512-byte sectors) over its file.
 fn attach(stack: &mut Stack, dir: &Path, uri: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
-    Command::new("nbdfuse")
+    let child = Command::new("nbdfuse")
         .arg(dir)
         .arg(uri)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nbdfuse runs");
+    stack.nbdfuse = Some(child);
     stack.fuse = Some(dir.to_path_buf());
     let file = dir.join("nbd");
     let start = Instant::now();
