@@ -50,6 +50,9 @@ pub enum DmCommand {
         name: String,
         #[arg(long)]
         inactive: bool,
+        /// Print crypt keys; without it they are zeros, as dmsetup prints them.
+        #[arg(long)]
+        showkeys: bool,
     },
     /// Print each row's target status.
     Status { name: String },
@@ -114,7 +117,17 @@ pub fn run(socket: &Path, command: DmCommand) -> Result<bool> {
         DmCommand::Suspend { name } => client.dm_suspend(&name)?,
         DmCommand::Resume { name } => client.dm_resume(&name)?,
         DmCommand::Remove { name } => client.dm_remove(&name)?,
-        DmCommand::Table { name, inactive } => client.dm_table(&name, inactive)?,
+        DmCommand::Table {
+            name,
+            inactive,
+            showkeys,
+        } => {
+            let mut reply = client.dm_table(&name, inactive)?;
+            if !showkeys {
+                reply.output = mask_keys(&reply.output);
+            }
+            reply
+        }
         DmCommand::Status { name } => client.dm_status(&name)?,
         DmCommand::Message {
             name,
@@ -133,4 +146,22 @@ pub fn run(socket: &Path, command: DmCommand) -> Result<bool> {
         print!("{}", reply.output);
     }
     Ok(true)
+}
+
+/// A table's text with each crypt row's key replaced by zeros, as `dmsetup table` prints it
+/// without `--showkeys`.
+pub fn mask_keys(table: &str) -> String {
+    table
+        .lines()
+        .map(|line| {
+            let mut words = line.splitn(4, ' ');
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some(start), Some(len), Some("crypt"), Some(params)) => format!(
+                    "{start} {len} crypt {}\n",
+                    tessera_crypt::mask_key(params)
+                ),
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect()
 }

@@ -38,12 +38,21 @@ pub fn run_dm(command: DmCommand) -> Result<bool> {
             c.resume(&name)?;
         }
         DmCommand::Remove { name } => c.remove(&name)?,
-        DmCommand::Table { name, inactive } => {
+        DmCommand::Table {
+            name,
+            inactive,
+            showkeys,
+        } => {
             if inactive {
                 bail!("--inactive is for the daemon's devices; the kernel's inactive table is not read back");
             }
             for row in c.table(&name)? {
-                println!("{row}");
+                let text = row.to_string();
+                if showkeys {
+                    println!("{text}");
+                } else {
+                    print!("{}", crate::dm::mask_keys(&text));
+                }
             }
         }
         DmCommand::Status { name } => {
