@@ -212,8 +212,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A keyed sector cipher. Keys live in the AES key schedules only (the crate zeroes
-/// nothing of its own; the caller's key stays in its `SecretBytes`).
+/// A keyed sector cipher. Keys live in the AES key schedules only, which `aes` zeroes when
+/// they drop (its `zeroize` feature); the caller's key stays in its `SecretBytes`.
 pub struct SectorCipher {
     spec: CipherSpec,
     /// xts: the data key; cbc and ecb: the key.
