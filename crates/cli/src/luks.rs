@@ -342,7 +342,10 @@ pub fn run(engine: &Engine, socket: &Path, command: LuksCommand) -> Result<bool>
                 new_key_file.as_deref(),
                 "Enter new passphrase for key slot: ",
             )?;
-            let luks1 = engine.luks_dump(&device)?.contains("Version:       \t1");
+            let Some(header) = engine.luks_header(&device)? else {
+                bail!("{device}: holds no LUKS header");
+            };
+            let luks1 = header.version == 1;
             let pbkdf = kdf(&kdf_args, luks1)?;
             let slot = engine.luks_add_key(
                 &device,

@@ -248,6 +248,12 @@ impl Engine {
         Ok(luks::kill_slot(device.as_ref(), slot, force)?)
     }
 
+    /// What the LUKS header on `device_name` says (None when there is none).
+    pub fn luks_header(&self, device_name: &str) -> Result<Option<luks::LuksHeader>> {
+        let device = self.open_named(device_name, false)?;
+        Ok(luks::read_header(device.as_ref())?)
+    }
+
     /// The header as `cryptsetup luksDump` prints it.
     pub fn luks_dump(&self, device_name: &str) -> Result<String> {
         let device = self.open_named(device_name, false)?;
