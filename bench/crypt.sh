@@ -36,8 +36,12 @@ if ! kernel_out=$(cryptsetup benchmark -c aes-xts-plain64 -s 512 2>&1) ||
     echo "$kernel_out" | sed 's/^/  host: /'
     if [ -x "$LAB" ]; then
         where="kernel lab VM (software emulation: not comparable)"
-        echo "  running it in the kernel lab instead"
-        kernel_out=$("$LAB" -w "$DIR" -- 'modprobe -q algif_skcipher; cryptsetup benchmark -c aes-xts-plain64 -s 512' 2>&1) || true
+        echo "  running it in the kernel lab instead, beside tessera's bench in the same VM"
+        bin=$(cargo bench -q -p tessera-crypt --bench xts --no-run --message-format=json 2>/dev/null |
+            jq -r 'select(.executable != null) | .executable' | tail -1)
+        both=$("$LAB" -w "$DIR" -- "modprobe -q algif_skcipher; cryptsetup benchmark -c aes-xts-plain64 -s 512; echo '== tessera in the VM'; $bin 1" 2>&1) || true
+        kernel_out=$(sed '/== tessera in the VM/,$d' <<<"$both")
+        vm_tessera=$(sed -n '/== tessera in the VM/,$p' <<<"$both" | grep -E '^(encrypt|decrypt) ' || true)
     else
         where=none
     fi
@@ -76,3 +80,13 @@ while read -r op size _ sector mibs; do
         "$(echo "$mibs / $k" | bc -l)"
 done < <(grep -E '^(encrypt|decrypt) ' <<<"$tessera_out")
 [ "$where" = host ] || echo "(kernel figure from an emulated VM: the ratios mean nothing for real hardware)"
+if [ -n "${vm_tessera:-}" ]; then
+    echo
+    echo "== the same VM, tessera and the kernel side by side (both emulated: only this ratio compares like with like)"
+    printf '%-28s %12s %12s %8s\n' "tessera case (in the VM)" "tessera" "kernel" "ratio"
+    while read -r op size _ sector mibs; do
+        case $op in encrypt) k=$k_enc ;; decrypt) k=$k_dec ;; *) continue ;; esac
+        printf '%-28s %12.1f %12.1f %8.2f\n' "$op $size sector $sector" "$mibs" "$k" \
+            "$(echo "$mibs / $k" | bc -l)"
+    done <<<"$vm_tessera"
+fi
