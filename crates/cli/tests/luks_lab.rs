@@ -520,3 +520,287 @@ fn cryptsetup_volumes_open_in_tessera_and_tessera_loads_the_kernel_table_cryptse
     }
     daemon.stop();
 }
+
+/// The volumes tessera formats in part 2: (name, image size, `luks format` options).
+const T_VOLUMES: [(&str, u64, &[&str]); 4] = [
+    (
+        "t-luks1",
+        6 << 20,
+        &[
+            "--type",
+            "luks1",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    ),
+    (
+        "t-pbkdf2",
+        20 << 20,
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--label",
+            "tessera-lab",
+        ],
+    ),
+    (
+        "t-argon2id",
+        20 << 20,
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-parallel",
+            "1",
+        ],
+    ),
+    (
+        "t-sector4k",
+        20 << 20,
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--sector-size",
+            "4096",
+        ],
+    ),
+];
+
+/// The volumes whose passphrase k1 (slot 0) is replaced by k2 (slot 1) with `tessera luks
+/// add-key` and `remove-key`.
+const REKEYED: [&str; 2] = ["t-luks1", "t-pbkdf2"];
+
+const INSIDE_TESSERA: &str = r#"set -u
+cd "$(dirname "$0")"
+for n in t-luks1 t-pbkdf2 t-argon2id t-sector4k; do
+  loop=$(losetup -f --show "$n.img")
+  key=k1
+  case $n in t-luks1|t-pbkdf2)
+    key=k2
+    cryptsetup open --test-passphrase --key-file k1 "$loop" 2> /dev/null; echo "old-key $n rc $?"
+    cryptsetup open --key-file k1 "$loop" "$n-old" 2> /dev/null; echo "old-open $n rc $?"
+    ;;
+  esac
+  cryptsetup open --key-file "$key" "$loop" "$n"; echo "open $n rc $?"
+  dmsetup mknodes "$n"
+  echo "table $n $(dmsetup table "$n")"
+  echo "kernel $n $(blockdev --getsize64 "/dev/mapper/$n") $(sha256sum < "/dev/mapper/$n" | cut -d' ' -f1)"
+  cryptsetup close "$n"
+  losetup -d "$loop"
+done
+echo tessera-lab-done
+"#;
+
+/// `bytes` random bytes.
+fn random_bytes(bytes: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(bytes)
+        .read_to_end(&mut v)
+        .unwrap();
+    assert_eq!(v.len() as u64, bytes);
+    v
+}
+
+/// `cryptsetup open --test-passphrase` on the host: did the passphrase open the image?
+fn cryptsetup_accepts(image: &Path, key_file: &Path) -> bool {
+    output(
+        Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(key_file)
+            .arg(image),
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn tessera_volumes_open_in_cryptsetup() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = tmp.path();
+    write_keys(d);
+    let key = |k: &str| d.join(k).display().to_string();
+    let image = |n: &str| d.join(format!("{n}.img"));
+    let state = d.join("state");
+    for (n, size, opts) in T_VOLUMES {
+        std::fs::File::create(image(n))
+            .and_then(|f| f.set_len(size))
+            .unwrap();
+        let img = image(n).display().to_string();
+        let mut args = vec!["luks", "format", img.as_str(), "--key-file"];
+        let k1 = key("k1");
+        args.push(&k1);
+        args.extend(opts);
+        let out = common::tessera(&img, &state, &args);
+        eprintln!("{}", out.trim());
+        assert!(
+            out.contains(&format!("{img}: LUKS")),
+            "{n}: luks format says what it made: {out}"
+        );
+    }
+
+    // Random data written through the daemon.
+    let images: Vec<PathBuf> = T_VOLUMES.iter().map(|(n, _, _)| image(n)).collect();
+    let daemon = Daemon::start(d, &images);
+    let mut written = HashMap::new();
+    for (n, size, _) in T_VOLUMES {
+        let img = image(n).display().to_string();
+        let what = format!("{n} (tessera's)");
+        let out = daemon.ok(&what, &["luks", "open", &img, n, "--key-file", &key("k1")]);
+        assert!(
+            out.contains(&format!("key slot 0 opened it as {n}")),
+            "{what}: luks open: {out}"
+        );
+        let header = if n == "t-luks1" { 2 << 20 } else { 16 << 20 };
+        let data = random_bytes(size - header);
+        let file = d.join(format!("{n}.data"));
+        std::fs::write(&file, &data).unwrap();
+        common::run_ok(
+            Command::new("nbdcopy")
+                .arg(&file)
+                .arg(format!("{}/{n}", daemon.addr())),
+        );
+        let sha = sha256_hex(&data);
+        assert_eq!(
+            daemon.export_sha(&what, n),
+            (data.len() as u64, sha.clone()),
+            "{what}: what nbdcopy wrote reads back through the export"
+        );
+        written.insert(n, sha);
+        daemon.ok(&what, &["luks", "close", n]);
+    }
+    daemon.stop();
+
+    // Key slots: k2 added, then k1's slot removed.
+    for n in REKEYED {
+        let img = image(n).display().to_string();
+        let out = common::tessera(
+            &img,
+            &state,
+            &[
+                "luks",
+                "add-key",
+                &img,
+                "--key-file",
+                &key("k1"),
+                "--new-key-file",
+                &key("k2"),
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+            ],
+        );
+        assert!(out.contains("key slot 1 added"), "{n}: luks add-key: {out}");
+        let out = common::tessera(
+            &img,
+            &state,
+            &["luks", "remove-key", &img, "--key-file", &key("k1")],
+        );
+        assert!(
+            out.contains("key slot 0 removed"),
+            "{n}: luks remove-key: {out}"
+        );
+    }
+
+    // cryptsetup on the host reads the headers.
+    for (n, _, _) in T_VOLUMES {
+        let (good, old) = if REKEYED.contains(&n) {
+            ("k2", Some("k1"))
+        } else {
+            ("k1", None)
+        };
+        assert!(
+            cryptsetup_accepts(&image(n), &d.join(good)),
+            "{n}: cryptsetup open --test-passphrase with {good} on the host"
+        );
+        if let Some(old) = old {
+            assert!(
+                !cryptsetup_accepts(&image(n), &d.join(old)),
+                "{n}: cryptsetup refuses the removed passphrase {old} on the host"
+            );
+        }
+        let dump = common::run_ok(Command::new("cryptsetup").arg("luksDump").arg(image(n)));
+        let words = dump.split_whitespace().collect::<Vec<_>>().join(" ");
+        match n {
+            "t-luks1" => assert!(
+                words.contains("Version: 1 "),
+                "{n}: LUKS1 for cryptsetup:\n{dump}"
+            ),
+            "t-pbkdf2" => assert!(
+                words.contains("Label: tessera-lab "),
+                "{n}: the label for cryptsetup:\n{dump}"
+            ),
+            "t-argon2id" => assert!(
+                words.contains("PBKDF: argon2id ") && words.contains("Memory: 32768 "),
+                "{n}: argon2id for cryptsetup:\n{dump}"
+            ),
+            "t-sector4k" => assert!(
+                words.contains("sector: 4096 [bytes]"),
+                "{n}: 4096-byte sectors for cryptsetup:\n{dump}"
+            ),
+            _ => unreachable!(),
+        }
+    }
+
+    // The kernel's dm-crypt, set up by cryptsetup, reads what tessera wrote.
+    let (lab_text, took) = lab(d, INSIDE_TESSERA);
+    eprintln!(
+        "lab run (cryptsetup opens tessera's volumes): {:.0} s",
+        took.as_secs_f64()
+    );
+    assert!(lab_text.contains("tessera-lab-done"), "lab:\n{lab_text}");
+    let figures = kernel_figures(&lab_text);
+    for (n, _, _) in T_VOLUMES {
+        assert_eq!(
+            lab_line(&lab_text, "open", n),
+            "rc 0",
+            "{n}: cryptsetup open in the lab\n{lab_text}"
+        );
+        if REKEYED.contains(&n) {
+            assert_ne!(
+                lab_line(&lab_text, "old-key", n),
+                "rc 0",
+                "{n}: the removed passphrase is refused by --test-passphrase in the lab"
+            );
+            assert_ne!(
+                lab_line(&lab_text, "old-open", n),
+                "rc 0",
+                "{n}: the removed passphrase does not open it in the lab"
+            );
+        }
+        let table = lab_line(&lab_text, "table", n);
+        eprintln!("{n}: cryptsetup's table {table}");
+        assert_eq!(
+            table.contains("sector_size:4096"),
+            n == "t-sector4k",
+            "{n}: the sector size in cryptsetup's table {table}"
+        );
+        let (size, sha) = &figures[n];
+        let header = if n == "t-luks1" { 2 << 20 } else { 16 << 20 };
+        let data = T_VOLUMES.iter().find(|v| v.0 == n).unwrap().1 - header;
+        assert_eq!(*size, data, "{n}: size of cryptsetup's mapping");
+        assert_eq!(
+            sha, &written[n],
+            "{n}: sha256 of cryptsetup's mapping and of what tessera wrote"
+        );
+        eprintln!("{n}: sha256 {sha} through tessera's NBD export and cryptsetup's dm-crypt");
+    }
+}
