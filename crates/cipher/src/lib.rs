@@ -17,6 +17,8 @@ mod kdf;
 pub mod keyring;
 mod secret;
 mod sector;
+#[cfg(target_arch = "x86_64")]
+mod xts_x86;
 
 pub mod af {
     //! LUKS's anti-forensic information splitter: a key spread over `stripes` copies'
@@ -28,4 +30,6 @@ pub use error::CipherError;
 pub use hash::Hash;
 pub use kdf::{Argon2Variant, Kdf, KdfLimits};
 pub use secret::{random_bytes, SecretBytes};
+#[doc(hidden)]
+pub use sector::XtsBackend;
 pub use sector::{CipherSpec, IvMode, Mode, SectorCipher};

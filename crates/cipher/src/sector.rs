@@ -212,6 +212,37 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Which XTS implementation a [`SectorCipher`] runs; for tests and benchmarks, which
+/// compare them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XtsBackend {
+    /// XTS over the `aes` crate's multi-block calls (any CPU, any key size).
+    Portable,
+    /// Fused XTS with AES-NI, 8 blocks in flight (x86_64, 32- and 64-byte keys).
+    AesNi,
+    /// Fused XTS with VAES on 512-bit registers, 16 blocks in flight.
+    Vaes512,
+}
+
+impl XtsBackend {
+    /// The backends this CPU runs, the portable one first.
+    pub fn available() -> Vec<XtsBackend> {
+        let mut all = vec![XtsBackend::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::xts_x86::Kernel;
+            if Kernel::AesNi.available() {
+                all.push(XtsBackend::AesNi);
+            }
+            if Kernel::Vaes512.available() {
+                all.push(XtsBackend::Vaes512);
+            }
+        }
+        all
+    }
+}
+
 /// A keyed sector cipher. Keys live in the AES key schedules only, which `aes` zeroes when
 /// they drop (its `zeroize` feature); the caller's key stays in its `SecretBytes`.
 pub struct SectorCipher {
@@ -221,10 +252,86 @@ pub struct SectorCipher {
     /// xts: the tweak key.
     tweak: Option<Aes>,
     essiv: Option<Aes>,
+    /// xts with a 32- or 64-byte key on a CPU with AES-NI: the fused kernels, which keep
+    /// their own key schedules (zeroed when dropped too).
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<crate::xts_x86::FastXts>,
 }
 
 impl SectorCipher {
     pub fn new(spec: &CipherSpec, key: &[u8]) -> Result<SectorCipher, CipherError> {
+        #[cfg(target_arch = "x86_64")]
+        let fast = match spec.mode {
+            Mode::Xts => crate::xts_x86::Kernel::best(),
+            Mode::Cbc | Mode::Ecb => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = None;
+        SectorCipher::build(spec, key, fast)
+    }
+
+    /// A cipher whose XTS runs on `backend`, for tests and benchmarks; the key and spec as
+    /// for [`SectorCipher::new`]. A backend this CPU or key size lacks gives the portable
+    /// one: [`SectorCipher::xts_backend`] tells which runs.
+    #[doc(hidden)]
+    pub fn with_xts_backend(
+        spec: &CipherSpec,
+        key: &[u8],
+        backend: XtsBackend,
+    ) -> Result<SectorCipher, CipherError> {
+        #[cfg(target_arch = "x86_64")]
+        let fast = match backend {
+            XtsBackend::Portable => None,
+            XtsBackend::AesNi => Some(crate::xts_x86::Kernel::AesNi),
+            XtsBackend::Vaes512 => Some(crate::xts_x86::Kernel::Vaes512),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = {
+            let _ = backend;
+            None
+        };
+        SectorCipher::build(spec, key, fast)
+    }
+
+    /// The XTS implementation this cipher runs (portable for cbc and ecb).
+    #[doc(hidden)]
+    pub fn xts_backend(&self) -> XtsBackend {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(fast) = &self.fast {
+            return match fast.kernel() {
+                crate::xts_x86::Kernel::AesNi => XtsBackend::AesNi,
+                crate::xts_x86::Kernel::Vaes512 => XtsBackend::Vaes512,
+            };
+        }
+        XtsBackend::Portable
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn build(
+        spec: &CipherSpec,
+        key: &[u8],
+        fast: Option<crate::xts_x86::Kernel>,
+    ) -> Result<SectorCipher, CipherError> {
+        spec.check_key_bytes(key.len())?;
+        let fast = match spec.mode {
+            Mode::Xts => fast.and_then(|k| crate::xts_x86::FastXts::new(key, k)),
+            Mode::Cbc | Mode::Ecb => None,
+        };
+        let mut cipher = SectorCipher::build_portable(spec, key)?;
+        cipher.fast = fast;
+        Ok(cipher)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn build(
+        spec: &CipherSpec,
+        key: &[u8],
+        _fast: Option<()>,
+    ) -> Result<SectorCipher, CipherError> {
+        SectorCipher::build_portable(spec, key)
+    }
+
+    fn build_portable(spec: &CipherSpec, key: &[u8]) -> Result<SectorCipher, CipherError> {
         spec.check_key_bytes(key.len())?;
         let (data, tweak) = match spec.mode {
             Mode::Xts => {
@@ -242,6 +349,8 @@ impl SectorCipher {
             data,
             tweak,
             essiv,
+            #[cfg(target_arch = "x86_64")]
+            fast: None,
         })
     }
 
@@ -283,7 +392,7 @@ impl SectorCipher {
         if !(512..=4096).contains(&sector_bytes) || !sector_bytes.is_power_of_two() {
             return Err(CipherError::SectorSize(sector_bytes));
         }
-        if data.len() % sector_bytes != 0 {
+        if !data.len().is_multiple_of(sector_bytes) {
             return Err(CipherError::Unaligned {
                 len: data.len(),
                 sector_bytes,
@@ -302,20 +411,22 @@ impl SectorCipher {
         Ok(())
     }
 
+    /// The IV of sector number `n`, before essiv's encryption.
+    fn iv(&self, n: u64) -> [u8; 16] {
+        let mut iv = [0u8; 16];
+        match self.spec.iv {
+            IvMode::Plain => iv[..4].copy_from_slice(&(n as u32).to_le_bytes()),
+            IvMode::Plain64 | IvMode::Essiv(_) => iv[..8].copy_from_slice(&n.to_le_bytes()),
+            IvMode::Plain64Be => iv[8..].copy_from_slice(&n.to_be_bytes()),
+            IvMode::Null | IvMode::None => {}
+        }
+        iv
+    }
+
     /// The IVs of `count` sectors from `first`, as blocks.
     fn ivs(&self, count: usize, first: u64, step: u64) -> Vec<Block> {
         let mut ivs: Vec<Block> = (0..count as u64)
-            .map(|i| {
-                let n = first.wrapping_add(i.wrapping_mul(step));
-                let mut iv = [0u8; 16];
-                match self.spec.iv {
-                    IvMode::Plain => iv[..4].copy_from_slice(&(n as u32).to_le_bytes()),
-                    IvMode::Plain64 | IvMode::Essiv(_) => iv[..8].copy_from_slice(&n.to_le_bytes()),
-                    IvMode::Plain64Be => iv[8..].copy_from_slice(&n.to_be_bytes()),
-                    IvMode::Null | IvMode::None => {}
-                }
-                Block::from(iv)
-            })
+            .map(|i| Block::from(self.iv(first.wrapping_add(i.wrapping_mul(step)))))
             .collect();
         if let Some(essiv) = &self.essiv {
             essiv.encrypt(&mut ivs);
@@ -324,6 +435,21 @@ impl SectorCipher {
     }
 
     fn xts(&self, data: &mut [u8], sector_bytes: usize, first: u64, step: u64, encrypt: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(fast) = &self.fast {
+            fast.crypt(data, sector_bytes, encrypt, |i| {
+                let iv = self.iv(first.wrapping_add((i as u64).wrapping_mul(step)));
+                match &self.essiv {
+                    Some(essiv) => {
+                        let mut block = Block::from(iv);
+                        essiv.encrypt(std::slice::from_mut(&mut block));
+                        block.into()
+                    }
+                    None => iv,
+                }
+            });
+            return;
+        }
         let Some(tweak_key) = &self.tweak else { return };
         let mut tweaks = self.ivs(data.len() / sector_bytes, first, step);
         tweak_key.encrypt(&mut tweaks);
@@ -412,19 +538,36 @@ mod tests {
         assert!(e.contains("16-byte key") && e.contains("32, 48, 64"), "{e}");
     }
 
-    /// IEEE 1619-2007, XTS-AES-128 vector 4 (data unit 0, 512 bytes of 0..255 twice).
+    /// IEEE 1619-2007, XTS-AES-128 vector 4 (data unit 0) and XTS-AES-256 vector 10 (data
+    /// unit 0xff), 512 bytes of 0..255 twice, on every backend this CPU runs.
     #[test]
-    fn xts_matches_ieee_1619_vector_4() {
-        let key = hex("2718281828459045235360287471352631415926535897932384626433832795");
-        let c = SectorCipher::new(&CipherSpec::parse("aes-xts-plain64").unwrap(), &key).unwrap();
-        let mut data: Vec<u8> = (0..512).map(|i| i as u8).collect();
-        c.encrypt(&mut data, 512, 0, 1).unwrap();
-        assert_eq!(
-            &data[..32],
-            &hex("27a7479befa1d476489f308cd4cfa6e2a96e4bbe3208ff25287dd3819616e89c")[..]
-        );
-        c.decrypt(&mut data, 512, 0, 1).unwrap();
-        assert!(data.iter().enumerate().all(|(i, &b)| b == i as u8));
+    fn xts_matches_ieee_1619_vectors_4_and_10() {
+        let vectors = [
+            (
+                "2718281828459045235360287471352631415926535897932384626433832795",
+                0,
+                "27a7479befa1d476489f308cd4cfa6e2a96e4bbe3208ff25287dd3819616e89c",
+            ),
+            (
+                "2718281828459045235360287471352662497757247093699959574966967627\
+                 3141592653589793238462643383279502884197169399375105820974944592",
+                0xff,
+                "1c3b3a102f770386e4836c99e370cf9bea00803f5e482357a4ae12d414a3e63b",
+            ),
+        ];
+        for backend in XtsBackend::available() {
+            for (key, unit, start) in vectors {
+                let key = hex(key);
+                let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
+                let c = SectorCipher::with_xts_backend(&spec, &key, backend).unwrap();
+                assert_eq!(c.xts_backend(), backend);
+                let mut data: Vec<u8> = (0..512).map(|i| i as u8).collect();
+                c.encrypt(&mut data, 512, unit, 1).unwrap();
+                assert_eq!(&data[..32], &hex(start)[..], "{backend:?}");
+                c.decrypt(&mut data, 512, unit, 1).unwrap();
+                assert!(data.iter().enumerate().all(|(i, &b)| b == i as u8));
+            }
+        }
     }
 
     #[test]
