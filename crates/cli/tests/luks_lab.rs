@@ -804,3 +804,284 @@ fn tessera_volumes_open_in_cryptsetup() {
         eprintln!("{n}: sha256 {sha} through tessera's NBD export and cryptsetup's dm-crypt");
     }
 }
+
+const INSIDE_INSTALL: &str = r#"set -u
+cd "$(dirname "$0")"
+mkdir -p /tmp/lvmconf /tmp/m
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+# An encrypted Ubuntu install's disk: ESP, /boot, LUKS2 > PV > ubuntu-vg > root + swap_1.
+truncate -s 192M disk.img
+printf 'label: gpt\nsize=16MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI System Partition"\nsize=32MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n' \
+  | sfdisk -q disk.img || echo "sfdisk-failed"
+L=$(losetup -P -f --show disk.img)
+mkfs.vfat -n ESP "${L}p1" > /dev/null || echo "vfat-failed"
+mkfs.ext4 -q -L boot "${L}p2" || echo "boot-mkfs-failed"
+mount "${L}p2" /tmp/m && { printf 'set default=0\nmenuentry "Ubuntu" { linux /vmlinuz root=/dev/mapper/ubuntu--vg-root }\n' > /tmp/m/grub.cfg; umount /tmp/m; } || echo "boot-mount-failed"
+cryptsetup luksFormat -q --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 "${L}p3" k1 || echo "luks-failed"
+cryptsetup open --key-file k1 "${L}p3" dm_crypt-0 || echo "open-failed"
+dmsetup mknodes
+pvcreate -q /dev/mapper/dm_crypt-0 || echo "pvcreate-failed"
+vgcreate -q ubuntu-vg /dev/mapper/dm_crypt-0 || echo "vgcreate-failed"
+lvcreate -q -an -Zn -L 88M -n root ubuntu-vg || echo "lvcreate-failed root"
+lvcreate -q -an -Zn -l 100%FREE -n swap_1 ubuntu-vg || echo "lvcreate-failed swap_1"
+vgchange -q -ay ubuntu-vg
+dmsetup mknodes
+R=/dev/mapper/ubuntu--vg-root S=/dev/mapper/ubuntu--vg-swap_1
+mkfs.ext4 -q "$R" || echo "root-mkfs-failed"
+mount "$R" /tmp/m && {
+  seq 1 100000 > /tmp/m/numbers
+  cp /etc/services /tmp/m/services
+  echo "file numbers $(sha256sum < /tmp/m/numbers | cut -d' ' -f1)"
+  echo "file services $(sha256sum < /tmp/m/services | cut -d' ' -f1)"
+  umount /tmp/m
+} || echo "root-mount-failed"
+mkswap -q "$S" || echo "mkswap-failed"
+echo "kernel root $(blockdev --getsize64 "$R") $(sha256sum < "$R" | cut -d' ' -f1)"
+echo "kernel swap_1 $(blockdev --getsize64 "$S") $(blkid -p -o value -s UUID "$S")"
+echo "kernel dm_crypt-0 $(blockdev --getsize64 /dev/mapper/dm_crypt-0) -"
+echo "lvs $(lvs --noheadings --units b --nosuffix -o lv_name,lv_size ubuntu-vg | tr -s ' \n' ' ')"
+vgchange -q -an ubuntu-vg
+cryptsetup close dm_crypt-0
+losetup -d "$L"
+echo install-lab-done
+"#;
+
+/// The chain of nodes from a top-level device of `show --json` down to the node called
+/// `name`: (kind, name) of each.
+fn chain_to(report: &Value, name: &str) -> Option<Vec<(String, String)>> {
+    fn go(node: &Value, name: &str, path: &mut Vec<(String, String)>) -> bool {
+        path.push((
+            node["kind"].as_str().unwrap_or("").to_string(),
+            node["name"].as_str().unwrap_or("").to_string(),
+        ));
+        if node["name"] == name {
+            return true;
+        }
+        if let Some(children) = node["children"].as_array() {
+            if children.iter().any(|c| go(c, name, path)) {
+                return true;
+            }
+        }
+        path.pop();
+        false
+    }
+    report["devices"].as_array()?.iter().find_map(|d| {
+        let mut path = Vec::new();
+        go(d, name, &mut path).then_some(path)
+    })
+}
+
+#[test]
+fn an_encrypted_install_disk_is_served_as_the_installer_laid_it_out() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = tmp.path();
+    write_keys(d);
+    let (lab_text, took) = lab(d, INSIDE_INSTALL);
+    eprintln!("lab run (the install's disk): {:.0} s", took.as_secs_f64());
+    assert!(lab_text.contains("install-lab-done"), "lab:\n{lab_text}");
+    assert!(!lab_text.contains("-failed"), "lab:\n{lab_text}");
+    let figures = kernel_figures(&lab_text);
+    if let Some(l) = lab_text.lines().find(|l| l.starts_with("lvs ")) {
+        eprintln!("lab: {l}");
+    }
+    let disk = d.join("disk.img");
+    let disk_name = disk.display().to_string();
+    let p3 = format!("{disk_name}3");
+
+    let daemon = Daemon::start(d, std::slice::from_ref(&disk));
+    let show = |what: &str| -> Value {
+        serde_json::from_str(&daemon.ok(what, &["show", "--json"]))
+            .unwrap_or_else(|e| panic!("{what}: show --json: {e}"))
+    };
+    let before = show("before luks open");
+    let out = daemon.ok(
+        "luks open of partition 3",
+        &[
+            "luks",
+            "open",
+            &p3,
+            "dm_crypt-0",
+            "--key-file",
+            &d.join("k1").display().to_string(),
+        ],
+    );
+    eprintln!("luks open: {}", out.trim());
+    for lv in ["ubuntu-vg/root", "ubuntu-vg/swap_1"] {
+        assert!(out.contains(lv), "luks open names {lv}: {out}");
+    }
+    let exports = daemon.exports();
+    for e in ["dm_crypt-0", "ubuntu-vg/root", "ubuntu-vg/swap_1"] {
+        assert!(
+            exports.iter().any(|x| x == e),
+            "{e} is exported after luks open: {exports:?}"
+        );
+    }
+    let after = show("after luks open");
+    // disk > partition 3 > the open volume (the PV) > ubuntu-vg > root, and swap_1 beside.
+    let chain = chain_to(&after, "ubuntu-vg/root")
+        .unwrap_or_else(|| panic!("show --json has no ubuntu-vg/root: {after:#}"));
+    eprintln!("show: {chain:?}");
+    let expected: Vec<(String, String)> = [
+        ("disk", disk_name.as_str()),
+        ("partition", p3.as_str()),
+        ("crypt", "dm_crypt-0"),
+        ("vg", "ubuntu-vg"),
+        ("lv", "ubuntu-vg/root"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(
+        chain, expected,
+        "show --json: the tree from the disk down to root"
+    );
+    let swap_chain = chain_to(&after, "ubuntu-vg/swap_1").expect("show --json has swap_1");
+    assert_eq!(
+        swap_chain[..4],
+        expected[..4],
+        "show --json: swap_1 beside root"
+    );
+    let node = |report: &Value, path: &[(String, String)]| -> Value {
+        let mut n = report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == path[0].1.as_str())
+            .unwrap()
+            .clone();
+        for (_, name) in &path[1..] {
+            n = n["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name.as_str())
+                .unwrap()
+                .clone();
+        }
+        n
+    };
+    let crypt = node(&after, &chain[..3]);
+    assert_eq!(
+        crypt["format"], "LVM2_member",
+        "show --json: the open volume holds the PV"
+    );
+    assert_eq!(
+        crypt["size_bytes"].as_u64(),
+        Some(figures["dm_crypt-0"].0),
+        "show --json: the open volume's size is cryptsetup's"
+    );
+    let root = node(&after, &chain);
+    assert_eq!(root["format"], "ext4", "show --json: root holds ext4");
+    assert_eq!(
+        root["size_bytes"].as_u64(),
+        Some(figures["root"].0),
+        "show --json: root's size is lvm2's"
+    );
+    let swap = node(&after, &swap_chain);
+    assert_eq!(swap["format"], "swap", "show --json: swap_1 holds swap");
+    assert!(
+        swap["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&figures["swap_1"].1),
+        "show --json: swap_1's uuid is mkswap's {}: {swap:#}",
+        figures["swap_1"].1
+    );
+    let parts = node(&after, &chain[..1])["children"].clone();
+    let formats: Vec<&str> = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["format"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        formats,
+        ["vfat", "ext4", "crypto_LUKS"],
+        "show --json: the partitions' formats"
+    );
+    let locked = node(&before, &chain[..2]);
+    assert!(
+        locked["summary"].as_str().unwrap_or("").ends_with("locked")
+            && locked["children"].as_array().is_none_or(|c| c.is_empty()),
+        "show --json before luks open: partition 3 is locked with nothing inside: {locked:#}"
+    );
+
+    // The root file system, copied out of the export.
+    let root_img = d.join("root.img");
+    let start = std::time::Instant::now();
+    common::run_ok(
+        Command::new("nbdcopy")
+            .arg(format!("{}/ubuntu-vg/root", daemon.addr()))
+            .arg(&root_img),
+    );
+    eprintln!(
+        "nbdcopy of ubuntu-vg/root: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let bytes = std::fs::read(&root_img).unwrap();
+    let (k_size, k_sha) = &figures["root"];
+    assert_eq!(
+        bytes.len() as u64,
+        *k_size,
+        "root: size of the export and of the kernel's LV"
+    );
+    assert_eq!(
+        &sha256_hex(&bytes),
+        k_sha,
+        "root: sha256 of the export and of the kernel's LV"
+    );
+    eprintln!("root: sha256 {k_sha} = the kernel's");
+    let fsck = output(Command::new("fsck.ext4").args(["-n", "-f"]).arg(&root_img));
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "root: fsck.ext4 -n -f on the copy is clean: {}",
+        text(&fsck)
+    );
+    for file in ["numbers", "services"] {
+        let out = output(
+            Command::new("debugfs")
+                .args(["-R", &format!("cat /{file}")])
+                .arg(&root_img),
+        );
+        assert!(
+            out.status.success(),
+            "root: debugfs cat /{file}: {}",
+            text(&out)
+        );
+        let want = lab_line(&lab_text, "file", file);
+        assert_eq!(
+            sha256_hex(&out.stdout),
+            want,
+            "root: sha256 of /{file} read out of the copy and in the lab"
+        );
+        eprintln!("root: /{file} sha256 {want} = the lab's");
+    }
+    let (size, _) = daemon.export_sha("swap_1", "ubuntu-vg/swap_1");
+    assert_eq!(
+        size, figures["swap_1"].0,
+        "swap_1: size of the export and of the kernel's LV"
+    );
+
+    // Closing the volume takes its LVs away.
+    let out = daemon.ok("luks close", &["luks", "close", "dm_crypt-0"]);
+    eprintln!("luks close: {}", out.trim());
+    let exports = daemon.exports();
+    for e in ["dm_crypt-0", "ubuntu-vg/root", "ubuntu-vg/swap_1"] {
+        assert!(
+            !exports.iter().any(|x| x == e),
+            "{e} is no longer exported after luks close: {exports:?}"
+        );
+    }
+    let closed = show("after luks close");
+    assert!(
+        chain_to(&closed, "ubuntu-vg/root").is_none() && chain_to(&closed, "dm_crypt-0").is_none(),
+        "show --json after luks close: nothing inside partition 3: {closed:#}"
+    );
+    daemon.stop();
+}
