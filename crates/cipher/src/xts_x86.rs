@@ -131,24 +131,34 @@ impl FastXts {
             data.len()
         );
         let k = &*self.keys;
-        for (i, unit) in data.chunks_exact_mut(unit_bytes).enumerate() {
-            let iv = iv(i);
+        let mut done = 0;
+        for batch in data.chunks_mut(unit_bytes * BATCH) {
+            let mut ivs = [[0u8; 16]; BATCH];
+            for slot in ivs.iter_mut().take(batch.len() / unit_bytes) {
+                *slot = iv(done);
+                done += 1;
+            }
+            let (b, u, ivs) = (batch, unit_bytes, &ivs);
             // SAFETY: `new` checked that the CPU has the kernel's features.
             unsafe {
                 match (self.kernel, self.rounds == 14, encrypt) {
-                    (Kernel::Vaes512, true, true) => unit_vaes::<14, true>(k, unit, iv),
-                    (Kernel::Vaes512, true, false) => unit_vaes::<14, false>(k, unit, iv),
-                    (Kernel::Vaes512, false, true) => unit_vaes::<10, true>(k, unit, iv),
-                    (Kernel::Vaes512, false, false) => unit_vaes::<10, false>(k, unit, iv),
-                    (Kernel::AesNi, true, true) => unit_aesni::<14, true>(k, unit, iv),
-                    (Kernel::AesNi, true, false) => unit_aesni::<14, false>(k, unit, iv),
-                    (Kernel::AesNi, false, true) => unit_aesni::<10, true>(k, unit, iv),
-                    (Kernel::AesNi, false, false) => unit_aesni::<10, false>(k, unit, iv),
+                    (Kernel::Vaes512, true, true) => batch_vaes::<14, true>(k, b, u, ivs),
+                    (Kernel::Vaes512, true, false) => batch_vaes::<14, false>(k, b, u, ivs),
+                    (Kernel::Vaes512, false, true) => batch_vaes::<10, true>(k, b, u, ivs),
+                    (Kernel::Vaes512, false, false) => batch_vaes::<10, false>(k, b, u, ivs),
+                    (Kernel::AesNi, true, true) => batch_aesni::<14, true>(k, b, u, ivs),
+                    (Kernel::AesNi, true, false) => batch_aesni::<14, false>(k, b, u, ivs),
+                    (Kernel::AesNi, false, true) => batch_aesni::<10, true>(k, b, u, ivs),
+                    (Kernel::AesNi, false, false) => batch_aesni::<10, false>(k, b, u, ivs),
                 }
             }
         }
     }
 }
+
+/// Data units per kernel call: their IVs go through the tweak key side by side, and the
+/// round keys are loaded once for all of them.
+const BATCH: usize = 16;
 
 #[inline]
 #[target_feature(enable = "sse2")]
@@ -255,15 +265,39 @@ fn invert(enc: &RoundKeys, dec: &mut RoundKeys, rounds: usize) {
     dec[rounds] = enc[0];
 }
 
-/// The unit's first tweak: its IV encrypted with the tweak key.
+/// The first tweaks of `units` data units: their IVs encrypted with the tweak key, eight
+/// side by side.
 #[inline]
 #[target_feature(enable = "aes,sse2")]
-fn first_tweak<const NR: usize>(tweak_key: &RoundKeys, iv: [u8; 16]) -> __m128i {
-    let mut t = _mm_xor_si128(load(&iv), load(&tweak_key[0]));
-    for k in &tweak_key[1..NR] {
-        t = _mm_aesenc_si128(t, load(k));
+fn tweaks_aesni<const NR: usize>(
+    tweak_key: &RoundKeys,
+    ivs: &[[u8; 16]; BATCH],
+    units: usize,
+) -> [[u8; 16]; BATCH] {
+    let mut tk = [_mm_setzero_si128(); 15];
+    for (r, k) in tk.iter_mut().zip(tweak_key).take(NR + 1) {
+        *r = load(k);
     }
-    _mm_aesenclast_si128(t, load(&tweak_key[NR]))
+    let mut out = [[0u8; 16]; BATCH];
+    for (ivs, out) in ivs
+        .chunks_exact(8)
+        .zip(out.chunks_exact_mut(8))
+        .take(units.div_ceil(8))
+    {
+        let mut t = [_mm_setzero_si128(); 8];
+        for (t, iv) in t.iter_mut().zip(ivs) {
+            *t = _mm_xor_si128(load(iv), tk[0]);
+        }
+        for k in &tk[1..NR] {
+            for t in &mut t {
+                *t = _mm_aesenc_si128(*t, *k);
+            }
+        }
+        for (o, t) in out.iter_mut().zip(t) {
+            store(o, _mm_aesenclast_si128(t, tk[NR]));
+        }
+    }
+    out
 }
 
 /// `t` times x in XTS's GF(2^128) (a little-endian number; the bit carried out of the top
@@ -277,14 +311,29 @@ fn mul_x(t: __m128i) -> __m128i {
     _mm_xor_si128(_mm_add_epi64(t, t), carries)
 }
 
-/// One data unit with AES-NI, 8 blocks at a time.
+/// Up to [`BATCH`] data units with AES-NI, 8 blocks at a time.
 #[target_feature(enable = "aes,sse2")]
-fn unit_aesni<const NR: usize, const ENC: bool>(keys: &Schedules, unit: &mut [u8], iv: [u8; 16]) {
+fn batch_aesni<const NR: usize, const ENC: bool>(
+    keys: &Schedules,
+    batch: &mut [u8],
+    unit_bytes: usize,
+    ivs: &[[u8; 16]; BATCH],
+) {
+    let tweaks = tweaks_aesni::<NR>(&keys.tweak, ivs, batch.len() / unit_bytes);
     let schedule = if ENC { &keys.enc } else { &keys.dec };
     let mut rk = [_mm_setzero_si128(); 15];
     for (r, k) in rk.iter_mut().zip(schedule).take(NR + 1) {
         *r = load(k);
     }
+    for (unit, tweak) in batch.chunks_exact_mut(unit_bytes).zip(&tweaks) {
+        unit_aesni::<NR, ENC>(&rk, unit, load(tweak));
+    }
+}
+
+/// One data unit with AES-NI from its first tweak `t`.
+#[inline]
+#[target_feature(enable = "aes,sse2")]
+fn unit_aesni<const NR: usize, const ENC: bool>(rk: &[__m128i; 15], unit: &mut [u8], t: __m128i) {
     let round = |d: __m128i, k: __m128i| {
         if ENC {
             _mm_aesenc_si128(d, k)
@@ -299,7 +348,7 @@ fn unit_aesni<const NR: usize, const ENC: bool>(keys: &Schedules, unit: &mut [u8
             _mm_aesdeclast_si128(d, k)
         }
     };
-    let mut t = first_tweak::<NR>(&keys.tweak, iv);
+    let mut t = t;
     let mut eights = unit.chunks_exact_mut(128);
     for chunk in &mut eights {
         let p: *mut __m128i = chunk.as_mut_ptr().cast();
@@ -348,14 +397,76 @@ fn mul_x_pow<const S: u32, const R: u32>(v: __m512i, poly: __m512i) -> __m512i {
     _mm512_ternarylogic_epi64::<0x96>(_mm512_slli_epi64::<S>(v), moved, folded)
 }
 
-/// One data unit with VAES, 4 zmm registers (16 blocks) at a time.
+/// The first tweaks of `units` data units, as [`tweaks_aesni`], four to a register.
+#[inline]
+#[target_feature(enable = "avx512f,vaes,aes,sse2")]
+fn tweaks_vaes<const NR: usize>(
+    tweak_key: &RoundKeys,
+    ivs: &[[u8; 16]; BATCH],
+    units: usize,
+) -> [[u8; 16]; BATCH] {
+    let mut out = [[0u8; 16]; BATCH];
+    for (ivs, out) in ivs
+        .chunks_exact(4)
+        .zip(out.chunks_exact_mut(4))
+        .take(units.div_ceil(4))
+    {
+        let key = |r: usize| _mm512_broadcast_i32x4(load(&tweak_key[r]));
+        // SAFETY: `ivs` is 4 IVs, 64 contiguous bytes; `loadu` takes any alignment.
+        let mut t = unsafe { _mm512_loadu_si512(ivs.as_ptr().cast()) };
+        t = _mm512_xor_si512(t, key(0));
+        for r in 1..NR {
+            t = _mm512_aesenc_epi128(t, key(r));
+        }
+        t = _mm512_aesenclast_epi128(t, key(NR));
+        // SAFETY: `out` is 4 blocks, 64 contiguous writable bytes.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), t) };
+    }
+    out
+}
+
+/// Up to [`BATCH`] data units with VAES, 4 zmm registers (16 blocks) at a time.
 #[target_feature(enable = "avx512f,vaes,vpclmulqdq,aes,sse2")]
-fn unit_vaes<const NR: usize, const ENC: bool>(keys: &Schedules, unit: &mut [u8], iv: [u8; 16]) {
+fn batch_vaes<const NR: usize, const ENC: bool>(
+    keys: &Schedules,
+    batch: &mut [u8],
+    unit_bytes: usize,
+    ivs: &[[u8; 16]; BATCH],
+) {
+    let tweaks = tweaks_vaes::<NR>(&keys.tweak, ivs, batch.len() / unit_bytes);
     let schedule = if ENC { &keys.enc } else { &keys.dec };
     let mut rk = [_mm512_setzero_si512(); 15];
     for (r, k) in rk.iter_mut().zip(schedule).take(NR + 1) {
         *r = _mm512_broadcast_i32x4(load(k));
     }
+    for (unit, tweak) in batch.chunks_exact_mut(unit_bytes).zip(&tweaks) {
+        unit_vaes::<NR, ENC>(&rk, unit, _mm512_broadcast_i32x4(load(tweak)));
+    }
+}
+
+/// The first 16 tweaks of a unit from its first tweak `t` in every lane: register i lane j
+/// is t times x^(4i + j), each computed from `t` by the steps of [`mul_x_pow`] with
+/// per-lane shifts (below 16, so the folded bits stay in the low half).
+#[inline]
+#[target_feature(enable = "avx512f,vpclmulqdq")]
+fn first_tweaks(t: __m512i, poly: __m512i) -> [__m512i; 4] {
+    let mut tw = [_mm512_setzero_si512(); 4];
+    for (i, tw) in tw.iter_mut().enumerate() {
+        let s = 4 * i as i64;
+        let shift = _mm512_set_epi64(s + 3, s + 3, s + 2, s + 2, s + 1, s + 1, s, s);
+        // A shift by 64 gives 0: lane 0 of register 0 has no carries.
+        let top = _mm512_srlv_epi64(t, _mm512_sub_epi64(_mm512_set1_epi64(64), shift));
+        let folded = _mm512_clmulepi64_epi128::<0x01>(top, poly);
+        let moved = _mm512_unpacklo_epi64(_mm512_setzero_si512(), top);
+        *tw = _mm512_ternarylogic_epi64::<0x96>(_mm512_sllv_epi64(t, shift), moved, folded);
+    }
+    tw
+}
+
+/// One data unit with VAES from its first tweak `t` (in every lane).
+#[inline]
+#[target_feature(enable = "avx512f,vaes,vpclmulqdq")]
+fn unit_vaes<const NR: usize, const ENC: bool>(rk: &[__m512i; 15], unit: &mut [u8], t: __m512i) {
     let round = |d: __m512i, k: __m512i| {
         if ENC {
             _mm512_aesenc_epi128(d, k)
@@ -372,17 +483,7 @@ fn unit_vaes<const NR: usize, const ENC: bool>(keys: &Schedules, unit: &mut [u8]
     };
     // The tweaks' lanes: reduction by 0x87 in the low 64 bits of each.
     let poly = _mm512_set_epi64(0, 0x87, 0, 0x87, 0, 0x87, 0, 0x87);
-    let t0 = first_tweak::<NR>(&keys.tweak, iv);
-    let t1 = mul_x(t0);
-    let t2 = mul_x(t1);
-    let t3 = mul_x(t2);
-    let mut tw = [_mm512_setzero_si512(); 4];
-    tw[0] = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(t0), t1);
-    tw[0] = _mm512_inserti32x4::<2>(tw[0], t2);
-    tw[0] = _mm512_inserti32x4::<3>(tw[0], t3);
-    for i in 1..4 {
-        tw[i] = mul_x_pow::<4, 60>(tw[i - 1], poly);
-    }
+    let mut tw = first_tweaks(t, poly);
     let mut sixteens = unit.chunks_exact_mut(256);
     for chunk in &mut sixteens {
         let p: *mut __m512i = chunk.as_mut_ptr().cast();
