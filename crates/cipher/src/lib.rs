@@ -8,7 +8,9 @@
 //! are written here over `aes` because a volume encrypts whole sectors: the tweaks of a
 //! whole request are computed first and the data goes through AES in one multi-block call,
 //! which lets the AES-NI backend pipeline eight blocks at a time (a mode crate that walks
-//! one block at a time runs at a fraction of that).
+//! one block at a time runs at a fraction of that). On x86_64, XTS with AES-128 or AES-256
+//! goes further: fused kernels (VAES on 512-bit registers, or AES-NI) take tweak, AES and
+//! tweak in one pass over the data, at several times the speed (`xts_x86`).
 
 mod af_split;
 mod error;
