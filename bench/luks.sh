@@ -50,7 +50,8 @@ stop() {
     pid=
 }
 trap stop EXIT
-tess serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
+# The binary itself in the background (not through a shell function), so that $! is its pid.
+"$T" --devices "$IMG" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 pid=$!
 for _ in $(seq 100); do
     nbdinfo --size "nbd://127.0.0.1:$PORT/bench/plain" >/dev/null 2>&1 && break
