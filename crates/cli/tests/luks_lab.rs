@@ -380,34 +380,25 @@ fn cryptsetup_volumes_open_in_tessera_and_tessera_loads_the_kernel_table_cryptse
         } else {
             assert_eq!(t.len(), 8, "{n}: no optional parameters in {t:?}");
         }
-        // The key: LUKS1 tables carry it in hex in both; cryptsetup loads LUKS2 keys through
-        // the kernel keyring, so tessera's key is compared with the volume key cryptsetup
-        // reads out of the header.
+        // The key: LUKS1 tables carry it in hex in both, the header's volume key; LUKS2 keys
+        // go through the kernel keyring under the same description in both tables.
         let volume_key = cryptsetup_volume_key(&d.join(format!("{n}.img")), &d.join("k1"));
         assert_eq!(volume_key.len(), 128, "{n}: a 512-bit volume key");
-        if cs[4].starts_with(':') {
-            assert_ne!(n, "luks1", "cryptsetup uses the keyring for LUKS2 only");
+        if n == "luks1" {
+            assert_eq!(
+                t[4], cs[4],
+                "{n}: the hex key of tessera's and of cryptsetup's table"
+            );
+            assert_eq!(t[4], volume_key, "{n}: the key is the header's volume key");
+        } else {
             assert!(
                 cs[4].starts_with(":64:logon:cryptsetup:"),
                 "{n}: cryptsetup's key {}",
                 cs[4]
             );
-        } else {
             assert_eq!(
                 t[4], cs[4],
-                "{n}: the hex key of tessera's and of cryptsetup's table"
-            );
-        }
-        if t[4].starts_with(':') {
-            assert!(
-                t[4].starts_with(":64:logon:"),
-                "{n}: tessera's keyring key {}",
-                t[4]
-            );
-        } else {
-            assert_eq!(
-                t[4], volume_key,
-                "{n}: tessera's hex key is the header's volume key"
+                "{n}: the same kernel keyring reference in both tables"
             );
         }
         let close = lab_line(&lab_text, "t-close", n);

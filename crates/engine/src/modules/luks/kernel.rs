@@ -23,8 +23,8 @@ pub struct KernelOpened {
 
 impl Engine {
     /// Unlocks block device `path` and loads its plaintext into the kernel's dm-crypt as
-    /// `name` (root). The key goes to the kernel in the table, in hex, as cryptsetup gives
-    /// LUKS1 keys.
+    /// `name` (root), with the table cryptsetup loads: a LUKS2 key through the kernel
+    /// keyring (`:64:logon:cryptsetup:UUID-d0`), a LUKS1 key in hex.
     pub fn luks_open_kernel(
         &self,
         path: &str,
@@ -49,11 +49,21 @@ impl Engine {
             }
         })?;
         let (unlocked, size_sectors) = self.luks_unlock(path, &device, passphrase, opts)?;
-        let key: String = unlocked
-            .volume_key
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // LUKS2 keys go to dm-crypt through the kernel keyring, under cryptsetup's
+        // description, so the table is the one cryptsetup loads and carries no key; LUKS1
+        // keys (and any where the kernel has no keyring for us) in hex, as cryptsetup does.
+        let description = format!("cryptsetup:{}-d0", header.uuid);
+        let in_keyring = (header.version == 2)
+            .then(|| ThreadKey::add(&description, &unlocked.volume_key))
+            .flatten();
+        let key: String = match &in_keyring {
+            Some(_) => format!(":{}:logon:{description}", unlocked.volume_key.len()),
+            None => unlocked
+                .volume_key
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
         let text = crypt_params(&unlocked, &key, &number, size_sectors);
         let row = Row::parse(&text)
             .ok_or_else(|| EngineError::Kernel(format!("{name}: cannot read back its own row")))?;
@@ -70,6 +80,8 @@ impl Engine {
             let _ = control.remove(name);
             return Err(EngineError::Kernel(format!("{e}; {name} was not created")));
         }
+        // dm-crypt holds its own copy now.
+        drop(in_keyring);
         let node = format!("/dev/mapper/{name}");
         if std::fs::metadata(&node).is_err() {
             if let Err(e) = dm::make_node(&node, libc::S_IFBLK, info.major, info.minor) {
@@ -102,5 +114,46 @@ impl Engine {
         control.remove(name)?;
         let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
         Ok(())
+    }
+}
+
+/// A logon key in this thread's kernel keyring, unlinked when dropped.
+struct ThreadKey(libc::c_long);
+
+const KEY_SPEC_THREAD_KEYRING: libc::c_long = -1;
+const KEYCTL_UNLINK: libc::c_long = 9;
+
+impl ThreadKey {
+    /// Adds `key` as logon key `description`; None when the kernel refuses (no keyrings).
+    fn add(description: &str, key: &[u8]) -> Option<ThreadKey> {
+        let kind = std::ffi::CString::new("logon").ok()?;
+        let desc = std::ffi::CString::new(description).ok()?;
+        // SAFETY: add_key(2) reads the two strings and `key.len()` bytes of `key`, all valid
+        // for the call.
+        let serial = unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                kind.as_ptr(),
+                desc.as_ptr(),
+                key.as_ptr(),
+                key.len(),
+                KEY_SPEC_THREAD_KEYRING,
+            )
+        };
+        (serial >= 0).then_some(ThreadKey(serial))
+    }
+}
+
+impl Drop for ThreadKey {
+    fn drop(&mut self) {
+        // SAFETY: keyctl(2) with plain integer arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_UNLINK,
+                self.0,
+                KEY_SPEC_THREAD_KEYRING,
+            )
+        };
     }
 }
