@@ -78,8 +78,101 @@ pub enum SegmentKind {
     /// sub-LVs. `body` holds every key but start_extent, extent_count and type, as written,
     /// and is what is written back; `raid` is tessera's reading of it.
     Raid { raid: RaidSegment, body: Section },
+    /// `snapshot`: the segment of lvm2's hidden `snapshotN` LV, tying an origin LV to the
+    /// LV that holds its copy-on-write store.
+    Snapshot(SnapshotSegment),
     /// Any other type, kept as written: every key but start_extent, extent_count and type.
     Other { segtype: String, body: Section },
+}
+
+/// The smallest copy-on-write store lvm2 accepts, in chunks (header, metadata, data).
+pub const SNAPSHOT_MIN_CHUNKS: u64 = 3;
+
+/// A `snapshot` segment as lvm2 writes it: `chunk_size` (sectors), `origin`, then
+/// `cow_store`, or `merging_store` while the snapshot merges back into its origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSegment {
+    pub origin: String,
+    /// The LV holding the exception store (lvm2 shows it under the snapshot's name).
+    pub cow: String,
+    pub chunk_size_sectors: u64,
+    /// `merging_store` instead of `cow_store`: lvm2's MERGING state.
+    pub merging: bool,
+    /// Keys lvm2 does not write today, kept in order after the known ones.
+    pub extra: Vec<(String, Node)>,
+}
+
+impl SnapshotSegment {
+    fn from_body(s: &Section, at: &str) -> Result<Self, VgError> {
+        let chunk_size_sectors = get_u64(s, at, "chunk_size")?;
+        if !chunk_size_sectors.is_power_of_two() || chunk_size_sectors < 8 {
+            return Err(out_of_range(
+                at,
+                "chunk_size",
+                chunk_size_sectors,
+                "a power of two of at least 8 sectors",
+            ));
+        }
+        let name = |key: &str| -> Result<Option<String>, VgError> {
+            match s.get(key) {
+                None => Ok(None),
+                Some(_) => s
+                    .get_str(key)
+                    .map(|v| Some(v.to_string()))
+                    .ok_or_else(|| missing_or_wrong(s, at, key, "an LV name")),
+            }
+        };
+        let origin = name("origin")?.ok_or_else(|| VgError::Missing {
+            at: at.to_string(),
+            key: "origin".into(),
+        })?;
+        let (cow, merging) = match (name("cow_store")?, name("merging_store")?) {
+            (Some(c), None) => (c, false),
+            (None, Some(c)) => (c, true),
+            (Some(_), Some(_)) => {
+                return Err(VgError::Inconsistent {
+                    at: at.to_string(),
+                    why: "names both 'cow_store' and 'merging_store'".into(),
+                })
+            }
+            (None, None) => {
+                return Err(VgError::Missing {
+                    at: at.to_string(),
+                    key: "cow_store".into(),
+                })
+            }
+        };
+        let extra = s
+            .entries
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "chunk_size" | "origin" | "cow_store" | "merging_store"
+                )
+            })
+            .cloned()
+            .collect();
+        Ok(SnapshotSegment {
+            origin,
+            cow,
+            chunk_size_sectors,
+            merging,
+            extra,
+        })
+    }
+
+    fn write(&self, s: &mut Section) {
+        s.set_value("chunk_size", int(self.chunk_size_sectors));
+        s.set_value("origin", Value::Str(self.origin.clone()));
+        let key = if self.merging {
+            "merging_store"
+        } else {
+            "cow_store"
+        };
+        s.set_value(key, Value::Str(self.cow.clone()));
+        s.entries.extend(self.extra.iter().cloned());
+    }
 }
 
 /// The raid levels lvm2 has, as its segment types name them.
@@ -288,6 +381,7 @@ impl Segment {
             SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => "linear",
             SegmentKind::Striped { .. } => "striped",
             SegmentKind::Raid { raid, .. } => &raid.segtype,
+            SegmentKind::Snapshot(_) => "snapshot",
             SegmentKind::Other { segtype, .. } => segtype,
         }
     }
@@ -296,6 +390,7 @@ impl Segment {
         match &self.kind {
             SegmentKind::Striped { stripes, .. } => stripes.len() as u64,
             SegmentKind::Raid { raid, .. } => raid.images.len() as u64,
+            SegmentKind::Snapshot(_) => 1,
             SegmentKind::Other { body, .. } => body
                 .get_int("stripe_count")
                 .or_else(|| body.get_int("device_count"))
@@ -320,8 +415,8 @@ impl Segment {
                     })
                     .collect()
             }
-            // Its sub-LVs hold the extents.
-            SegmentKind::Raid { .. } => Vec::new(),
+            // Its sub-LVs hold the extents; a snapshot's are its origin's and COW LV's.
+            SegmentKind::Raid { .. } | SegmentKind::Snapshot(_) => Vec::new(),
             SegmentKind::Other { body, .. } => {
                 let mut areas = Vec::new();
                 for (_, node) in &body.entries {
@@ -378,16 +473,39 @@ impl LogicalVolume {
             _ => None,
         }
     }
+    /// The snapshot segment, if this is one of lvm2's hidden `snapshotN` LVs.
+    pub fn snapshot(&self) -> Option<&SnapshotSegment> {
+        match &self.segments.first()?.kind {
+            SegmentKind::Snapshot(snap) => Some(snap),
+            _ => None,
+        }
+    }
+    pub fn snapshot_mut(&mut self) -> Option<&mut SnapshotSegment> {
+        match &mut self.segments.first_mut()?.kind {
+            SegmentKind::Snapshot(snap) => Some(snap),
+            _ => None,
+        }
+    }
     /// The other LVs this one's segments name (sub-LVs of raid, snapshot origins, pools).
     pub fn referenced_names<'a>(&'a self, names: &HashSet<&'a str>) -> Vec<&'a str> {
         let mut out = Vec::new();
         for seg in &self.segments {
-            if let SegmentKind::Other { body, .. } | SegmentKind::Raid { body, .. } = &seg.kind {
-                collect_strings(body, &mut |s| {
-                    if names.contains(s) && s != self.name {
-                        out.push(s);
+            match &seg.kind {
+                SegmentKind::Other { body, .. } | SegmentKind::Raid { body, .. } => {
+                    collect_strings(body, &mut |s| {
+                        if names.contains(s) && s != self.name {
+                            out.push(s);
+                        }
+                    })
+                }
+                SegmentKind::Snapshot(snap) => {
+                    for s in [snap.origin.as_str(), snap.cow.as_str()] {
+                        if let Some(s) = names.get(s) {
+                            out.push(s);
+                        }
                     }
-                });
+                }
+                SegmentKind::Striped { .. } => {}
             }
         }
         out
@@ -473,6 +591,80 @@ impl VolumeGroup {
     }
     pub fn extent_size_bytes(&self) -> u64 {
         self.extent_size_sectors * 512
+    }
+
+    // ---- snapshots, as lvm2 ties them: a hidden `snapshotN` LV whose one `snapshot`
+    // segment names the origin and the COW LV (the one users know by the snapshot's name).
+
+    /// True if LV `name` is the origin of at least one snapshot.
+    pub fn is_origin(&self, name: &str) -> bool {
+        !self.snapshots_of(name).is_empty()
+    }
+    /// The `snapshotN` LVs of origin `origin`, in the VG's order.
+    pub fn snapshots_of(&self, origin: &str) -> Vec<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .filter(|l| l.snapshot().is_some_and(|s| s.origin == origin))
+            .collect()
+    }
+    /// The LVs that are origins of snapshots, in the VG's order.
+    pub fn origins(&self) -> Vec<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .filter(|l| self.is_origin(&l.name))
+            .collect()
+    }
+    /// The `snapshotN` LV whose COW store is LV `cow`.
+    pub fn snapshot_of_cow(&self, cow: &str) -> Option<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .find(|l| l.snapshot().is_some_and(|s| s.cow == cow))
+    }
+    /// The COW LV of `snapshotN` LV `snapshot`.
+    pub fn cow_of(&self, snapshot: &str) -> Option<&LogicalVolume> {
+        self.lv(&self.lv(snapshot)?.snapshot()?.cow)
+    }
+    /// True if LV `name` holds a snapshot's COW store.
+    pub fn is_cow(&self, name: &str) -> bool {
+        self.snapshot_of_cow(name).is_some()
+    }
+    /// True if LV `name` takes part in a merge: the COW LV of a merging snapshot, its
+    /// `snapshotN` LV, or the origin it merges into.
+    pub fn is_merging(&self, name: &str) -> bool {
+        self.lvs.iter().any(|l| {
+            l.snapshot()
+                .is_some_and(|s| s.merging && (l.name == name || s.cow == name || s.origin == name))
+        })
+    }
+    /// The merging snapshot of origin `origin`, if one merges into it.
+    pub fn merging_snapshot_of(&self, origin: &str) -> Option<&LogicalVolume> {
+        self.snapshots_of(origin)
+            .into_iter()
+            .find(|l| l.snapshot().is_some_and(|s| s.merging))
+    }
+    /// The name lvm2 gives a new snapshot LV: `snapshotN`, N one past the highest in use.
+    pub fn next_snapshot_name(&self) -> String {
+        let next = self
+            .lvs
+            .iter()
+            .filter_map(|l| l.name.strip_prefix("snapshot")?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |n| n + 1);
+        format!("snapshot{next}")
+    }
+    /// Whether lvm2 shows LV `lv` (`lv_is_visible`): never a `snapshotN` LV; a COW LV as
+    /// its origin is shown, unless it merges; any other LV by its VISIBLE flag.
+    pub fn lv_is_visible(&self, lv: &LogicalVolume) -> bool {
+        if lv.snapshot().is_some() {
+            return false;
+        }
+        if let Some(snap) = self.snapshot_of_cow(&lv.name).and_then(|s| s.snapshot()) {
+            if snap.merging {
+                return false;
+            }
+            return self.lv(&snap.origin).is_some_and(|o| o.is_visible());
+        }
+        lv.is_visible()
     }
     pub fn pe_total(&self) -> u64 {
         self.pvs.iter().map(|p| p.pe_count).sum()
@@ -716,6 +908,39 @@ impl VolumeGroup {
                                 "{} extents do not divide among {} stripes",
                                 seg.extent_count,
                                 stripes.len()
+                            ),
+                        });
+                    }
+                }
+                if let SegmentKind::Snapshot(snap) = &seg.kind {
+                    for (what, name) in [("origin", &snap.origin), ("COW store", &snap.cow)] {
+                        let Some(other) = self.lv(name).filter(|_| *name != lv.name) else {
+                            return Err(VgError::Inconsistent {
+                                at: sat,
+                                why: format!("names {what} '{name}', which the VG does not have"),
+                            });
+                        };
+                        if other.snapshot().is_some() {
+                            return Err(VgError::Inconsistent {
+                                at: sat,
+                                why: format!("names {what} '{name}', which is a snapshot itself"),
+                            });
+                        }
+                    }
+                    if snap.origin == snap.cow {
+                        return Err(VgError::Inconsistent {
+                            at: sat,
+                            why: format!("'{}' is both its origin and its COW store", snap.cow),
+                        });
+                    }
+                    if let Some(first) = self.lvs.iter().find(|l| {
+                        l.name != lv.name && l.snapshot().is_some_and(|o| o.cow == snap.cow)
+                    }) {
+                        return Err(VgError::Inconsistent {
+                            at: sat,
+                            why: format!(
+                                "COW store '{}' is already the store of '{}'",
+                                snap.cow, first.name
                             ),
                         });
                     }
@@ -999,6 +1224,9 @@ impl Segment {
                 body.remove(k);
             }
             match RaidLevel::of_segtype(segtype) {
+                None if segtype == "snapshot" => {
+                    SegmentKind::Snapshot(SnapshotSegment::from_body(&body, at)?)
+                }
                 Some(level) => SegmentKind::Raid {
                     raid: RaidSegment::from_body(segtype, level, &body, at)?,
                     body,
@@ -1039,6 +1267,10 @@ impl Segment {
             SegmentKind::Raid { raid, body } => {
                 s.set_value("type", Value::Str(raid.segtype.clone()));
                 s.entries.extend(body.entries.iter().cloned());
+            }
+            SegmentKind::Snapshot(snap) => {
+                s.set_value("type", Value::Str("snapshot".into()));
+                snap.write(&mut s);
             }
             SegmentKind::Other { segtype, body } => {
                 s.set_value("type", Value::Str(segtype.clone()));
@@ -1647,6 +1879,152 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
             let err = broken(from, to).to_string();
             assert!(
                 err.contains(expected) && err.contains("LV 'r1'"),
+                "{from} -> {to}: got '{err}', expected '{expected}'"
+            );
+        }
+    }
+
+    /// `vgcfgbackup` of a VG where lvm2 2.03 made an origin and two snapshots of it
+    /// (`lvcreate -s -L 8M` and `-L 6M -c 16k`).
+    const SNAPSHOT_VG: &str = include_str!("testdata/snapshot_vg.txt");
+
+    fn lv_section(text: &str, name: &str) -> Section {
+        let root = config::parse(text.as_bytes()).unwrap();
+        let vg = root.sections().next().unwrap().1.clone();
+        let Some(Node::Section(lvs)) = vg.get("logical_volumes").cloned() else {
+            panic!("no LVs")
+        };
+        let found = lvs
+            .sections()
+            .find(|(k, _)| *k == name)
+            .map(|(_, s)| s.clone());
+        found.unwrap_or_else(|| panic!("no LV {name}"))
+    }
+
+    #[test]
+    fn snapshot_segments_are_typed_and_written_back_as_lvm2_writes_them() {
+        let (vg, info) = VolumeGroup::from_text(SNAPSHOT_VG.as_bytes()).unwrap();
+        let s0 = vg.lv("snapshot0").unwrap();
+        assert_eq!(
+            s0.snapshot(),
+            Some(&SnapshotSegment {
+                origin: "origin".into(),
+                cow: "snap".into(),
+                chunk_size_sectors: 8,
+                merging: false,
+                extra: Vec::new(),
+            })
+        );
+        // lvm2 gives snapshotN the origin's extent count.
+        assert_eq!(s0.extent_count(), vg.lv("origin").unwrap().extent_count());
+        assert_eq!(s0.segments[0].type_name(), "snapshot");
+        assert_eq!(
+            vg.lv("snapshot1")
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .chunk_size_sectors,
+            32
+        );
+        assert!(vg.is_origin("origin") && !vg.is_origin("snap"));
+        assert_eq!(
+            vg.origins().iter().map(|l| &l.name).collect::<Vec<_>>(),
+            ["origin"]
+        );
+        let snaps: Vec<&str> = vg
+            .snapshots_of("origin")
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(snaps, ["snapshot0", "snapshot1"]);
+        assert_eq!(vg.cow_of("snapshot1").unwrap().name, "snap2");
+        assert_eq!(vg.snapshot_of_cow("snap2").unwrap().name, "snapshot1");
+        assert!(vg.is_cow("snap") && vg.is_cow("snap2") && !vg.is_cow("origin"));
+        assert!(!vg.is_merging("snap") && !vg.is_merging("origin"));
+        assert_eq!(vg.next_snapshot_name(), "snapshot2");
+        // As lvs shows them: the COW LVs (no VISIBLE flag) yes, snapshotN no.
+        let shown: Vec<&str> = vg
+            .lvs
+            .iter()
+            .filter(|l| vg.lv_is_visible(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(shown, ["origin", "snap", "snap2"]);
+        // Extents: origin 16, snap 8, snap2 6 on pv0; snapshotN hold none.
+        assert_eq!(vg.pe_used("pv0"), 30);
+        for style in [Style::Disk, Style::File] {
+            let text = vg.to_text(&info, style);
+            let (again, _) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+            assert_eq!(again, vg, "{style:?}");
+            for lv in ["origin", "snap", "snap2", "snapshot0", "snapshot1"] {
+                assert_eq!(
+                    lv_section(&text, lv),
+                    lv_section(SNAPSHOT_VG, lv),
+                    "{lv} {style:?}"
+                );
+            }
+        }
+        // Merging: merging_store in cow_store's place, and back.
+        let merging = SNAPSHOT_VG.replacen("cow_store = \"snap2\"", "merging_store = \"snap2\"", 1);
+        let (mvg, minfo) = VolumeGroup::from_text(merging.as_bytes()).unwrap();
+        assert!(mvg.lv("snapshot1").unwrap().snapshot().unwrap().merging);
+        assert!(mvg.is_merging("snap2") && mvg.is_merging("origin"));
+        assert!(!mvg.is_merging("snap"));
+        assert_eq!(mvg.merging_snapshot_of("origin").unwrap().name, "snapshot1");
+        assert!(!mvg.lv_is_visible(mvg.lv("snap2").unwrap()));
+        let text = mvg.to_text(&minfo, Style::File);
+        assert_eq!(
+            lv_section(&text, "snapshot1"),
+            lv_section(&merging, "snapshot1")
+        );
+    }
+
+    #[test]
+    fn broken_snapshot_segments_are_refused_naming_the_segment() {
+        let cases = [
+            (
+                "cow_store = \"snap\"",
+                "cow_store = \"nope\"",
+                "COW store 'nope'",
+            ),
+            (
+                "origin = \"origin\"\n\t\t\t\tcow_store = \"snap\"",
+                "origin = \"gone\"\n\t\t\t\tcow_store = \"snap\"",
+                "origin 'gone'",
+            ),
+            (
+                "cow_store = \"snap\"",
+                "cow_store = \"snap2\"",
+                "already the store",
+            ),
+            (
+                "cow_store = \"snap\"",
+                "cow_store = \"origin\"",
+                "both its origin",
+            ),
+            (
+                "cow_store = \"snap\"",
+                "cow_store = \"snapshot1\"",
+                "a snapshot itself",
+            ),
+            (
+                "cow_store = \"snap\"",
+                "cow_store = \"snap\"\n\t\t\t\tmerging_store = \"snap\"",
+                "both",
+            ),
+            ("cow_store = \"snap\"", "", "'cow_store' is missing"),
+            ("cow_store = \"snap\"", "cow_store = 7", "wrong type"),
+            ("chunk_size = 8", "chunk_size = 12", "power of two"),
+            ("chunk_size = 8", "chunk_size = 4", "power of two"),
+            ("chunk_size = 8\n", "", "'chunk_size' is missing"),
+        ];
+        for (from, to, expected) in cases {
+            assert!(SNAPSHOT_VG.contains(from), "sample lacks {from}");
+            let err = VolumeGroup::from_text(SNAPSHOT_VG.replacen(from, to, 1).as_bytes())
+                .expect_err("must be refused")
+                .to_string();
+            assert!(
+                err.contains(expected) && err.contains("LV 'snapshot0'"),
                 "{from} -> {to}: got '{err}', expected '{expected}'"
             );
         }
