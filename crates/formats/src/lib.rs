@@ -7,3 +7,4 @@ pub mod lvm2;
 pub mod md;
 pub mod partition;
 pub mod signature;
+pub mod snapshot;
