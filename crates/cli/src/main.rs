@@ -304,9 +304,27 @@ enum LvCommand {
     /// Create an LV (as lvcreate): linear, striped (-i), or raid (--type raid1 -m 1, raid5
     /// -i 2, raid6 -i 3, raid10 -i 2 -m 1), laid out as lvm2 lays raid LVs out (an rmeta and
     /// an rimage sub-LV per image, each image on its own PV) so lvm2 activates them.
+    ///
+    /// A snapshot (as lvcreate -s): `lv create --snapshot VG/ORIGIN -n NAME -L SIZE
+    /// [-c CHUNK]`, its copy-on-write store NAME of SIZE on the VG's free extents.
     Create {
-        /// VG/LV
-        name: String,
+        /// VG/LV (for a snapshot, VG/NAME or -n NAME)
+        #[arg(required_unless_present = "snapshot")]
+        name: Option<String>,
+        /// Make a snapshot of this origin LV (VG/ORIGIN).
+        #[arg(short = 's', long, value_name = "VG/ORIGIN")]
+        snapshot: Option<String>,
+        /// The new LV's name (with --snapshot).
+        #[arg(short = 'n', long = "name", value_name = "NAME", requires = "snapshot")]
+        lv_name: Option<String>,
+        /// A snapshot's chunk: a power of two from 4k to 512k (default 4k, as lvm2).
+        #[arg(
+            short = 'c',
+            long = "chunksize",
+            value_name = "SIZE",
+            requires = "snapshot"
+        )]
+        chunk_size: Option<String>,
         #[command(flatten)]
         alloc: AllocArgs,
         /// linear, striped, raid1, raid4, raid5[_la|_ra|_ls|_rs|_n], raid6[_zr|_nr|_nc|...],
@@ -343,8 +361,19 @@ enum LvCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Remove an LV.
-    Remove { name: String },
+    /// Remove an LV; a snapshot goes with lvm2's internal snapshotN LV. An origin with
+    /// snapshots needs --force, which removes its snapshots too (as lvremove -f).
+    Remove {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Merge a snapshot back into its origin (as lvconvert --merge): the origin's data
+    /// returns to the snapshot's; the copy runs when the origin is next activated.
+    Merge {
+        /// VG/SNAPSHOT
+        name: String,
+    },
     /// Print the device-mapper table that maps an LV onto its PVs, in dmsetup's syntax: the
     /// table lvm2 loads when it activates the LV (devices named by path, not major:minor).
     Table { name: String },
@@ -597,11 +626,50 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Lv(cmd) => match cmd {
             LvCommand::Create {
                 name,
+                snapshot: Some(origin),
+                lv_name,
+                chunk_size,
                 alloc,
                 segtype,
                 mirrors,
                 region_size,
             } => {
+                let (vg, origin) = split_vg_lv(&origin)?;
+                let named = name.as_deref().map(|n| match n.split_once('/') {
+                    Some((v, l)) if v == vg => Ok(l),
+                    Some((v, _)) => bail!("the snapshot goes in the origin's VG '{vg}', not '{v}'"),
+                    None => Ok(n),
+                });
+                let snap = match (lv_name.as_deref(), named.transpose()?) {
+                    (Some(n), None) => n,
+                    (None, Some(n)) => n,
+                    (Some(a), Some(b)) if a == b => a,
+                    (Some(_), Some(_)) => bail!("two names given for the snapshot"),
+                    (None, None) => bail!("give the snapshot a name with -n NAME"),
+                };
+                if segtype.as_deref().is_some_and(|t| t != "snapshot")
+                    || mirrors.is_some()
+                    || region_size.is_some()
+                    || alloc.stripes.is_some_and(|n| n > 1)
+                {
+                    bail!("a snapshot is linear: --type, -m, -R and -i do not apply to it");
+                }
+                refuse_if_served(&socket, vg)?;
+                let size = alloc.size.parse()?;
+                let chunk = opt_size(&chunk_size, "chunksize")?;
+                engine.lv_snapshot_create(vg, snap, origin, size, chunk)?;
+                println!("Logical volume \"{snap}\" created.");
+            }
+            LvCommand::Create {
+                name,
+                snapshot: None,
+                alloc,
+                segtype,
+                mirrors,
+                region_size,
+                ..
+            } => {
+                let name = name.expect("clap requires it without --snapshot");
                 let (vg, lv) = split_vg_lv(&name)?;
                 let mut options = alloc.options()?;
                 options.segtype = segtype;
@@ -664,11 +732,30 @@ fn run(cli: Cli) -> Result<bool> {
                 let state = scan
                     .vg(vg)
                     .ok_or_else(|| anyhow::anyhow!("volume group '{vg}' not found"))?;
-                print!("{}", tessera_engine::activate::lv_table(&scan, state, lv)?);
+                let devices = tessera_engine::activate::lv_devices(&scan, state, lv)?;
+                if devices.len() == 1 {
+                    print!("{}", devices[0].table);
+                } else {
+                    // An origin's stack: every device, as `dmsetup table` lists them.
+                    for d in &devices {
+                        for row in d.table.lines() {
+                            println!("{}: {row}", d.name);
+                        }
+                    }
+                }
                 return Ok(!report_problems(&scan));
             }
-            LvCommand::Remove { name } => {
+            LvCommand::Remove { name, force } => {
                 let (vg, lv) = split_vg_lv(&name)?;
+                if force {
+                    refuse_if_served(&socket, vg)?;
+                    for gone in engine.lv_remove_with(vg, lv, true)? {
+                        if !gone.starts_with("snapshot") || gone == lv {
+                            println!("Logical volume \"{gone}\" successfully removed.");
+                        }
+                    }
+                    return Ok(true);
+                }
                 let change = LvChange::Remove {
                     vg: vg.into(),
                     lv: lv.into(),
@@ -684,6 +771,14 @@ fn run(cli: Cli) -> Result<bool> {
                     new: new.into(),
                 };
                 print!("{}", lv_change(&engine, &socket, &change)?);
+            }
+            LvCommand::Merge { name } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                refuse_if_served(&socket, vg)?;
+                let origin = engine.lv_merge(vg, lv)?;
+                println!(
+                    "Merging of snapshot {vg}/{lv} will occur on next activation of {vg}/{origin}."
+                );
             }
             LvCommand::List {
                 vg,

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 use tessera_engine::units::Units;
 use tessera_engine::{Scan, VgState};
-use tessera_formats::lvm2::vg::{LogicalVolume, Segment, SegmentKind};
+use tessera_formats::lvm2::vg::{LogicalVolume, Segment, SegmentKind, VolumeGroup};
 
 /// One field: its lvm2 name, column heading, and whether it is right-aligned (numbers).
 struct Field {
@@ -55,6 +55,9 @@ const FIELDS: &[Field] = &[
     f("lv_attr", "Attr", false),
     f("lv_size", "LSize", true),
     f("lv_path", "Path", false),
+    f("origin", "Origin", false),
+    f("data_percent", "Data%", true),
+    f("snap_percent", "Snap%", true),
     f("seg_count", "#Seg", true),
     f("segtype", "Type", false),
     f("stripes", "#Str", true),
@@ -237,7 +240,11 @@ fn vg_fields(s: &VgState, u: &Units, r: &mut Row) {
     r.insert("pv_count", vg.pvs.len().to_string());
     r.insert(
         "lv_count",
-        vg.lvs.iter().filter(|l| l.is_visible()).count().to_string(),
+        vg.lvs
+            .iter()
+            .filter(|l| vg.lv_is_visible(l))
+            .count()
+            .to_string(),
     );
     let snaps = vg
         .lvs
@@ -258,8 +265,25 @@ fn vg_rows(scan: &Scan, u: &Units) -> Vec<Row> {
         .collect()
 }
 
-fn lv_attr(lv: &LogicalVolume) -> String {
+fn lv_attr(vg: &VolumeGroup, lv: &LogicalVolume) -> String {
+    let merging = vg.is_merging(&lv.name);
+    let snapshot = vg.is_origin(&lv.name) || vg.is_cow(&lv.name);
     let kind = match lv.segments.first().map(|s| s.type_name()) {
+        // As lvm2: an origin before anything else, a COW LV as the snapshot.
+        _ if vg.is_origin(&lv.name) => {
+            if merging {
+                'O'
+            } else {
+                'o'
+            }
+        }
+        _ if vg.is_cow(&lv.name) => {
+            if merging {
+                'S'
+            } else {
+                's'
+            }
+        }
         Some(t) if t.starts_with("raid") => {
             if lv.is_visible() {
                 'r'
@@ -279,7 +303,8 @@ fn lv_attr(lv: &LogicalVolume) -> String {
     } else {
         'r'
     };
-    format!("{kind}{write}i-------")
+    let target = if snapshot { 's' } else { '-' };
+    format!("{kind}{write}i---{target}---")
 }
 
 fn pv_name(s: &VgState, scan: &Scan, key: &str) -> String {
@@ -341,6 +366,11 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
                 .collect();
             r.insert("devices", devices.join(","));
         }
+        SegmentKind::Snapshot(_) => {
+            r.insert("stripe_size", u.format(0));
+            r.insert("seg_pe_ranges", String::new());
+            r.insert("devices", String::new());
+        }
         SegmentKind::Other { body, .. } => {
             r.insert(
                 "stripe_size",
@@ -361,21 +391,31 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
     {
         let ext = s.vg.extent_size_bytes();
         for lv in &s.vg.lvs {
-            if !all && !lv.is_visible() {
+            // lvm2 never lists its snapshotN LVs; a snapshot shows under its COW LV's name.
+            if lv.snapshot().is_some() || (!all && !s.vg.lv_is_visible(lv)) {
                 continue;
             }
             let mut base = Row::new();
             vg_fields(s, u, &mut base);
             base.insert(
                 "lv_name",
-                if lv.is_visible() {
+                if s.vg.lv_is_visible(lv) {
                     lv.name.clone()
                 } else {
                     format!("[{}]", lv.name)
                 },
             );
             base.insert("lv_uuid", lv.id.to_string());
-            base.insert("lv_attr", lv_attr(lv));
+            base.insert("lv_attr", lv_attr(&s.vg, lv));
+            let origin =
+                s.vg.snapshot_of_cow(&lv.name)
+                    .and_then(|l| l.snapshot())
+                    .map(|snap| snap.origin.clone());
+            base.insert("origin", origin.unwrap_or_default());
+            // The store's use is read from the kernel's status by lvm2; tessera does not
+            // read exception stores yet, so it stays empty, as lvm2's for an inactive LV.
+            base.insert("data_percent", String::new());
+            base.insert("snap_percent", String::new());
             base.insert("lv_size", u.format(lv.extent_count() * ext));
             base.insert("lv_path", format!("/dev/{}/{}", s.vg.name, lv.name));
             base.insert("seg_count", lv.segments.len().to_string());

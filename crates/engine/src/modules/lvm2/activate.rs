@@ -9,6 +9,8 @@ use tessera_mapper::{MappedDevice, TargetRegistry};
 
 use super::raid_lv;
 use super::scan::{Scan, VgState};
+use super::snapshot::userspace_refusal;
+pub use super::snapshot::{layer_uuid, stack_devices, stack_origin, StackDevice};
 pub use super::table::dm_name;
 use super::table::{load_plain, plain_table};
 use crate::error::{EngineError, Result};
@@ -26,7 +28,46 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
     if lv.raid().is_some() {
         return Ok(raid_lv::raid_plan(scan, state, lv_name)?.table);
     }
+    if let Some(origin) = stack_origin(&state.vg, lv_name) {
+        // The device users know by this LV's name: the origin's top, or the snapshot's
+        // (a snapshotN LV is shown as its snapshot), other devices named by their names.
+        let cow = match lv.snapshot() {
+            Some(s) => s.cow.as_str(),
+            None => lv_name,
+        };
+        let name = dm_name(&state.vg.name, cow);
+        return stack_devices(scan, state, origin)?
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| d.table)
+            .ok_or_else(|| EngineError::LvNotFound {
+                vg: state.vg.name.clone(),
+                lv: lv_name.into(),
+            });
+    }
     plain_table(scan, state, lv_name)
+}
+
+/// Every device lvm2 loads for LV `lv_name`, in the order they are made, each with its
+/// name, uuid and table: the LV's own one, or the whole stack of the origin it belongs to
+/// when it is an origin or a snapshot (see [`stack_devices`]).
+pub fn lv_devices(scan: &Scan, state: &VgState, lv_name: &str) -> Result<Vec<StackDevice>> {
+    if let Some(origin) = stack_origin(&state.vg, lv_name) {
+        return stack_devices(scan, state, origin);
+    }
+    let lv = state
+        .vg
+        .lv(lv_name)
+        .ok_or_else(|| EngineError::LvNotFound {
+            vg: state.vg.name.clone(),
+            lv: lv_name.into(),
+        })?;
+    Ok(vec![StackDevice {
+        name: dm_name(&state.vg.name, lv_name),
+        uuid: layer_uuid(&state.vg, lv, ""),
+        table: lv_table(scan, state, lv_name)?,
+        lv: Some(lv_name.to_string()),
+    }])
 }
 
 /// Activates an LV in user space: a live mapped device over the scanned PVs. A raid LV
@@ -49,6 +90,12 @@ pub fn activate_lv_with(
     registry: Arc<TargetRegistry>,
     allow_degraded: bool,
 ) -> Result<(MappedDevice, Vec<String>)> {
+    if let Some(why) = userspace_refusal(&state.vg, lv_name) {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why,
+        });
+    }
     let device = MappedDevice::new(dm_name(&state.vg.name, lv_name), registry.clone());
     let is_raid = state.vg.lv(lv_name).is_some_and(|lv| lv.raid().is_some());
     let mut notes = Vec::new();
@@ -71,6 +118,12 @@ pub fn activate_lv_with(
 /// ones; the next resume puts it live. This is how an active LV follows a resize. A raid
 /// LV is loaded whole (not degraded).
 pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevice) -> Result<()> {
+    if let Some(why) = userspace_refusal(&state.vg, lv_name) {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why,
+        });
+    }
     if state.vg.lv(lv_name).is_some_and(|lv| lv.raid().is_some()) {
         let registry = Arc::new(TargetRegistry::new());
         raid_lv::load_raid_lv(scan, state, lv_name, device, registry, false)?;

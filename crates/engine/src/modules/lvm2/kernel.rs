@@ -8,6 +8,7 @@ use tessera_kernel::dm::{self, Control, Row};
 
 use super::activate::{dm_name, lv_table};
 use super::scan::{Scan, VgState};
+use super::snapshot::{stack_devices, stack_origin};
 use crate::error::{EngineError, Result};
 
 /// The uuid lvm2 gives an LV's device.
@@ -24,6 +25,15 @@ pub use crate::devices::devno;
 
 /// The kernel table of an LV: lvm2's rows, PVs named by device number.
 pub fn kernel_rows(scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
+    if stack_origin(&state.vg, lv).is_some() {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why: format!(
+                "LV '{lv}' belongs to a snapshot stack of several devices; activate it with \
+                 tessera activate"
+            ),
+        });
+    }
     let text = lv_table(scan, state, lv)?;
     let paths: Vec<&str> = state
         .present
@@ -108,8 +118,13 @@ fn raid_rows(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Resul
     })?])
 }
 
-/// Activates LV `lv` of `state` in the kernel (a raid LV with its sub-LVs).
+/// Activates LV `lv` of `state` in the kernel (a raid LV with its sub-LVs; an origin, a
+/// snapshot or lvm2's snapshotN LV with the whole stack of its origin, see
+/// [`super::snapshot::stack_devices`]).
 pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
+    if let Some(origin) = stack_origin(&state.vg, lv) {
+        return activate_stack(control, scan, state, origin, lv);
+    }
     let is_raid = state.vg.lv(lv).is_some_and(|l| l.raid().is_some());
     let rows = if is_raid {
         raid_rows(control, scan, state, lv)?
@@ -118,19 +133,97 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
     };
     let name = dm_name(&state.vg.name, lv);
     let uuid = lv_uuid(state, lv).expect("the LV exists: its table was built");
+    load_device(control, state, Some(lv), &name, &uuid, &rows)
+}
+
+/// The rows of a table in dmsetup's syntax, PVs named by path and the devices in `made`
+/// by their names, all named by device number.
+fn rows_with_numbers(
+    scan: &Scan,
+    state: &VgState,
+    what: &str,
+    text: &str,
+    made: &[(String, String)],
+) -> Result<Vec<Row>> {
+    let paths: Vec<&str> = state
+        .present
+        .values()
+        .map(|&i| scan.pvs[i].path.as_str())
+        .collect();
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = Vec::new();
+        for w in line.split_whitespace() {
+            words.push(if paths.contains(&w) {
+                devno(w)?
+            } else if let Some((_, number)) = made.iter().find(|(n, _)| n == w) {
+                number.clone()
+            } else {
+                w.to_string()
+            });
+        }
+        rows.push(Row::parse(&words.join(" ")).ok_or_else(|| {
+            EngineError::Kernel(format!("{what}: cannot read back its own row {line:?}"))
+        })?);
+    }
+    Ok(rows)
+}
+
+/// Activates the stack of `origin` as lvm2 does (`-real`, each snapshot's `-cow` and
+/// device, the origin on top) and says what became of LV `asked`'s device.
+fn activate_stack(
+    control: &Control,
+    scan: &Scan,
+    state: &VgState,
+    origin: &str,
+    asked: &str,
+) -> Result<Activated> {
+    let devices = stack_devices(scan, state, origin)?;
+    let want = match state.vg.lv(asked).and_then(|l| l.snapshot()) {
+        Some(s) => dm_name(&state.vg.name, &s.cow),
+        None => dm_name(&state.vg.name, asked),
+    };
+    let mut made: Vec<(String, String)> = Vec::new();
+    let mut result = None;
+    for d in &devices {
+        let rows = rows_with_numbers(scan, state, &d.name, &d.table, &made)?;
+        let done = load_device(control, state, d.lv.as_deref(), &d.name, &d.uuid, &rows)?;
+        let info = control
+            .info(&d.name)?
+            .ok_or_else(|| EngineError::Kernel(format!("{} vanished once loaded", d.name)))?;
+        made.push((d.name.clone(), format!("{}:{}", info.major, info.minor)));
+        if d.name == want {
+            result = Some(done);
+        }
+    }
+    // A merging snapshot has no device of its own to report: its origin's stands for it.
+    Ok(result.unwrap_or(Activated::Already { name: want }))
+}
+
+/// Makes device `name` (uuid `uuid`) live with `rows`: created, reloaded when its table
+/// differs, or left as it is; `/dev/VG/LV` made for `lv`.
+fn load_device(
+    control: &Control,
+    state: &VgState,
+    lv: Option<&str>,
+    name: &str,
+    uuid: &str,
+    rows: &[Row],
+) -> Result<Activated> {
+    let name = name.to_string();
     if let Some(info) = control.info(&name)? {
         if info.live_table && control.table(&name)? == rows {
             make_nodes(&state.vg.name, lv, &name, info.major, info.minor);
             return Ok(Activated::Already { name });
         }
-        control.load(&name, &rows, false)?;
+        control.load(&name, rows, false)?;
         control.suspend(&name)?;
         control.resume(&name)?;
         return Ok(Activated::Reloaded { name });
     }
-    let info = control.create(&name, &uuid)?;
+    let info = control.create(&name, uuid)?;
     let live = control
-        .load(&name, &rows, false)
+        .load(&name, rows, false)
         .and_then(|()| control.resume(&name));
     if let Err(e) = live {
         // Nothing half-made: the empty device goes again.
@@ -149,6 +242,9 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
 /// was not.
 pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<bool> {
     let vg = state.vg.name.as_str();
+    if let Some(origin) = stack_origin(&state.vg, lv) {
+        return deactivate_stack(control, state, origin);
+    }
     let name = dm_name(vg, lv);
     if control.info(&name)?.is_none() {
         return Ok(false);
@@ -173,17 +269,44 @@ pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<boo
     Ok(true)
 }
 
-/// `/dev/mapper/NAME` and `/dev/VG/LV`, where udev has not made them.
-fn make_nodes(vg: &str, lv: &str, name: &str, major: u32, minor: u32) {
+/// Removes the stack of `origin` (its top first, `-real` last), whatever of it is active.
+fn deactivate_stack(control: &Control, state: &VgState, origin: &str) -> Result<bool> {
+    let vg = &state.vg;
+    let o = vg.lv(origin).expect("an origin of the VG");
+    let mut names = vec![(dm_name(&vg.name, origin), Some(origin.to_string()))];
+    for s in vg.snapshots_of(origin) {
+        let cow = s.snapshot().map(|s| s.cow.clone()).unwrap_or_default();
+        names.push((dm_name(&vg.name, &cow), Some(cow.clone())));
+        names.push((format!("{}-cow", dm_name(&vg.name, &cow)), None));
+    }
+    names.push((format!("{}-real", dm_name(&vg.name, &o.name)), None));
+    let mut any = false;
+    for (name, lv) in names {
+        if control.info(&name)?.is_none() {
+            continue;
+        }
+        control.remove(&name)?;
+        any = true;
+        let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
+        if let Some(lv) = lv {
+            let _ = std::fs::remove_file(format!("/dev/{}/{lv}", vg.name));
+        }
+    }
+    let _ = std::fs::remove_dir(format!("/dev/{}", vg.name));
+    Ok(any)
+}
+
+/// `/dev/mapper/NAME` and `/dev/VG/LV` (for `lv`), where udev has not made them.
+fn make_nodes(vg: &str, lv: Option<&str>, name: &str, major: u32, minor: u32) {
     let node = format!("/dev/mapper/{name}");
     if std::fs::metadata(&node).is_err() {
         if let Err(e) = dm::make_node(&node, libc::S_IFBLK, major, minor) {
             tracing::warn!("could not make {node}: {e}");
         }
     }
-    if lv.contains("_rimage_") || lv.contains("_rmeta_") {
+    let Some(lv) = lv.filter(|lv| !lv.contains("_rimage_") && !lv.contains("_rmeta_")) else {
         return;
-    }
+    };
     let dir = format!("/dev/{vg}");
     let link = format!("{dir}/{lv}");
     if std::fs::symlink_metadata(&link).is_err() {

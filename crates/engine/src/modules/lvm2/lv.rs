@@ -165,6 +165,33 @@ impl Engine {
                 why: format!("LV '{name}' is of type {kind}, which tessera cannot {verb} yet; use lvm2 for it"),
             });
         }
+        if let Some(snap) = vg
+            .snapshots_of(name)
+            .first()
+            .and_then(|l| l.snapshot())
+            .or_else(|| vg.snapshot_of_cow(name).and_then(|l| l.snapshot()))
+        {
+            let why = if snap.origin == name {
+                let cows: Vec<String> = vg
+                    .snapshots_of(name)
+                    .iter()
+                    .filter_map(|l| l.snapshot().map(|s| s.cow.clone()))
+                    .collect();
+                format!(
+                    "LV '{name}' is the origin of snapshot(s) {}; tessera cannot {verb} an origin",
+                    cows.join(", ")
+                )
+            } else {
+                format!(
+                    "LV '{name}' is a snapshot of '{}'; tessera cannot {verb} a snapshot",
+                    snap.origin
+                )
+            };
+            return Err(EngineError::Refused {
+                vg: vg.name.clone(),
+                why,
+            });
+        }
         let names = vg.lvs.iter().map(|l| l.name.as_str()).collect();
         if let Some(user) = vg
             .lvs
@@ -220,7 +247,12 @@ impl Engine {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
-        let lv = Self::plain_lv(&vg, lv_name, if grow { "extend" } else { "reduce" })?;
+        // A snapshot's COW LV grows as any LV (the kernel sees the new size on the next
+        // load); nothing else used by another LV changes size.
+        let lv = match vg.lv(lv_name) {
+            Some(lv) if grow && lv.is_plain() && vg.is_cow(lv_name) => lv,
+            _ => Self::plain_lv(&vg, lv_name, if grow { "extend" } else { "reduce" })?,
+        };
         let current = lv.extent_count();
         let allowed = Self::allowed_keys(&scan, &vg, pvs)?;
         let amount = alloc::extents_for(&vg, size.amount, allowed.as_deref());
@@ -301,15 +333,10 @@ impl Engine {
         Ok(result)
     }
 
+    /// Removes an LV; a snapshot goes with its `snapshotN` LV. An origin with snapshots
+    /// needs [`Engine::lv_remove_with`] and `force`.
     pub fn lv_remove(&self, vg_name: &str, lv_name: &str) -> Result<()> {
-        let _lock = self.lock_vg(vg_name)?;
-        let scan = self.scan_with(true)?;
-        let state = Self::vg_for_change(&scan, vg_name)?;
-        let mut vg = state.vg.clone();
-        Self::plain_lv(&vg, lv_name, "remove")?;
-        vg.lvs.retain(|l| l.name != lv_name);
-        self.commit(&scan, Some(state), vg, &[])?;
-        Ok(())
+        self.lv_remove_with(vg_name, lv_name, false).map(|_| ())
     }
 
     pub fn lv_rename(&self, vg_name: &str, old: &str, new: &str) -> Result<()> {
@@ -318,7 +345,24 @@ impl Engine {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
-        Self::plain_lv(&vg, old, "rename")?;
+        // An origin or a snapshot keeps its ties: the snapshot segments follow the name.
+        if vg.is_origin(old) || vg.is_cow(old) {
+            if vg.lv(old).is_some_and(|l| !l.is_plain()) {
+                Self::plain_lv(&vg, old, "rename")?;
+            }
+            for lv in &mut vg.lvs {
+                if let Some(s) = lv.snapshot_mut() {
+                    if s.origin == old {
+                        s.origin = new.to_string();
+                    }
+                    if s.cow == old {
+                        s.cow = new.to_string();
+                    }
+                }
+            }
+        } else {
+            Self::plain_lv(&vg, old, "rename")?;
+        }
         if vg.lv(new).is_some() {
             return Err(EngineError::LvExists {
                 vg: vg_name.into(),

@@ -16,6 +16,7 @@ pub mod pv;
 pub mod raid_create;
 pub mod raid_lv;
 pub mod scan;
+pub mod snapshot;
 pub mod table;
 pub mod vg;
 
@@ -156,7 +157,8 @@ fn vg_assembly(scan: &Arc<Scan>, name: &str) -> Assembly {
             ..Place::default()
         })
         .collect();
-    let visible: Vec<_> = vg.lvs.iter().filter(|lv| lv.is_visible()).collect();
+    // As lvs shows them: a snapshot under its COW LV's name, never lvm2's snapshotN.
+    let visible: Vec<_> = vg.lvs.iter().filter(|lv| vg.lv_is_visible(lv)).collect();
     let also = if pvs.len() > 1 {
         format!("; also on {}", pvs[1..].join(", "))
     } else {
