@@ -156,10 +156,9 @@ pub fn mask_keys(table: &str) -> String {
         .map(|line| {
             let mut words = line.splitn(4, ' ');
             match (words.next(), words.next(), words.next(), words.next()) {
-                (Some(start), Some(len), Some("crypt"), Some(params)) => format!(
-                    "{start} {len} crypt {}\n",
-                    tessera_crypt::mask_key(params)
-                ),
+                (Some(start), Some(len), Some("crypt"), Some(params)) => {
+                    format!("{start} {len} crypt {}\n", tessera_crypt::mask_key(params))
+                }
                 _ => format!("{line}\n"),
             }
         })

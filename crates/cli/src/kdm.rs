@@ -138,7 +138,7 @@ fn targets(
                     .vg
                     .lvs
                     .iter()
-                    .filter(|l| l.status.iter().any(|s| s == "VISIBLE"))
+                    .filter(|l| state.vg.lv_is_visible(l))
                     .map(|l| (vg.clone(), l.name.clone())),
             ),
         }

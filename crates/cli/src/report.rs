@@ -412,10 +412,23 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
                     .and_then(|l| l.snapshot())
                     .map(|snap| snap.origin.clone());
             base.insert("origin", origin.unwrap_or_default());
-            // The store's use is read from the kernel's status by lvm2; tessera does not
-            // read exception stores yet, so it stays empty, as lvm2's for an inactive LV.
-            base.insert("data_percent", String::new());
-            base.insert("snap_percent", String::new());
+            // How full a snapshot's store is, read from the store itself (lvm2 reads the
+            // kernel's status of an active snapshot): allocated over total sectors.
+            let used = match s.vg.snapshot_of_cow(&lv.name) {
+                Some(_) => match tessera_engine::activate::cow_usage(scan, s, &lv.name) {
+                    // lvm2 shows a snapshot that filled up (invalidated) as full.
+                    Ok(Some((_, false))) => "100.00".to_string(),
+                    Ok(Some((u, true))) if u.total_sectors > 0 => format!(
+                        "{:.2}",
+                        u.sectors_allocated as f64 * 100.0 / u.total_sectors as f64
+                    ),
+                    Ok(_) => "0.00".to_string(),
+                    Err(_) => String::new(),
+                },
+                None => String::new(),
+            };
+            base.insert("data_percent", used.clone());
+            base.insert("snap_percent", used);
             base.insert("lv_size", u.format(lv.extent_count() * ext));
             base.insert("lv_path", format!("/dev/{}/{}", s.vg.name, lv.name));
             base.insert("seg_count", lv.segments.len().to_string());

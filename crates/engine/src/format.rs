@@ -301,8 +301,8 @@ pub trait FormatModule: Send + Sync {
     }
 }
 
-/// The target types every volume may use: the mapper's own, the raid personalities and
-/// crypt.
+/// The target types every volume may use: the mapper's own, the raid personalities,
+/// crypt and the snapshot targets.
 pub fn target_registry() -> Arc<TargetRegistry> {
     Arc::new(new_target_registry())
 }
@@ -311,7 +311,8 @@ pub fn target_registry() -> Arc<TargetRegistry> {
 pub fn new_target_registry() -> TargetRegistry {
     let mut r = TargetRegistry::new();
     tessera_raid::register(&mut r);
-    // Names fixed in this crate, distinct from the mapper's and raid's.
+    // Names fixed in these crates, distinct from the mapper's and raid's.
     let _ = tessera_crypt::register(&mut r);
+    let _ = tessera_snapshot::register(&mut r);
     r
 }

@@ -58,6 +58,7 @@ impl Daemon {
                         records: None,
                         read_only: self.read_only,
                         claim: None,
+                        layers: Vec::new(),
                     },
                 )?;
                 Ok(Reply::ok(

@@ -67,6 +67,7 @@ impl Daemon {
             records: None,
             read_only,
             claim,
+            layers: Vec::new(),
         };
         if let Err(e) = self.serve(&mut volumes, name.to_string(), description, volume) {
             self.engine.remove_stacked(name);

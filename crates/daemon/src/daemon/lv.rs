@@ -70,7 +70,7 @@ impl Daemon {
             let lv = state.and_then(|s| {
                 s.vg.lvs.iter().find(|lv| {
                     lv.id.to_string() == lv_id
-                        && lv.is_visible()
+                        && s.vg.lv_is_visible(lv)
                         && (lv.is_plain() || lv.raid().is_some())
                 })
             });
@@ -83,7 +83,14 @@ impl Daemon {
             seen.push(lv_id);
             let device = &volume.device;
             let table = Table::parse(&activate::lv_table(&scan, state, &lv.name)?)?;
-            if device.table().as_ref() != Some(&table) {
+            let in_stack = activate::stack_origin(&state.vg, &lv.name).is_some();
+            if in_stack && device.table().as_ref() != Some(&table) {
+                // An origin's or snapshot's stack is not reloaded online yet.
+                notes.push(format!(
+                    "  {vg}/{}: changed; restart serve to serve the change (snapshot stacks are not reloaded online)",
+                    lv.name
+                ));
+            } else if device.table().as_ref() != Some(&table) {
                 device.suspend();
                 let loaded = activate::load_lv(&scan, state, &lv.name, device);
                 device.resume()?;

@@ -46,6 +46,9 @@ struct Volume {
     read_only: bool,
     /// The claim taken for it alone (a LUKS device opened while serving).
     claim: Option<tessera_engine::claim::Claim>,
+    /// Devices under it that are served under no name of their own (an origin's `-real`
+    /// and its snapshots' `-cow` layers), held while it runs.
+    layers: Vec<Arc<MappedDevice>>,
 }
 
 #[derive(Clone)]
@@ -161,6 +164,10 @@ impl Daemon {
             self.exports.remove(&volume.export);
             let _ = tessera_block::BlockDevice::flush(&*volume.device);
             retire(&volume.device);
+            for layer in &volume.layers {
+                let _ = tessera_block::BlockDevice::flush(&**layer);
+                retire(layer);
+            }
         }
     }
 
@@ -247,6 +254,7 @@ impl Daemon {
                 records,
                 read_only: self.read_only,
                 claim: None,
+                layers: Vec::new(),
             },
         )?;
         Ok(())
@@ -331,6 +339,7 @@ impl Daemon {
                 records: None,
                 read_only: self.read_only,
                 claim: None,
+                layers: Vec::new(),
             },
         )?;
         Ok(())
@@ -348,6 +357,9 @@ impl Daemon {
             .vg
             .lv(lv_name)
             .ok_or_else(|| DaemonError::Refused(format!("no LV '{lv_name}'")))?;
+        if let Some(origin) = activate::stack_origin(&state.vg, lv_name) {
+            return self.add_stack(scan, state, origin, volumes);
+        }
         if !lv.is_plain() && lv.raid().is_none() {
             let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
             refuse!("LVs of type {kind} cannot be served yet");
@@ -379,8 +391,90 @@ impl Daemon {
                 records: None,
                 read_only: self.read_only,
                 claim: None,
+                layers: Vec::new(),
             },
         )?;
+        Ok(())
+    }
+
+    /// Activates an origin with its snapshots as lvm2 stacks them (the origin's `-real`
+    /// layer, each snapshot's `-cow` layer, the `snapshot` devices, the `snapshot-origin`
+    /// on top) and exports the origin and each snapshot as `VG/LV`. Nothing when the stack
+    /// runs already.
+    fn add_stack(
+        &self,
+        scan: &Scan,
+        state: &VgState,
+        origin: &str,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<()> {
+        let vg = &state.vg.name;
+        if volumes.contains_key(&activate::dm_name(vg, origin)) {
+            return Ok(());
+        }
+        let mut made: Vec<(activate::StackDevice, Arc<MappedDevice>)> = Vec::new();
+        for d in activate::stack_devices(scan, state, origin)? {
+            let table = Table::parse(&d.table)?;
+            let device = Arc::new(MappedDevice::new(d.name.clone(), self.registry.clone()));
+            let resolve = |name: &str| -> tessera_block::Result<SharedDevice> {
+                if let Some((_, below)) = made.iter().find(|(m, _)| m.name == name) {
+                    return Ok(below.clone());
+                }
+                scan.pvs
+                    .iter()
+                    .find(|p| p.path == name)
+                    .map(|p| p.device.clone())
+                    .ok_or_else(|| BlockError::Open {
+                        device: name.to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "neither a scanned PV nor a layer of the origin's stack",
+                        ),
+                    })
+            };
+            device.load(&table, &resolve)?;
+            device.resume()?;
+            made.push((d, device));
+        }
+        let layers: Vec<Arc<MappedDevice>> = made
+            .iter()
+            .filter(|(d, _)| d.lv.is_none())
+            .map(|(_, m)| m.clone())
+            .collect();
+        for (d, device) in made {
+            let Some(lv_name) = d.lv else { continue };
+            let Some(lv) = state.vg.lv(&lv_name) else {
+                continue;
+            };
+            let export = format!("{vg}/{lv_name}");
+            let what = if lv_name == origin {
+                "origin"
+            } else {
+                "snapshot"
+            };
+            self.serve(
+                volumes,
+                d.name.clone(),
+                format!("LV {export} ({what})"),
+                Volume {
+                    device,
+                    export,
+                    lv: Some(LvRef {
+                        vg: vg.clone(),
+                        lv_id: lv.id.to_string(),
+                    }),
+                    records: None,
+                    read_only: self.read_only,
+                    claim: None,
+                    // The origin holds the layers: its snapshots' devices hold their own.
+                    layers: if lv_name == origin {
+                        layers.clone()
+                    } else {
+                        Vec::new()
+                    },
+                },
+            )?;
+        }
         Ok(())
     }
 

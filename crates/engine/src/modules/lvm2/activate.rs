@@ -10,7 +10,7 @@ use tessera_mapper::{MappedDevice, TargetRegistry};
 use super::raid_lv;
 use super::scan::{Scan, VgState};
 use super::snapshot::userspace_refusal;
-pub use super::snapshot::{layer_uuid, stack_devices, stack_origin, StackDevice};
+pub use super::snapshot::{cow_usage, layer_uuid, stack_devices, stack_origin, StackDevice};
 pub use super::table::dm_name;
 use super::table::{load_plain, plain_table};
 use crate::error::{EngineError, Result};

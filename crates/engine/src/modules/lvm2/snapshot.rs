@@ -117,6 +117,29 @@ pub fn stack_devices(scan: &Scan, state: &VgState, origin: &str) -> Result<Vec<S
     Ok(out)
 }
 
+/// How full the exception store on COW LV `cow` is, as dm-snapshot's status counts it
+/// (header and metadata chunks included), and whether it is still valid (a snapshot that
+/// filled up is not); None for a store not written yet (a zeroed header: a snapshot never
+/// activated). Reads only.
+pub fn cow_usage(
+    scan: &Scan,
+    state: &VgState,
+    cow: &str,
+) -> Result<Option<(tessera_formats::snapshot::Usage, bool)>> {
+    let device = tessera_mapper::MappedDevice::new(
+        format!("{}-cow", dm_name(&state.vg.name, cow)),
+        std::sync::Arc::new(tessera_mapper::TargetRegistry::new()),
+    );
+    super::table::load_plain(scan, state, cow, &device)?;
+    device.resume()?;
+    let store = tessera_formats::snapshot::ExceptionStore::open(std::sync::Arc::new(device))
+        .map_err(|e| EngineError::DeviceUnusable {
+            device: format!("{}/{cow}", state.vg.name),
+            why: e.to_string(),
+        })?;
+    Ok(store.map(|s| (s.usage(), s.is_valid())))
+}
+
 /// Why tessera does not map LV `lv` in user space yet, if it belongs to a snapshot.
 pub fn userspace_refusal(vg: &VolumeGroup, lv: &str) -> Option<String> {
     let origin = stack_origin(vg, lv)?;

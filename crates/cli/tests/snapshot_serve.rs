@@ -1,0 +1,193 @@
+//! Snapshots served in user space: an origin with two snapshots of different chunk sizes,
+//! taken at different times, exported by `tessera serve` as lvm2 stacks them; writes to the
+//! origin copy out to every snapshot first, a write to a snapshot stays there, and all three
+//! read back as a model of what each should hold, also after the daemon restarts. `lv list`
+//! shows each snapshot's Data%.
+
+mod common;
+
+use std::process::Command;
+
+use common::{run_ok as run, serve, tessera};
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` at byte `offset` of an export (qemu-io, so only those bytes are written).
+fn patch(addr: &str, export: &str, dir: &std::path::Path, offset: usize, data: &[u8]) {
+    let file = dir.join("patch.bin");
+    std::fs::write(&file, data).unwrap();
+    run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        &format!("write -s {} {offset} {}", file.display(), data.len()),
+        &format!("{addr}/{export}"),
+    ]));
+}
+
+fn read(addr: &str, export: &str, dir: &std::path::Path) -> Vec<u8> {
+    let file = dir.join("read.bin");
+    let _ = std::fs::remove_file(&file);
+    run(Command::new("nbdcopy")
+        .arg(format!("{addr}/{export}"))
+        .arg(&file));
+    std::fs::read(&file).unwrap()
+}
+
+#[test]
+fn an_origin_and_two_snapshots_are_served_as_their_model_says() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let img = common::image_files(d, "disk", 1, 128 << 20).remove(0);
+    tessera(&img, &state, &["vg", "create", "vg", &img]);
+    tessera(&img, &state, &["lv", "create", "vg/origin", "-L", "16M"]);
+    let size = 16 << 20;
+
+    let first = random(size, 1);
+    {
+        let server = serve(&img, &state, &[]);
+        patch(&server.addr, "vg/origin", d, 0, &first);
+    }
+    let made = tessera(
+        &img,
+        &state,
+        &[
+            "lv",
+            "create",
+            "--snapshot",
+            "vg/origin",
+            "-n",
+            "early",
+            "-L",
+            "8M",
+            "-c",
+            "4k",
+        ],
+    );
+    assert!(made.contains("early"), "{made}");
+    let mut origin = first.clone();
+    let early = first.clone();
+    let mut late;
+    {
+        let server = serve(&img, &state, &[]);
+        let list = run(Command::new("nbdinfo").args(["--list", &server.addr]));
+        assert!(
+            list.contains("vg/origin") && list.contains("vg/early"),
+            "{list}"
+        );
+        // Touch the origin in a few places: the snapshot keeps the old chunks.
+        for (i, offset) in [0usize, 4096 * 3, 1 << 20, (9 << 20) + 512]
+            .iter()
+            .enumerate()
+        {
+            let data = random(8192, 10 + i as u64);
+            patch(&server.addr, "vg/origin", d, *offset, &data);
+            origin[*offset..*offset + data.len()].copy_from_slice(&data);
+        }
+        assert!(
+            read(&server.addr, "vg/origin", d) == origin,
+            "origin after writes"
+        );
+        assert!(
+            read(&server.addr, "vg/early", d) == early,
+            "early snapshot keeps the old data"
+        );
+        late = origin.clone();
+    }
+    tessera(
+        &img,
+        &state,
+        &[
+            "lv",
+            "create",
+            "-s",
+            "vg/origin",
+            "-n",
+            "late",
+            "-L",
+            "8M",
+            "-c",
+            "64k",
+        ],
+    );
+    {
+        let server = serve(&img, &state, &[]);
+        // A write to the origin reaches neither snapshot; a write to the late snapshot stays there.
+        let data = random(100_000, 20);
+        patch(&server.addr, "vg/origin", d, 2 << 20, &data);
+        origin[2 << 20..(2 << 20) + data.len()].copy_from_slice(&data);
+        let mine = random(5000, 21);
+        patch(&server.addr, "vg/late", d, 3 << 20, &mine);
+        late[3 << 20..(3 << 20) + mine.len()].copy_from_slice(&mine);
+        assert!(read(&server.addr, "vg/origin", d) == origin, "origin");
+        assert!(read(&server.addr, "vg/early", d) == early, "early snapshot");
+        assert!(read(&server.addr, "vg/late", d) == late, "late snapshot");
+    }
+    // Restarted: the stores are read back from the COW LVs.
+    let server = serve(&img, &state, &[]);
+    assert!(
+        read(&server.addr, "vg/origin", d) == origin,
+        "origin after a restart"
+    );
+    assert!(
+        read(&server.addr, "vg/early", d) == early,
+        "early after a restart"
+    );
+    assert!(
+        read(&server.addr, "vg/late", d) == late,
+        "late after a restart"
+    );
+    drop(server);
+
+    let list = tessera(
+        &img,
+        &state,
+        &["lv", "list", "-o", "lv_name,origin,data_percent", "--json"],
+    );
+    let rows = common::report_rows(&list);
+    for name in ["early", "late"] {
+        let row = rows.iter().find(|r| r["lv_name"] == name).unwrap();
+        assert_eq!(row["origin"], "origin", "{list}");
+        let used: f64 = row["data_percent"].as_str().unwrap().parse().unwrap();
+        assert!(used > 0.0 && used < 100.0, "{name}: Data% {used}");
+    }
+
+    // The whole origin rewritten: more than the early snapshot's 8 MiB store holds. It is
+    // invalidated (reads fail, Data% 100), and the origin keeps working.
+    let server = serve(&img, &state, &[]);
+    let again = random(size, 30);
+    patch(&server.addr, "vg/origin", d, 0, &again);
+    assert!(
+        read(&server.addr, "vg/origin", d) == again,
+        "origin after filling a snapshot"
+    );
+    let out = Command::new("nbdcopy")
+        .arg(format!("{}/vg/early", server.addr))
+        .arg(d.join("early.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "reading an invalidated snapshot fails"
+    );
+    drop(server);
+    let list = tessera(
+        &img,
+        &state,
+        &["lv", "list", "-o", "lv_name,data_percent", "--json"],
+    );
+    let rows = common::report_rows(&list);
+    let early = rows.iter().find(|r| r["lv_name"] == "early").unwrap();
+    assert_eq!(early["data_percent"], "100.00", "{list}");
+}
