@@ -191,3 +191,91 @@ fn an_origin_and_two_snapshots_are_served_as_their_model_says() {
     let early = rows.iter().find(|r| r["lv_name"] == "early").unwrap();
     assert_eq!(early["data_percent"], "100.00", "{list}");
 }
+
+/// `lv merge` marks the snapshot merging; the next `serve` runs the merge in the origin's
+/// device (reads see the snapshot's bytes at once), and the start after it is done takes the
+/// snapshot out of the metadata, the origin then plain with the snapshot's bytes.
+#[test]
+fn a_merge_runs_in_serve_and_the_next_start_finishes_it() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let img = common::image_files(d, "disk", 1, 96 << 20).remove(0);
+    tessera(&img, &state, &["vg", "create", "vg", &img]);
+    tessera(&img, &state, &["lv", "create", "vg/origin", "-L", "16M"]);
+    let size = 16 << 20;
+    let first = random(size, 41);
+    {
+        let server = serve(&img, &state, &[]);
+        patch(&server.addr, "vg/origin", d, 0, &first);
+    }
+    tessera(
+        &img,
+        &state,
+        &["lv", "create", "-s", "vg/origin", "-n", "keep", "-L", "20M"],
+    );
+    {
+        let server = serve(&img, &state, &[]);
+        let later = random(3 << 20, 42);
+        patch(&server.addr, "vg/origin", d, 5 << 20, &later);
+        assert!(
+            read(&server.addr, "vg/keep", d) == first,
+            "the snapshot holds the old bytes"
+        );
+    }
+    let merged = tessera(&img, &state, &["lv", "merge", "vg/keep"]);
+    assert!(merged.contains("Merging"), "{merged}");
+    {
+        let server = serve(&img, &state, &[]);
+        // The origin reads as the snapshot at once, while the merge copies in the background.
+        assert!(
+            read(&server.addr, "vg/origin", d) == first,
+            "the merging origin reads the snapshot's bytes"
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let out = Command::new(common::tessera_path())
+                .args(["--state-dir"])
+                .arg(&state)
+                .args(["dm", "message", "vg-origin", "0", "progress"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains("done") {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the merge did not finish: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(
+            read(&server.addr, "vg/origin", d) == first,
+            "the origin after the merge"
+        );
+    }
+    // The next start finds the merge done and drops the snapshot from the metadata.
+    let server = serve(&img, &state, &[]);
+    let list = run(Command::new("nbdinfo").args(["--list", &server.addr]));
+    assert!(
+        list.contains("vg/origin") && !list.contains("vg/keep"),
+        "{list}"
+    );
+    assert!(
+        read(&server.addr, "vg/origin", d) == first,
+        "the plain origin"
+    );
+    let table = run(Command::new(common::tessera_path())
+        .args(["--state-dir"])
+        .arg(&state)
+        .args(["dm", "table", "vg-origin"]));
+    assert!(table.contains(" linear "), "{table}");
+    drop(server);
+    let lvs = tessera(
+        &img,
+        &state,
+        &["lv", "list", "-a", "-o", "lv_name", "--json"],
+    );
+    assert!(!lvs.contains("keep") && !lvs.contains("snapshot"), "{lvs}");
+}

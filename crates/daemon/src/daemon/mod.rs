@@ -80,6 +80,13 @@ impl Daemon {
     /// `degraded` is set or when serving read-only.
     pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
         let registry = tessera_engine::format::new_target_registry();
+        // Merges that finished while a previous daemon ran leave the metadata first, as
+        // lvm2's activation does: the origin then starts plain.
+        let merged = if read_only {
+            Vec::new()
+        } else {
+            engine.finish_merges()?
+        };
         // Claim every member first: a second daemon over the same devices stops here,
         // before it writes anything.
         let md = engine.md_scan(!read_only)?;
@@ -122,7 +129,10 @@ impl Daemon {
             volumes: Mutex::new(BTreeMap::new()),
             _claims: claims,
         };
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = merged
+            .iter()
+            .map(|s| format!("{s}: merged into its origin; the snapshot is gone"))
+            .collect();
         warnings.extend(md.problems.iter().cloned());
         {
             let mut volumes = daemon.lock();

@@ -164,6 +164,42 @@ pub fn userspace_refusal(vg: &VolumeGroup, lv: &str) -> Option<String> {
 }
 
 impl Engine {
+    /// Removes from the metadata every merging snapshot whose merge has finished (its
+    /// store valid and holding no exception any more: every chunk is back in the origin),
+    /// as lvm2 does when its next activation finds a merge done. Returns `VG/SNAP` for
+    /// each. A merge still under way, or a store never written, is left alone.
+    pub fn finish_merges(&self) -> Result<Vec<String>> {
+        let scan = self.scan_with(true)?;
+        let mut done = Vec::new();
+        for state in scan.vgs.values() {
+            for lv in &state.vg.lvs {
+                let Some(snap) = lv.snapshot().filter(|s| s.merging) else {
+                    continue;
+                };
+                let device = tessera_mapper::MappedDevice::new(
+                    format!("{}-cow", dm_name(&state.vg.name, &snap.cow)),
+                    std::sync::Arc::new(tessera_mapper::TargetRegistry::new()),
+                );
+                super::table::load_plain(&scan, state, &snap.cow, &device)?;
+                device.resume()?;
+                let store =
+                    tessera_formats::snapshot::ExceptionStore::open(std::sync::Arc::new(device));
+                if let Ok(Some(store)) = store {
+                    if store.is_valid() && store.is_empty() {
+                        done.push((state.vg.name.clone(), snap.cow.clone()));
+                    }
+                }
+            }
+        }
+        drop(scan);
+        let mut out = Vec::new();
+        for (vg, cow) in done {
+            self.lv_remove_with(&vg, &cow, true)?;
+            out.push(format!("{vg}/{cow}"));
+        }
+        Ok(out)
+    }
+
     /// Creates a snapshot of `origin` (lvm2's `lvcreate -s`): the COW LV `name` of `size`
     /// and the hidden `snapshotN` LV tying them, with chunks of `chunk_bytes` (4 KiB if
     /// None). The store's first chunk is zeroed before the commit that makes it live, so
