@@ -369,10 +369,17 @@ enum LvCommand {
         force: bool,
     },
     /// Merge a snapshot back into its origin (as lvconvert --merge): the origin's data
-    /// returns to the snapshot's; the copy runs when the origin is next activated.
+    /// returns to the snapshot's. While `tessera serve` serves the origin the merge starts
+    /// at once (the origin reads as the snapshot from the first moment) and this waits for
+    /// it with a progress bar, then removes the snapshot; otherwise the copy runs when the
+    /// origin is next served or activated.
     Merge {
         /// VG/SNAPSHOT
         name: String,
+        /// Do not wait: the daemon finishes the merge, and its next start removes the
+        /// snapshot.
+        #[arg(short, long)]
+        background: bool,
     },
     /// Print the device-mapper table that maps an LV onto its PVs, in dmsetup's syntax: the
     /// table lvm2 loads when it activates the LV (devices named by path, not major:minor).
@@ -464,6 +471,46 @@ fn lv_change(engine: &Engine, socket: &Path, change: &LvChange) -> Result<String
 
 /// Refuses a VG change that would pull extents from under LVs the daemon serves; the
 /// daemon makes only LV changes itself.
+/// Follows a merge the daemon runs in origin `origin`'s device, with a progress bar, then
+/// has the finished snapshot taken out of the metadata (as lvconvert --merge polls).
+fn follow_merge(client: &mut Client, vg: &str, snap: &str, origin: &str) -> Result<bool> {
+    let device = tessera_engine::activate::dm_name(vg, origin);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} chunks eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("merging {vg}/{snap} into {vg}/{origin}"));
+    let mut first = None;
+    loop {
+        let reply = client.dm_message(&device, 0, &["progress".to_string()])?;
+        // "<exceptions left> running|stopped|done|failed: ..."
+        let text = reply.output.trim().to_string();
+        let left: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let total = *first.get_or_insert(left.max(1));
+        bar.set_length(total);
+        bar.set_position(total.saturating_sub(left));
+        if text.contains("done") {
+            break;
+        }
+        if text.contains("failed") {
+            bar.abandon();
+            bail!("merge of {vg}/{snap} into {vg}/{origin} failed: {text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    let reply = client.lv_change(&LvChange::FinishMerges { vg: vg.into() })?;
+    print!("{}", reply.output);
+    println!("Merged {vg}/{snap} into {vg}/{origin}.");
+    Ok(true)
+}
+
 fn refuse_if_served(socket: &Path, vg: &str) -> Result<()> {
     if let Some(mut client) = Client::connect(socket)? {
         let serves = match client.serves(vg) {
@@ -654,11 +701,14 @@ fn run(cli: Cli) -> Result<bool> {
                 {
                     bail!("a snapshot is linear: --type, -m, -R and -i do not apply to it");
                 }
-                refuse_if_served(&socket, vg)?;
-                let size = alloc.size.parse()?;
-                let chunk = opt_size(&chunk_size, "chunksize")?;
-                engine.lv_snapshot_create(vg, snap, origin, size, chunk)?;
-                println!("Logical volume \"{snap}\" created.");
+                let change = LvChange::Snapshot {
+                    vg: vg.into(),
+                    origin: origin.into(),
+                    lv: snap.into(),
+                    size: alloc.size.parse()?,
+                    chunk_bytes: opt_size(&chunk_size, "chunksize")?,
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Create {
                 name,
@@ -772,13 +822,38 @@ fn run(cli: Cli) -> Result<bool> {
                 };
                 print!("{}", lv_change(&engine, &socket, &change)?);
             }
-            LvCommand::Merge { name } => {
+            LvCommand::Merge { name, background } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                refuse_if_served(&socket, vg)?;
-                let origin = engine.lv_merge(vg, lv)?;
-                println!(
-                    "Merging of snapshot {vg}/{lv} will occur on next activation of {vg}/{origin}."
-                );
+                let change = LvChange::Merge {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                };
+                // Served: the daemon starts the merge at once; follow it to the end.
+                if let Some(mut client) = Client::connect(&socket)? {
+                    match client.lv_change(&change) {
+                        Ok(_) => {
+                            let scan = engine.scan()?;
+                            let origin = scan
+                                .vg(vg)
+                                .and_then(|s| s.vg.snapshot_of_cow(lv))
+                                .and_then(|l| l.snapshot())
+                                .map(|snap| snap.origin.clone())
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!("{vg}/{lv} is no longer a snapshot")
+                                })?;
+                            if background {
+                                println!(
+                                    "Merging of {vg}/{lv} into {vg}/{origin} runs in the daemon."
+                                );
+                                return Ok(true);
+                            }
+                            return follow_merge(&mut client, vg, lv, &origin);
+                        }
+                        Err(DaemonError::NotServed(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                print!("{}", tessera_daemon::apply_lv_change(&engine, &change)?);
             }
             LvCommand::List {
                 vg,

@@ -279,3 +279,79 @@ fn a_merge_runs_in_serve_and_the_next_start_finishes_it() {
     );
     assert!(!lvs.contains("keep") && !lvs.contains("snapshot"), "{lvs}");
 }
+
+/// While `serve` runs: a snapshot made through the daemon joins the served origin's stack
+/// online (a client connected to the origin keeps working), writes copy out to it, and `lv
+/// merge` runs the merge at once, waits for it and removes the snapshot; the origin then
+/// holds the snapshot's bytes under a plain table.
+#[test]
+fn snapshots_are_made_and_merged_while_served() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let img = common::image_files(d, "disk", 1, 96 << 20).remove(0);
+    tessera(&img, &state, &["vg", "create", "vg", &img]);
+    tessera(&img, &state, &["lv", "create", "vg/origin", "-L", "16M"]);
+    let size = 16 << 20;
+    let server = serve(&img, &state, &[]);
+    let first = random(size, 51);
+    patch(&server.addr, "vg/origin", d, 0, &first);
+
+    let made = tessera(
+        &img,
+        &state,
+        &[
+            "lv",
+            "create",
+            "-s",
+            "vg/origin",
+            "-n",
+            "online",
+            "-L",
+            "20M",
+            "-c",
+            "8k",
+        ],
+    );
+    assert!(made.contains("online"), "{made}");
+    let list = run(Command::new("nbdinfo").args(["--list", &server.addr]));
+    assert!(list.contains("vg/online"), "{list}");
+    let table = tessera(&img, &state, &["dm", "table", "vg-origin"]);
+    assert!(table.contains("snapshot-origin vg-origin-real"), "{table}");
+    let mut origin = first.clone();
+    let data = random(2 << 20, 52);
+    patch(&server.addr, "vg/origin", d, 1 << 20, &data);
+    origin[1 << 20..3 << 20].copy_from_slice(&data);
+    assert!(
+        read(&server.addr, "vg/origin", d) == origin,
+        "origin after the online snapshot"
+    );
+    assert!(
+        read(&server.addr, "vg/online", d) == first,
+        "the online snapshot holds the old bytes"
+    );
+
+    let merged = tessera(&img, &state, &["lv", "merge", "vg/online"]);
+    assert!(
+        merged.contains("Merged vg/online into vg/origin"),
+        "{merged}"
+    );
+    assert!(
+        read(&server.addr, "vg/origin", d) == first,
+        "the origin after the merge"
+    );
+    let list = run(Command::new("nbdinfo").args(["--list", &server.addr]));
+    assert!(!list.contains("vg/online"), "{list}");
+    let table = tessera(&img, &state, &["dm", "table", "vg-origin"]);
+    assert!(table.contains(" linear "), "{table}");
+    drop(server);
+    let lvs = tessera(
+        &img,
+        &state,
+        &["lv", "list", "-a", "-o", "lv_name", "--json"],
+    );
+    assert!(
+        !lvs.contains("online") && !lvs.contains("snapshot"),
+        "{lvs}"
+    );
+}

@@ -129,6 +129,25 @@ pub enum LvChange {
         lv: String,
         size: SizeArg,
     },
+    /// A snapshot of `origin` named `lv` (lvm2's `lvcreate -s`). Since 1.2.
+    Snapshot {
+        vg: String,
+        origin: String,
+        lv: String,
+        size: SizeArg,
+        #[serde(default)]
+        chunk_bytes: Option<u64>,
+    },
+    /// Snapshot `lv` marked merging (lvm2's `lvconvert --merge`); a daemon serving the
+    /// origin starts the merge at once. Since 1.2.
+    Merge {
+        vg: String,
+        lv: String,
+    },
+    /// Merges of VG `vg` that finished leave the metadata (the origin then plain). Since 1.2.
+    FinishMerges {
+        vg: String,
+    },
     Remove {
         vg: String,
         lv: String,
@@ -146,6 +165,9 @@ impl LvChange {
             LvChange::Create { vg, .. }
             | LvChange::Extend { vg, .. }
             | LvChange::Reduce { vg, .. }
+            | LvChange::Snapshot { vg, .. }
+            | LvChange::Merge { vg, .. }
+            | LvChange::FinishMerges { vg }
             | LvChange::Remove { vg, .. }
             | LvChange::Rename { vg, .. } => vg,
         }

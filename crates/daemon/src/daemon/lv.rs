@@ -64,6 +64,7 @@ impl Daemon {
             .map(|(k, _)| k.clone())
             .collect();
         let mut seen = Vec::new();
+        let mut restack: Vec<String> = Vec::new();
         for key in held {
             let mut volume = volumes.remove(&key).expect("listed");
             let lv_id = volume.lv.as_ref().expect("an LV's").lv_id.clone();
@@ -83,18 +84,21 @@ impl Daemon {
             seen.push(lv_id);
             let device = &volume.device;
             let table = Table::parse(&activate::lv_table(&scan, state, &lv.name)?)?;
-            let in_stack = activate::stack_origin(&state.vg, &lv.name).is_some();
-            if in_stack && device.table().as_ref() != Some(&table) {
-                // An origin's or snapshot's stack is not reloaded online yet.
-                notes.push(format!(
-                    "  {vg}/{}: changed; restart serve to serve the change (snapshot stacks are not reloaded online)",
-                    lv.name
-                ));
+            let stack = activate::stack_origin(&state.vg, &lv.name);
+            if let Some(origin) = stack.filter(|_| device.table().as_ref() != Some(&table)) {
+                // A stack changed (a snapshot made, a merge started): built anew below.
+                if !restack.iter().any(|o| o == origin) {
+                    restack.push(origin.to_string());
+                }
             } else if device.table().as_ref() != Some(&table) {
                 device.suspend();
                 let loaded = activate::load_lv(&scan, state, &lv.name, device);
                 device.resume()?;
                 loaded?;
+                // An origin whose last snapshot went: its stack's layers are done with.
+                for layer in std::mem::take(&mut volume.layers) {
+                    retire(&layer);
+                }
                 notes.push(format!(
                     "  {vg}/{}: served device reloaded online, now {} sectors",
                     lv.name,
@@ -114,8 +118,26 @@ impl Daemon {
             volumes.insert(activate::dm_name(vg, &lv.name), volume);
         }
         if let Some(state) = state {
-            for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
+            for origin in &restack {
+                match self.restack(&scan, state, origin, volumes) {
+                    Ok((lines, exported)) => {
+                        notes.extend(lines);
+                        seen.extend(exported);
+                    }
+                    Err(e) => notes.push(format!(
+                        "  {vg}/{origin}: its snapshot stack could not be rebuilt: {}",
+                        chain(&e)
+                    )),
+                }
+            }
+            for lv in state.vg.lvs.iter().filter(|lv| state.vg.lv_is_visible(lv)) {
                 if seen.contains(&lv.id.to_string()) {
+                    continue;
+                }
+                // A new snapshot of an origin served already comes with its stack above.
+                if activate::stack_origin(&state.vg, &lv.name)
+                    .is_some_and(|o| volumes.contains_key(&activate::dm_name(vg, o)))
+                {
                     continue;
                 }
                 match self.add_lv(&scan, state, &lv.name, volumes) {
@@ -158,5 +180,190 @@ pub fn apply_lv_change(engine: &Engine, change: &LvChange) -> Result<String> {
             engine.lv_rename(vg, lv, new)?;
             format!("Renamed \"{lv}\" to \"{new}\" in volume group \"{vg}\"\n")
         }
+        LvChange::Snapshot {
+            vg,
+            origin,
+            lv,
+            size,
+            chunk_bytes,
+        } => {
+            engine.lv_snapshot_create(vg, lv, origin, *size, *chunk_bytes)?;
+            format!("Logical volume \"{lv}\" created.\n")
+        }
+        LvChange::Merge { vg, lv } => {
+            let origin = engine.lv_merge(vg, lv)?;
+            format!("Merging of snapshot {vg}/{lv} will occur on next activation of {vg}/{origin}.\n")
+        }
+        LvChange::FinishMerges { vg } => engine
+            .finish_merges()?
+            .into_iter()
+            .filter(|s| s.starts_with(&format!("{vg}/")))
+            .map(|s| format!("Merge of snapshot {s} finished; it is removed.\n"))
+            .collect(),
     })
+}
+
+impl Daemon {
+    /// Builds origin `origin`'s stack anew after its snapshots changed (one made, a merge
+    /// started), online: the served origin and snapshot devices keep their clients and are
+    /// suspended, loaded with their new tables over new `-real` and `-cow` layers, and
+    /// resumed (the snapshot targets take over their stores' exceptions); new snapshots are
+    /// exported, ones no longer served (merging) retired, and the old layers last. Returns a
+    /// line per change and the ids of the LVs it exported.
+    fn restack(
+        &self,
+        scan: &Scan,
+        state: &VgState,
+        origin: &str,
+        volumes: &mut BTreeMap<String, Volume>,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let vg = &state.vg.name;
+        let top = activate::dm_name(vg, origin);
+        let real = format!("{top}-real");
+        // The served devices of this stack: the origin, and every snapshot over its layer.
+        let members: Vec<String> = volumes
+            .iter()
+            .filter(|(k, v)| {
+                **k == top
+                    || v.device.table().is_some_and(|t| {
+                        t.rows()
+                            .iter()
+                            .any(|r| r.target_type == "snapshot" && r.args().contains(&real))
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut old: BTreeMap<String, Volume> = members
+            .iter()
+            .filter_map(|k| volumes.remove(k).map(|v| (k.clone(), v)))
+            .collect();
+        for v in old.values() {
+            v.device.suspend();
+        }
+        // The layers the old stack ran on, by name: reused, since the snapshot targets
+        // know their origin by its device (as the kernel's by its block device).
+        let old_layers: Vec<Arc<MappedDevice>> = old
+            .values_mut()
+            .flat_map(|v| std::mem::take(&mut v.layers))
+            .collect();
+        let mut lines = Vec::new();
+        let mut exported = Vec::new();
+        let built = (|| -> Result<Vec<(activate::StackDevice, Arc<MappedDevice>, bool)>> {
+            let mut made: Vec<(activate::StackDevice, Arc<MappedDevice>, bool)> = Vec::new();
+            for d in activate::stack_devices(scan, state, origin)? {
+                let table = Table::parse(&d.table)?;
+                let reused = d.lv.is_some() && old.contains_key(&d.name);
+                let layer = old_layers.iter().find(|l| d.lv.is_none() && l.name() == d.name);
+                let device = match (old.get(&d.name).filter(|_| d.lv.is_some()), layer) {
+                    (Some(v), _) => v.device.clone(),
+                    (None, Some(l)) => {
+                        l.suspend();
+                        l.clone()
+                    }
+                    (None, None) => {
+                        Arc::new(MappedDevice::new(d.name.clone(), self.registry.clone()))
+                    }
+                };
+                let resolve = |name: &str| -> tessera_block::Result<SharedDevice> {
+                    if let Some((_, below, _)) = made.iter().find(|(m, _, _)| m.name == name) {
+                        return Ok(below.clone());
+                    }
+                    scan.pvs
+                        .iter()
+                        .find(|p| p.path == name)
+                        .map(|p| p.device.clone())
+                        .ok_or_else(|| BlockError::Open {
+                            device: name.to_string(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "neither a scanned PV nor a layer of the origin's stack",
+                            ),
+                        })
+                };
+                device.load(&table, &resolve)?;
+                device.resume()?;
+                made.push((d, device, reused));
+            }
+            Ok(made)
+        })();
+        let made = match built {
+            Ok(made) => made,
+            Err(e) => {
+                // Put the old stack back as it ran (its layers under the origin again; a
+                // layer suspended for reuse runs its old table on).
+                for l in &old_layers {
+                    if l.is_suspended() {
+                        let _ = l.resume();
+                    }
+                }
+                for (k, mut v) in old {
+                    if v.device.is_suspended() {
+                        let _ = v.device.resume();
+                    }
+                    if k == top {
+                        v.layers = old_layers.clone();
+                    }
+                    volumes.insert(k, v);
+                }
+                return Err(e);
+            }
+        };
+        let layers: Vec<Arc<MappedDevice>> = made
+            .iter()
+            .filter(|(d, _, _)| d.lv.is_none())
+            .map(|(_, m, _)| m.clone())
+            .collect();
+        for (d, device, reused) in made {
+            let Some(lv_name) = d.lv else { continue };
+            let Some(lv) = state.vg.lv(&lv_name) else {
+                continue;
+            };
+            let export = format!("{vg}/{lv_name}");
+            let own_layers = if lv_name == origin {
+                layers.clone()
+            } else {
+                Vec::new()
+            };
+            exported.push(lv.id.to_string());
+            if reused {
+                let mut v = old.remove(&d.name).expect("reused from the old stack");
+                v.layers = own_layers;
+                lines.push(format!("  {export}: reloaded in its snapshot stack online"));
+                volumes.insert(d.name, v);
+                continue;
+            }
+            self.serve(
+                volumes,
+                d.name.clone(),
+                format!("LV {export} (snapshot)"),
+                Volume {
+                    device,
+                    export: export.clone(),
+                    lv: Some(LvRef {
+                        vg: vg.clone(),
+                        lv_id: lv.id.to_string(),
+                    }),
+                    records: None,
+                    read_only: self.read_only,
+                    claim: None,
+                    layers: own_layers,
+                },
+            )?;
+            lines.push(format!("  {export}: now served"));
+        }
+        // Served devices the new stack has no place for (a snapshot now merging).
+        for (_, v) in old {
+            self.exports.remove(&v.export);
+            retire(&v.device);
+            lines.push(format!("  {}: removed from service", v.export));
+        }
+        // Layers the new stack does not run on (a snapshot's COW after its merge began).
+        for layer in old_layers
+            .iter()
+            .filter(|l| !layers.iter().any(|n| Arc::ptr_eq(n, l)))
+        {
+            retire(layer);
+        }
+        Ok((lines, exported))
+    }
 }
