@@ -142,6 +142,9 @@ pub fn run(socket: &Path, command: DmCommand) -> Result<bool> {
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.data)?);
+    } else if !reply.output.is_empty() && !reply.output.ends_with('\n') {
+        // A target's message answer comes without a line end.
+        println!("{}", reply.output);
     } else {
         print!("{}", reply.output);
     }
