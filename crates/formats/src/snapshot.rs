@@ -14,11 +14,13 @@
 //! data); an area with no such entry is full and the list goes on in the next area. A header
 //! whose magic is 0 means a new store (the creator zeroes chunk 0; lvm2 does).
 //!
-//! Commits follow the kernel's order: the entry is added to the current area in memory; when
-//! that fills the area, the next area is zeroed on disk first; then the device is flushed (so
-//! the chunk's copied data is durable), the area written and flushed again. Only then may the
-//! exception be used, so after a power cut an exception on disk always points at a complete
-//! copy. Merging walks back from the last committed entry in runs of consecutive old and new
+//! Commits follow the kernel's order: the entries are added to the current area in memory;
+//! when they fill the area, the next area is zeroed on disk first; then the device is flushed
+//! (so the chunks' copied data is durable), the area written and flushed again. Only then may
+//! the exceptions be used, so after a power cut an exception on disk always points at a
+//! complete copy. Like the kernel's, one commit may carry every exception pending in the
+//! current area ([`Store::stage_exceptions`]: group commit), so concurrent copy-outs share one
+//! area write. Merging walks back from the last committed entry in runs of consecutive old and new
 //! chunks, and clears merged entries the same way (area written and flushed), so a merge that
 //! stops anywhere resumes from what is on disk.
 //!
@@ -542,55 +544,129 @@ impl Store {
     /// copy is on disk), the area written and flushed. The exception is usable once this
     /// returns. On an I/O error the store is no longer trustworthy: invalidate it.
     pub fn commit_exception(&mut self, old: u64, new: u64) -> Result<()> {
+        let (staged, refused) = self.stage_exceptions(&[(old, new)]);
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        match staged.write() {
+            Ok(()) => {
+                self.finish_commit(staged);
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon_commit(staged);
+                Err(e)
+            }
+        }
+    }
+
+    /// Group commit, first step: adds `exceptions` in order to the current area in memory,
+    /// as many as fit it, and returns them as one commit to write with
+    /// [`StagedCommit::write`] (no lock on the store needed) and then hand back to
+    /// [`Store::finish_commit`] (or [`Store::abandon_commit`] if the write failed). Staging
+    /// stops after the exception that fills the area (the rest go in the next commit, in the
+    /// next area) or before the first exception refused, whose error comes back with what
+    /// was staged. Until the commit is finished or abandoned nothing else may change the
+    /// store's areas (no other commit, no merge step), and the staged exceptions are not
+    /// looked up: they become usable when the commit is finished, as dm-snapshot's
+    /// `persistent_commit_exception` completes every pending exception with one area write.
+    pub fn stage_exceptions(
+        &mut self,
+        exceptions: &[(u64, u64)],
+    ) -> (StagedCommit, Option<SnapshotStoreError>) {
+        let mut staged = StagedCommit {
+            dev: self.dev.clone(),
+            area: self.current_area,
+            area_offset: self.chunk_offset(self.area_location(self.current_area).unwrap_or(0)),
+            bytes: Vec::new(),
+            zero_next: None,
+            chunk_bytes: self.chunk_bytes(),
+            first_index: self.committed,
+            entries: Vec::new(),
+        };
+        let refused = self.stage_into(&mut staged, exceptions).err();
+        if !staged.entries.is_empty() {
+            staged.bytes = self.area.clone();
+        }
+        (staged, refused)
+    }
+
+    fn stage_into(&mut self, staged: &mut StagedCommit, exceptions: &[(u64, u64)]) -> Result<()> {
         self.refuse_invalid()?;
         let name = self.dev.name().to_string();
-        let (area, index) = (self.current_area, self.committed);
-        if new == 0 {
-            return Err(SnapshotStoreError::ExceptionInMetadata {
-                device: name,
-                area,
-                index,
-                old_chunk: old,
-                new_chunk: new,
-            });
+        let area = self.current_area;
+        for &(old, new) in exceptions {
+            let index = self.committed + staged.entries.len() as u64;
+            if new == 0 {
+                return Err(SnapshotStoreError::ExceptionInMetadata {
+                    device: name,
+                    area,
+                    index,
+                    old_chunk: old,
+                    new_chunk: new,
+                });
+            }
+            self.check_new(&name, area, index, old, new)?;
+            let staged_first = staged
+                .entries
+                .iter()
+                .find(|&&(o, _)| o == old)
+                .map(|&(_, n)| n);
+            if let Some(first) = self.map.get(&old).copied().or(staged_first) {
+                return Err(SnapshotStoreError::DuplicateOld {
+                    device: name,
+                    area,
+                    index,
+                    old_chunk: old,
+                    first,
+                    second: new,
+                });
+            }
+            let fills = index + 1 == self.epa;
+            let next_loc = self.area_location(area + 1).filter(|&c| c < self.chunks);
+            if fills && next_loc.is_none() {
+                return Err(SnapshotStoreError::AreaOutside {
+                    device: name,
+                    area,
+                    chunks: self.chunks,
+                });
+            }
+            set_entry(&mut self.area, index, old, new);
+            staged.entries.push((old, new));
+            if let (true, Some(next)) = (fills, next_loc) {
+                staged.zero_next = Some(self.chunk_offset(next));
+                break;
+            }
         }
-        self.check_new(&name, area, index, old, new)?;
-        if let Some(&first) = self.map.get(&old) {
-            return Err(SnapshotStoreError::DuplicateOld {
-                device: name,
-                area,
-                index,
-                old_chunk: old,
-                first,
-                second: new,
-            });
+        Ok(())
+    }
+
+    /// Group commit, last step: the staged exceptions, now durable, become usable; when they
+    /// filled the area, the next one becomes current.
+    pub fn finish_commit(&mut self, staged: StagedCommit) {
+        debug_assert_eq!(
+            (staged.area, staged.first_index),
+            (self.current_area, self.committed)
+        );
+        for &(old, new) in &staged.entries {
+            self.map.insert(old, new);
+            self.next_free = self.next_free.max(new + 1);
+            self.skip_metadata();
         }
-        let fills = index + 1 == self.epa;
-        let next_loc = self.area_location(area + 1).filter(|&c| c < self.chunks);
-        if fills && next_loc.is_none() {
-            return Err(SnapshotStoreError::AreaOutside {
-                device: name,
-                area,
-                chunks: self.chunks,
-            });
-        }
-        set_entry(&mut self.area, index, old, new);
-        if let (true, Some(next)) = (fills, next_loc) {
-            self.dev
-                .write_zeroes(self.chunk_offset(next), self.chunk_bytes())?;
-        }
-        self.write_area_durably()?;
-        self.map.insert(old, new);
-        self.next_free = self.next_free.max(new + 1);
-        self.skip_metadata();
-        if fills {
+        self.committed += staged.entries.len() as u64;
+        if self.committed == self.epa {
             self.current_area += 1;
             self.committed = 0;
             self.area.fill(0);
-        } else {
-            self.committed += 1;
         }
-        Ok(())
+    }
+
+    /// Takes staged exceptions whose write failed back out of the area in memory, so that a
+    /// later commit does not write them with its own.
+    pub fn abandon_commit(&mut self, staged: StagedCommit) {
+        for i in 0..staged.entries.len() as u64 {
+            set_entry(&mut self.area, staged.first_index + i, 0, 0);
+        }
     }
 
     /// Flush (what came before is durable), write the current area, flush (it is durable):
@@ -685,6 +761,65 @@ impl Store {
             .area_location(self.current_area)
             .unwrap_or(1)
             .saturating_add(self.committed + 1);
+        Ok(())
+    }
+}
+
+/// Exceptions staged in a store's current metadata area, to be made durable by one area
+/// write: see [`Store::stage_exceptions`].
+pub struct StagedCommit {
+    dev: SharedDevice,
+    area: u64,
+    area_offset: u64,
+    /// The area with the staged entries (empty when nothing was staged).
+    bytes: Vec<u8>,
+    /// Where the next area is, when the staged entries fill this one: it is zeroed first.
+    zero_next: Option<u64>,
+    chunk_bytes: u64,
+    /// The area index of the first staged entry.
+    first_index: u64,
+    entries: Vec<(u64, u64)>,
+}
+
+impl std::fmt::Debug for StagedCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedCommit")
+            .field("device", &self.dev.name())
+            .field("area", &self.area)
+            .field("first_index", &self.first_index)
+            .field("entries", &self.entries)
+            .field("fills", &self.zero_next.is_some())
+            .finish()
+    }
+}
+
+impl StagedCommit {
+    /// The staged exceptions, `(old_chunk, new_chunk)`, in area order.
+    pub fn entries(&self) -> &[(u64, u64)] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the commit in the kernel's order: when it fills the area, the next area is
+    /// zeroed; the device is flushed (every copy written before is durable, so no exception
+    /// points at data not on disk), the area written and flushed. Nothing to do when empty.
+    pub fn write(&self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(next) = self.zero_next {
+            self.dev.write_zeroes(next, self.chunk_bytes)?;
+        }
+        self.dev.flush()?;
+        self.dev.write_at(&self.bytes, self.area_offset)?;
+        self.dev.flush()?;
         Ok(())
     }
 }

@@ -11,9 +11,21 @@
 //! step, an origin write) takes it exclusive, and holds it until the exception is committed
 //! and the data written. A thread holds one range at a time, so there is no lock order to
 //! break. Each snapshot's exception store has its own mutex, taken inside a range lock and
-//! never held while waiting for one.
+//! never held while waiting for one, nor through I/O of a copy-out's commit.
+//!
+//! # Group commit
+//!
+//! A copy-out allocates its COW chunk (under the store's mutex), copies the chunk there, then
+//! queues its exception in the snapshot's pending list and waits, still holding its range, so
+//! neither a read nor a write of that chunk sees it before the exception is durable. One of
+//! the waiters commits: it stages every pending exception that fits the current area, writes
+//! the area once (the next area zeroed first when it fills, a flush before the area write so
+//! every queued copy is durable, a flush after) and wakes the others, as dm-snapshot's
+//! `persistent_commit_exception` completes every exception pending while a commit was in
+//! flight with one area write. Commits (and merge steps, which change the areas too) take
+//! `store_io` in turn; staging and finishing take the store's mutex only briefly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -176,17 +188,31 @@ impl Origin {
     /// Copies the chunks under `[offset, offset + len)` out to every valid snapshot that has
     /// no copy yet, except merging ones. The caller holds the range (see `lock_chunks`). A
     /// snapshot that cannot take its copy is invalidated and the origin goes on, as dm's.
+    ///
+    /// Every chunk is copied and its exception queued first, then the commits are waited
+    /// for, so the copy-outs of one write to several snapshots (or chunks) go in concurrent
+    /// group commits rather than one after the other.
     pub fn copy_out_locked(&self, offset: u64, len: u64) {
+        let mut queued = Vec::new();
         for snap in self.snapshots() {
             if snap.is_merging() || !snap.is_valid() {
                 continue;
             }
             let cs = snap.chunk_bytes;
             for chunk in offset / cs..(offset + len).div_ceil(cs) {
-                if let Err(e) = snap.copy_out(&self.dev, chunk, None) {
-                    snap.invalidate(&e.to_string());
-                    break;
+                match snap.copy_out_queued(&self.dev, chunk, None) {
+                    Ok((_, Some(ticket))) => queued.push((snap.clone(), ticket)),
+                    Ok((_, None)) => {}
+                    Err(e) => {
+                        snap.invalidate(&e.to_string());
+                        break;
+                    }
                 }
+            }
+        }
+        for (snap, ticket) in queued {
+            if let Err(e) = snap.wait_commit(ticket) {
+                snap.invalidate(&e.to_string());
             }
         }
     }
@@ -227,6 +253,35 @@ pub(crate) struct Snap {
     pub merge_step: Mutex<()>,
     pub why_invalid: Mutex<Option<String>>,
     users: AtomicUsize,
+    /// Exceptions copied out and waiting for a commit (persistent stores only).
+    group: Mutex<Group>,
+    group_cv: Condvar,
+    /// Held while the store's areas change on disk: a group commit, a merge step's
+    /// `prepare_merge` or `commit_merge`.
+    pub store_io: Mutex<()>,
+}
+
+/// The pending exceptions of a snapshot. Exceptions are numbered in the order they were
+/// queued and committed in that order, so those numbered below `done` are settled.
+#[derive(Default)]
+struct Group {
+    /// `(old_chunk, new_chunk)`; the first one is number `done`.
+    pending: VecDeque<(u64, u64)>,
+    next: u64,
+    done: u64,
+    /// A waiter is committing.
+    committing: bool,
+    /// Commits that failed, until each of their waiters has read why.
+    failed: Vec<Failed>,
+}
+
+struct Failed {
+    /// The exceptions numbered `[from, to)`.
+    from: u64,
+    to: u64,
+    why: String,
+    /// Waiters yet to be told.
+    unread: usize,
 }
 
 /// Why a chunk could not be copied out.
@@ -234,6 +289,8 @@ pub(crate) struct Snap {
 pub(crate) enum CopyError {
     Store(SnapshotStoreError),
     Io(BlockError),
+    /// A group commit that failed, as its committer reported it.
+    Commit(String),
 }
 
 impl std::fmt::Display for CopyError {
@@ -241,6 +298,7 @@ impl std::fmt::Display for CopyError {
         match self {
             CopyError::Store(e) => e.fmt(f),
             CopyError::Io(e) => e.fmt(f),
+            CopyError::Commit(e) => f.write_str(e),
         }
     }
 }
@@ -282,6 +340,9 @@ impl Snap {
             merge_step: Mutex::new(()),
             why_invalid: Mutex::new(None),
             users: AtomicUsize::new(0),
+            group: Mutex::new(Group::default()),
+            group_cv: Condvar::new(),
+            store_io: Mutex::new(()),
         }
     }
 
@@ -312,8 +373,8 @@ impl Snap {
 
     /// Gives origin chunk `chunk` a COW copy if it has none and returns where it is: the
     /// origin's data (or, for a whole-chunk write, `whole`, the new data) written to a new
-    /// COW chunk, then the exception committed durably. The caller holds the chunk's range
-    /// exclusively. Fails (without invalidating) when the snapshot is invalid or the copy
+    /// COW chunk, then the exception committed durably (in a group commit with the other
+    /// copy-outs pending then). The caller holds the chunk's range exclusively. Fails (without invalidating) when the snapshot is invalid or the copy
     /// cannot be made.
     pub fn copy_out(
         &self,
@@ -321,10 +382,27 @@ impl Snap {
         chunk: u64,
         whole: Option<&[u8]>,
     ) -> Result<u64, CopyError> {
+        let (new, ticket) = self.copy_out_queued(origin, chunk, whole)?;
+        if let Some(ticket) = ticket {
+            self.wait_commit(ticket)?;
+        }
+        Ok(new)
+    }
+
+    /// [`Snap::copy_out`] up to the commit: the chunk copied and its exception queued, with
+    /// the ticket to wait for (`None` when there is nothing to wait for: the chunk had its
+    /// copy already, or the store is transient). The caller holds the chunk's range until
+    /// it has waited.
+    pub fn copy_out_queued(
+        &self,
+        origin: &SharedDevice,
+        chunk: u64,
+        whole: Option<&[u8]>,
+    ) -> Result<(u64, Option<u64>), CopyError> {
         let new = {
             let mut ex = lock(&self.ex);
             if let Some(new) = ex.lookup(chunk) {
-                return Ok(new);
+                return Ok((new, None));
             }
             ex.allocate()?
         };
@@ -336,8 +414,103 @@ impl Snap {
                 self.cow.write_at(&buf, self.cow_offset(new))?;
             }
         }
-        lock(&self.ex).commit(chunk, new)?;
-        Ok(new)
+        Ok((new, self.queue(chunk, new)?))
+    }
+
+    /// Drops the last `count` committed exceptions (see `Store::commit_merge`), in turn with
+    /// group commits.
+    pub fn commit_merge(&self, count: u64) -> Result<(), SnapshotStoreError> {
+        let _io = lock(&self.store_io);
+        lock(&self.ex).commit_merge(count)
+    }
+
+    /// Commits exception `old` -> `new` whose data is written: a transient store's at once
+    /// (`None`), a persistent store's queued for the next group commit, with the ticket to
+    /// pass to [`Snap::wait_commit`].
+    fn queue(&self, old: u64, new: u64) -> Result<Option<u64>, CopyError> {
+        {
+            let mut ex = lock(&self.ex);
+            if let Exceptions::Transient(_) = &*ex {
+                ex.commit(old, new)?;
+                return Ok(None);
+            }
+        }
+        let mut g = lock(&self.group);
+        let ticket = g.next;
+        g.next += 1;
+        g.pending.push_back((old, new));
+        Ok(Some(ticket))
+    }
+
+    /// Waits until the exception queued with `me` is durable (committing it, and every
+    /// other one pending, when no commit is in flight), or its commit failed.
+    pub fn wait_commit(&self, me: u64) -> Result<(), CopyError> {
+        let mut g = lock(&self.group);
+        loop {
+            if me < g.done {
+                let Some(i) = g.failed.iter().position(|f| (f.from..f.to).contains(&me)) else {
+                    return Ok(());
+                };
+                let why = g.failed[i].why.clone();
+                g.failed[i].unread -= 1;
+                if g.failed[i].unread == 0 {
+                    g.failed.swap_remove(i);
+                }
+                return Err(CopyError::Commit(why));
+            }
+            if g.committing {
+                g = self
+                    .group_cv
+                    .wait(g)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            g.committing = true;
+            let batch: Vec<(u64, u64)> = g.pending.iter().copied().collect();
+            let first = g.done;
+            drop(g);
+            let (settled, failure) = self.commit_group(&batch);
+            g = lock(&self.group);
+            g.pending.drain(..settled);
+            g.done = first + settled as u64;
+            if let Some((from, to, why)) = failure {
+                g.failed.push(Failed {
+                    from: first + from as u64,
+                    to: first + to as u64,
+                    why,
+                    unread: to - from,
+                });
+            }
+            g.committing = false;
+            self.group_cv.notify_all();
+        }
+    }
+
+    /// One group commit of (a prefix of) `batch`: returns how many of its exceptions are
+    /// settled (committed or failed) and the range of those that failed, with why.
+    fn commit_group(&self, batch: &[(u64, u64)]) -> (usize, Option<(usize, usize, String)>) {
+        let _io = lock(&self.store_io);
+        let (staged, refused) = match &mut *lock(&self.ex) {
+            Exceptions::Persistent(s) => s.stage_exceptions(batch),
+            Exceptions::Transient(_) => unreachable!("transient stores commit at once"),
+        };
+        let n = staged.len();
+        let write = staged.write();
+        {
+            let mut ex = lock(&self.ex);
+            let Exceptions::Persistent(s) = &mut *ex else {
+                unreachable!("transient stores commit at once")
+            };
+            match &write {
+                Ok(()) => s.finish_commit(staged),
+                Err(_) => s.abandon_commit(staged),
+            }
+        }
+        match (write, refused) {
+            (Err(e), _) => (n, Some((0, n, e.to_string()))),
+            (Ok(()), Some(e)) => (n + 1, Some((n, n + 1, e.to_string()))),
+            (Ok(()), None) => (n, None),
+        }
     }
 }
 

@@ -407,7 +407,11 @@ pub(crate) fn construct_merge(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, 
 /// is left.
 fn merge_step(origin: &Origin, snap: &Snap) -> Result<bool, String> {
     let _turn = lock(&snap.merge_step);
-    let Some(run) = lock(&snap.ex).prepare_merge().map_err(|e| e.to_string())? else {
+    let prepared = {
+        let _io = lock(&snap.store_io);
+        lock(&snap.ex).prepare_merge()
+    };
+    let Some(run) = prepared.map_err(|e| e.to_string())? else {
         return Ok(false);
     };
     let cs = snap.chunk_bytes;
@@ -425,10 +429,10 @@ fn merge_step(origin: &Origin, snap: &Snap) -> Result<bool, String> {
             .map_err(|e| e.to_string())?;
         write_clipped(&origin.dev, &buf, offset).map_err(|e| e.to_string())?;
         origin.dev.flush().map_err(|e| e.to_string())?;
-        lock(&snap.ex).commit_merge(k).map_err(|e| e.to_string())?;
+        snap.commit_merge(k).map_err(|e| e.to_string())?;
     } else {
         // An origin chunk no device can hold: nothing to copy back.
-        lock(&snap.ex).commit_merge(k).map_err(|e| e.to_string())?;
+        snap.commit_merge(k).map_err(|e| e.to_string())?;
     }
     Ok(true)
 }
