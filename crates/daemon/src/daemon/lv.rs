@@ -192,7 +192,9 @@ pub fn apply_lv_change(engine: &Engine, change: &LvChange) -> Result<String> {
         }
         LvChange::Merge { vg, lv } => {
             let origin = engine.lv_merge(vg, lv)?;
-            format!("Merging of snapshot {vg}/{lv} will occur on next activation of {vg}/{origin}.\n")
+            format!(
+                "Merging of snapshot {vg}/{lv} will occur on next activation of {vg}/{origin}.\n"
+            )
         }
         LvChange::FinishMerges { vg } => engine
             .finish_merges()?
@@ -204,13 +206,14 @@ pub fn apply_lv_change(engine: &Engine, change: &LvChange) -> Result<String> {
 }
 
 impl Daemon {
-    /// Builds origin `origin`'s stack anew after its snapshots changed (one made, a merge
-    /// started), online: the served origin and snapshot devices keep their clients and are
-    /// suspended, loaded with their new tables over new `-real` and `-cow` layers, and
-    /// resumed (the snapshot targets take over their stores' exceptions); new snapshots are
-    /// exported, ones no longer served (merging) retired, and the old layers last. Returns a
-    /// line per change and the ids of the LVs it exported.
-    fn restack(
+    /// Builds origin `origin`'s stack, the first time or anew after its snapshots changed
+    /// (one made, a merge started), online: the served origin and snapshot devices and the
+    /// `-real` and `-cow` layers are reused by name (clients stay connected; the snapshot
+    /// targets keep their origin and take over their stores' exceptions), suspended, loaded
+    /// with their new tables and resumed; new devices are made, new snapshots exported, ones
+    /// no longer served (merging) retired, and unused layers last. Returns a line per change
+    /// and the ids of the LVs it exported.
+    pub(super) fn restack(
         &self,
         scan: &Scan,
         state: &VgState,
@@ -253,7 +256,9 @@ impl Daemon {
             for d in activate::stack_devices(scan, state, origin)? {
                 let table = Table::parse(&d.table)?;
                 let reused = d.lv.is_some() && old.contains_key(&d.name);
-                let layer = old_layers.iter().find(|l| d.lv.is_none() && l.name() == d.name);
+                let layer = old_layers
+                    .iter()
+                    .find(|l| d.lv.is_none() && l.name() == d.name);
                 let device = match (old.get(&d.name).filter(|_| d.lv.is_some()), layer) {
                     (Some(v), _) => v.device.clone(),
                     (None, Some(l)) => {
@@ -335,7 +340,14 @@ impl Daemon {
             self.serve(
                 volumes,
                 d.name.clone(),
-                format!("LV {export} (snapshot)"),
+                format!(
+                    "LV {export} ({})",
+                    if lv_name == origin {
+                        "origin"
+                    } else {
+                        "snapshot"
+                    }
+                ),
                 Volume {
                     device,
                     export: export.clone(),

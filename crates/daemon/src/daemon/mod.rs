@@ -409,8 +409,8 @@ impl Daemon {
 
     /// Activates an origin with its snapshots as lvm2 stacks them (the origin's `-real`
     /// layer, each snapshot's `-cow` layer, the `snapshot` devices, the `snapshot-origin`
-    /// on top) and exports the origin and each snapshot as `VG/LV`. Nothing when the stack
-    /// runs already.
+    /// on top) and exports the origin and each snapshot as `VG/LV`: the stack built anew
+    /// with nothing served before (see `restack`). Nothing when the stack runs already.
     fn add_stack(
         &self,
         scan: &Scan,
@@ -418,74 +418,10 @@ impl Daemon {
         origin: &str,
         volumes: &mut BTreeMap<String, Volume>,
     ) -> Result<()> {
-        let vg = &state.vg.name;
-        if volumes.contains_key(&activate::dm_name(vg, origin)) {
+        if volumes.contains_key(&activate::dm_name(&state.vg.name, origin)) {
             return Ok(());
         }
-        let mut made: Vec<(activate::StackDevice, Arc<MappedDevice>)> = Vec::new();
-        for d in activate::stack_devices(scan, state, origin)? {
-            let table = Table::parse(&d.table)?;
-            let device = Arc::new(MappedDevice::new(d.name.clone(), self.registry.clone()));
-            let resolve = |name: &str| -> tessera_block::Result<SharedDevice> {
-                if let Some((_, below)) = made.iter().find(|(m, _)| m.name == name) {
-                    return Ok(below.clone());
-                }
-                scan.pvs
-                    .iter()
-                    .find(|p| p.path == name)
-                    .map(|p| p.device.clone())
-                    .ok_or_else(|| BlockError::Open {
-                        device: name.to_string(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "neither a scanned PV nor a layer of the origin's stack",
-                        ),
-                    })
-            };
-            device.load(&table, &resolve)?;
-            device.resume()?;
-            made.push((d, device));
-        }
-        let layers: Vec<Arc<MappedDevice>> = made
-            .iter()
-            .filter(|(d, _)| d.lv.is_none())
-            .map(|(_, m)| m.clone())
-            .collect();
-        for (d, device) in made {
-            let Some(lv_name) = d.lv else { continue };
-            let Some(lv) = state.vg.lv(&lv_name) else {
-                continue;
-            };
-            let export = format!("{vg}/{lv_name}");
-            let what = if lv_name == origin {
-                "origin"
-            } else {
-                "snapshot"
-            };
-            self.serve(
-                volumes,
-                d.name.clone(),
-                format!("LV {export} ({what})"),
-                Volume {
-                    device,
-                    export,
-                    lv: Some(LvRef {
-                        vg: vg.clone(),
-                        lv_id: lv.id.to_string(),
-                    }),
-                    records: None,
-                    read_only: self.read_only,
-                    claim: None,
-                    // The origin holds the layers: its snapshots' devices hold their own.
-                    layers: if lv_name == origin {
-                        layers.clone()
-                    } else {
-                        Vec::new()
-                    },
-                },
-            )?;
-        }
-        Ok(())
+        self.restack(scan, state, origin, volumes).map(|_| ())
     }
 
     /// Answers one control request.
