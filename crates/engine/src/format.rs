@@ -314,5 +314,6 @@ pub fn new_target_registry() -> TargetRegistry {
     // Names fixed in these crates, distinct from the mapper's and raid's.
     let _ = tessera_crypt::register(&mut r);
     let _ = tessera_snapshot::register(&mut r);
+    let _ = tessera_thin::register(&mut r);
     r
 }

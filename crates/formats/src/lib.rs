@@ -8,3 +8,4 @@ pub mod md;
 pub mod partition;
 pub mod signature;
 pub mod snapshot;
+pub mod thin;
