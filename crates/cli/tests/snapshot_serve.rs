@@ -8,41 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{run_ok as run, serve, tessera};
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Writes `data` at byte `offset` of an export (qemu-io, so only those bytes are written).
-fn patch(addr: &str, export: &str, dir: &std::path::Path, offset: usize, data: &[u8]) {
-    let file = dir.join("patch.bin");
-    std::fs::write(&file, data).unwrap();
-    run(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-c",
-        &format!("write -s {} {offset} {}", file.display(), data.len()),
-        &format!("{addr}/{export}"),
-    ]));
-}
-
-fn read(addr: &str, export: &str, dir: &std::path::Path) -> Vec<u8> {
-    let file = dir.join("read.bin");
-    let _ = std::fs::remove_file(&file);
-    run(Command::new("nbdcopy")
-        .arg(format!("{addr}/{export}"))
-        .arg(&file));
-    std::fs::read(&file).unwrap()
-}
+use common::{patch, random, read_export as read, run_ok as run, serve, tessera};
 
 #[test]
 fn an_origin_and_two_snapshots_are_served_as_their_model_says() {

@@ -9,12 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-use common::{run_ok as run, serve, tessera};
+use common::{export_sum, images_in as images, lab_line as line, patch, random, serve, sha, tessera};
 
 /// lvm2 in the lab, without udev; the functions the scripts share.
 const PRELUDE: &str = r#"set -u
@@ -100,66 +97,6 @@ fn lab(dir: &Path, body: &str, seconds: u32) -> (String, Duration) {
     let t = Instant::now();
     let text = common::lab_script(dir, &format!("{PRELUDE}{body}"), seconds);
     (text, t.elapsed())
-}
-
-/// The rest of the line of `text` that starts with `prefix`.
-fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} line in the lab's output:\n{text}"))
-        .trim()
-}
-
-fn sha(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// The sha256 of an export, read whole with nbdcopy.
-fn export_sum(addr: &str, export: &str, dir: &Path) -> String {
-    let file = dir.join("read.bin");
-    let _ = std::fs::remove_file(&file);
-    run(Command::new("nbdcopy")
-        .arg(format!("{addr}/{export}"))
-        .arg(&file));
-    let sum = sha(&std::fs::read(&file).unwrap());
-    std::fs::remove_file(&file).unwrap();
-    sum
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Writes `data` at byte `offset` of an export (qemu-io, so only those bytes are written).
-fn patch(addr: &str, export: &str, dir: &Path, offset: usize, data: &[u8]) {
-    let file = dir.join("patch.bin");
-    std::fs::write(&file, data).unwrap();
-    run(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-c",
-        &format!("write -s {} {offset} {}", file.display(), data.len()),
-        &format!("{addr}/{export}"),
-    ]));
-}
-
-/// The image files in `dir`, comma-separated, as `--devices` takes them.
-fn images(dir: &Path) -> String {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".img"))
-        .collect();
-    v.sort();
-    v.join(",")
 }
 
 /// Data% by LV name from an lvm2-shaped JSON report.

@@ -261,3 +261,70 @@ pub fn lab_script(dir: &Path, script: &str, seconds: u32) -> String {
         .expect("kernel lab runs");
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Pseudo-random bytes (xorshift), the same for the same seed: data to write and check.
+pub fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` at byte `offset` of an export (qemu-io, so only those bytes are written).
+pub fn patch(addr: &str, export: &str, dir: &Path, offset: usize, data: &[u8]) {
+    let file = dir.join("patch.bin");
+    std::fs::write(&file, data).unwrap();
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        &format!("write -s {} {offset} {}", file.display(), data.len()),
+        &format!("{addr}/{export}"),
+    ]));
+}
+
+/// An export read whole with nbdcopy.
+pub fn read_export(addr: &str, export: &str, dir: &Path) -> Vec<u8> {
+    let file = dir.join("read.bin");
+    let _ = std::fs::remove_file(&file);
+    run_ok(Command::new("nbdcopy")
+        .arg(format!("{addr}/{export}"))
+        .arg(&file));
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    bytes
+}
+
+pub fn sha(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// The sha256 of an export, read whole with nbdcopy.
+pub fn export_sum(addr: &str, export: &str, dir: &Path) -> String {
+    sha(&read_export(addr, export, dir))
+}
+
+/// The image files in `dir`, sorted and comma-separated, as `--devices` takes them.
+pub fn images_in(dir: &Path) -> String {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".img"))
+        .collect();
+    v.sort();
+    v.join(",")
+}
+
+/// The rest of the line of a lab's output `text` that starts with `prefix`.
+pub fn lab_line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in the lab's output:\n{text}"))
+        .trim()
+}
