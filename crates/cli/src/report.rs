@@ -56,7 +56,15 @@ const FIELDS: &[Field] = &[
     f("lv_size", "LSize", true),
     f("lv_path", "Path", false),
     f("origin", "Origin", false),
+    f("pool_lv", "Pool", false),
     f("data_percent", "Data%", true),
+    f("metadata_percent", "Meta%", true),
+    f("lv_metadata_size", "LMetaSize", true),
+    f("chunk_size", "Chunk", true),
+    f("transaction_id", "TransId", true),
+    f("thin_id", "ThId", true),
+    f("discards", "Discards", false),
+    f("zero", "Zero", false),
     f("snap_percent", "Snap%", true),
     f("seg_count", "#Seg", true),
     f("segtype", "Type", false),
@@ -108,7 +116,16 @@ impl Kind {
                 "vg_size",
                 "vg_free",
             ],
-            Kind::Lv => &["lv_name", "vg_name", "lv_attr", "lv_size"],
+            Kind::Lv => &[
+                "lv_name",
+                "vg_name",
+                "lv_attr",
+                "lv_size",
+                "pool_lv",
+                "origin",
+                "data_percent",
+                "metadata_percent",
+            ],
             Kind::Seg => &[
                 "lv_name", "vg_name", "lv_attr", "stripes", "segtype", "seg_size",
             ],
@@ -268,8 +285,10 @@ fn vg_rows(scan: &Scan, u: &Units) -> Vec<Row> {
 fn lv_attr(vg: &VolumeGroup, lv: &LogicalVolume) -> String {
     let merging = vg.is_merging(&lv.name);
     let snapshot = vg.is_origin(&lv.name) || vg.is_cow(&lv.name);
+    let pool_part = vg.pool_of_metadata(&lv.name).is_some() || vg.is_pmspare(lv);
     let kind = match lv.segments.first().map(|s| s.type_name()) {
-        // As lvm2: an origin before anything else, a COW LV as the snapshot.
+        // As lvm2: an origin before anything else, then pool metadata and the spare, a COW
+        // LV as the snapshot.
         _ if vg.is_origin(&lv.name) => {
             if merging {
                 'O'
@@ -277,13 +296,7 @@ fn lv_attr(vg: &VolumeGroup, lv: &LogicalVolume) -> String {
                 'o'
             }
         }
-        _ if vg.is_cow(&lv.name) => {
-            if merging {
-                'S'
-            } else {
-                's'
-            }
-        }
+        _ if pool_part => 'e',
         Some(t) if t.starts_with("raid") => {
             if lv.is_visible() {
                 'r'
@@ -292,9 +305,17 @@ fn lv_attr(vg: &VolumeGroup, lv: &LogicalVolume) -> String {
             }
         }
         Some("mirror") => 'm',
-        Some("snapshot") => 's',
-        Some("thin-pool") => 't',
         Some("thin") => 'V',
+        Some("thin-pool") => 't',
+        _ if vg.pool_of_data(&lv.name).is_some() => 'T',
+        _ if vg.is_cow(&lv.name) => {
+            if merging {
+                'S'
+            } else {
+                's'
+            }
+        }
+        Some("snapshot") => 's',
         _ if !lv.is_visible() => 'i',
         _ => '-',
     };
@@ -303,8 +324,22 @@ fn lv_attr(vg: &VolumeGroup, lv: &LogicalVolume) -> String {
     } else {
         'r'
     };
-    let target = if snapshot { 's' } else { '-' };
-    format!("{kind}{write}i---{target}---")
+    let thin = lv.thin_pool().is_some() || lv.thin().is_some();
+    let target = if thin {
+        't'
+    } else if snapshot {
+        's'
+    } else {
+        '-'
+    };
+    let pool = vg.pool_of(&lv.name).and_then(|p| p.thin_pool());
+    let zero = if thin && pool.is_some_and(|p| p.zeroes()) {
+        'z'
+    } else {
+        '-'
+    };
+    let skip = if lv.activation_skip() { 'k' } else { '-' };
+    format!("{kind}{write}i---{target}{zero}-{skip}")
 }
 
 fn pv_name(s: &VgState, scan: &Scan, key: &str) -> String {
@@ -366,10 +401,20 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
                 .collect();
             r.insert("devices", devices.join(","));
         }
-        SegmentKind::Snapshot(_) => {
+        SegmentKind::Snapshot(_) | SegmentKind::Thin(_) => {
             r.insert("stripe_size", u.format(0));
             r.insert("seg_pe_ranges", String::new());
             r.insert("devices", String::new());
+        }
+        SegmentKind::ThinPool(p) => {
+            // As lvm2 shows a pool: its data LV's extents.
+            r.insert("stripe_size", u.format(0));
+            let count = s.vg.lv(&p.data).map_or(0, |l| l.extent_count());
+            r.insert(
+                "seg_pe_ranges",
+                format!("{}:0-{}", p.data, count.saturating_sub(1)),
+            );
+            r.insert("devices", format!("{}(0)", p.data));
         }
         SegmentKind::Other { body, .. } => {
             r.insert(
@@ -382,8 +427,96 @@ fn seg_fields(s: &VgState, scan: &Scan, seg: &Segment, u: &Units, r: &mut Row) {
     }
 }
 
-fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments: bool) -> Vec<Row> {
+/// A pool's usage, read once per pool: its info and its devices' mapped blocks by id.
+type PoolUsage = Option<(tessera_formats::thin::PoolInfo, BTreeMap<u32, u64>)>;
+
+fn pool_usage(scan: &Scan, s: &VgState, pool: &str) -> PoolUsage {
+    match tessera_engine::thin::pool_usage(scan, s, pool) {
+        Ok((info, devices)) => Some((
+            info,
+            devices
+                .into_iter()
+                .map(|(id, d)| (id, d.mapped_blocks))
+                .collect(),
+        )),
+        Err(e) => {
+            eprintln!("tessera: warning: {}/{pool}: {e}", s.vg.name);
+            None
+        }
+    }
+}
+
+/// The thin fields of LV `lv`: its pool, Data% and Meta% from the pool's metadata, chunk,
+/// transaction and device ids, discards and zeroing, as lvs names them.
+fn thin_fields(
+    scan: &Scan,
+    s: &VgState,
+    lv: &LogicalVolume,
+    u: &Units,
+    usage: bool,
+    cache: &mut BTreeMap<String, PoolUsage>,
+    r: &mut Row,
+) {
+    use tessera_engine::thin::percent;
+    let vg = &s.vg;
+    let mut usage_of = |pool: &str| -> PoolUsage {
+        cache
+            .entry(pool.to_string())
+            .or_insert_with(|| pool_usage(scan, s, pool))
+            .clone()
+    };
+    if let Some(p) = lv.thin_pool() {
+        r.insert("chunk_size", u.format(p.chunk_size_sectors * 512));
+        r.insert("transaction_id", p.transaction_id.to_string());
+        r.insert("discards", p.discards().name().to_string());
+        r.insert(
+            "zero",
+            if p.zeroes() { "zero" } else { "" }.to_string(),
+        );
+        let meta = vg.lv(&p.metadata).map_or(0, |m| m.extent_count());
+        r.insert("lv_metadata_size", u.format(meta * vg.extent_size_bytes()));
+        if usage {
+            if let Some((info, _)) = usage_of(&lv.name) {
+                let used = info.nr_data_blocks - info.free_data_blocks.min(info.nr_data_blocks);
+                r.insert("data_percent", percent(used, info.nr_data_blocks));
+                let mused = info.nr_metadata_blocks
+                    - info.free_metadata_blocks.min(info.nr_metadata_blocks);
+                r.insert("metadata_percent", percent(mused, info.nr_metadata_blocks));
+            }
+        }
+    } else if let Some(t) = lv.thin() {
+        r.insert("pool_lv", t.pool.clone());
+        r.insert("origin", t.origin.clone().unwrap_or_default());
+        r.insert("transaction_id", t.transaction_id.to_string());
+        r.insert("thin_id", t.device_id.to_string());
+        if let Some(p) = vg.lv(&t.pool).and_then(|p| p.thin_pool()) {
+            r.insert("discards", p.discards().name().to_string());
+            r.insert(
+                "zero",
+                if p.zeroes() { "zero" } else { "" }.to_string(),
+            );
+            if usage {
+                if let Some((info, devices)) = usage_of(&t.pool) {
+                    let size = lv.extent_count() * vg.extent_size_sectors;
+                    let mapped = devices.get(&t.device_id).copied().unwrap_or(0)
+                        * u64::from(info.data_block_sectors);
+                    r.insert("data_percent", percent(mapped.min(size), size));
+                }
+            }
+        }
+    }
+}
+
+fn lv_rows(
+    scan: &Scan,
+    u: &Units,
+    vg_filter: Option<&str>,
+    all: bool,
+    segments: bool,
+    usage: bool,
+) -> Vec<Row> {
     let mut rows = Vec::new();
+    let mut pools: BTreeMap<String, PoolUsage> = BTreeMap::new();
     for s in scan
         .vgs
         .values()
@@ -415,7 +548,7 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
             // How full a snapshot's store is, read from the store itself (lvm2 reads the
             // kernel's status of an active snapshot): allocated over total sectors.
             let used = match s.vg.snapshot_of_cow(&lv.name) {
-                Some(_) => match tessera_engine::activate::cow_usage(scan, s, &lv.name) {
+                Some(_) if usage => match tessera_engine::activate::cow_usage(scan, s, &lv.name) {
                     // lvm2 shows a snapshot that filled up (invalidated) as full.
                     Ok(Some((_, false))) => "100.00".to_string(),
                     Ok(Some((u, true))) if u.total_sectors > 0 => format!(
@@ -425,10 +558,11 @@ fn lv_rows(scan: &Scan, u: &Units, vg_filter: Option<&str>, all: bool, segments:
                     Ok(_) => "0.00".to_string(),
                     Err(_) => String::new(),
                 },
-                None => String::new(),
+                _ => String::new(),
             };
             base.insert("data_percent", used.clone());
             base.insert("snap_percent", used);
+            thin_fields(scan, s, lv, u, usage, &mut pools, &mut base);
             base.insert("lv_size", u.format(lv.extent_count() * ext));
             base.insert("lv_path", format!("/dev/{}/{}", s.vg.name, lv.name));
             base.insert("seg_count", lv.segments.len().to_string());
@@ -591,9 +725,13 @@ pub fn lv_list(
     }
     let kind = if segments { Kind::Seg } else { Kind::Lv };
     let fields = resolve(kind, opts.fields.as_deref())?;
+    // Usage is read from the pools' metadata and the snapshots' stores only when shown.
+    let usage = fields
+        .iter()
+        .any(|f| matches!(f.name, "data_percent" | "metadata_percent" | "snap_percent"));
     Ok(render(
         kind,
-        &lv_rows(scan, &opts.units, vg, all, segments),
+        &lv_rows(scan, &opts.units, vg, all, segments, usage),
         &fields,
         opts,
     ))

@@ -27,7 +27,7 @@ pub use modules::luks::{crypt_params, LuksOpenOptions, LuksOpened};
 pub use modules::lvm2::archive::{Archive, ArchiveEntry};
 pub use modules::lvm2::scan::{PvInfo, Scan, VgState};
 pub use modules::lvm2::{
-    activate, alloc, kernel, raid_create, raid_lv, scan, LvCreateOptions, PvCreateOptions,
+    activate, alloc, kernel, raid_create, raid_lv, scan, thin, LvCreateOptions, PvCreateOptions,
     DEFAULT_EXTENT_BYTES, DEFAULT_PE_START_BYTES, DEFAULT_STRIPE_BYTES,
 };
 pub use modules::md::array as md;

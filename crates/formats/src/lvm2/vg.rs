@@ -12,6 +12,12 @@ use thiserror::Error;
 use super::config::{self, ConfigError, Node, Section, Style, Value};
 use super::id::Id;
 
+mod thin;
+pub use thin::{
+    ThinDiscards, ThinMessage, ThinPoolSegment, ThinSegment, THIN_MAX_CHUNK_SECTORS,
+    THIN_MAX_DEVICE_ID, THIN_MIN_CHUNK_SECTORS,
+};
+
 /// Keys of the metadata text that follow the VG section.
 pub const CONTENTS: &str = "Text Format Volume Group";
 
@@ -81,6 +87,10 @@ pub enum SegmentKind {
     /// `snapshot`: the segment of lvm2's hidden `snapshotN` LV, tying an origin LV to the
     /// LV that holds its copy-on-write store.
     Snapshot(SnapshotSegment),
+    /// `thin-pool`: the segment of a thin pool LV, naming its `_tmeta` and `_tdata` LVs.
+    ThinPool(ThinPoolSegment),
+    /// `thin`: a thin LV (or thin snapshot) in a pool.
+    Thin(ThinSegment),
     /// Any other type, kept as written: every key but start_extent, extent_count and type.
     Other { segtype: String, body: Section },
 }
@@ -382,6 +392,8 @@ impl Segment {
             SegmentKind::Striped { .. } => "striped",
             SegmentKind::Raid { raid, .. } => &raid.segtype,
             SegmentKind::Snapshot(_) => "snapshot",
+            SegmentKind::ThinPool(_) => "thin-pool",
+            SegmentKind::Thin(_) => "thin",
             SegmentKind::Other { segtype, .. } => segtype,
         }
     }
@@ -390,7 +402,7 @@ impl Segment {
         match &self.kind {
             SegmentKind::Striped { stripes, .. } => stripes.len() as u64,
             SegmentKind::Raid { raid, .. } => raid.images.len() as u64,
-            SegmentKind::Snapshot(_) => 1,
+            SegmentKind::Snapshot(_) | SegmentKind::ThinPool(_) | SegmentKind::Thin(_) => 1,
             SegmentKind::Other { body, .. } => body
                 .get_int("stripe_count")
                 .or_else(|| body.get_int("device_count"))
@@ -416,7 +428,11 @@ impl Segment {
                     .collect()
             }
             // Its sub-LVs hold the extents; a snapshot's are its origin's and COW LV's.
-            SegmentKind::Raid { .. } | SegmentKind::Snapshot(_) => Vec::new(),
+            // A pool's extents are its sub-LVs'; a thin LV's are in its pool.
+            SegmentKind::Raid { .. }
+            | SegmentKind::Snapshot(_)
+            | SegmentKind::ThinPool(_)
+            | SegmentKind::Thin(_) => Vec::new(),
             SegmentKind::Other { body, .. } => {
                 let mut areas = Vec::new();
                 for (_, node) in &body.entries {
@@ -486,6 +502,37 @@ impl LogicalVolume {
             _ => None,
         }
     }
+    /// The thin-pool segment, if this is a thin pool (lvm2 gives pools one segment).
+    pub fn thin_pool(&self) -> Option<&ThinPoolSegment> {
+        match &self.segments.first()?.kind {
+            SegmentKind::ThinPool(p) => Some(p),
+            _ => None,
+        }
+    }
+    pub fn thin_pool_mut(&mut self) -> Option<&mut ThinPoolSegment> {
+        match &mut self.segments.first_mut()?.kind {
+            SegmentKind::ThinPool(p) => Some(p),
+            _ => None,
+        }
+    }
+    /// The thin segment, if this is a thin LV.
+    pub fn thin(&self) -> Option<&ThinSegment> {
+        match &self.segments.first()?.kind {
+            SegmentKind::Thin(t) => Some(t),
+            _ => None,
+        }
+    }
+    pub fn thin_mut(&mut self) -> Option<&mut ThinSegment> {
+        match &mut self.segments.first_mut()?.kind {
+            SegmentKind::Thin(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// lvm2's ACTIVATION_SKIP flag (set on thin snapshots): activated only when asked for
+    /// by name with the skip ignored.
+    pub fn activation_skip(&self) -> bool {
+        self.flags.iter().any(|f| f == "ACTIVATION_SKIP")
+    }
     /// The other LVs this one's segments name (sub-LVs of raid, snapshot origins, pools).
     pub fn referenced_names<'a>(&'a self, names: &HashSet<&'a str>) -> Vec<&'a str> {
         let mut out = Vec::new();
@@ -501,6 +548,28 @@ impl LogicalVolume {
                 SegmentKind::Snapshot(snap) => {
                     for s in [snap.origin.as_str(), snap.cow.as_str()] {
                         if let Some(s) = names.get(s) {
+                            out.push(s);
+                        }
+                    }
+                }
+                SegmentKind::ThinPool(p) => {
+                    let created = p.messages.iter().filter_map(|m| match m {
+                        ThinMessage::Create(lv) => Some(lv.as_str()),
+                        ThinMessage::Delete(_) => None,
+                    });
+                    for s in [p.metadata.as_str(), p.data.as_str()]
+                        .into_iter()
+                        .chain(created)
+                    {
+                        if let Some(s) = names.get(s) {
+                            out.push(s);
+                        }
+                    }
+                }
+                SegmentKind::Thin(t) => {
+                    let named = [Some(&t.pool), t.origin.as_ref(), t.merge.as_ref(), t.external_origin.as_ref()];
+                    for s in named.into_iter().flatten() {
+                        if let Some(s) = names.get(s.as_str()) {
                             out.push(s);
                         }
                     }
@@ -666,6 +735,103 @@ impl VolumeGroup {
         }
         lv.is_visible()
     }
+    // ---- thin provisioning, as lvm2 ties it: a pool LV whose `thin-pool` segment names
+    // its hidden `_tmeta` and `_tdata` LVs; thin LVs whose `thin` segment names the pool.
+
+    /// The thin pools, in the VG's order.
+    pub fn thin_pools(&self) -> Vec<&LogicalVolume> {
+        self.lvs.iter().filter(|l| l.thin_pool().is_some()).collect()
+    }
+    /// The thin LVs of pool `pool`, in the VG's order.
+    pub fn thin_lvs_of(&self, pool: &str) -> Vec<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .filter(|l| l.thin().is_some_and(|t| t.pool == pool))
+            .collect()
+    }
+    /// The pool whose metadata LV is `lv`.
+    pub fn pool_of_metadata(&self, lv: &str) -> Option<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .find(|l| l.thin_pool().is_some_and(|p| p.metadata == lv))
+    }
+    /// The pool whose data LV is `lv`.
+    pub fn pool_of_data(&self, lv: &str) -> Option<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .find(|l| l.thin_pool().is_some_and(|p| p.data == lv))
+    }
+    /// The pool LV `lv` belongs to: itself if a pool, its pool if a thin LV, the pool whose
+    /// `_tmeta` or `_tdata` it is.
+    pub fn pool_of(&self, lv: &str) -> Option<&LogicalVolume> {
+        let l = self.lv(lv)?;
+        if l.thin_pool().is_some() {
+            return Some(l);
+        }
+        if let Some(t) = l.thin() {
+            return self.lv(&t.pool).filter(|p| p.thin_pool().is_some());
+        }
+        self.pool_of_metadata(lv).or_else(|| self.pool_of_data(lv))
+    }
+    /// lvm2's pool metadata spare: a hidden LV with `_pmspare` in its name.
+    pub fn is_pmspare(&self, lv: &LogicalVolume) -> bool {
+        !lv.is_visible() && lv.name.contains("_pmspare")
+    }
+    pub fn pmspare(&self) -> Option<&LogicalVolume> {
+        self.lvs.iter().find(|l| self.is_pmspare(l))
+    }
+    /// The thin snapshots of thin LV `origin`, in the VG's order.
+    pub fn thin_snapshots_of(&self, origin: &str) -> Vec<&LogicalVolume> {
+        self.lvs
+            .iter()
+            .filter(|l| l.thin().is_some_and(|t| t.origin.as_deref() == Some(origin)))
+            .collect()
+    }
+    /// The device id lvm2 gives a new thin LV in `pool`: one past the highest in use
+    /// (None past the 24-bit limit).
+    pub fn next_thin_device_id(&self, pool: &str) -> Option<u32> {
+        let max = self
+            .thin_lvs_of(pool)
+            .iter()
+            .filter_map(|l| l.thin().map(|t| t.device_id))
+            .max()
+            .unwrap_or(0);
+        let next = u64::from(max) + 1;
+        (next <= THIN_MAX_DEVICE_ID).then_some(next as u32)
+    }
+    /// The name lvm2 gives an unnamed LV: `lvolN`, N one past the highest `lvolN...` name.
+    pub fn next_lvol_name(&self) -> String {
+        let next = self
+            .lvs
+            .iter()
+            .filter_map(|l| {
+                let digits: String = l
+                    .name
+                    .strip_prefix("lvol")?
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                digits.parse::<u64>().ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        format!("lvol{next}")
+    }
+    /// Where lvm2 puts a new LV in the VG's list: visible LVs before every hidden one (it
+    /// writes visible LVs first), hidden ones at the end.
+    pub fn insert_lv(&mut self, lv: LogicalVolume) {
+        if !lv.is_visible() {
+            self.lvs.push(lv);
+            return;
+        }
+        let at = self
+            .lvs
+            .iter()
+            .position(|l| !self.lv_is_visible(l))
+            .unwrap_or(self.lvs.len());
+        self.lvs.insert(at, lv);
+    }
+
     pub fn pe_total(&self) -> u64 {
         self.pvs.iter().map(|p| p.pe_count).sum()
     }
@@ -945,6 +1111,12 @@ impl VolumeGroup {
                         });
                     }
                 }
+                if let SegmentKind::ThinPool(pool) = &seg.kind {
+                    self.validate_pool(lv, pool, &sat)?;
+                }
+                if let SegmentKind::Thin(thin) = &seg.kind {
+                    self.validate_thin(lv, thin, &sat)?;
+                }
                 if let SegmentKind::Raid { raid, .. } = &seg.kind {
                     let sub_lvs = raid
                         .images
@@ -1002,6 +1174,134 @@ impl VolumeGroup {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl VolumeGroup {
+    fn validate_pool(
+        &self,
+        lv: &LogicalVolume,
+        pool: &ThinPoolSegment,
+        at: &str,
+    ) -> Result<(), VgError> {
+        let bad = |why: String| VgError::Inconsistent {
+            at: at.to_string(),
+            why,
+        };
+        if lv.segments.len() != 1 {
+            return Err(bad(format!(
+                "a thin pool has one segment, LV '{}' has {}",
+                lv.name,
+                lv.segments.len()
+            )));
+        }
+        for (what, name) in [("metadata LV", &pool.metadata), ("data LV", &pool.data)] {
+            let Some(sub) = self.lv(name).filter(|_| *name != lv.name) else {
+                return Err(bad(format!(
+                    "names {what} '{name}', which the VG does not have"
+                )));
+            };
+            if sub.thin_pool().is_some() || sub.thin().is_some() || sub.snapshot().is_some() {
+                return Err(bad(format!(
+                    "names {what} '{name}', which is a {} itself",
+                    sub.segments[0].type_name()
+                )));
+            }
+            if let Some(other) = self.lvs.iter().find(|o| {
+                o.name != lv.name
+                    && o.thin_pool()
+                        .is_some_and(|p| p.metadata == *name || p.data == *name)
+            }) {
+                return Err(bad(format!(
+                    "{what} '{name}' belongs to pool '{}' already",
+                    other.name
+                )));
+            }
+        }
+        if pool.metadata == pool.data {
+            return Err(bad(format!(
+                "'{}' is both its metadata and its data LV",
+                pool.data
+            )));
+        }
+        let data_extents = self.lv(&pool.data).map_or(0, |d| d.extent_count());
+        if data_extents != lv.extent_count() {
+            return Err(bad(format!(
+                "the pool has {} extents but its data LV '{}' has {data_extents}",
+                lv.extent_count(),
+                pool.data
+            )));
+        }
+        if !pool.messages.is_empty() && pool.transaction_id == 0 {
+            return Err(bad(
+                "has queued messages with transaction_id 0; messages always raise it".into(),
+            ));
+        }
+        for m in &pool.messages {
+            if let ThinMessage::Create(name) = m {
+                if !self
+                    .lv(name)
+                    .and_then(|l| l.thin())
+                    .is_some_and(|t| t.pool == lv.name)
+                {
+                    return Err(bad(format!(
+                        "queues the creation of '{name}', which is not a thin LV of this pool"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_thin(&self, lv: &LogicalVolume, thin: &ThinSegment, at: &str) -> Result<(), VgError> {
+        let bad = |why: String| VgError::Inconsistent {
+            at: at.to_string(),
+            why,
+        };
+        if lv.segments.len() != 1 {
+            return Err(bad(format!(
+                "a thin LV has one segment, LV '{}' has {}",
+                lv.name,
+                lv.segments.len()
+            )));
+        }
+        if !self.lv(&thin.pool).is_some_and(|p| p.thin_pool().is_some()) {
+            return Err(bad(format!(
+                "names thin pool '{}', which the VG does not have as a pool",
+                thin.pool
+            )));
+        }
+        if let Some(origin) = &thin.origin {
+            match self.lv(origin).and_then(|o| o.thin()) {
+                Some(o) if origin != &lv.name && o.pool == thin.pool => {}
+                _ => {
+                    return Err(bad(format!(
+                        "names origin '{origin}', which is not another thin LV of pool '{}'",
+                        thin.pool
+                    )))
+                }
+            }
+        }
+        for (what, name) in [("merge", &thin.merge), ("external origin", &thin.external_origin)] {
+            if let Some(name) = name {
+                if self.lv(name).is_none() || name == &lv.name {
+                    return Err(bad(format!(
+                        "names {what} LV '{name}', which the VG does not have"
+                    )));
+                }
+            }
+        }
+        if let Some(other) = self.lvs.iter().find(|o| {
+            o.name != lv.name
+                && o.thin()
+                    .is_some_and(|t| t.pool == thin.pool && t.device_id == thin.device_id)
+        }) {
+            return Err(bad(format!(
+                "device_id {} is also that of LV '{}' in pool '{}'",
+                thin.device_id, other.name, thin.pool
+            )));
         }
         Ok(())
     }
@@ -1227,6 +1527,10 @@ impl Segment {
                 None if segtype == "snapshot" => {
                     SegmentKind::Snapshot(SnapshotSegment::from_body(&body, at)?)
                 }
+                None if segtype == "thin-pool" => {
+                    SegmentKind::ThinPool(ThinPoolSegment::from_body(&body, at)?)
+                }
+                None if segtype == "thin" => SegmentKind::Thin(ThinSegment::from_body(&body, at)?),
                 Some(level) => SegmentKind::Raid {
                     raid: RaidSegment::from_body(segtype, level, &body, at)?,
                     body,
@@ -1271,6 +1575,14 @@ impl Segment {
             SegmentKind::Snapshot(snap) => {
                 s.set_value("type", Value::Str("snapshot".into()));
                 snap.write(&mut s);
+            }
+            SegmentKind::ThinPool(p) => {
+                s.set_value("type", Value::Str("thin-pool".into()));
+                p.write(&mut s);
+            }
+            SegmentKind::Thin(t) => {
+                s.set_value("type", Value::Str("thin".into()));
+                t.write(&mut s);
             }
             SegmentKind::Other { segtype, body } => {
                 s.set_value("type", Value::Str(segtype.clone()));
@@ -2026,6 +2338,197 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
             assert!(
                 err.contains(expected) && err.contains("LV 'snapshot0'"),
                 "{from} -> {to}: got '{err}', expected '{expected}'"
+            );
+        }
+    }
+
+    /// `vgcfgbackup` of a VG where lvm2 2.03 made two thin pools (64 KiB chunks with
+    /// zeroing and passdown; 256 KiB without zeroing, nopassdown), a thin LV in each, a
+    /// thin snapshot and a snapshot of that snapshot.
+    const THIN_VG: &str = include_str!("testdata/thin_vg.txt");
+    /// The same VG with only its first pool, as lvcreate left it (transaction 0).
+    const THIN_POOL_NEW_VG: &str = include_str!("testdata/thin_pool_new_vg.txt");
+
+    #[test]
+    fn thin_segments_are_typed_and_written_back_as_lvm2_writes_them() {
+        let (vg, info) = VolumeGroup::from_text(THIN_VG.as_bytes()).unwrap();
+        let pool = vg.lv("pool").unwrap().thin_pool().unwrap();
+        assert_eq!(
+            pool,
+            &ThinPoolSegment {
+                metadata: "pool_tmeta".into(),
+                data: "pool_tdata".into(),
+                transaction_id: 3,
+                chunk_size_sectors: 128,
+                discards: Some(ThinDiscards::Passdown),
+                zero_new_blocks: Some(1),
+                crop_metadata: None,
+                messages: Vec::new(),
+                extra: Vec::new(),
+            }
+        );
+        assert!(pool.zeroes());
+        let pool2 = vg.lv("pool2").unwrap().thin_pool().unwrap();
+        assert_eq!(pool2.chunk_size_sectors, 512);
+        assert_eq!(pool2.discards(), ThinDiscards::NoPassdown);
+        assert!(!pool2.zeroes());
+        let snap2 = vg.lv("snap2").unwrap();
+        assert_eq!(
+            snap2.thin(),
+            Some(&ThinSegment {
+                pool: "pool".into(),
+                transaction_id: 2,
+                device_id: 3,
+                origin: Some("snap1".into()),
+                merge: None,
+                external_origin: None,
+                extra: Vec::new(),
+            })
+        );
+        assert!(snap2.activation_skip() && !vg.lv("thin1").unwrap().activation_skip());
+        assert_eq!(vg.lv("pool").unwrap().segments[0].type_name(), "thin-pool");
+        assert_eq!(snap2.segments[0].type_name(), "thin");
+        let names = |lvs: Vec<&LogicalVolume>| -> Vec<String> {
+            lvs.iter().map(|l| l.name.clone()).collect()
+        };
+        assert_eq!(names(vg.thin_pools()), ["pool", "pool2"]);
+        assert_eq!(names(vg.thin_lvs_of("pool")), ["thin1", "snap1", "snap2"]);
+        assert_eq!(names(vg.thin_snapshots_of("snap1")), ["snap2"]);
+        assert_eq!(vg.pool_of_metadata("pool2_tmeta").unwrap().name, "pool2");
+        assert_eq!(vg.pool_of_data("pool_tdata").unwrap().name, "pool");
+        for (lv, pool) in [
+            ("pool", "pool"),
+            ("snap2", "pool"),
+            ("thin2", "pool2"),
+            ("pool2_tdata", "pool2"),
+        ] {
+            assert_eq!(vg.pool_of(lv).unwrap().name, pool, "{lv}");
+        }
+        assert!(vg.pool_of("lvol0_pmspare").is_none());
+        assert_eq!(vg.pmspare().unwrap().name, "lvol0_pmspare");
+        assert_eq!(vg.next_thin_device_id("pool"), Some(4));
+        assert_eq!(vg.next_thin_device_id("pool2"), Some(2));
+        assert_eq!(vg.next_lvol_name(), "lvol1");
+        // As lvs shows them: pools and thin LVs; _tmeta, _tdata and the spare hidden.
+        let shown: Vec<&str> = vg
+            .lvs
+            .iter()
+            .filter(|l| vg.lv_is_visible(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(shown, ["pool", "pool2", "thin1", "snap1", "snap2", "thin2"]);
+        // Extents: only the hidden LVs hold any (2 + 2 + 16 + 2 + 12).
+        assert_eq!(vg.pe_used("pv0") + vg.pe_used("pv1"), 34);
+        let refs = {
+            let all: HashSet<&str> = vg.lvs.iter().map(|l| l.name.as_str()).collect();
+            let mut r = vg.lv("snap2").unwrap().referenced_names(&all);
+            r.sort();
+            r.into_iter().map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(refs, ["pool", "snap1"]);
+        for text in [THIN_VG, THIN_POOL_NEW_VG] {
+            let (vg, info) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+            for style in [Style::Disk, Style::File] {
+                let written = vg.to_text(&info, style);
+                let (again, _) = VolumeGroup::from_text(written.as_bytes()).unwrap();
+                assert_eq!(again, vg, "{style:?}");
+                for lv in &vg.lvs {
+                    assert_eq!(
+                        lv_section(&written, &lv.name),
+                        lv_section(text, &lv.name),
+                        "{} {style:?}",
+                        lv.name
+                    );
+                }
+            }
+        }
+        let _ = info;
+    }
+
+    #[test]
+    fn pending_pool_messages_and_unknown_keys_are_kept_in_order() {
+        let text = THIN_VG.replacen(
+            "\t\t\t\tzero_new_blocks = 1\n",
+            "\t\t\t\tzero_new_blocks = 1\n\t\t\t\tcrop_metadata = 0\n\t\t\t\tlow_water_mark = 7\n\n\t\t\t\tmessage1 {\n\t\t\t\t\tcreate = \"snap2\"\n\t\t\t\t}\n\t\t\t\tmessage2 {\n\t\t\t\t\tdelete = 9\n\t\t\t\t}\n",
+            1,
+        );
+        assert_ne!(text, THIN_VG);
+        let (vg, info) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+        let pool = vg.lv("pool").unwrap().thin_pool().unwrap();
+        assert_eq!(
+            pool.messages,
+            [ThinMessage::Create("snap2".into()), ThinMessage::Delete(9)]
+        );
+        assert_eq!(pool.crop_metadata, Some(0));
+        assert_eq!(pool.extra.len(), 1);
+        let written = vg.to_text(&info, Style::File);
+        let seg = match lv_section(&written, "pool").get("segment1") {
+            Some(Node::Section(s)) => s.clone(),
+            _ => panic!("no segment1"),
+        };
+        let keys: Vec<&str> = seg.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "start_extent",
+                "extent_count",
+                "type",
+                "metadata",
+                "pool",
+                "transaction_id",
+                "chunk_size",
+                "discards",
+                "zero_new_blocks",
+                "crop_metadata",
+                "low_water_mark",
+                "message1",
+                "message2"
+            ]
+        );
+        assert_eq!(lv_section(&written, "pool"), lv_section(&text, "pool"));
+        // A thin LV's keys lvm2 does not write today come back after the known ones.
+        let text = THIN_VG.replacen(
+            "origin = \"snap1\"\n",
+            "origin = \"snap1\"\n\t\t\t\tfuture = \"x\"\n",
+            1,
+        );
+        let (vg, info) = VolumeGroup::from_text(text.as_bytes()).unwrap();
+        assert_eq!(vg.lv("snap2").unwrap().thin().unwrap().extra.len(), 1);
+        let written = vg.to_text(&info, Style::Disk);
+        assert_eq!(lv_section(&written, "snap2"), lv_section(&text, "snap2"));
+    }
+
+    #[test]
+    fn broken_thin_segments_are_refused_naming_the_segment() {
+        let cases = [
+            ("metadata = \"pool_tmeta\"", "metadata = \"nope\"", "LV 'pool'", "metadata LV 'nope'"),
+            ("pool = \"pool_tdata\"", "pool = \"pool_tmeta\"", "LV 'pool'", "both its metadata and its data"),
+            ("pool = \"pool_tdata\"", "pool = \"pool2_tdata\"", "LV 'pool", "belongs to pool"),
+            ("pool = \"pool_tdata\"", "pool = \"thin1\"", "LV 'pool'", "is a thin itself"),
+            ("chunk_size = 128", "chunk_size = 100", "LV 'pool'", "multiple of 128"),
+            ("chunk_size = 128", "chunk_size = 64", "LV 'pool'", "multiple of 128"),
+            ("chunk_size = 128", "chunk_size = \"x\"", "LV 'pool'", "wrong type"),
+            ("discards = \"passdown\"", "discards = \"sometimes\"", "LV 'pool'", "not one of"),
+            ("transaction_id = 3\n", "", "LV 'pool'", "'transaction_id' is missing"),
+            ("extent_count = 16\t# 16 Megabytes\n\n\t\t\t\ttype = \"thin-pool\"", "extent_count = 15\n\t\t\t\ttype = \"thin-pool\"", "LV 'pool'", "data LV 'pool_tdata' has 16"),
+            ("thin_pool = \"pool\"", "thin_pool = \"thin2\"", "LV 'thin1'", "as a pool"),
+            ("origin = \"thin1\"", "origin = \"thin2\"", "LV 'snap1'", "not another thin LV of pool 'pool'"),
+            ("origin = \"thin1\"", "origin = \"snap1\"", "LV 'snap1'", "not another thin LV"),
+            ("device_id = 2", "device_id = 1", "LV 'thin1'", "device_id 1 is also that of LV 'snap1'"),
+            ("device_id = 2", "device_id = 16777216", "LV 'snap1'", "at most 16777215"),
+            ("device_id = 2", "device_id = -2", "LV 'snap1'", "negative"),
+            ("zero_new_blocks = 1", "zero_new_blocks = 1\n\t\t\t\tmessage1 {\n\t\t\t\t\tcreate = \"thin2\"\n\t\t\t\t}", "LV 'pool'", "not a thin LV of this pool"),
+            ("zero_new_blocks = 1", "zero_new_blocks = 1\n\t\t\t\tmessage1 {\n\t\t\t\t\ttrim = \"thin1\"\n\t\t\t\t}", "LV 'pool'", "neither 'create' nor 'delete'"),
+            ("zero_new_blocks = 1", "zero_new_blocks = 1\n\t\t\t\tmessage1 {\n\t\t\t\t\tdelete = 1\n\t\t\t\t\tcreate = \"thin1\"\n\t\t\t\t}", "LV 'pool'", "both 'create' and 'delete'"),
+        ];
+        for (from, to, at, expected) in cases {
+            assert!(THIN_VG.contains(from), "sample lacks {from:?}");
+            let err = VolumeGroup::from_text(THIN_VG.replacen(from, to, 1).as_bytes())
+                .expect_err("must be refused")
+                .to_string();
+            assert!(
+                err.contains(expected) && err.contains(at),
+                "{from} -> {to}: got '{err}', expected '{expected}' at {at}"
             );
         }
     }

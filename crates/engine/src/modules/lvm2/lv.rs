@@ -246,6 +246,22 @@ impl Engine {
         let _lock = self.lock_vg(vg_name)?;
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
+        // A thin pool grows its data LV and the data space map in its metadata.
+        if grow && state.vg.lv(lv_name).is_some_and(|l| l.thin_pool().is_some()) {
+            drop(scan);
+            if stripes.is_some_and(|n| n > 1) {
+                return Err(EngineError::BadArgument(
+                    "tessera grows a thin pool's data linearly; -i does not apply".into(),
+                ));
+            }
+            return self.thin_pool_extend_locked(
+                vg_name,
+                lv_name,
+                size,
+                pvs,
+                &mut super::thin::Offline,
+            );
+        }
         let mut vg = state.vg.clone();
         // A snapshot's COW LV grows as any LV (the kernel sees the new size on the next
         // load); nothing else used by another LV changes size.

@@ -17,6 +17,7 @@ pub mod raid_create;
 pub mod raid_lv;
 pub mod scan;
 pub mod snapshot;
+pub mod thin;
 pub mod table;
 pub mod vg;
 

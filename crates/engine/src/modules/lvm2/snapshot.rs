@@ -375,6 +375,11 @@ impl Engine {
         let _lock = self.lock_vg(vg_name)?;
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
+        // Thin LVs and pools change the pool's metadata too.
+        if state.vg.pool_of(lv_name).is_some() {
+            drop(scan);
+            return self.thin_remove_locked(vg_name, lv_name, force, &mut super::thin::Offline);
+        }
         let mut vg = state.vg.clone();
         let gone = removal_set(&vg, lv_name, force)?;
         match gone {
