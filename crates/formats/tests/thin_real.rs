@@ -73,3 +73,145 @@ fn tessera_reads_what_thin_restore_wrote() {
     assert_eq!(info.free_data_blocks, 100_000 - used);
     assert_eq!(pool.data_ref_count(expected.devices[&1].mappings.values().next().unwrap().0).unwrap(), 2);
 }
+
+/// Applies the same changes to tessera's metadata and to a model of what thin_dump should
+/// show.
+struct Driver {
+    pool: PoolMetadata,
+    model: Pool,
+}
+
+impl Driver {
+    fn new(pool: PoolMetadata) -> Driver {
+        let model = Pool::read(&pool);
+        Driver { pool, model }
+    }
+
+    fn create_thin(&mut self, id: u32) {
+        self.pool.create_thin(id).unwrap();
+        let info = self.pool.info();
+        let details = DeviceDetails {
+            mapped_blocks: 0,
+            transaction_id: info.transaction_id,
+            creation_time: info.time,
+            snapshotted_time: info.time,
+        };
+        self.model.devices.insert(id, Device { details, mappings: BTreeMap::new() });
+    }
+
+    fn create_snap(&mut self, id: u32, origin: u32) {
+        self.pool.create_snap(id, origin).unwrap();
+        self.model.time += 1;
+        let time = self.model.time;
+        let o = self.model.devices.get_mut(&origin).unwrap();
+        o.details.snapshotted_time = time;
+        let mut snap = o.clone();
+        snap.details.creation_time = time;
+        snap.details.transaction_id = self.model.transaction;
+        self.model.devices.insert(id, snap);
+    }
+
+    fn map(&mut self, id: u32, v: u64) -> u64 {
+        let b = self.pool.alloc_data_block().unwrap();
+        self.pool.insert(id, v, b).unwrap();
+        let dev = self.model.devices.get_mut(&id).unwrap();
+        if dev.mappings.insert(v, (b, self.model.time)).is_none() {
+            dev.details.mapped_blocks += 1;
+        }
+        b
+    }
+
+    fn unmap(&mut self, id: u32, begin: u64, end: u64) {
+        self.pool.remove_range(id, begin, end).unwrap();
+        let dev = self.model.devices.get_mut(&id).unwrap();
+        let gone: Vec<u64> = dev.mappings.range(begin..end).map(|(&k, _)| k).collect();
+        for k in gone {
+            dev.mappings.remove(&k);
+            dev.details.mapped_blocks -= 1;
+        }
+    }
+
+    fn delete(&mut self, id: u32) {
+        self.pool.delete(id).unwrap();
+        self.model.devices.remove(&id);
+    }
+
+    fn set_transaction_id(&mut self, new: u64) {
+        self.pool.set_transaction_id(self.model.transaction, new).unwrap();
+        self.model.transaction = new;
+    }
+
+    /// Commits, then checks: tessera's view equals the model, thin_check passes, thin_dump
+    /// shows the model, and every data block's count equals the mappings that hold it.
+    fn commit_and_verify(&mut self, img: &std::path::Path) {
+        self.pool.commit().unwrap();
+        assert_eq!(Pool::read(&self.pool), self.model, "tessera's view");
+        thin_check_passes(img);
+        assert_eq!(thin_dump(img, &[]), self.model, "thin_dump's view");
+        let reopened = PoolMetadata::open(open_file(img)).unwrap();
+        assert_eq!(Pool::read(&reopened), self.model, "reopened");
+    }
+}
+
+#[test]
+fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("meta.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    let pool = PoolMetadata::format(open_file(&img), 128, 50_000).unwrap();
+    thin_check_passes(&img);
+    let mut d = Driver::new(pool);
+    d.commit_and_verify(&img);
+
+    let mut rng = Rng(11);
+    d.create_thin(1);
+    d.create_thin(2);
+    for v in 0..3000 {
+        d.map(1, v * 3);
+    }
+    for _ in 0..500 {
+        let v = rng.below(20_000);
+        d.map(2, v);
+    }
+    d.set_transaction_id(1);
+    assert_eq!(d.pool.highest_mapped_block(1).unwrap(), Some(2999 * 3));
+    assert_eq!(d.pool.device_details(1).unwrap().unwrap().mapped_blocks, 3000);
+    assert_eq!(d.pool.device_details(99).unwrap(), None);
+    let spare = d.pool.alloc_data_block().unwrap();
+    d.pool.free_data_block(spare).unwrap();
+    assert_eq!(d.pool.data_ref_count(spare).unwrap(), 0);
+    d.commit_and_verify(&img);
+
+    // A snapshot shares device 1's tree; writes to either break the sharing.
+    d.create_snap(3, 1);
+    for _ in 0..300 {
+        let v = rng.below(3000) * 3;
+        d.map(1, v);
+        let v = rng.below(3000) * 3;
+        d.map(3, v);
+    }
+    d.commit_and_verify(&img);
+
+    d.create_snap(4, 3);
+    d.unmap(3, 1000, 4000);
+    d.unmap(1, 0, 600);
+    d.delete(2);
+    d.create_thin(7);
+    for v in 0..2000 {
+        d.map(7, v);
+    }
+    d.pool.resize_data(70_000).unwrap();
+    d.model.nr_data_blocks = 70_000;
+    d.set_transaction_id(2);
+    d.commit_and_verify(&img);
+
+    d.delete(1);
+    d.delete(3);
+    d.unmap(7, 0, 2000);
+    d.commit_and_verify(&img);
+    d.delete(4);
+    d.delete(7);
+    d.commit_and_verify(&img);
+    let info = d.pool.info();
+    assert_eq!(info.free_data_blocks, info.nr_data_blocks, "every data block is free again");
+}

@@ -296,6 +296,25 @@ impl Store {
         Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)))
     }
 
+    /// The highest key in the tree at `block`, if it has any.
+    pub fn highest_key(&self, block: u64, spec: &TreeSpec, depth: usize) -> Result<Option<u64>> {
+        if depth >= MAX_DEPTH {
+            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+        }
+        let buf = self.read_node(block, spec)?;
+        let node = NodeView { buf: &buf };
+        if node.is_leaf() {
+            return Ok(node.len().checked_sub(1).map(|i| node.key(i)));
+        }
+        // Children are never empty in trees tessera or the kernel write; walk left past any.
+        for i in (0..node.len()).rev() {
+            if let Some(key) = self.highest_key(node.value_u64(i), spec, depth + 1)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
     /// Calls `f` on every entry with `begin <= key < end`, in key order. Fails on keys out of
     /// order across nodes (so a loop cannot repeat entries) and on trees deeper than
     /// [`MAX_DEPTH`].

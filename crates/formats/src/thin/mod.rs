@@ -319,6 +319,18 @@ impl PoolMetadata {
         Ok(self.details.iter().map(|(&id, &d)| (id, d)).collect())
     }
 
+    /// One thin device's details, including changes not yet committed.
+    pub fn device_details(&self, dev_id: u32) -> Result<Option<DeviceDetails>> {
+        Ok(self.details.get(&dev_id).copied())
+    }
+
+    /// The highest mapped virtual block of `dev_id` (the kernel's
+    /// `dm_thin_get_highest_mapped_block`), found down the right edge of its tree.
+    pub fn highest_mapped_block(&self, dev_id: u32) -> Result<Option<u64>> {
+        let root = self.subtree_root(dev_id)?;
+        self.core.store.highest_key(root, &SUBTREE, 0)
+    }
+
     /// The root of `dev_id`'s mapping subtree.
     fn subtree_root(&self, dev_id: u32) -> Result<u64> {
         if !self.details.contains_key(&dev_id) {
@@ -513,6 +525,19 @@ impl PoolMetadata {
         })?;
         self.core.data.set(b, 1);
         Ok(b)
+    }
+
+    /// Drops the reference [`Self::alloc_data_block`] gave, when the block will not be
+    /// mapped after all (the data write failed).
+    pub fn free_data_block(&mut self, data_block: u64) -> Result<()> {
+        if data_block >= self.core.data.nr_blocks || self.core.data.get(data_block) == 0 {
+            return Err(ThinMetadataError::Refused {
+                device: self.name(),
+                why: format!("data block {data_block} is not allocated"),
+            });
+        }
+        self.core.data_dec(data_block)?;
+        Ok(())
     }
 
     /// Maps `vblock` of `dev_id` to `data_block`, whose reference (from

@@ -280,10 +280,6 @@ impl RefCounts {
         self.dirty_bitmaps.clear();
         self.dirty_overflow.clear();
     }
-
-    pub fn overflow(&self) -> &BTreeMap<u64, u32> {
-        &self.overflow
-    }
 }
 
 #[cfg(test)]
@@ -304,7 +300,7 @@ mod tests {
         assert_eq!(rc.nr_allocated, 3);
         assert_eq!(rc.find_free(), Some(0));
         rc.set(7, 0);
-        assert!(rc.overflow().is_empty());
+        assert!(rc.dirty_overflow.contains(&7));
         assert_eq!(rc.index_entry(0).nr_free as u64, ENTRIES_PER_BITMAP - 2);
     }
 
