@@ -58,10 +58,14 @@
 //! device, features and size take effect when it is resumed. A metadata device in use by
 //! one pool is refused to another.
 
+mod metadata;
 mod pool;
 mod pool_target;
 mod prison;
 mod thin_target;
+
+#[cfg(test)]
+mod tests;
 
 pub use pool::set_no_space_timeout;
 

@@ -5,7 +5,7 @@
 //!
 //! # Locking
 //!
-//! - `meta` (a read/write lock over [`PoolMetadata`]): lookups take it shared, changes
+//! - `meta` (a read/write lock over the pool's [`tessera_formats::thin::PoolMetadata`]): lookups take it shared, changes
 //!   exclusive; nobody waits for anything else while holding it.
 //! - A block's cell (see [`crate::prison`]) is held by whoever changes that block's
 //!   mapping: provisioning, breaking sharing, discarding.
@@ -35,8 +35,10 @@ use std::time::{Duration, Instant};
 
 use tessera_block::{BlockError, SharedDevice};
 use tessera_formats::thin::{
-    Lookup, PoolInfo, PoolMetadata, ThinMetadataError, MAX_METADATA_BLOCKS, METADATA_BLOCK_BYTES,
+    Lookup, PoolInfo, ThinMetadataError, MAX_METADATA_BLOCKS, METADATA_BLOCK_BYTES,
 };
+
+use crate::metadata::Metadata;
 
 use crate::prison::Prison;
 
@@ -177,7 +179,7 @@ pub(crate) struct Pool {
     pub metadata_dev: SharedDevice,
     pub block_sectors: u32,
     pub block_bytes: u64,
-    meta: RwLock<PoolMetadata>,
+    meta: RwLock<Box<dyn Metadata>>,
     mode: AtomicU8,
     bound: Mutex<Bound>,
     /// Signalled when data space may have appeared or the no-space policy changed.
@@ -330,7 +332,7 @@ impl Pool {
     pub fn new(
         name: &str,
         metadata_dev: SharedDevice,
-        meta: PoolMetadata,
+        meta: Box<dyn Metadata>,
         block_sectors: u32,
         binding: Binding,
     ) -> Arc<Pool> {
@@ -449,11 +451,11 @@ impl Pool {
         }
     }
 
-    pub fn meta_read(&self) -> RwLockReadGuard<'_, PoolMetadata> {
+    pub fn meta_read(&self) -> RwLockReadGuard<'_, Box<dyn Metadata>> {
         self.meta.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn meta_write(&self) -> RwLockWriteGuard<'_, PoolMetadata> {
+    fn meta_write(&self) -> RwLockWriteGuard<'_, Box<dyn Metadata>> {
         self.meta.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -497,7 +499,7 @@ impl Pool {
     pub fn change<T>(
         &self,
         what: &str,
-        op: impl FnOnce(&mut PoolMetadata) -> Result<T, ThinMetadataError>,
+        op: impl FnOnce(&mut dyn Metadata) -> Result<T, ThinMetadataError>,
     ) -> Result<T, ThinMetadataError> {
         if self.mode() > Mode::OutOfDataSpace {
             return Err(ThinMetadataError::Refused {
@@ -507,7 +509,7 @@ impl Pool {
         }
         let (result, low) = {
             let mut meta = self.meta_write();
-            let result = op(&mut meta);
+            let result = op(&mut **meta);
             if result.is_ok() {
                 self.dirty.store(true, Ordering::Release);
             }

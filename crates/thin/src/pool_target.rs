@@ -123,7 +123,7 @@ pub(crate) fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, Target
                 "metadata device {metadata_arg:?} was formatted with a data block size of {on_disk} sectors; changing it to {block_sectors} is not supported"
             ));
         }
-        Ok(Pool::new(args.device, metadata.clone(), meta, block_sectors, binding.clone()))
+        Ok(Pool::new(args.device, metadata.clone(), Box::new(meta), block_sectors, binding.clone()))
     };
     let pool = match pool_for(args.device, metadata.name(), make).map_err(TargetError::Invalid)? {
         Found::New(pool) => pool,

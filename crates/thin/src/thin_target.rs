@@ -79,14 +79,7 @@ pub(crate) fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, Target
         }
         Err(e) => return Err(TargetError::Invalid(e.to_string())),
     }
-    pool.open_thin(dev_id);
-    Ok(Box::new(ThinTarget {
-        name: args.device.to_string(),
-        pool,
-        pool_arg: pool_arg.to_string(),
-        dev_id,
-        origin,
-    }))
+    Ok(Box::new(ThinTarget::new(args.device, pool, pool_arg, dev_id, origin)))
 }
 
 /// The pieces of `len` bytes at `offset` in blocks of `bb` bytes: (block, offset in the
@@ -107,6 +100,23 @@ fn pieces(offset: u64, len: u64, bb: u64) -> impl Iterator<Item = (u64, u64, usi
 }
 
 impl ThinTarget {
+    fn new(
+        name: &str,
+        pool: Arc<Pool>,
+        pool_arg: &str,
+        dev_id: u32,
+        origin: Option<ExternalOrigin>,
+    ) -> ThinTarget {
+        pool.open_thin(dev_id);
+        ThinTarget {
+            name: name.to_string(),
+            pool,
+            pool_arg: pool_arg.to_string(),
+            dev_id,
+            origin,
+        }
+    }
+
     fn meta_error(&self, offset: u64, len: u64, e: ThinMetadataError) -> BlockError {
         io_error(&self.name, offset, len, format!("pool metadata: {e}"))
     }
@@ -346,4 +356,19 @@ impl Drop for ThinTarget {
     fn drop(&mut self) {
         self.pool.close_thin(self.dev_id);
     }
+}
+
+/// A thin target on `pool` without a table line, for unit tests.
+#[cfg(test)]
+pub(crate) fn for_test(
+    name: &str,
+    pool: Arc<Pool>,
+    dev_id: u32,
+    origin: Option<SharedDevice>,
+) -> Box<dyn Target> {
+    let origin = origin.map(|dev| ExternalOrigin {
+        arg: dev.name().to_string(),
+        dev,
+    });
+    Box::new(ThinTarget::new(name, pool, "pool", dev_id, origin))
 }
