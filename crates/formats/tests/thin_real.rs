@@ -1,0 +1,217 @@
+//! dm-thin pool metadata against the real thin-provisioning-tools: metadata thin_restore
+//! writes is read by tessera mapping for mapping; metadata tessera writes passes thin_check
+//! and thin_dump shows exactly what tessera made.
+
+mod thin_common;
+
+use std::collections::BTreeMap;
+
+use tessera_formats::thin::{DeviceDetails, PoolMetadata};
+use thin_common::*;
+
+/// A pool of several devices: single and range mappings, thousands of them (multi-level
+/// trees), data blocks shared between two devices.
+fn sample_pool() -> Pool {
+    let mut rng = Rng(7);
+    let mut pool = Pool {
+        time: 3,
+        transaction: 12,
+        data_block_size: 128,
+        nr_data_blocks: 100_000,
+        devices: BTreeMap::new(),
+    };
+    let mut next_data = 0u64;
+    for (id, count) in [(1u32, 5000u64), (5, 20), (9, 12_000), (70000, 1)] {
+        let mut mappings = BTreeMap::new();
+        let mut v = 0;
+        while (mappings.len() as u64) < count {
+            v += 1 + rng.below(3);
+            let run = 1 + rng.below(8);
+            for i in 0..run {
+                if (mappings.len() as u64) < count {
+                    mappings.insert(v + i, (next_data, rng.below(4) as u32));
+                    next_data += 1;
+                }
+            }
+            v += run;
+        }
+        let details = DeviceDetails {
+            mapped_blocks: mappings.len() as u64,
+            transaction_id: id as u64,
+            creation_time: 1,
+            snapshotted_time: 2,
+        };
+        pool.devices.insert(id, Device { details, mappings });
+    }
+    // Device 2 shares the first 3000 blocks of device 1.
+    let shared: BTreeMap<_, _> = pool.devices[&1].mappings.iter().take(3000).map(|(&k, &v)| (k, v)).collect();
+    let details = DeviceDetails { mapped_blocks: shared.len() as u64, transaction_id: 2, creation_time: 2, snapshotted_time: 2 };
+    pool.devices.insert(2, Device { details, mappings: shared });
+    pool
+}
+
+#[test]
+fn tessera_reads_what_thin_restore_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = sample_pool();
+    let img = restore(dir.path(), "restored", &expected.to_xml(), 8 << 20);
+    thin_check_passes(&img);
+    let pool = PoolMetadata::open(open_file(&img)).unwrap();
+    assert_eq!(Pool::read(&pool), expected);
+    // Lookups agree with the ranges, and `shared` follows the snapshot time.
+    for (id, dev) in &expected.devices {
+        for (&v, &(b, t)) in dev.mappings.iter().step_by(97) {
+            let l = pool.lookup(*id, v).unwrap().unwrap();
+            assert_eq!((l.mapping.data_block, l.mapping.time), (b, t));
+            assert_eq!(l.shared, t < dev.details.snapshotted_time);
+        }
+        assert_eq!(pool.lookup(*id, u64::MAX - 1).unwrap(), None);
+    }
+    let info = pool.info();
+    assert_eq!(info.nr_data_blocks, 100_000);
+    let used: u64 = expected.devices.values().map(|d| d.mappings.len() as u64).sum::<u64>() - 3000;
+    assert_eq!(info.free_data_blocks, 100_000 - used);
+    assert_eq!(pool.data_ref_count(expected.devices[&1].mappings.values().next().unwrap().0).unwrap(), 2);
+}
+
+/// Applies the same changes to tessera's metadata and to a model of what thin_dump should
+/// show.
+struct Driver {
+    pool: PoolMetadata,
+    model: Pool,
+}
+
+impl Driver {
+    fn new(pool: PoolMetadata) -> Driver {
+        let model = Pool::read(&pool);
+        Driver { pool, model }
+    }
+
+    fn create_thin(&mut self, id: u32) {
+        self.pool.create_thin(id).unwrap();
+        let info = self.pool.info();
+        let details = DeviceDetails {
+            mapped_blocks: 0,
+            transaction_id: info.transaction_id,
+            creation_time: info.time,
+            snapshotted_time: info.time,
+        };
+        self.model.devices.insert(id, Device { details, mappings: BTreeMap::new() });
+    }
+
+    fn create_snap(&mut self, id: u32, origin: u32) {
+        self.pool.create_snap(id, origin).unwrap();
+        self.model.time += 1;
+        let time = self.model.time;
+        let o = self.model.devices.get_mut(&origin).unwrap();
+        o.details.snapshotted_time = time;
+        let mut snap = o.clone();
+        snap.details.creation_time = time;
+        snap.details.transaction_id = self.model.transaction;
+        self.model.devices.insert(id, snap);
+    }
+
+    fn map(&mut self, id: u32, v: u64) -> u64 {
+        let b = self.pool.alloc_data_block().unwrap();
+        self.pool.insert(id, v, b).unwrap();
+        let dev = self.model.devices.get_mut(&id).unwrap();
+        if dev.mappings.insert(v, (b, self.model.time)).is_none() {
+            dev.details.mapped_blocks += 1;
+        }
+        b
+    }
+
+    fn unmap(&mut self, id: u32, begin: u64, end: u64) {
+        self.pool.remove_range(id, begin, end).unwrap();
+        let dev = self.model.devices.get_mut(&id).unwrap();
+        let gone: Vec<u64> = dev.mappings.range(begin..end).map(|(&k, _)| k).collect();
+        for k in gone {
+            dev.mappings.remove(&k);
+            dev.details.mapped_blocks -= 1;
+        }
+    }
+
+    fn delete(&mut self, id: u32) {
+        self.pool.delete(id).unwrap();
+        self.model.devices.remove(&id);
+    }
+
+    fn set_transaction_id(&mut self, new: u64) {
+        self.pool.set_transaction_id(self.model.transaction, new).unwrap();
+        self.model.transaction = new;
+    }
+
+    /// Commits, then checks: tessera's view equals the model, thin_check passes, thin_dump
+    /// shows the model, and every data block's count equals the mappings that hold it.
+    fn commit_and_verify(&mut self, img: &std::path::Path) {
+        self.pool.commit().unwrap();
+        assert_eq!(Pool::read(&self.pool), self.model, "tessera's view");
+        thin_check_passes(img);
+        assert_eq!(thin_dump(img, &[]), self.model, "thin_dump's view");
+        let reopened = PoolMetadata::open(open_file(img)).unwrap();
+        assert_eq!(Pool::read(&reopened), self.model, "reopened");
+    }
+}
+
+#[test]
+fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("meta.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    let pool = PoolMetadata::format(open_file(&img), 128, 50_000).unwrap();
+    thin_check_passes(&img);
+    let mut d = Driver::new(pool);
+    d.commit_and_verify(&img);
+
+    let mut rng = Rng(11);
+    d.create_thin(1);
+    d.create_thin(2);
+    for v in 0..3000 {
+        d.map(1, v * 3);
+    }
+    for _ in 0..500 {
+        let v = rng.below(20_000);
+        d.map(2, v);
+    }
+    d.set_transaction_id(1);
+    assert_eq!(d.pool.highest_mapped_block(1).unwrap(), Some(2999 * 3));
+    assert_eq!(d.pool.device_details(1).unwrap().unwrap().mapped_blocks, 3000);
+    assert_eq!(d.pool.device_details(99).unwrap(), None);
+    let spare = d.pool.alloc_data_block().unwrap();
+    d.pool.free_data_block(spare).unwrap();
+    assert_eq!(d.pool.data_ref_count(spare).unwrap(), 0);
+    d.commit_and_verify(&img);
+
+    // A snapshot shares device 1's tree; writes to either break the sharing.
+    d.create_snap(3, 1);
+    for _ in 0..300 {
+        let v = rng.below(3000) * 3;
+        d.map(1, v);
+        let v = rng.below(3000) * 3;
+        d.map(3, v);
+    }
+    d.commit_and_verify(&img);
+
+    d.create_snap(4, 3);
+    d.unmap(3, 1000, 4000);
+    d.unmap(1, 0, 600);
+    d.delete(2);
+    d.create_thin(7);
+    for v in 0..2000 {
+        d.map(7, v);
+    }
+    d.pool.resize_data(70_000).unwrap();
+    d.model.nr_data_blocks = 70_000;
+    d.set_transaction_id(2);
+    d.commit_and_verify(&img);
+
+    d.delete(1);
+    d.delete(3);
+    d.unmap(7, 0, 2000);
+    d.commit_and_verify(&img);
+    d.delete(4);
+    d.delete(7);
+    d.commit_and_verify(&img);
+    let info = d.pool.info();
+    assert_eq!(info.free_data_blocks, info.nr_data_blocks, "every data block is free again");
+}
