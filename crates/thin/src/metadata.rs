@@ -3,14 +3,15 @@
 //! in-memory stand-in in unit tests.
 
 use tessera_formats::thin::{
-    DeviceDetails, Lookup, Mapping, PoolInfo, PoolMetadata, Result,
+    DeviceDetails, Lookup, PoolInfo, PoolMetadata, Result,
 };
 
 pub(crate) trait Metadata: Send + Sync {
     fn info(&self) -> PoolInfo;
     fn devices(&self) -> Result<Vec<(u32, DeviceDetails)>>;
+    fn device_details(&self, dev_id: u32) -> Result<Option<DeviceDetails>>;
+    fn highest_mapped_block(&self, dev_id: u32) -> Result<Option<u64>>;
     fn lookup(&self, dev_id: u32, vblock: u64) -> Result<Option<Lookup>>;
-    fn mappings(&self, dev_id: u32, begin: u64, end: u64) -> Result<Vec<(u64, Mapping)>>;
     fn create_thin(&mut self, dev_id: u32) -> Result<()>;
     fn create_snap(&mut self, dev_id: u32, origin: u32) -> Result<()>;
     fn delete(&mut self, dev_id: u32) -> Result<()>;
@@ -18,6 +19,7 @@ pub(crate) trait Metadata: Send + Sync {
     fn reserve_metadata_snap(&mut self) -> Result<()>;
     fn release_metadata_snap(&mut self) -> Result<()>;
     fn alloc_data_block(&mut self) -> Result<u64>;
+    fn free_data_block(&mut self, data_block: u64) -> Result<()>;
     fn insert(&mut self, dev_id: u32, vblock: u64, data_block: u64) -> Result<()>;
     fn remove_range(&mut self, dev_id: u32, begin: u64, end: u64) -> Result<Vec<u64>>;
     fn resize_data(&mut self, nr_data_blocks: u64) -> Result<()>;
@@ -34,11 +36,14 @@ impl Metadata for PoolMetadata {
     fn devices(&self) -> Result<Vec<(u32, DeviceDetails)>> {
         PoolMetadata::devices(self)
     }
+    fn device_details(&self, dev_id: u32) -> Result<Option<DeviceDetails>> {
+        PoolMetadata::device_details(self, dev_id)
+    }
+    fn highest_mapped_block(&self, dev_id: u32) -> Result<Option<u64>> {
+        PoolMetadata::highest_mapped_block(self, dev_id)
+    }
     fn lookup(&self, dev_id: u32, vblock: u64) -> Result<Option<Lookup>> {
         PoolMetadata::lookup(self, dev_id, vblock)
-    }
-    fn mappings(&self, dev_id: u32, begin: u64, end: u64) -> Result<Vec<(u64, Mapping)>> {
-        PoolMetadata::mappings(self, dev_id, begin, end)
     }
     fn create_thin(&mut self, dev_id: u32) -> Result<()> {
         PoolMetadata::create_thin(self, dev_id)
@@ -60,6 +65,9 @@ impl Metadata for PoolMetadata {
     }
     fn alloc_data_block(&mut self) -> Result<u64> {
         PoolMetadata::alloc_data_block(self)
+    }
+    fn free_data_block(&mut self, data_block: u64) -> Result<()> {
+        PoolMetadata::free_data_block(self, data_block)
     }
     fn insert(&mut self, dev_id: u32, vblock: u64, data_block: u64) -> Result<()> {
         PoolMetadata::insert(self, dev_id, vblock, data_block)
@@ -93,6 +101,7 @@ pub(crate) mod memory {
     use std::collections::{BTreeMap, HashSet};
 
     use super::*;
+    use tessera_formats::thin::Mapping;
     use tessera_formats::thin::ThinMetadataError;
 
     pub const MAPPINGS_PER_BLOCK: u64 = 16;
@@ -180,16 +189,19 @@ pub(crate) mod memory {
         fn devices(&self) -> Result<Vec<(u32, DeviceDetails)>> {
             Ok(self.current.devices.iter().map(|(k, v)| (*k, *v)).collect())
         }
+        fn device_details(&self, dev_id: u32) -> Result<Option<DeviceDetails>> {
+            Ok(self.current.devices.get(&dev_id).copied())
+        }
+        fn highest_mapped_block(&self, dev_id: u32) -> Result<Option<u64>> {
+            let m = self.current.maps.get(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
+            Ok(m.keys().next_back().copied())
+        }
         fn lookup(&self, dev_id: u32, vblock: u64) -> Result<Option<Lookup>> {
             let d = self.current.devices.get(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
             Ok(self.current.maps[&dev_id].get(&vblock).map(|m| Lookup {
                 mapping: *m,
                 shared: m.time < d.snapshotted_time,
             }))
-        }
-        fn mappings(&self, dev_id: u32, begin: u64, end: u64) -> Result<Vec<(u64, Mapping)>> {
-            let m = self.current.maps.get(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
-            Ok(m.range(begin..end).map(|(k, v)| (*k, *v)).collect())
         }
         fn create_thin(&mut self, dev_id: u32) -> Result<()> {
             if self.current.devices.contains_key(&dev_id) {
@@ -252,6 +264,11 @@ pub(crate) mod memory {
                 }
                 None => Err(ThinMetadataError::NoDataSpace { device: self.name.clone(), blocks: self.current.refs.len() as u64 }),
             }
+        }
+        fn free_data_block(&mut self, data_block: u64) -> Result<()> {
+            let mut freed = Vec::new();
+            self.dec(data_block, &mut freed);
+            Ok(())
         }
         fn insert(&mut self, dev_id: u32, vblock: u64, data_block: u64) -> Result<()> {
             if self.used_metadata() + 1 > self.current.metadata_blocks {

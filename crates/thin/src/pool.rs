@@ -587,6 +587,21 @@ impl Pool {
         Ok(())
     }
 
+    /// Passes on the result of writing a block just allocated; if the write failed, the
+    /// block goes back to the free space rather than staying allocated and unmapped.
+    pub fn release_if_failed(
+        &self,
+        data_block: u64,
+        written: Result<(), BlockError>,
+    ) -> Result<(), BlockError> {
+        if written.is_err() {
+            if let Err(e) = self.change("free a data block", |m| m.free_data_block(data_block)) {
+                tracing::error!("{}: cannot free data block {data_block}: {e}", self.name);
+            }
+        }
+        written
+    }
+
     /// Unmaps `[begin, end)` of `dev_id` and passes the freed data blocks' ranges down to
     /// the data device if `passdown`, before any of them can be reused.
     pub fn unmap(

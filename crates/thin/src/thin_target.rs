@@ -173,14 +173,16 @@ impl ThinTarget {
                     .alloc_data_block()
                     .map_err(|e| self.alloc_error(offset, len, e))?;
                 let dev = pool.data();
-                if whole {
-                    dev.write_at(data, new * bb)?;
+                let copied = if whole {
+                    dev.write_at(data, new * bb)
                 } else {
                     let mut block = vec![0u8; bb as usize];
-                    dev.read_at(&mut block, l.mapping.data_block * bb)?;
-                    block[within as usize..][..data.len()].copy_from_slice(data);
-                    dev.write_at(&block, new * bb)?;
-                }
+                    dev.read_at(&mut block, l.mapping.data_block * bb).and_then(|()| {
+                        block[within as usize..][..data.len()].copy_from_slice(data);
+                        dev.write_at(&block, new * bb)
+                    })
+                };
+                pool.release_if_failed(new, copied)?;
                 pool.insert(self.dev_id, vblock, new, true)
                     .map_err(|e| self.meta_error(offset, len, e))
             }
@@ -189,21 +191,23 @@ impl ThinTarget {
                     .alloc_data_block()
                     .map_err(|e| self.alloc_error(offset, len, e))?;
                 let dev = pool.data();
-                if whole {
-                    dev.write_at(data, new * bb)?;
+                let written = if whole {
+                    dev.write_at(data, new * bb)
                 } else if self.origin.is_some() {
                     // The rest of the block comes from the external origin.
                     let mut block = vec![0u8; bb as usize];
-                    self.read_unmapped(vblock * bb, &mut block)?;
-                    block[within as usize..][..data.len()].copy_from_slice(data);
-                    dev.write_at(&block, new * bb)?;
+                    self.read_unmapped(vblock * bb, &mut block).and_then(|()| {
+                        block[within as usize..][..data.len()].copy_from_slice(data);
+                        dev.write_at(&block, new * bb)
+                    })
                 } else if pool.features().zero_new_blocks {
                     let mut block = vec![0u8; bb as usize];
                     block[within as usize..][..data.len()].copy_from_slice(data);
-                    dev.write_at(&block, new * bb)?;
+                    dev.write_at(&block, new * bb)
                 } else {
-                    dev.write_at(data, new * bb + within)?;
-                }
+                    dev.write_at(data, new * bb + within)
+                };
+                pool.release_if_failed(new, written)?;
                 pool.insert(self.dev_id, vblock, new, false)
                     .map_err(|e| self.meta_error(offset, len, e))
             }
@@ -318,19 +322,15 @@ impl Target for ThinTarget {
             StatusType::Info => {
                 let sectors = u64::from(self.pool.block_sectors);
                 let meta = self.pool.meta_read();
-                let mapped = meta.devices().ok().and_then(|all| {
-                    all.into_iter()
-                        .find(|(id, _)| *id == self.dev_id)
-                        .map(|(_, d)| d.mapped_blocks)
-                });
-                let highest = meta
-                    .mappings(self.dev_id, 0, u64::MAX)
-                    .map(|all| all.last().map(|(v, _)| *v));
+                let mapped = meta.device_details(self.dev_id);
+                let highest = meta.highest_mapped_block(self.dev_id);
                 match (mapped, highest) {
-                    (Some(mapped), Ok(Some(highest))) => {
-                        format!("{} {}", mapped * sectors, (highest + 1) * sectors - 1)
-                    }
-                    (Some(mapped), Ok(None)) => format!("{} -", mapped * sectors),
+                    (Ok(Some(d)), Ok(Some(highest))) => format!(
+                        "{} {}",
+                        d.mapped_blocks * sectors,
+                        (highest + 1) * sectors - 1
+                    ),
+                    (Ok(Some(d)), Ok(None)) => format!("{} -", d.mapped_blocks * sectors),
                     _ => "Error".into(),
                 }
             }

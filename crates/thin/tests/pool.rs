@@ -117,7 +117,7 @@ fn snapshots_share_then_diverge_and_delete_frees() {
     s.message("t2-pool", "create_snap 2 1").unwrap();
     origin.resume().unwrap();
     let snap = s.activate("t2-snap", &thin_table("t2-pool", 2, sectors));
-    assert_eq!(read(&*snap, 0, before.len()), before);
+    assert!(read(&*snap, 0, before.len()) == before);
     assert_eq!(data_usage(&pool_dev).0, 16, "a snapshot shares every block");
 
     // The origin writes blocks 0..4 (partly), the snapshot blocks 8..10 (wholly).
@@ -137,8 +137,8 @@ fn snapshots_share_then_diverge_and_delete_frees() {
     }
     let mut s_model = before.clone();
     s_model[8 * BLOCK as usize..10 * BLOCK as usize].copy_from_slice(&s_new);
-    assert_eq!(read(&*origin, 0, before.len()), o_model);
-    assert_eq!(read(&*snap, 0, before.len()), s_model);
+    assert!(read(&*origin, 0, before.len()) == o_model);
+    assert!(read(&*snap, 0, before.len()) == s_model);
     assert_eq!(data_usage(&pool_dev).0, 16 + 4 + 2);
 
     // Delete is refused while the device is open, then frees what only it used.
@@ -147,7 +147,7 @@ fn snapshots_share_then_diverge_and_delete_frees() {
     s.remove("t2-snap");
     s.message("t2-pool", "delete 2").unwrap();
     assert_eq!(data_usage(&pool_dev).0, 16 + 4 + 2 - 6, "the snapshot's 4 old + 2 own blocks");
-    assert_eq!(read(&*origin, 0, before.len()), o_model);
+    assert!(read(&*origin, 0, before.len()) == o_model);
     drop((origin, pool_dev));
     s.remove_all();
     thin_check(&p.meta);
@@ -167,17 +167,17 @@ fn discard_unmaps_frees_and_passes_down() {
     thin.flush().unwrap();
     assert_eq!(data_usage(&pool_dev).0, 10);
 
-    // Blocks 2..=6 whole, with partial edges in blocks 1 and 7, which stay.
+    // Blocks 2..6 whole, with partial edges in blocks 1 and 6, which stay.
     thin.discard(BLOCK + 4096, 6 * BLOCK - 8192).unwrap();
     let mut model = data.clone();
-    model[2 * BLOCK as usize..7 * BLOCK as usize].fill(0);
-    assert_eq!(read(&*thin, 0, model.len()), model);
-    assert_eq!(data_usage(&pool_dev).0, 5);
-    assert_eq!(status_words(&thin)[0], (5 * BLOCK_SECTORS).to_string());
+    model[2 * BLOCK as usize..6 * BLOCK as usize].fill(0);
+    assert!(read(&*thin, 0, model.len()) == model);
+    assert_eq!(data_usage(&pool_dev).0, 6);
+    assert_eq!(status_words(&thin)[0], (6 * BLOCK_SECTORS).to_string());
 
     // Freed blocks are reused after the commit; nothing of the old data shows through.
     let fresh = Rng(6).bytes(4096);
-    for b in 20..25 {
+    for b in 20..24 {
         thin.write_at(&fresh, b * BLOCK).unwrap();
         assert_eq!(read(&*thin, b * BLOCK + 4096, 4096), vec![0; 4096]);
     }
@@ -193,7 +193,7 @@ fn discard_unmaps_frees_and_passes_down() {
 fn ignore_discard_keeps_mappings() {
     let (p, pool_dev) = pool("t4-pool", 16, &["ignore_discard", "skip_block_zeroing"]);
     let s = &p.stack;
-    assert_eq!(&status_words(&pool_dev)[4], "ignore_discard");
+    assert_eq!(&status_words(&pool_dev)[5], "ignore_discard");
     assert_eq!(
         pool_dev.table().unwrap().to_string().trim(),
         format!(

@@ -39,7 +39,7 @@ fn error_if_no_space() {
     thin.flush().unwrap();
     let mut model = full.clone();
     model[..512].fill(5);
-    assert_eq!(read(&*thin, 0, model.len()), model);
+    assert!(read(&*thin, 0, model.len()) == model);
     assert_eq!(read(&*thin, 8 * BLOCK, 512), vec![0; 512]);
     drop((thin, pool));
     s.remove_all();
@@ -79,7 +79,7 @@ fn queue_until_the_pool_grows() {
     assert_eq!(w[2], "9/16");
     assert_eq!(&w[4], "rw");
     assert_eq!(read(&*thin, 9 * BLOCK, 4096), vec![3u8; 4096]);
-    assert_eq!(read(&*thin, 0, full.len()), full);
+    assert!(read(&*thin, 0, full.len()) == full);
     thin.flush().unwrap();
     drop((thin, pool));
     s.remove_all();
