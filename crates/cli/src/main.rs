@@ -10,6 +10,7 @@ mod md;
 mod report;
 mod serve;
 mod show;
+mod thin;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -93,6 +94,10 @@ enum Command {
     /// --kernel), close, format, add-key, remove-key, kill-slot, dump.
     #[command(subcommand, after_help = luks::ABOUT)]
     Luks(luks::LuksCommand),
+    /// Thin pools: `thin check VG/POOL` (pools, thin LVs and thin snapshots are made with
+    /// `lv create --type thin-pool`, `--thin` and `--snapshot`).
+    #[command(subcommand)]
+    Thin(thin::ThinCommand),
     /// Show the whole storage stack as a tree: disk > partition > array > PV > VG > LV >
     /// LUKS or filesystem, with sizes, states and problems (reads only).
     #[command(after_help = show::SHOW_ABOUT)]
@@ -307,23 +312,36 @@ enum LvCommand {
     ///
     /// A snapshot (as lvcreate -s): `lv create --snapshot VG/ORIGIN -n NAME -L SIZE
     /// [-c CHUNK]`, its copy-on-write store NAME of SIZE on the VG's free extents.
+    ///
+    /// Thin provisioning, as lvm2 lays it out so lvm2 uses it:
+    ///
+    /// - a pool: `lv create --type thin-pool -L SIZE [-c CHUNK] [--poolmetadatasize SIZE]
+    ///   [--zero y|n] [--discards MODE] VG/POOL`: hidden POOL_tdata (SIZE of data) and
+    ///   POOL_tmeta (its metadata) and the VG's lvolN_pmspare (a spare as large as the
+    ///   largest metadata, for repairs);
+    ///
+    /// - a thin LV: `lv create --thin -V SIZE -n NAME VG/POOL` (or `--thinpool VG/POOL`);
+    ///   SIZE may exceed what the pool holds: blocks come from the pool when first written;
+    ///
+    /// - a thin snapshot: `lv create --snapshot VG/THIN -n NAME` without a size: it shares
+    ///   every block with THIN until either is written; as lvm2 it is skipped by activation
+    ///   unless named (tessera activate VG/NAME). A snapshot of a snapshot works the same.
     Create {
-        /// VG/LV (for a snapshot, VG/NAME or -n NAME)
-        #[arg(required_unless_present = "snapshot")]
+        /// VG/LV (VG/POOL for a pool or a thin LV's pool; for a snapshot, VG/NAME or -n NAME)
+        #[arg(required_unless_present_any = ["snapshot", "thinpool"])]
         name: Option<String>,
-        /// Make a snapshot of this origin LV (VG/ORIGIN).
+        /// Make a snapshot of this origin LV (VG/ORIGIN); of a thin LV without -L, a thin
+        /// snapshot.
         #[arg(short = 's', long, value_name = "VG/ORIGIN")]
         snapshot: Option<String>,
-        /// The new LV's name (with --snapshot).
-        #[arg(short = 'n', long = "name", value_name = "NAME", requires = "snapshot")]
+        /// The new LV's name (a snapshot's or a thin LV's).
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
         lv_name: Option<String>,
-        /// A snapshot's chunk: a power of two from 4k to 512k (default 4k, as lvm2).
-        #[arg(
-            short = 'c',
-            long = "chunksize",
-            value_name = "SIZE",
-            requires = "snapshot"
-        )]
+        /// A snapshot's chunk: a power of two from 4k to 512k (default 4k, as lvm2). A thin
+        /// pool's: a multiple of 64k from 64k to 1g (default 64k, doubled while the
+        /// metadata would pass 128 MiB, as lvm2). Bigger chunks need less metadata and
+        /// snapshot less finely.
+        #[arg(short = 'c', long = "chunksize", value_name = "SIZE")]
         chunk_size: Option<String>,
         #[command(flatten)]
         alloc: AllocArgs,
@@ -337,6 +355,8 @@ enum LvCommand {
         /// The raid write-intent region (default 2M).
         #[arg(short = 'R', long = "regionsize", value_name = "SIZE")]
         region_size: Option<String>,
+        #[command(flatten)]
+        thin: thin::ThinCreateArgs,
     },
     /// Repair raid LVs that lost images with a missing PV (as lvconvert --repair, then
     /// vgreduce --removemissing): each lost image moves to a PV none of the LV's other
@@ -347,11 +367,16 @@ enum LvCommand {
         name: String,
     },
     /// Grow an LV; new extents are striped like its last segment unless --stripes says otherwise.
+    /// A thin pool grows its data with -L/-l (its metadata notes the new blocks) and its
+    /// metadata with --poolmetadatasize (the VG's spare grows to match).
     Extend {
         /// VG/LV
         name: String,
         #[command(flatten)]
         alloc: AllocArgs,
+        /// Grow a thin pool's metadata to SIZE, or by +SIZE.
+        #[arg(long = "poolmetadatasize", value_name = "SIZE", allow_hyphen_values = true)]
+        pool_metadata_size: Option<String>,
     },
     /// Shrink an LV: the data past the new end is lost, so it needs --force.
     Reduce {
@@ -562,6 +587,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),
+        Command::Thin(cmd) => return thin::run(&engine, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,
@@ -673,6 +699,74 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Lv(cmd) => match cmd {
             LvCommand::Create {
                 name,
+                snapshot,
+                lv_name,
+                chunk_size,
+                alloc,
+                segtype,
+                mirrors,
+                region_size,
+                thin,
+            } if thin::form(
+                segtype.as_deref(),
+                &thin,
+                snapshot.is_some(),
+                alloc.size.size.is_some() || alloc.size.extents.is_some(),
+            )?
+            .is_some() =>
+            {
+                if mirrors.is_some() || region_size.is_some() || alloc.stripes.is_some_and(|n| n > 1)
+                {
+                    bail!("thin pools and thin LVs are linear here: -m, -R and -i do not apply");
+                }
+                let sized = alloc.size.size.is_some() || alloc.size.extents.is_some();
+                match thin::form(segtype.as_deref(), &thin, snapshot.is_some(), sized)? {
+                    Some(thin::ThinCreate::Pool) => {
+                        let name = name
+                            .ok_or_else(|| anyhow::anyhow!("name the pool: VG/POOL"))?;
+                        let (vg, pool) = split_vg_lv(&name)?;
+                        refuse_if_served(&socket, vg)?;
+                        let size = alloc.size.parse()?;
+                        thin::create_pool(
+                            &engine,
+                            vg,
+                            pool,
+                            size,
+                            chunk_size.as_deref(),
+                            alloc.pvs,
+                            &thin,
+                        )?;
+                    }
+                    Some(thin::ThinCreate::Thin) => {
+                        if sized {
+                            bail!("a thin LV takes its virtual size with -V, not -L/-l");
+                        }
+                        if chunk_size.is_some() {
+                            bail!("a thin LV has its pool's chunk; -c applies to the pool");
+                        }
+                        let (vg, pool) = thin::thin_target(name.as_deref(), &thin)?;
+                        refuse_if_served(&socket, vg)?;
+                        thin::create_thin(&engine, vg, pool, lv_name.as_deref(), &thin)?;
+                    }
+                    Some(thin::ThinCreate::Snapshot) => {
+                        let origin = snapshot.expect("the snapshot form");
+                        let (vg, origin) = split_vg_lv(&origin)?;
+                        let snap = match (lv_name.as_deref(), name.as_deref()) {
+                            (Some(n), _) => n,
+                            (None, Some(n)) => n.strip_prefix(&format!("{vg}/")).unwrap_or(n),
+                            (None, None) => bail!("give the snapshot a name with -n NAME"),
+                        };
+                        if chunk_size.is_some() {
+                            bail!("a thin snapshot has its pool's chunk; -c applies to snapshots with -L");
+                        }
+                        refuse_if_served(&socket, vg)?;
+                        thin::create_snapshot(&engine, vg, origin, snap)?;
+                    }
+                    None => unreachable!("the guard found a thin form"),
+                }
+            }
+            LvCommand::Create {
+                name,
                 snapshot: Some(origin),
                 lv_name,
                 chunk_size,
@@ -680,6 +774,7 @@ fn run(cli: Cli) -> Result<bool> {
                 segtype,
                 mirrors,
                 region_size,
+                ..
             } => {
                 let (vg, origin) = split_vg_lv(&origin)?;
                 let named = name.as_deref().map(|n| match n.split_once('/') {
@@ -717,9 +812,14 @@ fn run(cli: Cli) -> Result<bool> {
                 segtype,
                 mirrors,
                 region_size,
+                lv_name,
+                chunk_size,
                 ..
             } => {
-                let name = name.expect("clap requires it without --snapshot");
+                if lv_name.is_some() || chunk_size.is_some() {
+                    bail!("-n and -c apply to snapshots, thin LVs and thin pools; give a plain LV as VG/LV");
+                }
+                let name = name.ok_or_else(|| anyhow::anyhow!("name the new LV: VG/LV"))?;
                 let (vg, lv) = split_vg_lv(&name)?;
                 let mut options = alloc.options()?;
                 options.segtype = segtype;
@@ -755,7 +855,30 @@ fn run(cli: Cli) -> Result<bool> {
                 }
                 println!("Volume group \"{vg}\" repaired; its missing PVs are removed.");
             }
-            LvCommand::Extend { name, alloc } => {
+            LvCommand::Extend {
+                name,
+                alloc,
+                pool_metadata_size: Some(meta),
+            } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                refuse_if_served(&socket, vg)?;
+                let pvs = alloc.pvs.clone();
+                if alloc.size.size.is_some() || alloc.size.extents.is_some() {
+                    let size = alloc.size.parse()?;
+                    let pool = engine.lv_thin_pool_extend(vg, lv, size, &pvs)?;
+                    println!(
+                        "  Size of logical volume {vg}/{lv}_tdata changed to {} extents.",
+                        pool.extent_count()
+                    );
+                }
+                let m = engine.lv_thin_pool_extend_metadata(vg, lv, parse_size(&meta)?, &pvs)?;
+                println!(
+                    "  Size of logical volume {vg}/{} changed to {} extents.",
+                    m.name,
+                    m.extent_count()
+                );
+            }
+            LvCommand::Extend { name, alloc, .. } => {
                 let (vg, lv) = split_vg_lv(&name)?;
                 let change = LvChange::Extend {
                     vg: vg.into(),
@@ -800,7 +923,11 @@ fn run(cli: Cli) -> Result<bool> {
                 if force {
                     refuse_if_served(&socket, vg)?;
                     for gone in engine.lv_remove_with(vg, lv, true)? {
-                        if !gone.starts_with("snapshot") || gone == lv {
+                        // lvm2 names only the LVs users know, not its internal ones.
+                        let internal = ["_tmeta", "_tdata", "_pmspare"]
+                            .iter()
+                            .any(|s| gone.ends_with(s));
+                        if (!gone.starts_with("snapshot") || gone == lv) && !internal {
                             println!("Logical volume \"{gone}\" successfully removed.");
                         }
                     }

@@ -440,34 +440,88 @@ pub fn skips_activation(vg: &VolumeGroup, lv: &str) -> bool {
     vg.lv(lv).is_some_and(|l| l.activation_skip())
 }
 
-/// lvm2's warning when the thin LVs of a VG may outgrow its pools (and the VG's free
-/// space); None when they fit.
-pub fn overprovisioning(vg: &VolumeGroup) -> Option<String> {
-    let ext = vg.extent_size_bytes();
-    let thin: u64 = vg
-        .lvs
-        .iter()
-        .filter(|l| l.thin().is_some())
-        .map(|l| l.extent_count() * ext)
-        .sum();
-    let pools: u64 = vg.thin_pools().iter().map(|l| l.extent_count() * ext).sum();
-    let free = vg.pe_free_total() * ext;
-    let mib = |b: u64| format!("{:.2} MiB", b as f64 / (1 << 20) as f64);
-    if thin > pools + free {
-        Some(format!(
-            "Sum of all thin volume sizes ({}) exceeds the size of thin pools and the amount of free space in volume group ({}).",
-            mib(thin),
-            mib(pools + free)
-        ))
-    } else if thin > pools {
-        Some(format!(
-            "Sum of all thin volume sizes ({}) exceeds the size of thin pools ({}).",
-            mib(thin),
-            mib(pools)
-        ))
-    } else {
-        None
+/// A size as lvm2 prints it in messages: two decimals in the largest binary unit, with
+/// '<' where the figure is rounded up.
+pub fn display_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
     }
+    let mut unit = 1024f64;
+    let mut name = UNITS[0];
+    for (i, u) in UNITS.iter().enumerate().skip(1) {
+        let size = 1024f64.powi(i as i32 + 1);
+        if bytes as f64 >= size {
+            unit = size;
+            name = u;
+        }
+    }
+    let exact = bytes as f64 / unit;
+    let shown = two_places(exact);
+    let rounded_up = shown.parse::<f64>().is_ok_and(|v| v > exact);
+    format!("{}{shown} {name}", if rounded_up { "<" } else { "" })
+}
+
+/// lvm2's warnings when the thin LVs of pool `pool` may outgrow it (and the other pools,
+/// and the VG's free space); none when they fit.
+pub fn overprovisioning(vg: &VolumeGroup, pool: &str) -> Vec<String> {
+    let ext = vg.extent_size_bytes();
+    let size = |l: &LogicalVolume| l.extent_count() * ext;
+    let thin_sum = |p: &str| -> u64 { vg.thin_lvs_of(p).iter().map(|l| size(l)).sum() };
+    let Some(this) = vg.lv(pool) else {
+        return Vec::new();
+    };
+    let mut pools = size(this);
+    let mut thins = thin_sum(pool);
+    if thins <= pools {
+        return Vec::new();
+    }
+    let mut more_pools = false;
+    for p in vg.thin_pools() {
+        if p.name != pool {
+            more_pools = true;
+            pools += size(p);
+            thins += thin_sum(&p.name);
+        }
+    }
+    if thins <= pools {
+        return Vec::new();
+    }
+    let vg_size = vg.pe_total() * ext;
+    let vg_free = vg.pe_free_total() * ext;
+    let (txt, sz) = if vg_size < thins {
+        (" and the size of whole volume group", vg_size)
+    } else if vg_free < thins {
+        (
+            if vg_free == 0 {
+                ""
+            } else {
+                " and the amount of free space in volume group"
+            },
+            vg_free,
+        )
+    } else {
+        // No autoextension is set up (lvm2's threshold stays at 100).
+        ("", pools)
+    };
+    let target = if more_pools {
+        "s".to_string()
+    } else {
+        format!(" {}/{pool}", vg.name)
+    };
+    let limit = if sz > 0 {
+        display_size(sz)
+    } else {
+        "no free space in volume group".into()
+    };
+    vec![
+        format!(
+            "Sum of all thin volume sizes ({}) exceeds the size of thin pool{target}{txt} ({limit}).",
+            display_size(thins)
+        ),
+        "You have not turned on protection against thin pools running out of space.".into(),
+        "Set activation/thin_pool_autoextend_threshold below 100 to trigger automatic extension of thin pools before they get full.".into(),
+    ]
 }
 
 fn refuse(vg: &str, why: String) -> EngineError {
@@ -640,9 +694,9 @@ fn pool_params(
         )));
     }
     notes.push(format!(
-        "Thin pool volume with chunk size {} KiB can address at most {:.2} TiB of data.",
-        chunk / 2,
-        max_data as f64 / 2.0 / 1024.0 / 1024.0 / 1024.0
+        "Thin pool volume with chunk size {} can address at most {} of data.",
+        display_size(chunk * 512),
+        display_size(max_data * 512)
     ));
     if zero && chunk >= 1024 {
         warnings.push(format!(
@@ -929,7 +983,7 @@ impl Engine {
             lvs: vec![lv],
             ..Default::default()
         };
-        out.warnings.extend(overprovisioning(&vg));
+        out.warnings.extend(overprovisioning(&vg, pool));
         self.commit(&scan, Some(state), vg, &[])?;
         drop(scan);
         self.settle_pool_locked(vg_name, pool, opener)?;
@@ -1045,7 +1099,7 @@ impl Engine {
             lvs: vec![name.to_string()],
             ..Default::default()
         };
-        out.warnings.extend(overprovisioning(&vg));
+        out.warnings.extend(overprovisioning(&vg, &pool));
         self.commit(&scan, Some(state), vg, &[])?;
         drop(scan);
         self.settle_pool_locked(vg_name, &pool, opener)?;
@@ -1270,6 +1324,35 @@ impl Engine {
     }
 }
 
+/// Checks pool `pool`'s metadata as `thin_check` does ([`tessera_formats::thin::check`]:
+/// checksums, btrees, mappings inside the pool, both space maps' counts, each device's
+/// details), and that it is at the transaction the VG expects (a mismatch is the second
+/// value). Reads only. `progress` gets (metadata blocks read, blocks in use).
+pub fn check_pool(
+    scan: &Scan,
+    state: &VgState,
+    pool: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(tessera_formats::thin::CheckReport, Option<String>)> {
+    let seg = pool_segment(&state.vg, pool)?;
+    let device = lv_device(scan, state, &seg.metadata)?;
+    let err = |e: ThinMetadataError| pool_error(&state.vg.name, pool, e);
+    let report = tessera_formats::thin::check(&device, progress).map_err(err)?;
+    let mut mismatch = None;
+    if let Ok(meta) = PoolMetadata::open(device) {
+        let have = meta.info().transaction_id;
+        let want = seg.transaction_id;
+        let queued = !seg.messages.is_empty();
+        if have != want && !(queued && have + 1 == want) {
+            mismatch = Some(format!(
+                "{}/{pool}: the pool's metadata is at transaction {have}, the VG expects {want}",
+                state.vg.name
+            ));
+        }
+    }
+    Ok((report, mismatch))
+}
+
 /// A percentage as lvs shows it: lvm2's fixed-point percent (truncated to millionths of
 /// a percent), never 0.00 when something is used nor 100.00 when something is free, two
 /// decimals.
@@ -1325,6 +1408,10 @@ mod tests {
         // The most 64 KiB chunks address: about 15.88 TiB.
         assert_eq!(max_data_sectors(128) / 2 / 1024 / 1024, 16_256);
         assert_eq!(percent(72, 256), "28.12");
+        assert_eq!(display_size(max_data_sectors(128) * 512), "<15.88 TiB");
+        assert_eq!(display_size(max_data_sectors(512) * 512), "63.50 TiB");
+        assert_eq!(display_size(64 << 10), "64.00 KiB");
+        assert_eq!(display_size(96 << 20), "96.00 MiB");
         assert_eq!(percent(62, 512), "12.11");
         assert_eq!(percent(64, 512), "12.50");
         assert_eq!(percent(0, 512), "0.00");
