@@ -57,6 +57,11 @@ w s2 512 7 20001
 w sparse 4k 1 0
 w sparse 1M 2 500
 w sparse 64k 5 16000
+# Activated afresh: the kernel counts the metadata blocks of the last commit only then
+# (a running pool's count includes its open transaction's shadow copies).
+vgchange -q -an vg
+vgchange -q -ay -K vg
+dmsetup mknodes
 for lv in full s1 s2 sparse; do echo "sum $lv $(sum $lv)"; done
 echo "lvs $(lvs -a --reportformat json -o lv_name,lv_attr,pool_lv,origin,data_percent,metadata_percent vg | json)"
 vgchange -q -an vg
