@@ -115,6 +115,7 @@ pub fn run_dm(command: DmCommand) -> Result<bool> {
 fn targets(
     engine: &Engine,
     names: &[String],
+    ignore_skip: bool,
 ) -> Result<(tessera_engine::scan::Scan, Vec<(String, String)>)> {
     let scan = engine.scan()?;
     let mut out = Vec::new();
@@ -139,6 +140,9 @@ fn targets(
                     .lvs
                     .iter()
                     .filter(|l| state.vg.lv_is_visible(l))
+                    // As lvm2: LVs flagged to skip activation (thin snapshots) only when
+                    // named, or with the skip ignored.
+                    .filter(|l| ignore_skip || !l.activation_skip())
                     .map(|l| (vg.clone(), l.name.clone())),
             ),
         }
@@ -291,7 +295,12 @@ fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<Option<Str
     Ok(Some(node))
 }
 
-pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<bool> {
+pub fn activate(
+    engine: &Engine,
+    names: &[String],
+    degraded: bool,
+    ignore_skip: bool,
+) -> Result<bool> {
     let (md, names): (Vec<&String>, Vec<String>) = {
         let (md, rest): (Vec<&String>, Vec<&String>) =
             names.iter().partition(|n| n.starts_with("md/"));
@@ -307,7 +316,7 @@ pub fn activate(engine: &Engine, names: &[String], degraded: bool) -> Result<boo
     let control = Control::open()?;
     // The arrays under the VGs first, so that the PVs on them are found.
     ok &= assemble_under(engine, &names, degraded)?;
-    let (scan, lvs) = targets(engine, &names)?;
+    let (scan, lvs) = targets(engine, &names, ignore_skip)?;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");
         match kernel::activate_lv(&control, &scan, state, &lv) {
@@ -346,7 +355,7 @@ pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
     }
     let names = &rest[..];
     let control = Control::open()?;
-    let (scan, lvs) = targets(engine, names)?;
+    let (scan, lvs) = targets(engine, names, true)?;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");
         match kernel::deactivate_lv(&control, state, &lv) {

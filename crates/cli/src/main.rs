@@ -302,6 +302,10 @@ struct ActivateArgs {
     /// Start MD arrays (md/NAME) even with members missing, if redundancy covers them.
     #[arg(long)]
     degraded: bool,
+    /// Also activate LVs flagged to skip activation (lvm2's thin snapshots, attr 'k') when
+    /// activating a whole VG, as lvm2's -K; an LV named as VG/LV is activated regardless.
+    #[arg(short = 'K', long = "ignoreactivationskip")]
+    ignore_activation_skip: bool,
 }
 
 #[derive(Subcommand)]
@@ -583,7 +587,14 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Activate(args) if args.userspace => {
             return kdm::activate_userspace(&socket, &args.targets, args.degraded)
         }
-        Command::Activate(args) => return kdm::activate(&engine, &args.targets, args.degraded),
+        Command::Activate(args) => {
+            return kdm::activate(
+                &engine,
+                &args.targets,
+                args.degraded,
+                args.ignore_activation_skip,
+            )
+        }
         Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),

@@ -11,6 +11,7 @@ use super::raid_lv;
 use super::scan::{Scan, VgState};
 use super::snapshot::userspace_refusal;
 pub use super::snapshot::{cow_usage, layer_uuid, stack_devices, stack_origin, StackDevice};
+pub use super::thin::pool_stack_devices;
 pub use super::table::dm_name;
 use super::table::{load_plain, plain_table};
 use crate::error::{EngineError, Result};
@@ -27,6 +28,18 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
         })?;
     if lv.raid().is_some() {
         return Ok(raid_lv::raid_plan(scan, state, lv_name)?.table);
+    }
+    if lv.thin_pool().is_some() || lv.thin().is_some() {
+        // The device users know by this LV's name in the pool's stack.
+        let name = dm_name(&state.vg.name, lv_name);
+        return lv_devices(scan, state, lv_name)?
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| d.table)
+            .ok_or_else(|| EngineError::LvNotFound {
+                vg: state.vg.name.clone(),
+                lv: lv_name.into(),
+            });
     }
     if let Some(origin) = stack_origin(&state.vg, lv_name) {
         // The device users know by this LV's name: the origin's top, or the snapshot's
@@ -54,6 +67,15 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
 pub fn lv_devices(scan: &Scan, state: &VgState, lv_name: &str) -> Result<Vec<StackDevice>> {
     if let Some(origin) = stack_origin(&state.vg, lv_name) {
         return stack_devices(scan, state, origin);
+    }
+    // A pool with its layers; a thin LV with its pool's layers, as lvm2 activates them.
+    if let Some(l) = state.vg.lv(lv_name) {
+        if l.thin_pool().is_some() {
+            return pool_stack_devices(scan, state, lv_name, &[], true);
+        }
+        if let Some(t) = l.thin() {
+            return pool_stack_devices(scan, state, &t.pool, &[lv_name], false);
+        }
     }
     let lv = state
         .vg
@@ -90,7 +112,7 @@ pub fn activate_lv_with(
     registry: Arc<TargetRegistry>,
     allow_degraded: bool,
 ) -> Result<(MappedDevice, Vec<String>)> {
-    if let Some(why) = userspace_refusal(&state.vg, lv_name) {
+    if let Some(why) = userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name)) {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
             why,
@@ -118,7 +140,7 @@ pub fn activate_lv_with(
 /// ones; the next resume puts it live. This is how an active LV follows a resize. A raid
 /// LV is loaded whole (not degraded).
 pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevice) -> Result<()> {
-    if let Some(why) = userspace_refusal(&state.vg, lv_name) {
+    if let Some(why) = userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name)) {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
             why,
@@ -130,4 +152,22 @@ pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevic
         return Ok(());
     }
     load_plain(scan, state, lv_name, device)
+}
+
+/// Why a thin pool or thin LV is not mapped as one device: it is a stack of several
+/// ([`lv_devices`]), built whole where it is served or activated.
+fn thin_refusal(state: &VgState, lv: &str) -> Option<String> {
+    let l = state.vg.lv(lv)?;
+    let what = if l.thin_pool().is_some() {
+        "a thin pool"
+    } else if l.thin().is_some() {
+        "a thin LV"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "LV '{lv}' is {what}: its pool's devices are a stack (tessera lv table {}/{lv}); \
+         activate it in the kernel with tessera activate {}/{lv}",
+        state.vg.name, state.vg.name
+    ))
 }

@@ -9,6 +9,7 @@ use tessera_kernel::dm::{self, Control, Row};
 use super::activate::{dm_name, lv_table};
 use super::scan::{Scan, VgState};
 use super::snapshot::{stack_devices, stack_origin};
+use super::thin::pool_stack_devices;
 use crate::error::{EngineError, Result};
 
 /// The uuid lvm2 gives an LV's device.
@@ -25,6 +26,15 @@ pub use crate::devices::devno;
 
 /// The kernel table of an LV: lvm2's rows, PVs named by device number.
 pub fn kernel_rows(scan: &Scan, state: &VgState, lv: &str) -> Result<Vec<Row>> {
+    if is_pool_stack(state, lv) {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why: format!(
+                "LV '{lv}' belongs to thin pool stack of several devices; activate it with \
+                 tessera activate"
+            ),
+        });
+    }
     if stack_origin(&state.vg, lv).is_some() {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
@@ -122,6 +132,9 @@ fn raid_rows(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Resul
 /// snapshot or lvm2's snapshotN LV with the whole stack of its origin, see
 /// [`super::snapshot::stack_devices`]).
 pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
+    if is_pool_stack(state, lv) {
+        return activate_pool_stack(control, scan, state, lv);
+    }
     if let Some(origin) = stack_origin(&state.vg, lv) {
         return activate_stack(control, scan, state, origin, lv);
     }
@@ -133,7 +146,119 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
     };
     let name = dm_name(&state.vg.name, lv);
     let uuid = lv_uuid(state, lv).expect("the LV exists: its table was built");
-    load_device(control, state, Some(lv), &name, &uuid, &rows)
+    load_device(control, state, Some(lv), &name, &uuid, &rows, false)
+}
+
+/// True if LV `lv` is a thin pool or a thin LV: activated as lvm2 stacks them.
+fn is_pool_stack(state: &VgState, lv: &str) -> bool {
+    state
+        .vg
+        .lv(lv)
+        .is_some_and(|l| l.thin_pool().is_some() || l.thin().is_some())
+}
+
+/// Activates thin pool or thin LV `lv` as lvm2 does: the pool's `_tmeta` and `_tdata`,
+/// its `thin-pool` device, then the pool LV's own (read-only) device or the thin LV's
+/// (see [`super::thin::pool_stack_devices`]).
+fn activate_pool_stack(
+    control: &Control,
+    scan: &Scan,
+    state: &VgState,
+    lv: &str,
+) -> Result<Activated> {
+    let vg = &state.vg;
+    let pool = vg
+        .pool_of(lv)
+        .map(|p| p.name.clone())
+        .ok_or_else(|| EngineError::LvNotFound {
+            vg: vg.name.clone(),
+            lv: lv.into(),
+        })?;
+    let devices = if pool == lv {
+        pool_stack_devices(scan, state, &pool, &[], true)?
+    } else {
+        pool_stack_devices(scan, state, &pool, &[lv], false)?
+    };
+    let want = dm_name(&vg.name, lv);
+    let mut made: Vec<(String, String)> = Vec::new();
+    let mut result = None;
+    for d in &devices {
+        let rows = rows_with_numbers(scan, state, &d.name, &d.table, &made)?;
+        // lvm2 loads a used pool's own device read-only: the pool is used through its
+        // thin LVs.
+        let read_only = d.uuid.ends_with("-pool");
+        let done = load_device(
+            control,
+            state,
+            d.lv.as_deref(),
+            &d.name,
+            &d.uuid,
+            &rows,
+            read_only,
+        )?;
+        let info = control
+            .info(&d.name)?
+            .ok_or_else(|| EngineError::Kernel(format!("{} vanished once loaded", d.name)))?;
+        made.push((d.name.clone(), format!("{}:{}", info.major, info.minor)));
+        if d.name == want {
+            result = Some(done);
+        }
+    }
+    Ok(result.unwrap_or(Activated::Already { name: want }))
+}
+
+/// Removes pool `pool`'s `-tpool`, `_tdata` and `_tmeta` devices when nothing holds them
+/// (no thin LV active, the pool's own device gone), as lvm2 deactivates an unused pool.
+fn release_pool(control: &Control, state: &VgState, pool: &str) -> Result<bool> {
+    let vg = &state.vg;
+    let Some(seg) = vg.lv(pool).and_then(|l| l.thin_pool()) else {
+        return Ok(false);
+    };
+    let public = dm_name(&vg.name, pool);
+    let mut any = false;
+    let layers = [
+        format!("{public}-tpool"),
+        dm_name(&vg.name, &seg.data),
+        dm_name(&vg.name, &seg.metadata),
+    ];
+    if seg.transaction_id > 0 && control.info(&public)?.is_some() {
+        return Ok(false);
+    }
+    for name in layers {
+        match control.info(&name)? {
+            Some(info) if info.open_count == 0 => {
+                control.remove(&name)?;
+                let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
+                any = true;
+            }
+            Some(_) => return Ok(any),
+            None => {}
+        }
+    }
+    Ok(any)
+}
+
+/// Removes thin pool or thin LV `lv`'s device, then the pool's layers if nothing else
+/// holds them.
+fn deactivate_pool_stack(control: &Control, state: &VgState, lv: &str) -> Result<bool> {
+    let vg = &state.vg;
+    let Some(pool) = vg.pool_of(lv).map(|p| p.name.clone()) else {
+        return Ok(false);
+    };
+    let name = dm_name(&vg.name, lv);
+    let mut any = false;
+    if let Some(info) = control.info(&name)? {
+        // A fresh pool's own device is its thin-pool device: it stays while thin LVs use it.
+        if info.open_count == 0 {
+            control.remove(&name)?;
+            let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
+            let _ = std::fs::remove_file(format!("/dev/{}/{lv}", vg.name));
+            let _ = std::fs::remove_dir(format!("/dev/{}", vg.name));
+            any = true;
+        }
+    }
+    any |= release_pool(control, state, &pool)?;
+    Ok(any)
 }
 
 /// The rows of a table in dmsetup's syntax, PVs named by path and the devices in `made`
@@ -187,7 +312,15 @@ fn activate_stack(
     let mut result = None;
     for d in &devices {
         let rows = rows_with_numbers(scan, state, &d.name, &d.table, &made)?;
-        let done = load_device(control, state, d.lv.as_deref(), &d.name, &d.uuid, &rows)?;
+        let done = load_device(
+            control,
+            state,
+            d.lv.as_deref(),
+            &d.name,
+            &d.uuid,
+            &rows,
+            false,
+        )?;
         let info = control
             .info(&d.name)?
             .ok_or_else(|| EngineError::Kernel(format!("{} vanished once loaded", d.name)))?;
@@ -200,8 +333,8 @@ fn activate_stack(
     Ok(result.unwrap_or(Activated::Already { name: want }))
 }
 
-/// Makes device `name` (uuid `uuid`) live with `rows`: created, reloaded when its table
-/// differs, or left as it is; `/dev/VG/LV` made for `lv`.
+/// Makes device `name` (uuid `uuid`) live with `rows` (read-only if asked): created,
+/// reloaded when its table differs, or left as it is; `/dev/VG/LV` made for `lv`.
 fn load_device(
     control: &Control,
     state: &VgState,
@@ -209,6 +342,7 @@ fn load_device(
     name: &str,
     uuid: &str,
     rows: &[Row],
+    read_only: bool,
 ) -> Result<Activated> {
     let name = name.to_string();
     if let Some(info) = control.info(&name)? {
@@ -216,14 +350,14 @@ fn load_device(
             make_nodes(&state.vg.name, lv, &name, info.major, info.minor);
             return Ok(Activated::Already { name });
         }
-        control.load(&name, rows, false)?;
+        control.load(&name, rows, read_only)?;
         control.suspend(&name)?;
         control.resume(&name)?;
         return Ok(Activated::Reloaded { name });
     }
     let info = control.create(&name, uuid)?;
     let live = control
-        .load(&name, rows, false)
+        .load(&name, rows, read_only)
         .and_then(|()| control.resume(&name));
     if let Err(e) = live {
         // Nothing half-made: the empty device goes again.
@@ -242,6 +376,9 @@ fn load_device(
 /// was not.
 pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<bool> {
     let vg = state.vg.name.as_str();
+    if is_pool_stack(state, lv) {
+        return deactivate_pool_stack(control, state, lv);
+    }
     if let Some(origin) = stack_origin(&state.vg, lv) {
         return deactivate_stack(control, state, origin);
     }

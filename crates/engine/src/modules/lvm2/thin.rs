@@ -408,7 +408,8 @@ pub fn pool_stack_devices(
             name: dm_name(&vg.name, pool),
             uuid: layer_uuid(vg, p, "-pool"),
             table: format!("0 {size} linear {tpool} 0\n"),
-            lv: Some(pool.to_string()),
+            // lvm2 makes no /dev/VG/POOL for a used pool: it is used through its thin LVs.
+            lv: None,
         });
     }
     for t in thins {
