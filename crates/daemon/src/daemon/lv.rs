@@ -68,6 +68,16 @@ impl Daemon {
         for key in held {
             let mut volume = volumes.remove(&key).expect("listed");
             let lv_id = volume.lv.as_ref().expect("an LV's").lv_id.clone();
+            // Thin LVs follow their pool's stack, rebuilt below.
+            let thin_lv = state.and_then(|s| {
+                s.vg.lvs
+                    .iter()
+                    .find(|lv| lv.id.to_string() == lv_id && lv.thin().is_some())
+            });
+            if thin_lv.is_some() {
+                volumes.insert(key, volume);
+                continue;
+            }
             let lv = state.and_then(|s| {
                 s.vg.lvs.iter().find(|lv| {
                     lv.id.to_string() == lv_id
@@ -117,7 +127,25 @@ impl Daemon {
             }
             volumes.insert(activate::dm_name(vg, &lv.name), volume);
         }
+        notes.extend(self.drop_gone_pools(state, vg));
         if let Some(state) = state {
+            let served_pools: Vec<String> = self
+                .pools()
+                .keys()
+                .filter_map(|k| k.strip_prefix(&format!("{vg}/")).map(str::to_string))
+                .collect();
+            for pool in &served_pools {
+                match self.repool(&scan, state, pool, volumes) {
+                    Ok((lines, exported)) => {
+                        notes.extend(lines);
+                        seen.extend(exported);
+                    }
+                    Err(e) => notes.push(format!(
+                        "  {vg}/{pool}: its thin pool stack could not be rebuilt: {}",
+                        chain(&e)
+                    )),
+                }
+            }
             for origin in &restack {
                 match self.restack(&scan, state, origin, volumes) {
                     Ok((lines, exported)) => {

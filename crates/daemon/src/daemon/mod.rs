@@ -25,6 +25,7 @@ mod dm;
 mod luks;
 mod lv;
 mod md;
+mod thin;
 
 use dm::retire;
 pub use lv::apply_lv_change;
@@ -69,6 +70,9 @@ pub struct Daemon {
     /// By device name (`VG-LV` for LVs, as lvm2 names them). The lock also serialises
     /// the requests that change volumes.
     volumes: Mutex<BTreeMap<String, Volume>>,
+    /// The thin pools served, by `VG/POOL`: their stacks' unexported devices. Locked
+    /// only while `volumes` is held.
+    pools: Mutex<BTreeMap<String, thin::PoolStack>>,
     /// Exclusive claims on every member of what this daemon runs.
     _claims: Vec<tessera_engine::claim::Claim>,
 }
@@ -127,6 +131,7 @@ impl Daemon {
             registry: Arc::new(registry),
             read_only,
             volumes: Mutex::new(BTreeMap::new()),
+            pools: Mutex::new(BTreeMap::new()),
             _claims: claims,
         };
         let mut warnings: Vec<String> = merged
@@ -179,6 +184,10 @@ impl Daemon {
                 retire(layer);
             }
         }
+        // Pools after their thin devices: each commits its metadata on the flush.
+        for (_, stack) in std::mem::take(&mut *self.pools()) {
+            stack.retire();
+        }
     }
 
     /// The exports of every volume the daemon serves: `VG/LV`, `md/NAME`, and the names of
@@ -196,6 +205,10 @@ impl Daemon {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Volume>> {
         self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pools(&self) -> MutexGuard<'_, BTreeMap<String, thin::PoolStack>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts an MD array in user space and exports it as `md/NAME`.
@@ -369,6 +382,9 @@ impl Daemon {
             .ok_or_else(|| DaemonError::Refused(format!("no LV '{lv_name}'")))?;
         if let Some(origin) = activate::stack_origin(&state.vg, lv_name) {
             return self.add_stack(scan, state, origin, volumes);
+        }
+        if let Some(pool) = state.vg.pool_of(lv_name) {
+            return self.add_pool(scan, state, &pool.name.clone(), volumes);
         }
         if !lv.is_plain() && lv.raid().is_none() {
             let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");
