@@ -6,7 +6,7 @@ mod thin_common;
 
 use std::collections::BTreeMap;
 
-use tessera_formats::thin::{DeviceDetails, PoolMetadata};
+use tessera_formats::thin::{check, DeviceDetails, PoolMetadata};
 use thin_common::*;
 
 /// A pool of several devices: single and range mappings, thousands of them (multi-level
@@ -50,12 +50,18 @@ fn sample_pool() -> Pool {
     pool
 }
 
+fn tessera_check_passes(img: &std::path::Path) {
+    let report = check(&open_file(img), &mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "tessera's check of {}: {:#?}", img.display(), report.problems);
+}
+
 #[test]
 fn tessera_reads_what_thin_restore_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let expected = sample_pool();
     let img = restore(dir.path(), "restored", &expected.to_xml(), 8 << 20);
     thin_check_passes(&img);
+    tessera_check_passes(&img);
     let pool = PoolMetadata::open(open_file(&img)).unwrap();
     assert_eq!(Pool::read(&pool), expected);
     // Lookups agree with the ranges, and `shared` follows the snapshot time.
@@ -150,6 +156,7 @@ impl Driver {
         assert_eq!(thin_dump(img, &[]), self.model, "thin_dump's view");
         let reopened = PoolMetadata::open(open_file(img)).unwrap();
         assert_eq!(Pool::read(&reopened), self.model, "reopened");
+        tessera_check_passes(img);
     }
 }
 
@@ -214,4 +221,106 @@ fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
     d.commit_and_verify(&img);
     let info = d.pool.info();
     assert_eq!(info.free_data_blocks, info.nr_data_blocks, "every data block is free again");
+}
+
+#[test]
+fn tessera_continues_on_metadata_thin_restore_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = restore(dir.path(), "restored", &sample_pool().to_xml(), 8 << 20);
+    let mut d = Driver::new(PoolMetadata::open(open_file(&img)).unwrap());
+    assert_eq!(d.model, sample_pool());
+    let mut rng = Rng(5);
+    // Device 2 shares data blocks with device 1: unmapping them leaves device 1's intact.
+    d.unmap(2, 0, 2000);
+    d.create_snap(10, 9);
+    for _ in 0..2000 {
+        let v = rng.below(40_000);
+        d.map(9, v);
+    }
+    d.delete(5);
+    d.create_thin(11);
+    for v in 0..700 {
+        d.map(11, v * 5);
+    }
+    d.set_transaction_id(13);
+    d.commit_and_verify(&img);
+    d.delete(1);
+    d.unmap(10, 0, u64::MAX);
+    d.commit_and_verify(&img);
+}
+
+#[test]
+fn a_held_metadata_snapshot_shows_the_old_state_to_thin_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = restore(dir.path(), "restored", &sample_pool().to_xml(), 8 << 20);
+    let mut d = Driver::new(PoolMetadata::open(open_file(&img)).unwrap());
+    d.create_thin(20);
+    for v in 0..100 {
+        d.map(20, v);
+    }
+    d.pool.reserve_metadata_snap().unwrap();
+    let held = d.model.clone();
+    assert!(d.pool.reserve_metadata_snap().is_err(), "one held root at a time");
+    d.delete(9);
+    d.unmap(1, 0, 10_000);
+    for v in 0..500 {
+        d.map(20, v);
+    }
+    d.commit_and_verify(&img);
+    let snap_block = d.pool.info().metadata_snap.unwrap();
+    let mut seen = thin_dump(&img, &["-m"]);
+    // The held copy has no space maps, so thin_dump shows no data blocks for it.
+    assert_eq!(seen.nr_data_blocks, 0);
+    seen.nr_data_blocks = held.nr_data_blocks;
+    assert_eq!(seen, held, "thin_dump -m shows the state when the snapshot was taken");
+    // Still there after reopening; released, its blocks go back to the space maps.
+    let mut d = Driver { pool: PoolMetadata::open(open_file(&img)).unwrap(), model: d.model };
+    assert_eq!(d.pool.info().metadata_snap, Some(snap_block));
+    let free_before = d.pool.info().free_metadata_blocks;
+    d.pool.release_metadata_snap().unwrap();
+    d.commit_and_verify(&img);
+    assert_eq!(d.pool.info().metadata_snap, None);
+    assert!(d.pool.info().free_metadata_blocks > free_before);
+}
+
+#[test]
+fn abort_drops_the_open_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = restore(dir.path(), "restored", &sample_pool().to_xml(), 8 << 20);
+    let mut pool = PoolMetadata::open(open_file(&img)).unwrap();
+    let before = Pool::read(&pool);
+    let info = pool.info();
+    pool.create_snap(30, 1).unwrap();
+    pool.delete(9).unwrap();
+    let b = pool.alloc_data_block().unwrap();
+    pool.insert(1, 3, b).unwrap();
+    pool.abort().unwrap();
+    assert_eq!(Pool::read(&pool), before);
+    assert_eq!(pool.info(), info);
+    pool.set_needs_check().unwrap();
+    thin_check_passes(&img);
+    let reopened = PoolMetadata::open(open_file(&img)).unwrap();
+    assert!(reopened.info().needs_check);
+    assert_eq!(Pool::read(&reopened), before);
+}
+
+#[test]
+fn lookups_from_many_threads_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = sample_pool();
+    let img = restore(dir.path(), "restored", &expected.to_xml(), 8 << 20);
+    // A small cache, so threads keep evicting and re-reading blocks.
+    let pool = PoolMetadata::open_with_cache(open_file(&img), 64).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (pool, expected) = (&pool, &expected);
+            s.spawn(move || {
+                for (id, dev) in &expected.devices {
+                    for (&v, &(b, _)) in dev.mappings.iter().skip(t as usize).step_by(7) {
+                        assert_eq!(pool.lookup(*id, v).unwrap().unwrap().mapping.data_block, b);
+                    }
+                }
+            });
+        }
+    });
 }

@@ -14,7 +14,12 @@
 //! writes the superblock and flushes again. A power cut leaves the old or the new transaction.
 //!
 //! [`PoolMetadata`] is one pool's metadata, open for reading and changing. Lookups take
-//! `&self` and may run on many threads at once; changes take `&mut self`.
+//! `&self` and may run on many threads at once; changes take `&mut self`. A change or commit
+//! that fails (damaged metadata, no metadata space, an I/O error) may leave the open
+//! transaction half done: call [`PoolMetadata::abort`] before anything else, as the kernel
+//! does. `NoDataSpace` from `alloc_data_block` and the "refused" errors change nothing.
+//!
+//! [`check`] checks the metadata on a device as `thin_check` does.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -215,3 +215,21 @@ pub fn dumped_mapped_blocks(xml: &str, dev_id: u32) -> u64 {
     }
     n
 }
+
+/// The distinct data blocks mapped by any device in a thin_dump.
+pub fn dumped_data_blocks(xml: &str) -> std::collections::HashSet<u64> {
+    let attr = |l: &str, name: &str| -> u64 {
+        l.split(&format!(" {name}=\"")).nth(1).unwrap().split('"').next().unwrap().parse().unwrap()
+    };
+    let mut blocks = std::collections::HashSet::new();
+    for line in xml.lines() {
+        let l = line.trim();
+        if l.starts_with("<single_mapping") {
+            blocks.insert(attr(l, "data_block"));
+        } else if l.starts_with("<range_mapping") {
+            let begin = attr(l, "data_begin");
+            blocks.extend(begin..begin + attr(l, "length"));
+        }
+    }
+    blocks
+}
