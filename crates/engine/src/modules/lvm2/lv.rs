@@ -153,6 +153,15 @@ impl Engine {
             vg: vg.name.clone(),
             lv: name.into(),
         })?;
+        if vg.is_pmspare(lv) {
+            return Err(EngineError::Refused {
+                vg: vg.name.clone(),
+                why: format!(
+                    "LV '{name}' is the VG's pool metadata spare, kept as large as the largest \
+                     thin pool metadata; it changes with the pools"
+                ),
+            });
+        }
         if !lv.is_plain() {
             let kind = lv
                 .segments

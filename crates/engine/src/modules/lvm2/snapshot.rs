@@ -376,7 +376,9 @@ impl Engine {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         // Thin LVs and pools change the pool's metadata too.
-        if state.vg.pool_of(lv_name).is_some() {
+        if state.vg.pool_of(lv_name).is_some()
+            || state.vg.lv(lv_name).is_some_and(|l| state.vg.is_pmspare(l))
+        {
             drop(scan);
             return self.thin_remove_locked(vg_name, lv_name, force, &mut super::thin::Offline);
         }
