@@ -376,3 +376,37 @@ fn a_change_cut_between_its_commits_is_finished_by_the_next() {
     let out = t(&["thin", "check", "vg/pool"]);
     assert!(out.contains("no faults found"), "{out}");
 }
+
+#[test]
+fn thin_lvs_grow_and_pools_and_thin_lvs_are_renamed_with_their_ties() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let imgs = common::image_files(d, "pv", 1, 64 << 20);
+    let devices = imgs.join(",");
+    let state = d.join("state");
+    let t = |args: &[&str]| tessera(&devices, &state, args);
+    t(&["pv", "create", &imgs[0]]);
+    t(&["vg", "create", "vg", &imgs[0], "-s", "1m"]);
+    t(&["lv", "create", "--type", "thin-pool", "-L", "8m", "vg/pool"]);
+    t(&["lv", "create", "--thin", "-V", "8m", "-n", "a", "vg/pool"]);
+    t(&["lv", "create", "--snapshot", "vg/a", "-n", "s"]);
+    t(&["lv", "extend", "vg/a", "-L", "+4m"]);
+    t(&["lv", "rename", "vg/a", "b"]);
+    t(&["lv", "rename", "vg/pool", "tank"]);
+    fails_with(&devices, &state, &["lv", "rename", "vg/tank_tmeta", "x"], "rename its pool");
+    let rows = report_rows(&t(&[
+        "lv", "list", "-a", "--json", "-o", "lv_name,pool_lv,origin,lv_size", "--units", "m",
+        "--nosuffix",
+    ]));
+    let names: Vec<&str> = rows.iter().map(|r| r["lv_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["[lvol0_pmspare]", "[tank_tdata]", "[tank_tmeta]", "b", "s", "tank"]);
+    assert_eq!(attr(&rows, "b", "lv_size"), "12.00");
+    assert_eq!(attr(&rows, "b", "pool_lv"), "tank");
+    assert_eq!(attr(&rows, "s", "origin"), "b");
+    // The pool's metadata is untouched by names: same devices, same transaction.
+    let xml = check_and_dump(&devices, &state, d, "vg/tank");
+    assert_eq!(dumped_devices(&xml), [1, 2]);
+    assert!(xml.contains("transaction=\"2\""), "{xml}");
+    t(&["lv", "create", "--thin", "-V", "4m", "-n", "c", "vg/tank"]);
+    assert_eq!(dumped_devices(&check_and_dump(&devices, &state, d, "vg/tank")), [1, 2, 3]);
+}

@@ -272,6 +272,30 @@ impl Engine {
             );
         }
         let mut vg = state.vg.clone();
+        // A thin LV's virtual size grows in the metadata only: its blocks come from the pool.
+        if grow && vg.lv(lv_name).is_some_and(|l| l.thin().is_some()) {
+            let current = vg.lv(lv_name).map_or(0, |l| l.extent_count());
+            let amount = alloc::extents_for(&vg, size.amount, None);
+            let target = match size.sign {
+                None => amount,
+                Some(Sign::Plus) => current.saturating_add(amount),
+                Some(Sign::Minus) => {
+                    return Err(EngineError::BadArgument(
+                        "extend takes an absolute size or +SIZE".into(),
+                    ))
+                }
+            };
+            if target <= current {
+                return Err(EngineError::BadArgument(format!(
+                    "thin LV '{vg_name}/{lv_name}' already has {current} extents; the new size must be larger"
+                )));
+            }
+            let lv = vg.lv_mut(lv_name).expect("found above");
+            lv.segments[0].extent_count = target;
+            let result = lv.clone();
+            self.commit(&scan, Some(state), vg, &[])?;
+            return Ok(result);
+        }
         // A snapshot's COW LV grows as any LV (the kernel sees the new size on the next
         // load); nothing else used by another LV changes size.
         let lv = match vg.lv(lv_name) {
@@ -371,6 +395,10 @@ impl Engine {
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
         // An origin or a snapshot keeps its ties: the snapshot segments follow the name.
+        if super::thin::rename_in_pool(&mut vg, old, new)? {
+            self.commit(&scan, Some(state), vg, &[])?;
+            return Ok(());
+        }
         if vg.is_origin(old) || vg.is_cow(old) {
             if vg.lv(old).is_some_and(|l| !l.is_plain()) {
                 Self::plain_lv(&vg, old, "rename")?;

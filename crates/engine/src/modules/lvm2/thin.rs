@@ -747,6 +747,70 @@ fn with_segments(vg: &VolumeGroup, lv: LogicalVolume) -> VolumeGroup {
     v
 }
 
+/// Renames LV `old` to `new` in `vg` if it is a pool or a thin LV, as lvm2 does: a pool's
+/// `_tmeta` and `_tdata` follow its name, and every segment naming either LV follows.
+/// Returns false for any other LV; refuses a pool's hidden LVs and the spare.
+pub(crate) fn rename_in_pool(vg: &mut VolumeGroup, old: &str, new: &str) -> Result<bool> {
+    let vg_name = vg.name.clone();
+    let Some(lv) = vg.lv(old) else {
+        return Ok(false);
+    };
+    if vg.pool_of_metadata(old).is_some() || vg.pool_of_data(old).is_some() || vg.is_pmspare(lv)
+    {
+        return Err(refuse(
+            &vg_name,
+            format!("LV '{old}' is internal to thin provisioning; rename its pool instead"),
+        ));
+    }
+    let mut renames = vec![(old.to_string(), new.to_string())];
+    if let Some(p) = lv.thin_pool() {
+        renames.push((p.metadata.clone(), format!("{new}_tmeta")));
+        renames.push((p.data.clone(), format!("{new}_tdata")));
+    } else if lv.thin().is_none() {
+        return Ok(false);
+    }
+    for (_, to) in &renames {
+        if vg.lv(to).is_some() {
+            return Err(EngineError::LvExists {
+                vg: vg_name.clone(),
+                lv: to.clone(),
+            });
+        }
+    }
+    let renamed = |name: &mut String| {
+        if let Some((_, to)) = renames.iter().find(|(from, _)| from == name) {
+            *name = to.clone();
+        }
+    };
+    for l in &mut vg.lvs {
+        renamed(&mut l.name);
+        for seg in &mut l.segments {
+            match &mut seg.kind {
+                SegmentKind::ThinPool(p) => {
+                    renamed(&mut p.metadata);
+                    renamed(&mut p.data);
+                    for m in &mut p.messages {
+                        if let ThinMessage::Create(n) = m {
+                            renamed(n);
+                        }
+                    }
+                }
+                SegmentKind::Thin(t) => {
+                    renamed(&mut t.pool);
+                    for n in [&mut t.origin, &mut t.merge, &mut t.external_origin]
+                        .into_iter()
+                        .flatten()
+                    {
+                        renamed(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(true)
+}
+
 impl Engine {
     /// Makes thin pool `pool` (lvm2's `lvcreate --type thin-pool`): `POOL_tdata` of the
     /// size asked, `POOL_tmeta` as lvm2 sizes it (or as asked), the VG's `lvolN_pmspare`
