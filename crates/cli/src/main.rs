@@ -350,7 +350,8 @@ enum LvCommand {
         #[command(flatten)]
         alloc: AllocArgs,
         /// linear, striped, raid1, raid4, raid5[_la|_ra|_ls|_rs|_n], raid6[_zr|_nr|_nc|...],
-        /// raid10 (raid5 is raid5_ls and raid6 raid6_zr, as in lvm2).
+        /// raid10 (raid5 is raid5_ls and raid6 raid6_zr, as in lvm2); thin-pool (a pool of
+        /// -L SIZE of data), thin (a thin LV: -V SIZE -n NAME VG/POOL).
         #[arg(long = "type", value_name = "TYPE")]
         segtype: Option<String>,
         /// Copies beyond the first: raid1 images - 1 (default 1); raid10 takes 1.
