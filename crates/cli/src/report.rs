@@ -479,8 +479,15 @@ fn thin_fields(
             if let Some((info, _)) = usage_of(&lv.name) {
                 let used = info.nr_data_blocks - info.free_data_blocks.min(info.nr_data_blocks);
                 r.insert("data_percent", percent(used, info.nr_data_blocks));
-                let mused = info.nr_metadata_blocks
-                    - info.free_metadata_blocks.min(info.nr_metadata_blocks);
+                // As the kernel's pool status counts them (and lvs shows them): the blocks
+                // in use plus the reserve the pool keeps for itself, a tenth of the
+                // metadata device up to 4096 blocks (dm-thin-metadata's
+                // __set_metadata_reserve).
+                let reserve = (info.nr_metadata_blocks / 10).min(4096);
+                let mused = (info.nr_metadata_blocks
+                    - info.free_metadata_blocks.min(info.nr_metadata_blocks)
+                    + reserve)
+                    .min(info.nr_metadata_blocks);
                 r.insert("metadata_percent", percent(mused, info.nr_metadata_blocks));
             }
         }
