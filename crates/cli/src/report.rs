@@ -480,14 +480,8 @@ fn thin_fields(
                 let used = info.nr_data_blocks - info.free_data_blocks.min(info.nr_data_blocks);
                 r.insert("data_percent", percent(used, info.nr_data_blocks));
                 // As the kernel's pool status counts them (and lvs shows them): the blocks
-                // in use plus the reserve the pool keeps for itself, a tenth of the
-                // metadata device up to 4096 blocks (dm-thin-metadata's
-                // __set_metadata_reserve).
-                let reserve = (info.nr_metadata_blocks / 10).min(4096);
-                let mused = (info.nr_metadata_blocks
-                    - info.free_metadata_blocks.min(info.nr_metadata_blocks)
-                    + reserve)
-                    .min(info.nr_metadata_blocks);
+                // in use plus the reserve the pool keeps for itself.
+                let mused = tessera_engine::thin::metadata_used_as_reported(&info);
                 r.insert("metadata_percent", percent(mused, info.nr_metadata_blocks));
             }
         }

@@ -172,6 +172,11 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
     let d = dir.path();
     std::fs::copy(common::tessera_path(), d.join("tessera")).unwrap();
     let text = common::lab_script(d, INSIDE, 900);
+    // Kept for a look after a failure.
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("thin_lab.txt"),
+        &text,
+    );
     assert!(text.contains("thin-lab-done"), "lab:\n{text}");
     for bad in ["activate-failed", "deactivate-failed", "tpool-failed", "tthin-failed", "tsnap-failed", "tsnap2-failed", "tact-failed"] {
         assert!(!text.contains(bad), "{bad}\n{text}");

@@ -1418,6 +1418,15 @@ pub fn check_pool(
     Ok((report, mismatch))
 }
 
+/// The used metadata blocks as the kernel's `thin-pool` status reports them (and lvs's
+/// Meta% shows): the allocated blocks plus the reserve dm-thin keeps back for its own
+/// commits, a tenth of the metadata up to 4096 blocks.
+pub fn metadata_used_as_reported(info: &PoolInfo) -> u64 {
+    let total = info.nr_metadata_blocks;
+    let reserve = (total / 10).min(4096);
+    total - info.free_metadata_blocks.min(total).saturating_sub(reserve)
+}
+
 /// A percentage as lvs shows it: lvm2's fixed-point percent (truncated to millionths of
 /// a percent), never 0.00 when something is used nor 100.00 when something is free, two
 /// decimals.
@@ -1473,6 +1482,20 @@ mod tests {
         // The most 64 KiB chunks address: about 15.88 TiB.
         assert_eq!(max_data_sectors(128) / 2 / 1024 / 1024, 16_256);
         assert_eq!(percent(72, 256), "28.12");
+        // The kernel's status of a 2 MiB pool metadata with 12 blocks allocated: 63/512.
+        let info = PoolInfo {
+            transaction_id: 3,
+            time: 0,
+            data_block_sectors: 128,
+            nr_data_blocks: 256,
+            free_data_blocks: 182,
+            nr_metadata_blocks: 512,
+            free_metadata_blocks: 500,
+            metadata_snap: None,
+            needs_check: false,
+        };
+        assert_eq!(metadata_used_as_reported(&info), 63);
+        assert_eq!(percent(63, 512), "12.30");
         assert_eq!(display_size(max_data_sectors(128) * 512), "<15.88 TiB");
         assert_eq!(display_size(max_data_sectors(512) * 512), "63.50 TiB");
         assert_eq!(display_size(64 << 10), "64.00 KiB");
