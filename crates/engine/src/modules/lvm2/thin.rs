@@ -1471,6 +1471,34 @@ fn two_places(x: f64) -> String {
 mod tests {
     use super::*;
 
+    /// What lvm2 2.03 chose in the kernel lab for pools of these sizes in a VG of 4 MiB
+    /// extents, without -c or --poolmetadatasize: (data, chunk, metadata), bytes.
+    #[test]
+    fn default_chunk_and_metadata_are_lvm2s() {
+        let text = include_str!("../../../../formats/src/lvm2/testdata/thin_vg.txt");
+        let mut vg = VolumeGroup::from_text(text.as_bytes()).unwrap().0;
+        vg.extent_size_sectors = 8192;
+        const M: u64 = 1 << 20;
+        for (data, chunk, meta) in [
+            (100 * M, 64 << 10, 4 * M),
+            (1 << 30, 64 << 10, 4 * M),
+            (10 << 30, 64 << 10, 12 * M),
+            (100 << 30, 64 << 10, 100 * M),
+            (1 << 40, 512 << 10, 128 * M),
+            (2 << 40, 1 << 20, 128 * M),
+        ] {
+            let extents = data / (4 * M);
+            let (c, m, notes, _) = pool_params(&vg, extents, None, None, false).unwrap();
+            assert_eq!((c * 512, m * 4 * M), (chunk, meta), "{data}");
+            assert!(notes[0].contains("can address at most"), "{notes:?}");
+        }
+        // 64 KiB chunks address <15.88 TiB: 16 TiB of data needs bigger ones.
+        let err = pool_params(&vg, (16 << 40) / (4 * M), Some(64 << 10), None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot address more than"), "{err}");
+    }
+
     #[test]
     fn sizes_as_lvm2_estimates_them() {
         // 16 MiB at 64 KiB: 32 sectors, then lvm2's minimum of 2 MiB.
