@@ -308,6 +308,8 @@ struct ActivateArgs {
     ignore_activation_skip: bool,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum LvCommand {
     /// Create an LV (as lvcreate): linear, striped (-i), or raid (--type raid1 -m 1, raid5

@@ -1241,10 +1241,10 @@ impl VolumeGroup {
         }
         for m in &pool.messages {
             if let ThinMessage::Create(name) = m {
-                if !self
+                if self
                     .lv(name)
                     .and_then(|l| l.thin())
-                    .is_some_and(|t| t.pool == lv.name)
+                    .is_none_or(|t| t.pool != lv.name)
                 {
                     return Err(bad(format!(
                         "queues the creation of '{name}', which is not a thin LV of this pool"
@@ -1267,7 +1267,7 @@ impl VolumeGroup {
                 lv.segments.len()
             )));
         }
-        if !self.lv(&thin.pool).is_some_and(|p| p.thin_pool().is_some()) {
+        if self.lv(&thin.pool).is_none_or(|p| p.thin_pool().is_none()) {
             return Err(bad(format!(
                 "names thin pool '{}', which the VG does not have as a pool",
                 thin.pool
