@@ -739,10 +739,10 @@ fn run(cli: Cli) -> Result<bool> {
                         let name = name
                             .ok_or_else(|| anyhow::anyhow!("name the pool: VG/POOL"))?;
                         let (vg, pool) = split_vg_lv(&name)?;
-                        refuse_if_served(&socket, vg)?;
                         let size = alloc.size.parse()?;
                         thin::create_pool(
                             &engine,
+                            &socket,
                             vg,
                             pool,
                             size,
@@ -759,8 +759,7 @@ fn run(cli: Cli) -> Result<bool> {
                             bail!("a thin LV has its pool's chunk; -c applies to the pool");
                         }
                         let (vg, pool) = thin::thin_target(name.as_deref(), &thin)?;
-                        refuse_if_served(&socket, vg)?;
-                        thin::create_thin(&engine, vg, pool, lv_name.as_deref(), &thin)?;
+                        thin::create_thin(&engine, &socket, vg, pool, lv_name.as_deref(), &thin)?;
                     }
                     Some(thin::ThinCreate::Snapshot) => {
                         let origin = snapshot.expect("the snapshot form");
@@ -773,8 +772,7 @@ fn run(cli: Cli) -> Result<bool> {
                         if chunk_size.is_some() {
                             bail!("a thin snapshot has its pool's chunk; -c applies to snapshots with -L");
                         }
-                        refuse_if_served(&socket, vg)?;
-                        thin::create_snapshot(&engine, vg, origin, snap)?;
+                        thin::create_snapshot(&engine, &socket, vg, origin, snap)?;
                     }
                     None => unreachable!("the guard found a thin form"),
                 }
@@ -875,22 +873,23 @@ fn run(cli: Cli) -> Result<bool> {
                 pool_metadata_size: Some(meta),
             } => {
                 let (vg, lv) = split_vg_lv(&name)?;
-                refuse_if_served(&socket, vg)?;
                 let pvs = alloc.pvs.clone();
+                // Through a daemon serving the VG when there is one: the pool grows online.
                 if alloc.size.size.is_some() || alloc.size.extents.is_some() {
-                    let size = alloc.size.parse()?;
-                    let pool = engine.lv_thin_pool_extend(vg, lv, size, &pvs)?;
-                    println!(
-                        "  Size of logical volume {vg}/{lv}_tdata changed to {} extents.",
-                        pool.extent_count()
-                    );
+                    let change = LvChange::Extend {
+                        vg: vg.into(),
+                        lv: lv.into(),
+                        options: alloc.options()?,
+                    };
+                    print!("{}", lv_change(&engine, &socket, &change)?);
                 }
-                let m = engine.lv_thin_pool_extend_metadata(vg, lv, parse_size(&meta)?, &pvs)?;
-                println!(
-                    "  Size of logical volume {vg}/{} changed to {} extents.",
-                    m.name,
-                    m.extent_count()
-                );
+                let change = LvChange::PoolMetadataExtend {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    size: parse_size(&meta)?,
+                    pvs,
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
             }
             LvCommand::Extend { name, alloc, .. } => {
                 let (vg, lv) = split_vg_lv(&name)?;

@@ -4,7 +4,9 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use tessera_engine::thin::{PoolCreateOptions, ThinOutcome};
+use std::path::Path;
+
+use tessera_daemon::LvChange;
 use tessera_engine::units::{parse_size, Amount, SizeArg};
 use tessera_engine::Engine;
 use tessera_formats::lvm2::vg::ThinDiscards;
@@ -94,14 +96,6 @@ fn yes_no(text: &str) -> Result<bool> {
     }
 }
 
-fn print_outcome(out: &ThinOutcome) {
-    for n in &out.notes {
-        println!("  {n}");
-    }
-    for w in &out.warnings {
-        eprintln!("  WARNING: {w}");
-    }
-}
 
 pub fn discards(text: &str) -> Result<ThinDiscards> {
     ThinDiscards::parse(text).ok_or_else(|| {
@@ -112,6 +106,7 @@ pub fn discards(text: &str) -> Result<ThinDiscards> {
 /// Makes pool `vg/pool` of data `size`.
 pub fn create_pool(
     engine: &Engine,
+    socket: &Path,
     vg: &str,
     pool: &str,
     size: SizeArg,
@@ -119,7 +114,10 @@ pub fn create_pool(
     pvs: Vec<String>,
     thin: &ThinCreateArgs,
 ) -> Result<()> {
-    let opts = PoolCreateOptions {
+    // A daemon serving the VG makes it (and serves it); otherwise it is made here.
+    let change = LvChange::ThinPool {
+        vg: vg.into(),
+        lv: pool.into(),
         size,
         chunk_bytes: chunk.map(|c| size_of(c, "chunksize")).transpose()?,
         metadata_bytes: thin
@@ -133,12 +131,12 @@ pub fn create_pool(
             .as_deref()
             .map(discards)
             .transpose()?
-            .unwrap_or(ThinDiscards::Passdown),
+            .unwrap_or(ThinDiscards::Passdown)
+            .name()
+            .to_string(),
         pvs,
     };
-    let out = engine.lv_thin_pool_create(vg, pool, &opts)?;
-    print_outcome(&out);
-    println!("  Logical volume \"{pool}\" created.");
+    print_change(&crate::lv_change(engine, socket, &change)?);
     Ok(())
 }
 
@@ -174,6 +172,7 @@ pub fn thin_target<'a>(
 /// Makes thin LV `name` in `vg/pool`.
 pub fn create_thin(
     engine: &Engine,
+    socket: &Path,
     vg: &str,
     pool: &str,
     name: Option<&str>,
@@ -185,19 +184,42 @@ pub fn create_thin(
     let Some(name) = name else {
         bail!("give the thin LV a name with -n NAME");
     };
-    let size = parse_size(size)?;
-    let out = engine.lv_thin_create(vg, name, pool, size)?;
-    print_outcome(&out);
-    println!("  Logical volume \"{name}\" created.");
+    let change = LvChange::Thin {
+        vg: vg.into(),
+        pool: pool.into(),
+        lv: name.into(),
+        size: parse_size(size)?,
+    };
+    print_change(&crate::lv_change(engine, socket, &change)?);
     Ok(())
 }
 
 /// Makes thin snapshot `name` of thin LV `vg/origin`.
-pub fn create_snapshot(engine: &Engine, vg: &str, origin: &str, name: &str) -> Result<()> {
-    let out = engine.lv_thin_snapshot(vg, name, origin)?;
-    print_outcome(&out);
-    println!("  Logical volume \"{name}\" created.");
+pub fn create_snapshot(
+    engine: &Engine,
+    socket: &Path,
+    vg: &str,
+    origin: &str,
+    name: &str,
+) -> Result<()> {
+    let change = LvChange::ThinSnapshot {
+        vg: vg.into(),
+        origin: origin.into(),
+        lv: name.into(),
+    };
+    print_change(&crate::lv_change(engine, socket, &change)?);
     Ok(())
+}
+
+/// Prints what a thin change said, its warnings on standard error as lvm2 prints them.
+fn print_change(text: &str) {
+    for line in text.lines() {
+        if line.trim_start().starts_with("WARNING:") {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -419,7 +419,7 @@ fn dm_verbs_suspend_semantics_and_the_version_handshake() {
         r#"{"version":[1,0,9],"command":"version"}"#,
     );
     assert_eq!(served["ok"], true, "{served}");
-    assert_eq!(served["data"]["protocol"], serde_json::json!([1, 2, 0]));
+    assert_eq!(served["data"]["protocol"], serde_json::json!([1, 3, 0]));
     for v in ["[2,0,0]", "[1,4,0]", "[0,1,0]"] {
         let reply = raw_request(
             &daemon.control,

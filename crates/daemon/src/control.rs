@@ -19,7 +19,7 @@ use tessera_engine::LvCreateOptions;
 use crate::error::{DaemonError, Result};
 
 /// The protocol version this build speaks.
-pub const VERSION: [u32; 3] = [1, 2, 0];
+pub const VERSION: [u32; 3] = [1, 3, 0];
 
 /// The longest request line the daemon reads; a longer one closes the connection.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -148,6 +148,39 @@ pub enum LvChange {
     FinishMerges {
         vg: String,
     },
+    /// A thin pool of data `size` (lvm2's `lvcreate --type thin-pool`); `discards` is
+    /// ignore, nopassdown or passdown. Since 1.3.
+    ThinPool {
+        vg: String,
+        lv: String,
+        size: SizeArg,
+        chunk_bytes: Option<u64>,
+        metadata_bytes: Option<u64>,
+        zero: bool,
+        discards: String,
+        pvs: Vec<String>,
+    },
+    /// A thin LV of virtual size `size` in pool `pool`. Since 1.3.
+    Thin {
+        vg: String,
+        pool: String,
+        lv: String,
+        size: SizeArg,
+    },
+    /// A thin snapshot `lv` of thin LV `origin`. Since 1.3.
+    ThinSnapshot {
+        vg: String,
+        origin: String,
+        lv: String,
+    },
+    /// Pool `lv`'s metadata grown to `size` (lvm2's `lvextend --poolmetadatasize`).
+    /// Since 1.3.
+    PoolMetadataExtend {
+        vg: String,
+        lv: String,
+        size: SizeArg,
+        pvs: Vec<String>,
+    },
     Remove {
         vg: String,
         lv: String,
@@ -168,6 +201,10 @@ impl LvChange {
             | LvChange::Snapshot { vg, .. }
             | LvChange::Merge { vg, .. }
             | LvChange::FinishMerges { vg }
+            | LvChange::ThinPool { vg, .. }
+            | LvChange::Thin { vg, .. }
+            | LvChange::ThinSnapshot { vg, .. }
+            | LvChange::PoolMetadataExtend { vg, .. }
             | LvChange::Remove { vg, .. }
             | LvChange::Rename { vg, .. } => vg,
         }

@@ -30,6 +30,10 @@ pub struct Engine {
     pub(crate) source: Source,
     /// Devices running on top of the others (a daemon's MD arrays), scanned with them.
     stacked: std::sync::Mutex<NamedDevices>,
+    /// The thin pools a daemon serves, changed through their targets (see
+    /// [`Engine::set_live_pools`]).
+    pub(crate) live_pools:
+        std::sync::Mutex<Option<Arc<dyn crate::modules::lvm2::thin::LivePools>>>,
     /// Whether the MD arrays on the devices are put together (in user space, for this
     /// process only) so that the PVs on them are seen: see [`Engine::set_assemble_arrays`].
     pub(crate) assemble_arrays: bool,
@@ -81,6 +85,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source,
             stacked: Default::default(),
+            live_pools: Default::default(),
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
@@ -97,6 +102,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
             stacked: Default::default(),
+            live_pools: Default::default(),
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),

@@ -2,6 +2,9 @@
 
 use super::*;
 
+use tessera_engine::thin::{PoolCreateOptions, ThinOutcome};
+use tessera_formats::lvm2::vg::ThinDiscards;
+
 impl Daemon {
     /// Commits an LV change and brings the VG's mapped devices in line with it. A device
     /// whose size changes is suspended around the commit, so no I/O runs while its extents
@@ -30,6 +33,18 @@ impl Daemon {
         };
         if let Some(device) = &resized {
             device.suspend();
+        }
+        // A thin LV leaves service before its pool deletes it; a failed removal serves it
+        // again below.
+        if let LvChange::Remove { vg, lv } = change {
+            let scan = self.engine.scan()?;
+            if scan
+                .vg(vg)
+                .and_then(|s| s.vg.lv(lv))
+                .is_some_and(|l| l.thin().is_some())
+            {
+                self.retire_thin(vg, lv, &mut volumes);
+            }
         }
         let result = apply_lv_change(&self.engine, change);
         let synced = self.sync_vg(vg, &mut volumes);
@@ -198,6 +213,46 @@ pub fn apply_lv_change(engine: &Engine, change: &LvChange) -> Result<String> {
             format!(
                 "Logical volume {vg}/{lv} successfully resized to {} extents.\n",
                 result.extent_count()
+            )
+        }
+        LvChange::ThinPool {
+            vg,
+            lv,
+            size,
+            chunk_bytes,
+            metadata_bytes,
+            zero,
+            discards,
+            pvs,
+        } => {
+            let discards = ThinDiscards::parse(discards).ok_or_else(|| {
+                DaemonError::Refused(format!(
+                    "discards '{discards}': expected ignore, nopassdown or passdown"
+                ))
+            })?;
+            let options = PoolCreateOptions {
+                size: *size,
+                chunk_bytes: *chunk_bytes,
+                metadata_bytes: *metadata_bytes,
+                zero: *zero,
+                discards,
+                pvs: pvs.clone(),
+            };
+            let out = engine.lv_thin_pool_create(vg, lv, &options)?;
+            thin_outcome(&out, lv)
+        }
+        LvChange::Thin { vg, pool, lv, size } => {
+            thin_outcome(&engine.lv_thin_create(vg, lv, pool, *size)?, lv)
+        }
+        LvChange::ThinSnapshot { vg, origin, lv } => {
+            thin_outcome(&engine.lv_thin_snapshot(vg, lv, origin)?, lv)
+        }
+        LvChange::PoolMetadataExtend { vg, lv, size, pvs } => {
+            let meta = engine.lv_thin_pool_extend_metadata(vg, lv, *size, pvs)?;
+            format!(
+                "  Size of logical volume {vg}/{} changed to {} extents.\n",
+                meta.name,
+                meta.extent_count()
             )
         }
         LvChange::Remove { vg, lv } => {
@@ -406,4 +461,17 @@ impl Daemon {
         }
         Ok((lines, exported))
     }
+}
+
+/// What a thin verb says, as lvm2 prints it: its notes and warnings, then the LV made.
+fn thin_outcome(out: &ThinOutcome, lv: &str) -> String {
+    let mut text = String::new();
+    for n in &out.notes {
+        text.push_str(&format!("  {n}\n"));
+    }
+    for w in &out.warnings {
+        text.push_str(&format!("  WARNING: {w}\n"));
+    }
+    text.push_str(&format!("  Logical volume \"{lv}\" created.\n"));
+    text
 }

@@ -72,7 +72,7 @@ pub struct Daemon {
     volumes: Mutex<BTreeMap<String, Volume>>,
     /// The thin pools served, by `VG/POOL`: their stacks' unexported devices. Locked
     /// only while `volumes` is held.
-    pools: Mutex<BTreeMap<String, thin::PoolStack>>,
+    pools: Arc<Mutex<BTreeMap<String, thin::PoolStack>>>,
     /// Exclusive claims on every member of what this daemon runs.
     _claims: Vec<tessera_engine::claim::Claim>,
 }
@@ -131,9 +131,12 @@ impl Daemon {
             registry: Arc::new(registry),
             read_only,
             volumes: Mutex::new(BTreeMap::new()),
-            pools: Mutex::new(BTreeMap::new()),
+            pools: Arc::new(Mutex::new(BTreeMap::new())),
             _claims: claims,
         };
+        daemon
+            .engine
+            .set_live_pools(Arc::new(thin::ServedPools(daemon.pools.clone())));
         let mut warnings: Vec<String> = merged
             .iter()
             .map(|s| format!("{s}: merged into its origin; the snapshot is gone"))
@@ -384,7 +387,7 @@ impl Daemon {
             return self.add_stack(scan, state, origin, volumes);
         }
         if let Some(pool) = state.vg.pool_of(lv_name) {
-            return self.add_pool(scan, state, &pool.name.clone(), volumes);
+            return self.add_pool(scan, state, &pool.name.clone(), lv_name, volumes);
         }
         if !lv.is_plain() && lv.raid().is_none() {
             let kind = lv.segments.first().map(|s| s.type_name()).unwrap_or("?");

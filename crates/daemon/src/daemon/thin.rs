@@ -6,7 +6,7 @@
 
 use super::*;
 
-use tessera_engine::thin::{self, PoolChanger, PoolOpener};
+use tessera_engine::thin::{self, LivePools, PoolChanger};
 use tessera_formats::thin::PoolInfo;
 
 /// A served pool's devices that carry no export: its metadata and data layers and the
@@ -18,6 +18,17 @@ pub(super) struct PoolStack {
 }
 
 impl PoolStack {
+    /// The stack's `thin-pool` device, for its messages.
+    fn thin_pool(&self) -> Option<Arc<MappedDevice>> {
+        self.layers
+            .iter()
+            .find(|l| {
+                l.table()
+                    .is_some_and(|t| t.rows().iter().any(|r| r.target_type == "thin-pool"))
+            })
+            .cloned()
+    }
+
     /// Flushes and retires the layers, top first (the pool's commit runs on its flush).
     pub(super) fn retire(self) {
         for layer in self.layers.iter().rev() {
@@ -44,18 +55,26 @@ fn thins_of<'a>(state: &'a VgState, pool: &str) -> Vec<&'a str> {
 }
 
 impl Daemon {
-    /// Serves the stack of the pool LV `lv` belongs to, unless it runs already.
+    /// Serves LV `lv` of pool `pool` (or the pool itself) with the pool's stack, built or
+    /// rebuilt unless it serves the LV already.
     pub(super) fn add_pool(
         &self,
         scan: &Scan,
         state: &VgState,
         pool: &str,
+        lv: &str,
         volumes: &mut BTreeMap<String, Volume>,
     ) -> Result<()> {
-        if self.pools().contains_key(&pool_key(&state.vg.name, pool)) {
+        let vg = &state.vg.name;
+        let serves_lv = lv == pool || volumes.contains_key(&activate::dm_name(vg, lv));
+        if serves_lv && self.pools().contains_key(&pool_key(vg, pool)) {
             return Ok(());
         }
-        self.repool(scan, state, pool, volumes).map(|_| ())
+        self.repool(scan, state, pool, volumes)?;
+        if lv != pool && !volumes.contains_key(&activate::dm_name(vg, lv)) {
+            refuse!("thin LV {vg}/{lv} is not in its pool's stack");
+        }
+        Ok(())
     }
 
     /// Builds pool `pool`'s stack, the first time or anew after the metadata changed (a
@@ -76,6 +95,21 @@ impl Daemon {
         let thins = thins_of(state, pool);
         let devices = thin::pool_stack_devices(scan, state, pool, &thins, false)?;
         let mut lines = Vec::new();
+        // Old layers the new stack has no place for go first: a pool that got its first
+        // thin device runs as `VG-POOL-tpool` instead of `VG-POOL`, and its new thin-pool
+        // target opens the metadata only once the old one has committed and let go.
+        let (old_layers, unused): (Vec<_>, Vec<_>) = old
+            .layers
+            .into_iter()
+            .partition(|l| devices.iter().any(|d| d.name == l.name()));
+        for layer in unused.iter().rev() {
+            let _ = tessera_block::BlockDevice::flush(&**layer);
+            retire(layer);
+        }
+        let old = PoolStack {
+            layers: old_layers,
+            thins: old.thins,
+        };
         let mut exported = Vec::new();
         let mut stack = PoolStack::default();
         let mut made: Vec<(String, Arc<MappedDevice>)> = Vec::new();
@@ -201,40 +235,29 @@ impl Daemon {
             .collect()
     }
 
-    /// The live `thin-pool` device of a served pool, for its messages.
-    pub(super) fn live_pool(&self, vg: &str, pool: &str) -> Option<Arc<MappedDevice>> {
-        let pools = self.pools();
-        let stack = pools.get(&pool_key(vg, pool))?;
-        stack
-            .layers
-            .iter()
-            .find(|l| {
-                l.table()
-                    .is_some_and(|t| t.rows().iter().any(|r| r.target_type == "thin-pool"))
-            })
-            .cloned()
+    /// Stops serving thin LV `lv` of VG `vg` if it is served, before its pool deletes it
+    /// (a pool refuses to delete a thin device in use, as the kernel's does).
+    pub(super) fn retire_thin(&self, vg: &str, lv: &str, volumes: &mut BTreeMap<String, Volume>) {
+        if let Some(v) = volumes.remove(&activate::dm_name(vg, lv)) {
+            self.exports.remove(&v.export);
+            let _ = tessera_block::BlockDevice::flush(&*v.device);
+            retire(&v.device);
+        }
     }
 }
 
-/// Opens served pools as their live targets and the others offline.
-pub(super) struct LiveOrOffline<'a> {
-    pub daemon: &'a Daemon,
-}
+/// The daemon's served pools as the engine's verbs see them: a change to one goes to its
+/// live `thin-pool` target. Shares the daemon's map of pool stacks.
+pub(super) struct ServedPools(pub(super) Arc<Mutex<BTreeMap<String, PoolStack>>>);
 
-impl PoolOpener for LiveOrOffline<'_> {
-    fn open(
-        &mut self,
-        scan: &Scan,
-        state: &VgState,
-        pool: &str,
-    ) -> tessera_engine::Result<Box<dyn PoolChanger>> {
-        match self.daemon.live_pool(&state.vg.name, pool) {
-            Some(device) => Ok(Box::new(LivePool {
-                name: format!("{}/{pool}", state.vg.name),
-                device,
-            })),
-            None => thin::Offline.open(scan, state, pool),
-        }
+impl LivePools for ServedPools {
+    fn open(&self, vg: &str, pool: &str) -> Option<Box<dyn PoolChanger>> {
+        let pools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let device = pools.get(&pool_key(vg, pool))?.thin_pool()?;
+        Some(Box::new(LivePool {
+            name: pool_key(vg, pool),
+            device,
+        }))
     }
 }
 

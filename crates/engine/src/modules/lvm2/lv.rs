@@ -268,7 +268,7 @@ impl Engine {
                 lv_name,
                 size,
                 pvs,
-                &mut super::thin::Offline,
+                &mut self.pool_opener(),
             );
         }
         let mut vg = state.vg.clone();

@@ -380,7 +380,7 @@ impl Engine {
             || state.vg.lv(lv_name).is_some_and(|l| state.vg.is_pmspare(l))
         {
             drop(scan);
-            return self.thin_remove_locked(vg_name, lv_name, force, &mut super::thin::Offline);
+            return self.thin_remove_locked(vg_name, lv_name, force, &mut self.pool_opener());
         }
         let mut vg = state.vg.clone();
         let gone = removal_set(&vg, lv_name, force)?;

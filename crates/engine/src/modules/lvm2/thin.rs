@@ -140,6 +140,47 @@ pub trait PoolOpener {
     fn open(&mut self, scan: &Scan, state: &VgState, pool: &str) -> Result<Box<dyn PoolChanger>>;
 }
 
+/// The pools a running daemon serves: a change to one goes to its live `thin-pool` target
+/// (as lvm2 messages the kernel's), never to its metadata behind the target's back. See
+/// [`Engine::set_live_pools`].
+pub trait LivePools: Send + Sync {
+    /// The live pool `pool` of VG `vg`, if it is served.
+    fn open(&self, vg: &str, pool: &str) -> Option<Box<dyn PoolChanger>>;
+}
+
+/// Opens a pool as the engine's verbs change it: live when a daemon serves it, else
+/// offline on its metadata LV.
+pub struct EngineOpener {
+    live: Option<Arc<dyn LivePools>>,
+}
+
+impl PoolOpener for EngineOpener {
+    fn open(&mut self, scan: &Scan, state: &VgState, pool: &str) -> Result<Box<dyn PoolChanger>> {
+        if let Some(changer) = self.live.as_ref().and_then(|l| l.open(&state.vg.name, pool)) {
+            return Ok(changer);
+        }
+        Offline.open(scan, state, pool)
+    }
+}
+
+impl Engine {
+    /// Has this engine's thin verbs change the pools `live` serves through their targets.
+    pub fn set_live_pools(&self, live: Arc<dyn LivePools>) {
+        *self.live_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
+    }
+
+    /// How this engine's verbs open pools: live ones through their targets.
+    pub(crate) fn pool_opener(&self) -> EngineOpener {
+        EngineOpener {
+            live: self
+                .live_pools
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
 /// The pool's metadata opened on its `_tmeta` LV's extents.
 pub struct OfflinePool {
     name: String,
@@ -989,7 +1030,7 @@ impl Engine {
     /// Settles the queued messages of pool `pool` (see the module's description).
     pub fn thin_pool_settle(&self, vg_name: &str, pool: &str) -> Result<()> {
         let _lock = self.lock_vg(vg_name)?;
-        self.settle_pool_locked(vg_name, pool, &mut Offline)
+        self.settle_pool_locked(vg_name, pool, &mut self.pool_opener())
     }
 
     /// Makes thin LV `name` of virtual size `size` in pool `pool` (lvm2's
@@ -1001,7 +1042,7 @@ impl Engine {
         pool: &str,
         size: SizeArg,
     ) -> Result<ThinOutcome> {
-        self.lv_thin_create_with(vg_name, name, pool, size, &mut Offline)
+        self.lv_thin_create_with(vg_name, name, pool, size, &mut self.pool_opener())
     }
 
     pub fn lv_thin_create_with(
@@ -1112,7 +1153,7 @@ impl Engine {
     /// without a size): a thin LV of the origin's size sharing all its blocks, skipped by
     /// ordinary activation as lvm2 marks it.
     pub fn lv_thin_snapshot(&self, vg_name: &str, name: &str, origin: &str) -> Result<ThinOutcome> {
-        self.lv_thin_snapshot_with(vg_name, name, origin, &mut Offline)
+        self.lv_thin_snapshot_with(vg_name, name, origin, &mut self.pool_opener())
     }
 
     pub fn lv_thin_snapshot_with(
@@ -1177,7 +1218,7 @@ impl Engine {
     /// `force`, which removes them with it. Returns the names removed.
     pub fn lv_thin_remove(&self, vg_name: &str, lv: &str, force: bool) -> Result<Vec<String>> {
         let _lock = self.lock_vg(vg_name)?;
-        self.thin_remove_locked(vg_name, lv, force, &mut Offline)
+        self.thin_remove_locked(vg_name, lv, force, &mut self.pool_opener())
     }
 
     pub(crate) fn thin_remove_locked(
@@ -1273,7 +1314,7 @@ impl Engine {
         pvs: &[String],
     ) -> Result<LogicalVolume> {
         let _lock = self.lock_vg(vg_name)?;
-        self.thin_pool_extend_locked(vg_name, pool, size, pvs, &mut Offline)
+        self.thin_pool_extend_locked(vg_name, pool, size, pvs, &mut self.pool_opener())
     }
 
     pub(crate) fn thin_pool_extend_locked(
@@ -1383,7 +1424,7 @@ impl Engine {
         drop(scan);
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
-        let mut changer = Offline.open(&scan, state, pool)?;
+        let mut changer = self.pool_opener().open(&scan, state, pool)?;
         changer.grow_metadata()?;
         Ok(result)
     }
