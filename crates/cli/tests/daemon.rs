@@ -428,7 +428,7 @@ fn dm_verbs_suspend_semantics_and_the_version_handshake() {
         assert_eq!(reply["ok"], false);
         let err = reply["error"].as_str().unwrap();
         let asked = v.trim_matches(['[', ']']).replace(',', ".");
-        assert!(err.contains(&asked) && err.contains("1.2.0"), "{err}");
+        assert!(err.contains(&asked) && err.contains("1.3.0"), "{err}");
     }
     let reply = raw_request(&daemon.control, r#"{"command":"dm_ls"}"#);
     assert!(reply["error"].as_str().unwrap().contains("version"));
