@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{report_rows, tessera, tessera_output};
+use common::{check_and_dump, lv_bytes, report_rows, tessera, tessera_output};
 
 fn fails_with(devices: &str, state: &Path, args: &[&str], expected: &str) {
     let out = tessera_output(devices, state, args);
@@ -20,47 +19,6 @@ fn fails_with(devices: &str, state: &Path, args: &[&str], expected: &str) {
         err.contains(expected),
         "{args:?}: '{err}' lacks '{expected}'"
     );
-}
-
-/// The bytes of a linear LV, read from the image files through `lv table`'s rows.
-fn lv_bytes(devices: &str, state: &Path, lv: &str) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let table = tessera(devices, state, &["lv", "table", lv]);
-    let mut out = Vec::new();
-    for row in table.lines().filter(|l| !l.trim().is_empty()) {
-        let w: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(w[2], "linear", "{lv}: {row}");
-        let len: u64 = w[1].parse().unwrap();
-        let offset: u64 = w[4].parse().unwrap();
-        let f = std::fs::File::open(w[3]).unwrap();
-        let mut buf = vec![0u8; (len * 512) as usize];
-        f.read_exact_at(&mut buf, offset * 512).unwrap();
-        out.extend(buf);
-    }
-    out
-}
-
-/// `thin_check` on a copy of the pool's `_tmeta`, then `thin_dump`'s XML.
-fn check_and_dump(devices: &str, state: &Path, dir: &Path, pool: &str) -> String {
-    let meta = lv_bytes(devices, state, &format!("{pool}_tmeta"));
-    let copy = dir.join("tmeta.bin");
-    std::fs::write(&copy, &meta).unwrap();
-    let out = Command::new("/usr/sbin/thin_check")
-        .arg(&copy)
-        .output()
-        .expect("thin_check (thin-provisioning-tools) is installed");
-    assert!(
-        out.status.success(),
-        "thin_check on {pool}_tmeta: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("/usr/sbin/thin_dump")
-        .arg(&copy)
-        .output()
-        .expect("thin_dump is installed");
-    assert!(out.status.success(), "thin_dump on {pool}_tmeta");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The dev_ids `thin_dump` lists.

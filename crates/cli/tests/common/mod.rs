@@ -328,3 +328,44 @@ pub fn lab_line<'a>(text: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {prefix:?} line in the lab's output:\n{text}"))
         .trim()
 }
+
+/// The bytes of a linear LV, read from the image files through `lv table`'s rows.
+pub fn lv_bytes(devices: &str, state: &Path, lv: &str) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let table = tessera(devices, state, &["lv", "table", lv]);
+    let mut out = Vec::new();
+    for row in table.lines().filter(|l| !l.trim().is_empty()) {
+        let w: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(w[2], "linear", "{lv}: {row}");
+        let len: u64 = w[1].parse().unwrap();
+        let offset: u64 = w[4].parse().unwrap();
+        let f = std::fs::File::open(w[3]).unwrap();
+        let mut buf = vec![0u8; (len * 512) as usize];
+        f.read_exact_at(&mut buf, offset * 512).unwrap();
+        out.extend(buf);
+    }
+    out
+}
+
+/// `thin_check` on a copy of the pool's `_tmeta`, then `thin_dump`'s XML.
+pub fn check_and_dump(devices: &str, state: &Path, dir: &Path, pool: &str) -> String {
+    let meta = lv_bytes(devices, state, &format!("{pool}_tmeta"));
+    let copy = dir.join("tmeta.bin");
+    std::fs::write(&copy, &meta).unwrap();
+    let out = Command::new("/usr/sbin/thin_check")
+        .arg(&copy)
+        .output()
+        .expect("thin_check (thin-provisioning-tools) is installed");
+    assert!(
+        out.status.success(),
+        "thin_check on {pool}_tmeta: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("/usr/sbin/thin_dump")
+        .arg(&copy)
+        .output()
+        .expect("thin_dump is installed");
+    assert!(out.status.success(), "thin_dump on {pool}_tmeta");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -12,6 +12,19 @@ impl Daemon {
                 ))
             })
         };
+        // The layers under served devices (a snapshot stack's, a thin pool's) answer the
+        // verbs that leave them running: table, status and message.
+        let get_any = |volumes: &BTreeMap<String, Volume>, name: &str| {
+            get(volumes, name).or_else(|e| {
+                volumes
+                    .values()
+                    .flat_map(|v| v.layers.iter())
+                    .chain(self.pools().values().flat_map(|p| p.layers()))
+                    .find(|l| l.name() == name)
+                    .cloned()
+                    .ok_or(e)
+            })
+        };
         match request {
             Request::DmLs => {
                 let mut text = String::new();
@@ -103,7 +116,7 @@ impl Daemon {
                 Ok(Reply::ok("", json!(null)))
             }
             Request::DmTable { name, inactive } => {
-                let device = get(&volumes, &name)?;
+                let device = get_any(&volumes, &name)?;
                 let table = if inactive {
                     device.inactive_table()
                 } else {
@@ -113,7 +126,7 @@ impl Daemon {
                 Ok(Reply::ok(text.clone(), json!(text)))
             }
             Request::DmStatus { name } => {
-                let status = get(&volumes, &name)?.status();
+                let status = get_any(&volumes, &name)?.status();
                 Ok(Reply::ok(status.clone(), json!(status)))
             }
             Request::DmMessage {
@@ -121,7 +134,7 @@ impl Daemon {
                 sector,
                 message,
             } => {
-                let device = get(&volumes, &name)?;
+                let device = get_any(&volumes, &name)?;
                 let args: Vec<&str> = message.iter().map(String::as_str).collect();
                 let answer = device.message(sector, &args)?;
                 Ok(Reply::ok(answer.clone(), json!(answer)))

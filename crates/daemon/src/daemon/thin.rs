@@ -18,6 +18,11 @@ pub(super) struct PoolStack {
 }
 
 impl PoolStack {
+    /// The stack's devices that carry no export.
+    pub(super) fn layers(&self) -> &[Arc<MappedDevice>] {
+        &self.layers
+    }
+
     /// The stack's `thin-pool` device, for its messages.
     fn thin_pool(&self) -> Option<Arc<MappedDevice>> {
         self.layers
