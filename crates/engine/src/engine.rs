@@ -30,10 +30,9 @@ pub struct Engine {
     pub(crate) source: Source,
     /// Devices running on top of the others (a daemon's MD arrays), scanned with them.
     stacked: std::sync::Mutex<NamedDevices>,
-    /// The thin pools a daemon serves, changed through their targets (see
-    /// [`Engine::set_live_pools`]).
-    pub(crate) live_pools:
-        std::sync::Mutex<Option<Arc<dyn crate::modules::lvm2::thin::LivePools>>>,
+    /// What the process that runs this engine provides to the format modules, by type
+    /// (a daemon's live thin pools): see [`Engine::provide`].
+    services: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// Whether the MD arrays on the devices are put together (in user space, for this
     /// process only) so that the PVs on them are seen: see [`Engine::set_assemble_arrays`].
     pub(crate) assemble_arrays: bool,
@@ -74,6 +73,24 @@ pub(crate) fn same_path(a: &str, b: &str) -> bool {
 }
 
 impl Engine {
+    /// Gives the format modules `service`, found by its type with [`Engine::service`]
+    /// (one of each type; a new one replaces the old). A daemon hands its modules what
+    /// runs live (its thin pools) so that their verbs change it through it.
+    pub fn provide<T: std::any::Any + Send + Sync>(&self, service: Arc<T>) {
+        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        services.retain(|s| !s.is::<T>());
+        services.push(service);
+    }
+
+    /// The service of type `T` provided to this engine, if any.
+    pub fn service<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find_map(|s| s.clone().downcast::<T>().ok())
+    }
+
     /// An engine over `--devices` patterns, or every block device when there are none.
     pub fn new(state_dir: impl Into<PathBuf>, patterns: Vec<String>) -> Engine {
         let source = if patterns.is_empty() {
@@ -85,7 +102,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source,
             stacked: Default::default(),
-            live_pools: Default::default(),
+            services: Default::default(),
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),
@@ -102,7 +119,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
             stacked: Default::default(),
-            live_pools: Default::default(),
+            services: Default::default(),
             assemble_arrays: false,
             description: String::new(),
             hostname: hostname(),

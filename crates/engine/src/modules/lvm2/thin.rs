@@ -163,20 +163,19 @@ impl PoolOpener for EngineOpener {
     }
 }
 
+/// The live pools an engine was given, as a service (see [`Engine::provide`]).
+struct LivePoolsService(Arc<dyn LivePools>);
+
 impl Engine {
     /// Has this engine's thin verbs change the pools `live` serves through their targets.
     pub fn set_live_pools(&self, live: Arc<dyn LivePools>) {
-        *self.live_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
+        self.provide(Arc::new(LivePoolsService(live)));
     }
 
     /// How this engine's verbs open pools: live ones through their targets.
     pub(crate) fn pool_opener(&self) -> EngineOpener {
         EngineOpener {
-            live: self
-                .live_pools
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            live: self.service::<LivePoolsService>().map(|s| s.0.clone()),
         }
     }
 }
