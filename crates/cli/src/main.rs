@@ -413,6 +413,17 @@ enum LvCommand {
         #[arg(short, long)]
         background: bool,
     },
+    /// Change an LV's settings (as lvchange): `lv change --errorwhenfull y|n VG/POOL`.
+    Change {
+        /// VG/LV
+        name: String,
+        /// For a thin pool: y fails writes that need a new block when the pool is full
+        /// (the kernel's error_if_no_space); n (lvm2's default) holds them until the pool
+        /// grows, up to the kernel's no-space timeout (60 s), then fails them. A served
+        /// pool takes it at once.
+        #[arg(long = "errorwhenfull", value_name = "y|n")]
+        error_when_full: Option<String>,
+    },
     /// Print the device-mapper table that maps an LV onto its PVs, in dmsetup's syntax: the
     /// table lvm2 loads when it activates the LV (devices named by path, not major:minor).
     Table { name: String },
@@ -949,6 +960,26 @@ fn run(cli: Cli) -> Result<bool> {
                 let change = LvChange::Remove {
                     vg: vg.into(),
                     lv: lv.into(),
+                };
+                print!("{}", lv_change(&engine, &socket, &change)?);
+            }
+            LvCommand::Change {
+                name,
+                error_when_full,
+            } => {
+                let (vg, lv) = split_vg_lv(&name)?;
+                let Some(when) = error_when_full else {
+                    bail!("nothing to change: give --errorwhenfull y|n");
+                };
+                let error = match when.as_str() {
+                    "y" | "yes" => true,
+                    "n" | "no" => false,
+                    other => bail!("--errorwhenfull '{other}': expected y or n"),
+                };
+                let change = LvChange::WhenFull {
+                    vg: vg.into(),
+                    lv: lv.into(),
+                    error,
                 };
                 print!("{}", lv_change(&engine, &socket, &change)?);
             }

@@ -64,6 +64,7 @@ const FIELDS: &[Field] = &[
     f("transaction_id", "TransId", true),
     f("thin_id", "ThId", true),
     f("discards", "Discards", false),
+    f("lv_when_full", "WhenFull", false),
     f("zero", "Zero", false),
     f("snap_percent", "Snap%", true),
     f("seg_count", "#Seg", true),
@@ -468,6 +469,15 @@ fn thin_fields(
     if let Some(p) = lv.thin_pool() {
         r.insert("chunk_size", u.format(p.chunk_size_sectors * 512));
         r.insert("transaction_id", p.transaction_id.to_string());
+        r.insert(
+            "lv_when_full",
+            if tessera_engine::thin::error_when_full(lv) {
+                "error"
+            } else {
+                "queue"
+            }
+            .to_string(),
+        );
         r.insert("discards", p.discards().name().to_string());
         r.insert(
             "zero",

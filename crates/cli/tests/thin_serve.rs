@@ -5,7 +5,8 @@
 //! as a model of it, also after the daemon restarts; the pool's metadata then passes the
 //! real `thin_check` and tessera's check. A pool that runs out of data space holds a write
 //! (lvm2's default, queue_if_no_space) until `lv extend` grows the pool online, and nothing
-//! written before is lost.
+//! written before is lost; told to fail when full (`lv change --errorwhenfull y`), it fails
+//! the write at once instead.
 
 mod common;
 
@@ -157,6 +158,38 @@ fn a_full_pool_holds_writes_until_it_grows_online() {
     assert!(bytes[..6 << 20] == first[..], "what was written before the pool filled");
     assert!(bytes[8 << 20..14 << 20] == second[..], "the held write");
     assert!(bytes[6 << 20..8 << 20].iter().all(|&b| b == 0));
+
+    // Told to fail when full (lvm2's errorwhenfull), the served pool fails the write that
+    // finds no space at once, and keeps what it holds.
+    let out = t(&["lv", "change", "--errorwhenfull", "y", "vg/pool"]);
+    assert!(out.contains("reloaded online"), "{out}");
+    let status = t(&["dm", "status", "vg-pool-tpool"]);
+    assert!(status.contains("error_if_no_space"), "{status}");
+    let table = t(&["lv", "table", "vg/pool"]);
+    let list = t(&["lv", "list", "-o", "lv_name,lv_when_full", "--json"]);
+    assert!(list.contains("\"error\""), "{list}\n{table}");
+    let third = random(8 << 20, 3);
+    let file = d.join("third.bin");
+    std::fs::write(&file, &third).unwrap();
+    let began = Instant::now();
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -s {} {} {}", file.display(), 16 << 20, third.len()),
+            &format!("{}/vg/t", server.addr),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Input/output error") || !out.status.success(),
+        "a write past a full pool fails: {said}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(30), "and does not wait");
+    let again = read_export(&server.addr, "vg/t", d);
+    assert!(again[..6 << 20] == first[..] && again[8 << 20..14 << 20] == second[..]);
     server.stop();
     check_and_dump(&devs, &state, d, "vg/pool");
 }

@@ -181,6 +181,13 @@ pub enum LvChange {
         size: SizeArg,
         pvs: Vec<String>,
     },
+    /// What pool `lv` does when it runs out of data space: fail writes (`error`) or hold
+    /// them until it grows (lvm2's `lvchange --errorwhenfull`). Since 1.3.
+    WhenFull {
+        vg: String,
+        lv: String,
+        error: bool,
+    },
     Remove {
         vg: String,
         lv: String,
@@ -205,6 +212,7 @@ impl LvChange {
             | LvChange::Thin { vg, .. }
             | LvChange::ThinSnapshot { vg, .. }
             | LvChange::PoolMetadataExtend { vg, .. }
+            | LvChange::WhenFull { vg, .. }
             | LvChange::Remove { vg, .. }
             | LvChange::Rename { vg, .. } => vg,
         }

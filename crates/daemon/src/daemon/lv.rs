@@ -255,6 +255,10 @@ pub fn apply_lv_change(engine: &Engine, change: &LvChange) -> Result<String> {
                 meta.extent_count()
             )
         }
+        LvChange::WhenFull { vg, lv, error } => {
+            engine.lv_thin_pool_when_full(vg, lv, *error)?;
+            format!("  Logical volume {vg}/{lv} changed.\n")
+        }
         LvChange::Remove { vg, lv } => {
             engine.lv_remove(vg, lv)?;
             format!("Logical volume \"{lv}\" successfully removed.\n")

@@ -368,7 +368,7 @@ pub fn pool_of<'a>(vg: &'a VolumeGroup, lv: &str) -> Option<&'a str> {
 }
 
 /// The features lvm2 writes on a pool's table, in libdevmapper's order.
-fn pool_features(seg: &ThinPoolSegment) -> Vec<&'static str> {
+fn pool_features(pool: &LogicalVolume, seg: &ThinPoolSegment) -> Vec<&'static str> {
     let mut f = Vec::new();
     if !seg.zeroes() {
         f.push("skip_block_zeroing");
@@ -378,7 +378,20 @@ fn pool_features(seg: &ThinPoolSegment) -> Vec<&'static str> {
         ThinDiscards::NoPassdown => f.push("no_discard_passdown"),
         ThinDiscards::Passdown => {}
     }
+    if error_when_full(pool) {
+        f.push("error_if_no_space");
+    }
     f
+}
+
+/// lvm2's flag for a pool whose writes fail when it is full instead of waiting for it to
+/// grow (`lvchange --errorwhenfull y`, `error_if_no_space` in the pool's table).
+pub const ERROR_WHEN_FULL: &str = "ERROR_WHEN_FULL";
+
+/// Whether pool `pool` fails writes when it is full (else they wait, the kernel's
+/// default, up to its no-space timeout).
+pub fn error_when_full(pool: &LogicalVolume) -> bool {
+    pool.flags.iter().any(|f| f == ERROR_WHEN_FULL)
 }
 
 /// The devices lvm2 loads for pool `pool` and its thin LVs `thins` (active ones; none for
@@ -420,7 +433,7 @@ pub fn pool_stack_devices(
         },
     ];
     let size = p.extent_count() * vg.extent_size_sectors;
-    let features = pool_features(seg);
+    let features = pool_features(p, seg);
     let mut pool_table = format!(
         "0 {size} thin-pool {meta_name} {data_name} {} 0 {}",
         seg.chunk_size_sectors,
@@ -1302,6 +1315,26 @@ impl Engine {
         drop(scan);
         self.settle_pool_locked(vg_name, &thin.pool, opener)?;
         Ok(vec![lv.to_string()])
+    }
+
+    /// Sets what pool `pool` does when it runs out of data space (lvm2's `lvchange
+    /// --errorwhenfull y|n`): fail the writes that need a new block, or hold them until
+    /// the pool grows. A served pool takes it on its next table load.
+    pub fn lv_thin_pool_when_full(&self, vg_name: &str, pool: &str, error: bool) -> Result<()> {
+        let _lock = self.lock_vg(vg_name)?;
+        let scan = self.scan_with(true)?;
+        let state = Self::vg_for_change(&scan, vg_name)?;
+        let mut vg = state.vg.clone();
+        pool_segment(&vg, pool)?;
+        let lv = vg.lv_mut(pool).expect("a pool's segment was found");
+        if error_when_full(lv) == error {
+            return Ok(());
+        }
+        lv.flags.retain(|f| f != ERROR_WHEN_FULL);
+        if error {
+            lv.flags.push(ERROR_WHEN_FULL.to_string());
+        }
+        self.commit(&scan, Some(state), vg, &[]).map(|_| ())
     }
 
     /// Grows pool `pool`'s data to `size` (absolute or `+`), its data space map with it.
