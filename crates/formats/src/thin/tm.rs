@@ -160,7 +160,13 @@ impl Core {
     }
 
     pub fn alloc_meta(&mut self) -> Result<u64> {
-        let b = self.meta.find_free().ok_or_else(|| ThinMetadataError::NoMetadataSpace {
+        let mut b = self.meta.find_free();
+        if b == Some(SUPERBLOCK_LOCATION) {
+            // Only damaged metadata calls the superblock free; never hand it out.
+            self.meta.set(SUPERBLOCK_LOCATION, 1);
+            b = self.meta.find_free();
+        }
+        let b = b.ok_or_else(|| ThinMetadataError::NoMetadataSpace {
             device: self.store.name.clone(),
             blocks: self.meta.nr_blocks,
         })?;
