@@ -57,7 +57,7 @@ impl Superblock {
     }
 
     /// The superblock as a block at `location` (checksum left for the caller).
-    pub fn to_block(&self, location: u64) -> Vec<u8> {
+    pub fn to_block(self, location: u64) -> Vec<u8> {
         let mut b = vec![0u8; METADATA_BLOCK_BYTES];
         b[4..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&location.to_le_bytes());

@@ -45,6 +45,8 @@ pub struct Core {
     pub data_rc_root: u64,
     pub meta_index_block: u64,
     pub meta_rc_root: u64,
+    /// Metadata blocks allocated since opening (for tests of the commit's needs).
+    pub allocations: u64,
 }
 
 struct Inserted {
@@ -66,6 +68,7 @@ impl Core {
             data_rc_root: 0,
             meta_index_block: 0,
             meta_rc_root: 0,
+            allocations: 0,
         };
         core.meta.set(SUPERBLOCK_LOCATION, 1);
         let mapping_root = core.new_empty_tree(&btree::TOP_LEVEL)?;
@@ -142,6 +145,7 @@ impl Core {
             data_rc_root: sb.data_sm.ref_count_root,
             meta_index_block: index_block,
             meta_rc_root: sb.metadata_sm.ref_count_root,
+            allocations: 0,
         })
     }
 
@@ -172,6 +176,7 @@ impl Core {
         })?;
         self.meta.set(b, 1);
         self.fresh.insert(b);
+        self.allocations += 1;
         Ok(b)
     }
 
