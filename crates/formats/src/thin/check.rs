@@ -189,7 +189,8 @@ impl Checker<'_> {
         if *slot < u8::MAX {
             *slot += 1;
         } else {
-            *self.data_refs_big.entry(b).or_insert(u32::from(u8::MAX)) += 1;
+            let big = self.data_refs_big.entry(b).or_insert(u32::from(u8::MAX));
+            *big = big.saturating_add(1);
         }
     }
 

@@ -604,7 +604,7 @@ impl PoolMetadata {
             }
             None => {
                 if let Some(d) = self.details.get_mut(&dev_id) {
-                    d.mapped_blocks += 1;
+                    d.mapped_blocks = d.mapped_blocks.saturating_add(1);
                 }
             }
         }
@@ -688,10 +688,19 @@ impl PoolMetadata {
         Ok(())
     }
 
-    /// Sets the superblock's NEEDS_CHECK flag, committed at once.
+    /// Sets the superblock's NEEDS_CHECK flag, committed at once: the last committed
+    /// superblock is rewritten with the flag, so changes not yet committed (perhaps half done
+    /// after an error) are not.
     pub fn set_needs_check(&mut self) -> Result<()> {
+        let device = self.core.store.device.clone();
+        let mut committed = read_superblock(&device, SUPERBLOCK_LOCATION)?;
+        committed.flags |= NEEDS_CHECK;
+        let mut block = committed.to_block(SUPERBLOCK_LOCATION);
+        checksum::seal(&mut block, BlockKind::Superblock);
+        device.write_at(&block, 0)?;
+        device.flush()?;
         self.sb.flags |= NEEDS_CHECK;
-        self.commit()
+        Ok(())
     }
 
     /// Makes every change since the last commit durable: new blocks written and flushed,
@@ -712,7 +721,7 @@ impl PoolMetadata {
     /// Drops every change since the last commit.
     pub fn abort(&mut self) -> Result<()> {
         let device = self.core.store.device.clone();
-        *self = Self::open(device)?;
+        *self = Self::open_with_cache(device, self.core.store.cache_blocks)?;
         Ok(())
     }
 }
@@ -731,6 +740,12 @@ mod tests {
     use tessera_block::MemoryDevice;
 
     use super::*;
+
+    #[test]
+    fn pool_metadata_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<PoolMetadata>();
+    }
 
     /// Random transactions: the commit never allocates more metadata blocks than
     /// `metadata_blocks_to_commit` said, and `free_metadata_blocks` never counts a block the

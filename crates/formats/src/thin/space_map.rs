@@ -277,11 +277,6 @@ impl RefCounts {
         buf
     }
 
-    /// Blocks whose count overflows the bitmap.
-    pub fn overflow_len(&self) -> usize {
-        self.overflow.len()
-    }
-
     /// Grows to `nr_blocks`; new bitmaps are dirty and have no block yet.
     pub fn grow(&mut self, nr_blocks: u64) {
         if nr_blocks <= self.nr_blocks {
