@@ -198,25 +198,8 @@ fn read_superblock(device: &SharedDevice, location: u64) -> Result<Superblock> {
         });
     }
     store::validate(&name, location, BlockKind::Superblock, &buf)?;
-    let invalid = |why: String| ThinMetadataError::Corrupt {
-        device: name.clone(),
-        block: location,
-        why,
-    };
-    if !(1..=METADATA_VERSION).contains(&sb.version) {
-        return Err(invalid(format!("superblock has metadata version {}, tessera reads 1 and 2", sb.version)));
-    }
-    if sb.metadata_block_size != METADATA_BLOCK_SECTORS {
-        return Err(invalid(format!(
-            "superblock has {}-sector metadata blocks, expected {METADATA_BLOCK_SECTORS}",
-            sb.metadata_block_size
-        )));
-    }
-    if sb.data_block_size == 0 {
-        return Err(invalid("superblock has a data block size of 0".into()));
-    }
-    if sb.incompat_flags != 0 {
-        return Err(invalid(format!("superblock has unknown incompatible features {:#x}", sb.incompat_flags)));
+    if let Some(why) = sb.field_problem() {
+        return Err(ThinMetadataError::Corrupt { device: name, block: location, why });
     }
     Ok(sb)
 }
