@@ -221,3 +221,49 @@ fn changing_damaged_metadata_fails_cleanly() {
     pool.abort().unwrap();
     assert_names(pool.remove_range(1, 0, 10).unwrap_err(), &img, leaf);
 }
+
+#[test]
+fn the_check_reports_every_damaged_block_and_wrong_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = image(dir.path());
+    // Two damaged leaves: both are reported.
+    let root = device_root(&img, 1);
+    let internal = read_block(&img, root);
+    let leaves: Vec<u64> = (0..3).map(|i| le64(&internal, value_at(&internal, i))).collect();
+    for &leaf in &leaves[1..] {
+        let mut block = read_block(&img, leaf);
+        block[64] ^= 0x5a;
+        write_block(&img, leaf, &block);
+    }
+    // The data space map counts data block 0 (in the first, sound leaf) twice; one mapping
+    // holds it.
+    let sb = read_block(&img, 0);
+    let index_root = le64(&sb, 64 + 16);
+    let index = read_block(&img, index_root);
+    assert!(header(&index).0);
+    let bitmap_block = le64(&index, value_at(&index, 0));
+    let mut bitmap = read_block(&img, bitmap_block);
+    let word = u64::from_le_bytes(bitmap[16..24].try_into().unwrap());
+    assert_eq!(word & 3, 2, "count 1 is stored as 2 (the bits are swapped)");
+    let word = (word & !3) | 1;
+    bitmap[16..24].copy_from_slice(&word.to_le_bytes());
+    let csum = crc32c::crc32c(&bitmap[4..]) ^ 0xffff_ffff ^ 240_779;
+    bitmap[..4].copy_from_slice(&csum.to_le_bytes());
+    write_block(&img, bitmap_block, &bitmap);
+
+    let mut calls = Vec::new();
+    let report = check(&open_file(&img), &mut |done, total| calls.push((done, total))).unwrap();
+    let named = |b: u64| report.problems.iter().any(|p| p.block == Some(b));
+    assert!(named(leaves[1]) && named(leaves[2]), "{:#?}", report.problems);
+    assert!(!named(leaves[0]));
+    assert!(
+        report.problems.iter().any(|p| p.what.contains("data block 0: the space map counts 2 references, 1 were found")),
+        "{:#?}",
+        report.problems
+    );
+    // The damaged leaves' mappings are missing from device 1's count too.
+    assert!(report.problems.iter().any(|p| p.what.contains("thin device 1 has")));
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0) && !calls.is_empty(), "progress goes forward");
+    let out = tool("thin_check").arg(&img).output().unwrap();
+    assert!(!out.status.success());
+}

@@ -6,7 +6,7 @@ mod thin_common;
 
 use std::collections::BTreeMap;
 
-use tessera_formats::thin::{check, DeviceDetails, PoolMetadata};
+use tessera_formats::thin::{check, DeviceDetails, PoolMetadata, ThinMetadataError};
 use thin_common::*;
 
 /// A pool of several devices: single and range mappings, thousands of them (multi-level
@@ -323,4 +323,83 @@ fn lookups_from_many_threads_agree() {
             });
         }
     });
+}
+
+#[test]
+fn many_snapshots_overflow_both_space_maps_reference_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("meta.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    let mut d = Driver::new(PoolMetadata::format(open_file(&img), 256, 40_000).unwrap());
+    d.create_thin(1);
+    for v in 0..1200 {
+        d.map(1, v);
+    }
+    d.commit_and_verify(&img);
+    // Five snapshots of device 1 share its root (a metadata count of 6); writing to each copies
+    // the leaves it touches, giving their data blocks counts of 3 and more.
+    for s in 2..7 {
+        d.create_snap(s, 1);
+    }
+    d.commit_and_verify(&img);
+    let first = d.model.devices[&1].mappings[&0].0;
+    for s in 2..7 {
+        for v in [0, 300, 900] {
+            d.map(s, v + s as u64);
+        }
+    }
+    d.commit_and_verify(&img);
+    assert!(d.pool.data_ref_count(first).unwrap() >= 3, "shared data block counts overflow");
+    for s in 2..7 {
+        d.delete(s);
+    }
+    d.commit_and_verify(&img);
+    assert_eq!(d.pool.data_ref_count(first).unwrap(), 1);
+}
+
+#[test]
+fn running_out_of_space_is_reported_and_recoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("meta.img");
+    // 24 metadata blocks hold only a few thousand mappings.
+    std::fs::File::create(&img).unwrap().set_len(24 * 4096).unwrap();
+    let mut pool = PoolMetadata::format(open_file(&img), 128, 100).unwrap();
+    pool.create_thin(1).unwrap();
+    for v in 0..100 {
+        let b = pool.alloc_data_block().unwrap();
+        pool.insert(1, v, b).unwrap();
+    }
+    assert!(matches!(pool.alloc_data_block(), Err(ThinMetadataError::NoDataSpace { .. })));
+    pool.commit().unwrap();
+    thin_check_passes(&img);
+    // Blocks freed in the open transaction stay unavailable until it commits.
+    pool.remove_range(1, 0, 10).unwrap();
+    assert!(matches!(pool.alloc_data_block(), Err(ThinMetadataError::NoDataSpace { .. })));
+    pool.commit().unwrap();
+    assert!(pool.alloc_data_block().unwrap() < 10);
+    pool.resize_data(1_000_000).unwrap();
+    let err = (|| -> Result<(), ThinMetadataError> {
+        for v in 0..100_000 {
+            let b = pool.alloc_data_block()?;
+            pool.insert(1, 1000 + v * 2, b)?;
+        }
+        pool.commit()
+    })()
+    .unwrap_err();
+    assert!(matches!(err, ThinMetadataError::NoMetadataSpace { .. }), "{err}");
+    pool.abort().unwrap();
+    assert_eq!(pool.info().nr_data_blocks, 100);
+    thin_check_passes(&img);
+    tessera_check_passes(&img);
+    // The metadata device grows; the pool takes the space.
+    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4 << 20).unwrap();
+    let mut d = Driver::new(PoolMetadata::open(open_file(&img)).unwrap());
+    d.pool.resize_metadata().unwrap();
+    d.pool.resize_data(100_000).unwrap();
+    d.model.nr_data_blocks = 100_000;
+    for v in 0..5000 {
+        d.map(1, 1000 + v * 2);
+    }
+    d.commit_and_verify(&img);
+    assert_eq!(d.pool.info().nr_metadata_blocks, 1024);
 }

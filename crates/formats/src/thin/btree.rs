@@ -327,25 +327,37 @@ impl Store {
         f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let mut last = None;
-        self.walk_node(root, spec, begin, end, 0, &mut last, f)
+        self.walk_node(root, spec, (begin, end), (0, None), 0, &mut last, f)
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `wanted` is the range of keys asked for; keys in the node must lie in `bounds`, the
+    /// range its parent gives it, or a lookup would not find them.
     fn walk_node(
         &self,
         block: u64,
         spec: &TreeSpec,
-        begin: u64,
-        end: u64,
+        wanted: (u64, u64),
+        bounds: (u64, Option<u64>),
         depth: usize,
         last: &mut Option<u64>,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
+        let (begin, end) = wanted;
         if depth >= MAX_DEPTH {
             return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
         }
         let buf = self.read_node(block, spec)?;
         let node = NodeView { buf: &buf };
+        if let Some(n) = node.len().checked_sub(1) {
+            let (first, last_key) = (node.key(0), node.key(n));
+            if first < bounds.0 || bounds.1.is_some_and(|hi| last_key >= hi) {
+                return Err(self.corrupt(
+                    block,
+                    format!("{} node keys {first}..={last_key} lie outside the range its parent gives it", spec.name),
+                ));
+            }
+        }
         let first = node.lower_bound(begin).unwrap_or(0);
         for i in first..node.len() {
             let key = node.key(i);
@@ -362,7 +374,8 @@ impl Store {
                 *last = Some(key);
                 f(key, node.value(i))?;
             } else {
-                self.walk_node(node.value_u64(i), spec, begin, end, depth + 1, last, f)?;
+                let hi = if i + 1 < node.len() { Some(node.key(i + 1)) } else { bounds.1 };
+                self.walk_node(node.value_u64(i), spec, wanted, (key, hi), depth + 1, last, f)?;
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use tessera_block::SharedDevice;
 use super::btree::{check_node_structure, le32, le64, NodeView, TreeSpec, DETAILS, REF_COUNTS, SM_INDEX, SUBTREE, TOP_LEVEL};
 use super::checksum::{self, BlockKind};
 use super::space_map::{self, decode, IndexEntry, SmRoot, BITMAP_HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_METADATA_BITMAPS, WORDS_PER_BITMAP};
-use super::superblock::{Superblock, METADATA_BLOCK_SECTORS, SUPERBLOCK_LOCATION};
+use super::superblock::{Superblock, SUPERBLOCK_LOCATION};
 use super::tm::MAX_DATA_BLOCKS;
 use super::{DeviceDetails, Result, METADATA_BLOCK_BYTES, SUPERBLOCK_MAGIC};
 
@@ -189,7 +189,8 @@ impl Checker<'_> {
         if *slot < u8::MAX {
             *slot += 1;
         } else {
-            *self.data_refs_big.entry(b).or_insert(u32::from(u8::MAX)) += 1;
+            let big = self.data_refs_big.entry(b).or_insert(u32::from(u8::MAX));
+            *big = big.saturating_add(1);
         }
     }
 
@@ -264,8 +265,8 @@ impl Checker<'_> {
         if !self.block_ok(SUPERBLOCK_LOCATION, BlockKind::Superblock, &buf) {
             return Ok(());
         }
-        if sb.metadata_block_size != METADATA_BLOCK_SECTORS {
-            self.problem(Some(0), format!("metadata block size is {} sectors, not {METADATA_BLOCK_SECTORS}", sb.metadata_block_size));
+        if let Some(why) = sb.field_problem() {
+            self.problem(Some(0), why);
         }
         let device_blocks = self.device.size_bytes() / METADATA_BLOCK_BYTES as u64;
         self.nr_meta = sb.metadata_sm.nr_blocks;
@@ -496,10 +497,10 @@ impl Checker<'_> {
                     let key = node.key(i);
                     if !self.in_held {
                         match u32::try_from(key) {
-                            Ok(dev) => {
+                            Ok(dev) if dev <= super::MAX_DEV_ID => {
                                 self.subtree_roots.insert(dev, root);
                             }
-                            Err(_) => self.problem(Some(b), format!("mapping tree has device id {key}, past 24 bits")),
+                            _ => self.problem(Some(b), format!("mapping tree has device id {key}, past 24 bits")),
                         }
                     }
                     if self.meta_ref(root, Some(b), "mapping tree entry") {
@@ -518,10 +519,10 @@ impl Checker<'_> {
                             snapshotted_time: le32(value, 20),
                         };
                         match u32::try_from(node.key(i)) {
-                            Ok(dev) => {
+                            Ok(dev) if dev <= super::MAX_DEV_ID => {
                                 self.details.insert(dev, d);
                             }
-                            Err(_) => self.problem(Some(b), format!("device details tree has device id {}", node.key(i))),
+                            _ => self.problem(Some(b), format!("device details tree has device id {}, past 24 bits", node.key(i))),
                         }
                     }
                 }

@@ -198,25 +198,8 @@ fn read_superblock(device: &SharedDevice, location: u64) -> Result<Superblock> {
         });
     }
     store::validate(&name, location, BlockKind::Superblock, &buf)?;
-    let invalid = |why: String| ThinMetadataError::Corrupt {
-        device: name.clone(),
-        block: location,
-        why,
-    };
-    if !(1..=METADATA_VERSION).contains(&sb.version) {
-        return Err(invalid(format!("superblock has metadata version {}, tessera reads 1 and 2", sb.version)));
-    }
-    if sb.metadata_block_size != METADATA_BLOCK_SECTORS {
-        return Err(invalid(format!(
-            "superblock has {}-sector metadata blocks, expected {METADATA_BLOCK_SECTORS}",
-            sb.metadata_block_size
-        )));
-    }
-    if sb.data_block_size == 0 {
-        return Err(invalid("superblock has a data block size of 0".into()));
-    }
-    if sb.incompat_flags != 0 {
-        return Err(invalid(format!("superblock has unknown incompatible features {:#x}", sb.incompat_flags)));
+    if let Some(why) = sb.field_problem() {
+        return Err(ThinMetadataError::Corrupt { device: name, block: location, why });
     }
     Ok(sb)
 }
@@ -311,12 +294,43 @@ impl PoolMetadata {
             time: self.sb.time,
             data_block_sectors: self.sb.data_block_size,
             nr_data_blocks: self.core.data.nr_blocks,
-            free_data_blocks: self.core.data.nr_blocks.saturating_sub(self.core.data.nr_allocated),
+            free_data_blocks: self.core.data.allocatable(),
             nr_metadata_blocks: self.core.meta.nr_blocks,
-            free_metadata_blocks: self.core.meta.nr_blocks.saturating_sub(self.core.meta.nr_allocated),
+            free_metadata_blocks: self.core.meta.allocatable(),
             metadata_snap: (self.sb.metadata_snap != 0).then_some(self.sb.metadata_snap),
             needs_check: self.sb.flags & NEEDS_CHECK != 0,
         }
+    }
+
+    /// At most how many metadata blocks the next commit allocates (to shadow space map
+    /// bitmaps, index and overflow entries, device details), so a pool can commit while it
+    /// still can: compare with `info().free_metadata_blocks`.
+    pub fn metadata_blocks_to_commit(&self) -> u64 {
+        let depth = |root: u64| -> u64 {
+            let mut d = 1;
+            let mut block = root;
+            while d < btree::MAX_DEPTH as u64 {
+                let Ok(buf) = self.core.store.read(block, BlockKind::Node) else { break };
+                let node = btree::NodeView { buf: &buf };
+                if node.is_leaf() || node.len() == 0 {
+                    break;
+                }
+                block = node.value_u64(0);
+                d += 1;
+            }
+            d
+        };
+        // A path of changed nodes per change, plus a split per level and a new root.
+        let tree = |changes: u64, root: u64| if changes == 0 { 0 } else { changes.saturating_mul(depth(root) * 2 + 1) };
+        let data_bitmaps = self.core.data.dirty_bitmaps.len() as u64;
+        let details = tree(self.changed_details.len() as u64, self.sb.device_details_root);
+        let data_index = tree(data_bitmaps, self.core.data_index_root);
+        let data_overflow = tree(self.core.data.dirty_overflow.len() as u64, self.core.data_rc_root);
+        let before_metadata = data_bitmaps + details + data_index + data_overflow;
+        // Every metadata bitmap may change, and the index block moves.
+        let meta_bitmaps = self.core.meta.nr_bitmaps();
+        let meta_overflow = tree(self.core.meta.dirty_overflow.len() as u64, self.core.meta_rc_root);
+        before_metadata + meta_bitmaps + 1 + meta_overflow
     }
 
     /// The thin devices, by id, with their details.
@@ -573,7 +587,7 @@ impl PoolMetadata {
             }
             None => {
                 if let Some(d) = self.details.get_mut(&dev_id) {
-                    d.mapped_blocks += 1;
+                    d.mapped_blocks = d.mapped_blocks.saturating_add(1);
                 }
             }
         }
@@ -657,10 +671,19 @@ impl PoolMetadata {
         Ok(())
     }
 
-    /// Sets the superblock's NEEDS_CHECK flag, committed at once.
+    /// Sets the superblock's NEEDS_CHECK flag, committed at once: the last committed
+    /// superblock is rewritten with the flag, so changes not yet committed (perhaps half done
+    /// after an error) are not.
     pub fn set_needs_check(&mut self) -> Result<()> {
+        let device = self.core.store.device.clone();
+        let mut committed = read_superblock(&device, SUPERBLOCK_LOCATION)?;
+        committed.flags |= NEEDS_CHECK;
+        let mut block = committed.to_block(SUPERBLOCK_LOCATION);
+        checksum::seal(&mut block, BlockKind::Superblock);
+        device.write_at(&block, 0)?;
+        device.flush()?;
         self.sb.flags |= NEEDS_CHECK;
-        self.commit()
+        Ok(())
     }
 
     /// Makes every change since the last commit durable: new blocks written and flushed,
@@ -681,7 +704,7 @@ impl PoolMetadata {
     /// Drops every change since the last commit.
     pub fn abort(&mut self) -> Result<()> {
         let device = self.core.store.device.clone();
-        *self = Self::open(device)?;
+        *self = Self::open_with_cache(device, self.core.store.cache_blocks)?;
         Ok(())
     }
 }
@@ -690,5 +713,75 @@ fn unpack_mapping(value: u64) -> Mapping {
     Mapping {
         data_block: value >> 24,
         time: (value & 0xff_ffff) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tessera_block::MemoryDevice;
+
+    use super::*;
+
+    #[test]
+    fn pool_metadata_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<PoolMetadata>();
+    }
+
+    /// Random transactions: the commit never allocates more metadata blocks than
+    /// `metadata_blocks_to_commit` said, and `free_metadata_blocks` never counts a block the
+    /// transaction cannot have.
+    #[test]
+    fn commit_needs_no_more_than_estimated() {
+        let dev = Arc::new(MemoryDevice::new("meta", 32 << 20));
+        let mut pool = PoolMetadata::format(dev, 128, 200_000).unwrap();
+        let mut seed = 1u64;
+        let mut rand = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut next_id = 0u32;
+        let mut ids: Vec<u32> = Vec::new();
+        for round in 0..60 {
+            for _ in 0..rand(400) {
+                match rand(20) {
+                    0 => {
+                        pool.create_thin(next_id).unwrap();
+                        ids.push(next_id);
+                        next_id += 1;
+                    }
+                    1 if !ids.is_empty() => {
+                        let origin = ids[rand(ids.len() as u64) as usize];
+                        pool.create_snap(next_id, origin).unwrap();
+                        ids.push(next_id);
+                        next_id += 1;
+                    }
+                    2 if ids.len() > 2 => {
+                        let id = ids.swap_remove(rand(ids.len() as u64) as usize);
+                        pool.delete(id).unwrap();
+                    }
+                    3 if !ids.is_empty() => {
+                        let id = ids[rand(ids.len() as u64) as usize];
+                        let begin = rand(5000);
+                        pool.remove_range(id, begin, begin + rand(300)).unwrap();
+                    }
+                    _ if !ids.is_empty() => {
+                        let id = ids[rand(ids.len() as u64) as usize];
+                        let b = pool.alloc_data_block().unwrap();
+                        pool.insert(id, rand(5000), b).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            let free = pool.info().free_metadata_blocks;
+            let estimate = pool.metadata_blocks_to_commit();
+            let before = pool.core.allocations;
+            pool.commit().unwrap();
+            let used = pool.core.allocations - before;
+            assert!(used <= estimate, "round {round}: the commit allocated {used}, estimated {estimate}");
+            assert!(used <= free);
+        }
     }
 }

@@ -104,6 +104,10 @@ pub struct RefCounts {
     /// Where each bitmap is on the metadata device (0: not written yet).
     pub bitmap_blocks: Vec<u64>,
     pub nr_allocated: u64,
+    /// Blocks free at the last commit that are in use now.
+    allocated_this_transaction: u64,
+    /// `nr_allocated` at the last commit.
+    committed_allocated: u64,
     /// Where the next search for a free block starts.
     hint: u64,
 }
@@ -141,6 +145,8 @@ impl RefCounts {
     /// Counts allocated blocks, once everything is loaded.
     pub fn finish_load(&mut self) {
         self.nr_allocated = (0..self.nr_bitmaps()).map(|i| self.used_in_bitmap(i)).sum();
+        self.committed_allocated = self.nr_allocated;
+        self.allocated_this_transaction = 0;
         self.dirty_overflow.clear();
     }
 
@@ -183,15 +189,32 @@ impl RefCounts {
                 self.overflow.remove(&b);
             }
         }
+        let committed_free = (self.committed[w] >> shift) & 3 == 0;
         match (old, count) {
-            (0, _) => self.nr_allocated += 1,
+            (0, _) => {
+                self.nr_allocated += 1;
+                if committed_free {
+                    self.allocated_this_transaction += 1;
+                }
+            }
             (_, 0) => {
                 self.nr_allocated = self.nr_allocated.saturating_sub(1);
+                if committed_free {
+                    self.allocated_this_transaction = self.allocated_this_transaction.saturating_sub(1);
+                }
                 self.hint = self.hint.min(b);
             }
             _ => {}
         }
         self.dirty_bitmaps.insert(b / ENTRIES_PER_BITMAP);
+    }
+
+    /// Blocks that can be allocated before the next commit: free now and at the last commit
+    /// (blocks freed in the open transaction are not, until it commits).
+    pub fn allocatable(&self) -> u64 {
+        self.nr_blocks
+            .saturating_sub(self.committed_allocated)
+            .saturating_sub(self.allocated_this_transaction)
     }
 
     /// A block free now and at the last commit, searching from the hint.
@@ -279,6 +302,8 @@ impl RefCounts {
         }
         self.dirty_bitmaps.clear();
         self.dirty_overflow.clear();
+        self.committed_allocated = self.nr_allocated;
+        self.allocated_this_transaction = 0;
     }
 }
 
@@ -309,8 +334,16 @@ mod tests {
         let mut rc = RefCounts::new(100);
         rc.set(0, 1);
         rc.committed_now();
+        assert_eq!(rc.allocatable(), 99);
         rc.set(0, 0);
+        assert_eq!(rc.allocatable(), 99, "freed in the transaction: not allocatable yet");
         assert_eq!(rc.find_free(), Some(1));
+        rc.set(1, 1);
+        rc.set(2, 1);
+        assert_eq!(rc.allocatable(), 97);
+        rc.set(2, 0);
+        assert_eq!(rc.allocatable(), 98, "allocated and freed in the transaction: allocatable");
+        rc.set(1, 0);
         rc.committed_now();
         rc.set(1, 1);
         assert_eq!(rc.find_free(), Some(0));

@@ -85,6 +85,8 @@ pub struct Store {
     /// Metadata blocks the superblock says the device has (and the device really holds).
     pub nr_blocks: u64,
     pub cache: Cache,
+    /// The cache's capacity in blocks.
+    pub cache_blocks: usize,
     pub dirty: HashMap<u64, DirtyBlock>,
 }
 
@@ -95,6 +97,7 @@ impl Store {
             device,
             nr_blocks,
             cache: Cache::new(cache_blocks),
+            cache_blocks,
             dirty: HashMap::new(),
         }
     }

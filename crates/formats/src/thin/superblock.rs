@@ -56,8 +56,29 @@ impl Superblock {
         }
     }
 
+    /// What is wrong with the fields tessera needs, if anything (the checksum, location and
+    /// magic are checked apart).
+    pub fn field_problem(&self) -> Option<String> {
+        if !(1..=super::METADATA_VERSION).contains(&self.version) {
+            return Some(format!("superblock has metadata version {}, tessera reads 1 and 2", self.version));
+        }
+        if self.metadata_block_size != METADATA_BLOCK_SECTORS {
+            return Some(format!(
+                "superblock has {}-sector metadata blocks, expected {METADATA_BLOCK_SECTORS}",
+                self.metadata_block_size
+            ));
+        }
+        if self.data_block_size == 0 {
+            return Some("superblock has a data block size of 0".into());
+        }
+        if self.incompat_flags != 0 {
+            return Some(format!("superblock has unknown incompatible features {:#x}", self.incompat_flags));
+        }
+        None
+    }
+
     /// The superblock as a block at `location` (checksum left for the caller).
-    pub fn to_block(&self, location: u64) -> Vec<u8> {
+    pub fn to_block(self, location: u64) -> Vec<u8> {
         let mut b = vec![0u8; METADATA_BLOCK_BYTES];
         b[4..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&location.to_le_bytes());

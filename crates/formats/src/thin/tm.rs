@@ -45,6 +45,8 @@ pub struct Core {
     pub data_rc_root: u64,
     pub meta_index_block: u64,
     pub meta_rc_root: u64,
+    /// Metadata blocks allocated since opening (for tests of the commit's needs).
+    pub allocations: u64,
 }
 
 struct Inserted {
@@ -66,6 +68,7 @@ impl Core {
             data_rc_root: 0,
             meta_index_block: 0,
             meta_rc_root: 0,
+            allocations: 0,
         };
         core.meta.set(SUPERBLOCK_LOCATION, 1);
         let mapping_root = core.new_empty_tree(&btree::TOP_LEVEL)?;
@@ -142,6 +145,7 @@ impl Core {
             data_rc_root: sb.data_sm.ref_count_root,
             meta_index_block: index_block,
             meta_rc_root: sb.metadata_sm.ref_count_root,
+            allocations: 0,
         })
     }
 
@@ -160,12 +164,19 @@ impl Core {
     }
 
     pub fn alloc_meta(&mut self) -> Result<u64> {
-        let b = self.meta.find_free().ok_or_else(|| ThinMetadataError::NoMetadataSpace {
+        let mut b = self.meta.find_free();
+        if b == Some(SUPERBLOCK_LOCATION) {
+            // Only damaged metadata calls the superblock free; never hand it out.
+            self.meta.set(SUPERBLOCK_LOCATION, 1);
+            b = self.meta.find_free();
+        }
+        let b = b.ok_or_else(|| ThinMetadataError::NoMetadataSpace {
             device: self.store.name.clone(),
             blocks: self.meta.nr_blocks,
         })?;
         self.meta.set(b, 1);
         self.fresh.insert(b);
+        self.allocations += 1;
         Ok(b)
     }
 
