@@ -27,6 +27,11 @@ pub(crate) trait Metadata: Send + Sync {
     fn set_needs_check(&mut self) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn abort(&mut self) -> Result<()>;
+    /// At most how many metadata blocks the next commit allocates (0 where a commit
+    /// allocates none).
+    fn metadata_blocks_to_commit(&self) -> u64 {
+        0
+    }
 }
 
 impl Metadata for PoolMetadata {
@@ -89,6 +94,9 @@ impl Metadata for PoolMetadata {
     }
     fn abort(&mut self) -> Result<()> {
         PoolMetadata::abort(self)
+    }
+    fn metadata_blocks_to_commit(&self) -> u64 {
+        PoolMetadata::metadata_blocks_to_commit(self)
     }
 }
 

@@ -513,7 +513,12 @@ impl Pool {
             if result.is_ok() {
                 self.dirty.store(true, Ordering::Release);
             }
-            (result, free_metadata_blocks(&meta.info()) == 0)
+            // The kernel commits once the free blocks outside its reserve are gone; tessera
+            // also keeps back what the commit itself needs, so that commit cannot fail.
+            (
+                result,
+                free_metadata_blocks(&meta.info()) <= meta.metadata_blocks_to_commit(),
+            )
         };
         match &result {
             Err(e) if is_metadata_failure(e) => self.metadata_failed(what, e),
