@@ -6,7 +6,7 @@
 //!   with the kernel's bytes and lists Data% and Meta% as lvs does.
 //! - tessera makes a pool, a thin volume and a snapshot and writes both through `serve`;
 //!   lvm2 activates them (running thin_check on the pool's metadata as it does), reads the
-//!   same bytes, makes a thin volume of its own in tessera's pool and removes tessera's
+//!   same bytes (and the pool's errorwhenfull tessera set), makes a thin volume of its own in tessera's pool and removes tessera's
 //!   snapshot; tessera then serves lvm2's volume with the bytes lvm2 wrote, and makes one
 //!   more thin volume in step with lvm2's transaction ids.
 
@@ -147,6 +147,8 @@ vgck vg && echo "vgck-ok"
 vgchange -q -ay -K vg; echo "vgchange rc $?"
 dmsetup mknodes
 for lv in t ts; do echo "sum $lv $(sum $lv)"; done
+echo "whenfull $(lvs --noheadings -o lv_when_full vg/pool | tr -d ' ')"
+echo "pooltable $(dmsetup table vg-pool-tpool)"
 echo "before $(lvs -a --reportformat json -o lv_name,transaction_id,thin_id vg | json)"
 lvcreate -q -V 16M -T vg/pool -n fromlvm; echo "lvcreate rc $?"
 dmsetup mknodes
@@ -232,6 +234,8 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     assert_eq!(export_sum(&server.addr, "vg/ts", d), sha(&ts), "tessera's ts");
     server.stop();
 
+    tessera(&devs, &state, &["lv", "change", "--errorwhenfull", "y", "vg/pool"]);
+
     let t0 = Instant::now();
     let text = common::lab_script(d, &format!("{PRELUDE}{LVM2_READS_TESSERA}"), 300);
     eprintln!("lab, part 2: {:?}\n{text}", t0.elapsed());
@@ -240,6 +244,11 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     assert!(
         text.contains("vgchange rc 0"),
         "lvm2 activates tessera's pool (thin_check passing)\n{text}"
+    );
+    assert_eq!(line(&text, "whenfull "), "error", "lvm2 reads tessera's errorwhenfull\n{text}");
+    assert!(
+        line(&text, "pooltable ").ends_with("error_if_no_space"),
+        "lvm2 loads the pool with error_if_no_space\n{text}"
     );
     assert_eq!(line(&text, "sum t "), sha(&t), "the kernel reads tessera's t");
     assert_eq!(line(&text, "sum ts "), sha(&ts), "the kernel reads tessera's ts");
