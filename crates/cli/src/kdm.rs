@@ -316,6 +316,14 @@ pub fn activate(
     let control = Control::open()?;
     // The arrays under the VGs first, so that the PVs on them are found.
     ok &= assemble_under(engine, &names, degraded)?;
+    // A pool change cut short between its commits is finished first, as lvm2 finishes it
+    // when it activates the pool: here on the metadata, for pools not yet in the kernel.
+    for (vg, pool) in engine.unsettled_pools(None)? {
+        let name = tessera_engine::activate::dm_name(&vg, &pool);
+        if control.info(&format!("{name}-tpool"))?.is_none() && control.info(&name)?.is_none() {
+            engine.thin_pool_settle(&vg, &pool)?;
+        }
+    }
     let (scan, lvs) = targets(engine, &names, ignore_skip)?;
     for (vg, lv) in lvs {
         let state = scan.vg(&vg).expect("found above");

@@ -275,10 +275,10 @@ fn bad_thin_requests_are_refused_naming_the_cause() {
     assert_eq!(rows.len(), 6, "{rows:?}");
 }
 
-#[test]
-fn a_change_cut_between_its_commits_is_finished_by_the_next() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let d = dir.path();
+/// A VG as the first commit of `lv create --thin -V 8m -n b vg/pool` leaves it: the pool
+/// one transaction ahead in the VG with the creation queued, its metadata not yet changed.
+/// Returns the devices and the state folder.
+fn cut_thin_creation(d: &Path) -> (String, std::path::PathBuf) {
     let imgs = common::image_files(d, "pv", 1, 64 << 20);
     let devices = imgs.join(",");
     let state = d.join("state");
@@ -321,6 +321,16 @@ fn a_change_cut_between_its_commits_is_finished_by_the_next() {
     assert!(cut.contains("create = \"b\""), "{cut}");
     std::fs::write(&backup, &cut).unwrap();
     t(&["vg", "restore", "vg", "-f", backup.to_str().unwrap()]);
+    (devices, state)
+}
+
+#[test]
+fn a_change_cut_between_its_commits_is_finished_by_the_next() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let (devices, state) = cut_thin_creation(d);
+    let t = |args: &[&str]| tessera(&devices, &state, args);
+    let backup = d.join("b.txt");
     let xml = check_and_dump(&devices, &state, d, "vg/pool");
     assert_eq!(dumped_devices(&xml), [1], "the pool has not seen b yet");
     // The next change replays the queued creation first, as lvm2's next activation would.
@@ -333,6 +343,20 @@ fn a_change_cut_between_its_commits_is_finished_by_the_next() {
     assert!(!text.contains("message1"), "{text}");
     let out = t(&["thin", "check", "vg/pool"]);
     assert!(out.contains("no faults found"), "{out}");
+}
+
+#[test]
+fn a_daemon_finishes_a_change_cut_short_before_it_serves_the_pool() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let (devices, state) = cut_thin_creation(d);
+    let server = common::serve(&devices, &state, &[]);
+    let list = common::run_ok(std::process::Command::new("nbdinfo").args(["--list", &server.addr]));
+    assert!(list.contains("vg/a") && list.contains("vg/b"), "{list}");
+    server.stop();
+    let xml = check_and_dump(&devices, &state, d, "vg/pool");
+    assert_eq!(dumped_devices(&xml), [1, 2], "{xml}");
+    assert!(xml.contains("transaction=\"2\""), "{xml}");
 }
 
 #[test]

@@ -150,6 +150,15 @@ impl Daemon {
                 }
             }
         }
+        // A pool change cut short between its commits is finished before the pool runs,
+        // as lvm2 finishes it when it activates the pool.
+        if !read_only {
+            for (vg, pool) in daemon.engine.unsettled_pools(None)? {
+                if let Err(e) = daemon.engine.thin_pool_settle(&vg, &pool) {
+                    warnings.push(format!("thin pool {vg}/{pool}: {}", e));
+                }
+            }
+        }
         let scan = daemon.engine.scan_with(!read_only)?;
         warnings.extend(scan.problems.iter().map(|p| p.to_string()));
         {

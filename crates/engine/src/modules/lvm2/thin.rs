@@ -1045,6 +1045,23 @@ impl Engine {
         self.settle_pool_locked(vg_name, pool, &mut self.pool_opener())
     }
 
+    /// The pools of VG `vg` (every VG when None) that carry queued messages: a change cut
+    /// short between its commits, to settle before the pool is loaded.
+    pub fn unsettled_pools(&self, vg: Option<&str>) -> Result<Vec<(String, String)>> {
+        let scan = self.scan()?;
+        Ok(scan
+            .vgs
+            .values()
+            .filter(|s| vg.is_none_or(|v| v == s.vg.name))
+            .flat_map(|s| {
+                s.vg.lvs
+                    .iter()
+                    .filter(|l| l.thin_pool().is_some_and(|p| !p.messages.is_empty()))
+                    .map(|l| (s.vg.name.clone(), l.name.clone()))
+            })
+            .collect())
+    }
+
     /// Makes thin LV `name` of virtual size `size` in pool `pool` (lvm2's
     /// `lvcreate -V SIZE -T VG/POOL -n NAME`).
     pub fn lv_thin_create(
