@@ -11,24 +11,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{export_sum, images_in as images, lab_line as line, patch, random, serve, sha, tessera};
+use common::{
+    export_sum, images_in as images, lab_line as line, patch, random, serve, sha, tessera,
+};
 
-/// lvm2 in the lab, without udev; the functions the scripts share.
-const PRELUDE: &str = r#"set -u
-cd "$(dirname "$0")"
-mkdir -p /tmp/lvmconf
-cat > /tmp/lvmconf/lvm.conf <<'C'
-devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
-activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
-global { use_lvmpolld = 0 }
-C
-export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
-devs=()
-attach() { devs=(); for f in "$1"/*.img; do devs+=("$(losetup -f --show "$f")"); done; }
-detach() { for d in "${devs[@]}"; do losetup -d "$d"; done; devs=(); }
-sum() { sha256sum < "/dev/mapper/vg-$1" | cut -d' ' -f1; }
-json() { tr -d ' \n'; echo; }
-# Waits (at most $2 s) until LV $1 is gone from `lvs -a`: lvm2's polling ends a merge so.
+/// What the scripts share beyond the common prelude.
+const PRELUDE: &str = r#"# Waits (at most $2 s) until LV $1 is gone from `lvs -a`: lvm2's polling ends a merge so.
 wait_gone() {
   for _ in $(seq "$2"); do
     lvs -a --noheadings -o lv_name vg | tr -d ' []' | grep -qx "$1" || return 0
@@ -95,7 +83,11 @@ echo lab-part3b-done
 
 fn lab(dir: &Path, body: &str, seconds: u32) -> (String, Duration) {
     let t = Instant::now();
-    let text = common::lab_script(dir, &format!("{PRELUDE}{body}"), seconds);
+    let text = common::lab_script(
+        dir,
+        &format!("{}{PRELUDE}{body}", common::LVM_LAB_PRELUDE),
+        seconds,
+    );
     (text, t.elapsed())
 }
 

@@ -42,7 +42,15 @@ fn thin_lvs_and_snapshots_are_made_served_and_changed_online() {
     assert_eq!(exports(&server.addr), ["vg/plain"]);
 
     // Made through the daemon, served at once.
-    t(&["lv", "create", "--type", "thin-pool", "-L", "32M", "vg/pool"]);
+    t(&[
+        "lv",
+        "create",
+        "--type",
+        "thin-pool",
+        "-L",
+        "32M",
+        "vg/pool",
+    ]);
     let out = t(&["lv", "create", "--thin", "-V", "64M", "-n", "t", "vg/pool"]);
     assert!(out.contains("vg/t: now served"), "{out}");
     assert_eq!(exports(&server.addr), ["vg/plain", "vg/t"]);
@@ -75,10 +83,16 @@ fn thin_lvs_and_snapshots_are_made_served_and_changed_online() {
     let out = t(&["lv", "extend", "-L", "+16M", "vg/pool"]);
     assert!(out.contains("reloaded online"), "{out}");
     let status = t(&["dm", "status", "vg-pool-tpool"]);
-    assert!(status.contains("/768 "), "48 MiB of 64 KiB blocks: {status}");
+    assert!(
+        status.contains("/768 "),
+        "48 MiB of 64 KiB blocks: {status}"
+    );
     t(&["lv", "remove", "vg/s2"]);
     assert_eq!(exports(&server.addr), ["vg/plain", "vg/s", "vg/t"]);
-    assert!(read_export(&server.addr, "vg/s", d) == model_s, "vg/s after s2 went");
+    assert!(
+        read_export(&server.addr, "vg/s", d) == model_s,
+        "vg/s after s2 went"
+    );
     server.stop();
 
     let xml = check_and_dump(&devs, &state, d, "vg/pool");
@@ -92,8 +106,14 @@ fn thin_lvs_and_snapshots_are_made_served_and_changed_online() {
 
     // A restarted daemon serves the same bytes.
     let server = serve(&devs, &state, &[]);
-    assert!(read_export(&server.addr, "vg/t", d) == model_t, "vg/t after a restart");
-    assert!(read_export(&server.addr, "vg/s", d) == model_s, "vg/s after a restart");
+    assert!(
+        read_export(&server.addr, "vg/t", d) == model_t,
+        "vg/t after a restart"
+    );
+    assert!(
+        read_export(&server.addr, "vg/s", d) == model_s,
+        "vg/s after a restart"
+    );
     server.stop();
 }
 
@@ -155,7 +175,10 @@ fn a_full_pool_holds_writes_until_it_grows_online() {
     let status = t(&["dm", "status", "vg-pool-tpool"]);
     assert!(!status.contains("out_of_data_space"), "{status}");
     let bytes = read_export(&server.addr, "vg/t", d);
-    assert!(bytes[..6 << 20] == first[..], "what was written before the pool filled");
+    assert!(
+        bytes[..6 << 20] == first[..],
+        "what was written before the pool filled"
+    );
     assert!(bytes[8 << 20..14 << 20] == second[..], "the held write");
     assert!(bytes[6 << 20..8 << 20].iter().all(|&b| b == 0));
 
@@ -182,12 +205,16 @@ fn a_full_pool_holds_writes_until_it_grows_online() {
         ])
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         said.contains("Input/output error") || !out.status.success(),
         "a write past a full pool fails: {said}"
     );
-    assert!(began.elapsed() < Duration::from_secs(30), "and does not wait");
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "and does not wait"
+    );
     let again = read_export(&server.addr, "vg/t", d);
     assert!(again[..6 << 20] == first[..] && again[8 << 20..14 << 20] == second[..]);
     server.stop();

@@ -16,22 +16,8 @@ use std::time::Instant;
 
 use common::{export_sum, images_in, lab_line as line, patch, random, serve, sha, tessera};
 
-/// lvm2 in the lab, without udev; the functions the scripts share.
-const PRELUDE: &str = r#"set -u
-cd "$(dirname "$0")"
-mkdir -p /tmp/lvmconf
-cat > /tmp/lvmconf/lvm.conf <<'C'
-devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
-activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
-global { use_lvmpolld = 0 }
-C
-export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
-devs=()
-attach() { devs=(); for f in "$1"/*.img; do devs+=("$(losetup -f --show "$f")"); done; }
-detach() { for d in "${devs[@]}"; do losetup -d "$d"; done; devs=(); }
-sum() { sha256sum < "/dev/mapper/vg-$1" | cut -d' ' -f1; }
-json() { tr -d ' \n'; echo; }
-w() { dd if=/dev/urandom of="/dev/mapper/vg-$1" bs="$2" count="$3" seek="$4" oflag=direct status=none; }
+/// What the scripts share beyond the common prelude.
+const PRELUDE: &str = r#"w() { dd if=/dev/urandom of="/dev/mapper/vg-$1" bs="$2" count="$3" seek="$4" oflag=direct status=none; }
 "#;
 
 const LVM2_MAKES: &str = r#"
@@ -76,7 +62,11 @@ fn lvm2_thin_pools_are_served_by_tessera() {
     std::fs::create_dir(d.join("p1")).unwrap();
     common::image_files(&d.join("p1"), "pv", 2, 160 << 20);
     let t = Instant::now();
-    let text = common::lab_script(d, &format!("{PRELUDE}{LVM2_MAKES}"), 300);
+    let text = common::lab_script(
+        d,
+        &format!("{}{PRELUDE}{LVM2_MAKES}", common::LVM_LAB_PRELUDE),
+        300,
+    );
     eprintln!("lab, part 1: {:?}", t.elapsed());
     assert!(text.contains("lab-part1-done"), "lab:\n{text}");
     let lvs = line(&text, "lvs ");
@@ -126,13 +116,12 @@ fn lvm2_thin_pools_are_served_by_tessera() {
                 .map(|(i, c)| if i == 4 || i == 5 { '-' } else { c })
                 .collect()
         };
-        assert_eq!(attr(&m), attr(&t), "lv_attr of {lv} but for activity\n{list}\n{lvs}");
-        for key in [
-            "pool_lv",
-            "origin",
-            "data_percent",
-            "metadata_percent",
-        ] {
+        assert_eq!(
+            attr(&m),
+            attr(&t),
+            "lv_attr of {lv} but for activity\n{list}\n{lvs}"
+        );
+        for key in ["pool_lv", "origin", "data_percent", "metadata_percent"] {
             assert_eq!(
                 m[key], t[key],
                 "{key} of {lv}: tessera's lv list, then lvs\n{list}\n{lvs}"
@@ -197,7 +186,15 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     tessera(
         &devs,
         &state,
-        &["lv", "create", "--type", "thin-pool", "-L", "48M", "vg/pool"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "48M",
+            "vg/pool",
+        ],
     );
     tessera(
         &devs,
@@ -231,13 +228,25 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     patch(&server.addr, "vg/ts", d, (31 << 20) + 512, &data);
     ts[(31 << 20) + 512..(31 << 20) + 9512].copy_from_slice(&data);
     assert_eq!(export_sum(&server.addr, "vg/t", d), sha(&t), "tessera's t");
-    assert_eq!(export_sum(&server.addr, "vg/ts", d), sha(&ts), "tessera's ts");
+    assert_eq!(
+        export_sum(&server.addr, "vg/ts", d),
+        sha(&ts),
+        "tessera's ts"
+    );
     server.stop();
 
-    tessera(&devs, &state, &["lv", "change", "--errorwhenfull", "y", "vg/pool"]);
+    tessera(
+        &devs,
+        &state,
+        &["lv", "change", "--errorwhenfull", "y", "vg/pool"],
+    );
 
     let t0 = Instant::now();
-    let text = common::lab_script(d, &format!("{PRELUDE}{LVM2_READS_TESSERA}"), 300);
+    let text = common::lab_script(
+        d,
+        &format!("{}{PRELUDE}{LVM2_READS_TESSERA}", common::LVM_LAB_PRELUDE),
+        300,
+    );
     eprintln!("lab, part 2: {:?}\n{text}", t0.elapsed());
     assert!(text.contains("lab-part2-done"), "lab:\n{text}");
     assert!(text.contains("vgck-ok"), "vgck of tessera's VG\n{text}");
@@ -245,19 +254,34 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
         text.contains("vgchange rc 0"),
         "lvm2 activates tessera's pool (thin_check passing)\n{text}"
     );
-    assert_eq!(line(&text, "whenfull "), "error", "lvm2 reads tessera's errorwhenfull\n{text}");
+    assert_eq!(
+        line(&text, "whenfull "),
+        "error",
+        "lvm2 reads tessera's errorwhenfull\n{text}"
+    );
     assert!(
         line(&text, "pooltable ").ends_with("error_if_no_space"),
         "lvm2 loads the pool with error_if_no_space\n{text}"
     );
-    assert_eq!(line(&text, "sum t "), sha(&t), "the kernel reads tessera's t");
-    assert_eq!(line(&text, "sum ts "), sha(&ts), "the kernel reads tessera's ts");
+    assert_eq!(
+        line(&text, "sum t "),
+        sha(&t),
+        "the kernel reads tessera's t"
+    );
+    assert_eq!(
+        line(&text, "sum ts "),
+        sha(&ts),
+        "the kernel reads tessera's ts"
+    );
     assert!(
         text.contains("lvcreate rc 0"),
         "lvm2 makes a thin volume in tessera's pool\n{text}"
     );
     assert!(text.contains("lvremove rc 0"), "lvm2 removes ts\n{text}");
-    assert!(text.contains("vgck2-ok"), "vgck after lvm2's changes\n{text}");
+    assert!(
+        text.contains("vgck2-ok"),
+        "vgck after lvm2's changes\n{text}"
+    );
     let fromlvm = line(&text, "sum fromlvm ").to_string();
     let after = line(&text, "after ").to_string();
 
@@ -265,10 +289,19 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     let list = tessera(
         &devs,
         &state,
-        &["lv", "list", "-a", "-o", "lv_name,transaction_id,thin_id", "--json"],
+        &[
+            "lv",
+            "list",
+            "-a",
+            "-o",
+            "lv_name,transaction_id,thin_id",
+            "--json",
+        ],
     );
     assert!(
-        !common::report_rows(&list).iter().any(|r| r["lv_name"] == "ts"),
+        !common::report_rows(&list)
+            .iter()
+            .any(|r| r["lv_name"] == "ts"),
         "ts is gone: {list}"
     );
     assert_eq!(
@@ -287,18 +320,28 @@ fn tessera_thin_pools_are_used_by_lvm2_and_back() {
     tessera(
         &devs,
         &state,
-        &["lv", "create", "--thin", "-V", "8M", "-n", "last", "vg/pool"],
+        &[
+            "lv", "create", "--thin", "-V", "8M", "-n", "last", "vg/pool",
+        ],
     );
     let last = vec![0u8; 8 << 20];
 
     let t0 = Instant::now();
-    let text = common::lab_script(d, &format!("{PRELUDE}{LVM2_AFTER_TESSERA}"), 300);
+    let text = common::lab_script(
+        d,
+        &format!("{}{PRELUDE}{LVM2_AFTER_TESSERA}", common::LVM_LAB_PRELUDE),
+        300,
+    );
     eprintln!("lab, part 3: {:?}\n{text}", t0.elapsed());
     assert!(text.contains("lab-part3-done"), "lab:\n{text}");
     assert!(text.contains("vgchange rc 0"), "vgchange -ay\n{text}");
     assert_eq!(line(&text, "sum t "), sha(&t));
     assert_eq!(line(&text, "sum fromlvm "), fromlvm);
-    assert_eq!(line(&text, "sum last "), sha(&last), "tessera's new volume reads as zeroes");
+    assert_eq!(
+        line(&text, "sum last "),
+        sha(&last),
+        "tessera's new volume reads as zeroes"
+    );
     assert!(text.contains("vgck-ok"), "vgck\n{text}");
     let lvs = line(&text, "lvs ");
     let ids: Vec<String> = ["t", "fromlvm", "last"]

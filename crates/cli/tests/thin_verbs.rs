@@ -48,7 +48,17 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     let t = |args: &[&str]| tessera(&devices, &state, args);
     t(&["pv", "create", &imgs[0], &imgs[1]]);
     t(&["vg", "create", "vg", &imgs[0], &imgs[1], "-s", "1m"]);
-    let out = t(&["lv", "create", "--type", "thin-pool", "-L", "16m", "-c", "64k", "vg/pool"]);
+    let out = t(&[
+        "lv",
+        "create",
+        "--type",
+        "thin-pool",
+        "-L",
+        "16m",
+        "-c",
+        "64k",
+        "vg/pool",
+    ]);
     assert!(
         out.contains("chunk size 64.00 KiB can address at most <15.88 TiB")
             && out.contains("Logical volume \"pool\" created."),
@@ -57,14 +67,19 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     // A fresh pool: transaction 0, no device, thin_check clean.
     let xml = check_and_dump(&devices, &state, d, "vg/pool");
     assert!(xml.contains("transaction=\"0\""), "{xml}");
-    assert!(xml.contains("data_block_size=\"128\" nr_data_blocks=\"256\""), "{xml}");
+    assert!(
+        xml.contains("data_block_size=\"128\" nr_data_blocks=\"256\""),
+        "{xml}"
+    );
     assert!(dumped_devices(&xml).is_empty(), "{xml}");
 
     // Thin LVs, overprovisioned as lvm2 allows (and warns).
     let out = tessera_output(
         &devices,
         &state,
-        &["lv", "create", "--thin", "-V", "32m", "-n", "thin1", "vg/pool"],
+        &[
+            "lv", "create", "--thin", "-V", "32m", "-n", "thin1", "vg/pool",
+        ],
     );
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -75,10 +90,31 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     t(&["lv", "create", "--snapshot", "vg/thin1", "-n", "snap1"]);
     t(&["lv", "create", "-s", "vg/snap1", "-n", "snap2"]);
     t(&[
-        "lv", "create", "--type", "thin-pool", "-L", "12m", "-c", "256k", "--zero", "n",
-        "--discards", "nopassdown", "vg/pool2",
+        "lv",
+        "create",
+        "--type",
+        "thin-pool",
+        "-L",
+        "12m",
+        "-c",
+        "256k",
+        "--zero",
+        "n",
+        "--discards",
+        "nopassdown",
+        "vg/pool2",
     ]);
-    t(&["lv", "create", "-T", "-V", "8m", "-n", "thin2", "--thinpool", "vg/pool2"]);
+    t(&[
+        "lv",
+        "create",
+        "-T",
+        "-V",
+        "8m",
+        "-n",
+        "thin2",
+        "--thinpool",
+        "vg/pool2",
+    ]);
 
     // As lvs lists them (inactive): attrs, pools, origins, transaction and device ids.
     let rows = report_rows(&t(&[
@@ -110,8 +146,14 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     assert_eq!(attr(&rows, "pool", "data_percent"), "0.00");
     assert_eq!(attr(&rows, "thin1", "data_percent"), "0.00");
     assert!(!attr(&rows, "pool", "metadata_percent").is_empty());
-    assert_eq!(attr(&rows, "[pool_tmeta]", "lv_size"), (2 << 20).to_string());
-    assert_eq!(attr(&rows, "[lvol0_pmspare]", "lv_size"), (2 << 20).to_string());
+    assert_eq!(
+        attr(&rows, "[pool_tmeta]", "lv_size"),
+        (2 << 20).to_string()
+    );
+    assert_eq!(
+        attr(&rows, "[lvol0_pmspare]", "lv_size"),
+        (2 << 20).to_string()
+    );
     // The hidden LVs only with -a.
     let shown = report_rows(&t(&["lv", "list", "--json", "-o", "lv_name"]));
     assert_eq!(shown.len(), 6, "{shown:?}");
@@ -141,25 +183,42 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     assert!(xml.contains("transaction=\"3\""), "{xml}");
     assert_eq!(dumped_devices(&xml), [1, 2, 3], "{xml}");
     let xml = check_and_dump(&devices, &state, d, "vg/pool2");
-    assert!(xml.contains("transaction=\"1\"") && xml.contains("data_block_size=\"512\""), "{xml}");
+    assert!(
+        xml.contains("transaction=\"1\"") && xml.contains("data_block_size=\"512\""),
+        "{xml}"
+    );
     assert_eq!(dumped_devices(&xml), [1]);
     // tessera's own check agrees.
     let out = t(&["thin", "check", "vg/pool"]);
-    assert!(out.contains("3 thin device(s)") && out.contains("no faults found"), "{out}");
+    assert!(
+        out.contains("3 thin device(s)") && out.contains("no faults found"),
+        "{out}"
+    );
 
     // Removing a thin snapshot deletes its device; its snapshot keeps its blocks.
     t(&["lv", "remove", "vg/snap1"]);
     let xml = check_and_dump(&devices, &state, d, "vg/pool");
     assert!(xml.contains("transaction=\"4\""), "{xml}");
     assert_eq!(dumped_devices(&xml), [1, 3]);
-    let rows = report_rows(&t(&["lv", "list", "--json", "-o", "lv_name,origin,transaction_id"]));
+    let rows = report_rows(&t(&[
+        "lv",
+        "list",
+        "--json",
+        "-o",
+        "lv_name,origin,transaction_id",
+    ]));
     assert_eq!(attr(&rows, "snap2", "origin"), "");
     assert_eq!(attr(&rows, "pool", "transaction_id"), "4");
     // A new thin LV takes the next device id after the highest in use.
-    t(&["lv", "create", "--thin", "-V", "4m", "-n", "thin3", "vg/pool"]);
+    t(&[
+        "lv", "create", "--thin", "-V", "4m", "-n", "thin3", "vg/pool",
+    ]);
     let rows = report_rows(&t(&["lv", "list", "--json", "-o", "lv_name,thin_id"]));
     assert_eq!(attr(&rows, "thin3", "thin_id"), "4");
-    assert_eq!(dumped_devices(&check_and_dump(&devices, &state, d, "vg/pool")), [1, 3, 4]);
+    assert_eq!(
+        dumped_devices(&check_and_dump(&devices, &state, d, "vg/pool")),
+        [1, 3, 4]
+    );
 
     // Growth: data (the space map follows), then metadata (the spare follows).
     t(&["lv", "extend", "vg/pool", "-L", "+8m"]);
@@ -167,28 +226,70 @@ fn thin_pools_thin_lvs_and_snapshots_are_made_as_lvm2_makes_them() {
     assert!(xml.contains("nr_data_blocks=\"384\""), "{xml}");
     t(&["lv", "extend", "vg/pool", "--poolmetadatasize", "+2m"]);
     let rows = report_rows(&t(&[
-        "lv", "list", "-a", "--json", "-o", "lv_name,lv_size", "--units", "b", "--nosuffix",
+        "lv",
+        "list",
+        "-a",
+        "--json",
+        "-o",
+        "lv_name,lv_size",
+        "--units",
+        "b",
+        "--nosuffix",
     ]));
     assert_eq!(attr(&rows, "pool", "lv_size"), (24 << 20).to_string());
-    assert_eq!(attr(&rows, "[pool_tdata]", "lv_size"), (24 << 20).to_string());
-    assert_eq!(attr(&rows, "[pool_tmeta]", "lv_size"), (4 << 20).to_string());
-    assert_eq!(attr(&rows, "[lvol0_pmspare]", "lv_size"), (4 << 20).to_string());
+    assert_eq!(
+        attr(&rows, "[pool_tdata]", "lv_size"),
+        (24 << 20).to_string()
+    );
+    assert_eq!(
+        attr(&rows, "[pool_tmeta]", "lv_size"),
+        (4 << 20).to_string()
+    );
+    assert_eq!(
+        attr(&rows, "[lvol0_pmspare]", "lv_size"),
+        (4 << 20).to_string()
+    );
     let meta = lv_bytes(&devices, &state, "vg/pool_tmeta");
     assert_eq!(meta.len(), 4 << 20);
     check_and_dump(&devices, &state, d, "vg/pool");
 
     // A pool with thin LVs goes only with --force, its hidden LVs with it; the spare goes
     // with the last pool.
-    fails_with(&devices, &state, &["lv", "remove", "vg/pool"], "thin1, snap2, thin3");
+    fails_with(
+        &devices,
+        &state,
+        &["lv", "remove", "vg/pool"],
+        "thin1, snap2, thin3",
+    );
     fails_with(&devices, &state, &["lv", "remove", "vg/pool"], "--force");
-    fails_with(&devices, &state, &["lv", "remove", "vg/pool_tmeta"], "remove the pool instead");
+    fails_with(
+        &devices,
+        &state,
+        &["lv", "remove", "vg/pool_tmeta"],
+        "remove the pool instead",
+    );
     let out = t(&["lv", "remove", "vg/pool", "--force"]);
-    assert!(out.contains("\"thin1\"") && out.contains("\"pool\""), "{out}");
+    assert!(
+        out.contains("\"thin1\"") && out.contains("\"pool\""),
+        "{out}"
+    );
     assert!(!out.contains("_tmeta"), "{out}");
     let rows = report_rows(&t(&["lv", "list", "-a", "--json", "-o", "lv_name"]));
-    let names: Vec<&str> = rows.iter().map(|r| r["lv_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["lv_name"].as_str().unwrap())
+        .collect();
     // (report_rows sorts them.)
-    assert_eq!(names, ["[lvol0_pmspare]", "[pool2_tdata]", "[pool2_tmeta]", "pool2", "thin2"]);
+    assert_eq!(
+        names,
+        [
+            "[lvol0_pmspare]",
+            "[pool2_tdata]",
+            "[pool2_tmeta]",
+            "pool2",
+            "thin2"
+        ]
+    );
     t(&["lv", "remove", "vg/thin2"]);
     t(&["lv", "remove", "vg/pool2"]);
     let rows = report_rows(&t(&["lv", "list", "-a", "--json", "-o", "lv_name"]));
@@ -210,11 +311,31 @@ fn bad_thin_requests_are_refused_naming_the_cause() {
     t(&["vg", "create", "vg", &imgs[0], "-s", "1m"]);
     t(&["lv", "create", "vg/plain", "-L", "4m"]);
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "8m", "-c", "100k", "vg/p"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "8m",
+            "-c",
+            "100k",
+            "vg/p",
+        ],
         "multiple of 64 KiB",
     );
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "1m", "-c", "2m", "vg/p"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "1m",
+            "-c",
+            "2m",
+            "vg/p",
+        ],
         "cannot be smaller than its chunk",
     );
     no(
@@ -222,19 +343,55 @@ fn bad_thin_requests_are_refused_naming_the_cause() {
         "insufficient free space",
     );
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "8m", "--zero", "maybe", "vg/p"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "8m",
+            "--zero",
+            "maybe",
+            "vg/p",
+        ],
         "expected y or n",
     );
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "8m", "--discards", "all", "vg/p"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "8m",
+            "--discards",
+            "all",
+            "vg/p",
+        ],
         "ignore, nopassdown or passdown",
     );
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "8m", "vg/plain"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "8m",
+            "vg/plain",
+        ],
         "already exists",
     );
     no(
-        &["lv", "create", "--type", "thin-pool", "-L", "8m", "vg/x_tdata"],
+        &[
+            "lv",
+            "create",
+            "--type",
+            "thin-pool",
+            "-L",
+            "8m",
+            "vg/x_tdata",
+        ],
         "reserved",
     );
     no(
@@ -251,13 +408,30 @@ fn bad_thin_requests_are_refused_naming_the_cause() {
         "not found",
     );
     no(&["lv", "create", "--thin", "-n", "t", "vg/pool"], "-V SIZE");
-    no(&["lv", "create", "--thin", "-V", "8m", "vg/pool"], "-n NAME");
     no(
-        &["lv", "create", "--thin", "-V", "8m", "-n", "plain", "vg/pool"],
+        &["lv", "create", "--thin", "-V", "8m", "vg/pool"],
+        "-n NAME",
+    );
+    no(
+        &[
+            "lv", "create", "--thin", "-V", "8m", "-n", "plain", "vg/pool",
+        ],
         "already exists",
     );
     no(
-        &["lv", "create", "--thin", "-V", "8m", "-L", "8m", "-n", "t", "--thinpool", "vg/pool"],
+        &[
+            "lv",
+            "create",
+            "--thin",
+            "-V",
+            "8m",
+            "-L",
+            "8m",
+            "-n",
+            "t",
+            "--thinpool",
+            "vg/pool",
+        ],
         "-V, not -L",
     );
     no(
@@ -265,7 +439,10 @@ fn bad_thin_requests_are_refused_naming_the_cause() {
         "not a thin LV",
     );
     t(&["lv", "create", "--thin", "-V", "8m", "-n", "t", "vg/pool"]);
-    no(&["lv", "create", "--snapshot", "vg/t", "-n", "t"], "already exists");
+    no(
+        &["lv", "create", "--snapshot", "vg/t", "-n", "t"],
+        "already exists",
+    );
     no(&["lv", "extend", "vg/pool", "-L", "-1m"], "cannot shrink");
     no(&["lv", "extend", "vg/pool", "-L", "4m"], "must be larger");
     no(&["lv", "remove", "vg/lvol0_pmspare"], "spare");
@@ -375,13 +552,38 @@ fn thin_lvs_grow_and_pools_and_thin_lvs_are_renamed_with_their_ties() {
     t(&["lv", "extend", "vg/a", "-L", "+4m"]);
     t(&["lv", "rename", "vg/a", "b"]);
     t(&["lv", "rename", "vg/pool", "tank"]);
-    fails_with(&devices, &state, &["lv", "rename", "vg/tank_tmeta", "x"], "rename its pool");
+    fails_with(
+        &devices,
+        &state,
+        &["lv", "rename", "vg/tank_tmeta", "x"],
+        "rename its pool",
+    );
     let rows = report_rows(&t(&[
-        "lv", "list", "-a", "--json", "-o", "lv_name,pool_lv,origin,lv_size", "--units", "m",
+        "lv",
+        "list",
+        "-a",
+        "--json",
+        "-o",
+        "lv_name,pool_lv,origin,lv_size",
+        "--units",
+        "m",
         "--nosuffix",
     ]));
-    let names: Vec<&str> = rows.iter().map(|r| r["lv_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["[lvol0_pmspare]", "[tank_tdata]", "[tank_tmeta]", "b", "s", "tank"]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["lv_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "[lvol0_pmspare]",
+            "[tank_tdata]",
+            "[tank_tmeta]",
+            "b",
+            "s",
+            "tank"
+        ]
+    );
     assert_eq!(attr(&rows, "b", "lv_size"), "12.00");
     assert_eq!(attr(&rows, "b", "pool_lv"), "tank");
     assert_eq!(attr(&rows, "s", "origin"), "b");
@@ -390,5 +592,8 @@ fn thin_lvs_grow_and_pools_and_thin_lvs_are_renamed_with_their_ties() {
     assert_eq!(dumped_devices(&xml), [1, 2]);
     assert!(xml.contains("transaction=\"2\""), "{xml}");
     t(&["lv", "create", "--thin", "-V", "4m", "-n", "c", "vg/tank"]);
-    assert_eq!(dumped_devices(&check_and_dump(&devices, &state, d, "vg/tank")), [1, 2, 3]);
+    assert_eq!(
+        dumped_devices(&check_and_dump(&devices, &state, d, "vg/tank")),
+        [1, 2, 3]
+    );
 }

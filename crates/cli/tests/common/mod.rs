@@ -292,9 +292,11 @@ pub fn patch(addr: &str, export: &str, dir: &Path, offset: usize, data: &[u8]) {
 pub fn read_export(addr: &str, export: &str, dir: &Path) -> Vec<u8> {
     let file = dir.join("read.bin");
     let _ = std::fs::remove_file(&file);
-    run_ok(Command::new("nbdcopy")
-        .arg(format!("{addr}/{export}"))
-        .arg(&file));
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(format!("{addr}/{export}"))
+            .arg(&file),
+    );
     let bytes = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
     bytes
@@ -369,3 +371,22 @@ pub fn check_and_dump(devices: &str, state: &Path, dir: &Path, pool: &str) -> St
     assert!(out.status.success(), "thin_dump on {pool}_tmeta");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The start of a kernel-lab script that runs lvm2: strict, in the script's folder, lvm2
+/// without udev, and helpers to attach the images of a folder (`attach DIR`, `detach`), take
+/// an LV's sha256 (`sum LV` of VG `vg`) and squeeze JSON onto one line (`json`).
+pub const LVM_LAB_PRELUDE: &str = r#"set -u
+cd "$(dirname "$0")"
+mkdir -p /tmp/lvmconf
+cat > /tmp/lvmconf/lvm.conf <<'C'
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 }
+C
+export LVM_SYSTEM_DIR=/tmp/lvmconf LVM_SUPPRESS_FD_WARNINGS=1
+devs=()
+attach() { devs=(); for f in "$1"/*.img; do devs+=("$(losetup -f --show "$f")"); done; }
+detach() { for d in "${devs[@]}"; do losetup -d "$d"; done; devs=(); }
+sum() { sha256sum < "/dev/mapper/vg-$1" | cut -d' ' -f1; }
+json() { tr -d ' \n'; echo; }
+"#;
