@@ -403,3 +403,20 @@ fn running_out_of_space_is_reported_and_recoverable() {
     d.commit_and_verify(&img);
     assert_eq!(d.pool.info().nr_metadata_blocks, 1024);
 }
+
+#[test]
+fn a_pool_with_a_multi_level_data_space_map_index() {
+    // 3 million data blocks: 184 bitmaps, more than one index leaf holds.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("meta.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    let mut d = Driver::new(PoolMetadata::format(open_file(&img), 128, 3_000_000).unwrap());
+    d.create_thin(1);
+    for v in 0..500 {
+        d.map(1, v);
+    }
+    d.commit_and_verify(&img);
+    d.pool.resize_data(3_100_000).unwrap();
+    d.model.nr_data_blocks = 3_100_000;
+    d.commit_and_verify(&img);
+}

@@ -371,6 +371,8 @@ impl Checker<'_> {
     }
 
     fn read_data_bitmaps(&mut self, root: &SmRoot) -> Result<Vec<u64>> {
+        // Leaves are visited in block order, not key order.
+        self.data_index.sort_unstable_by_key(|e| e.0);
         let expected = space_map::nr_bitmaps(self.nr_data);
         let found = self.data_index.len() as u64;
         if found != expected || self.data_index.iter().enumerate().any(|(i, e)| e.0 != i as u64) {

@@ -133,8 +133,12 @@ pub struct PoolInfo {
     pub time: u32,
     pub data_block_sectors: u32,
     pub nr_data_blocks: u64,
+    /// Data blocks that can be allocated before the next commit (free now and at the last
+    /// commit), as the kernel counts them.
     pub free_data_blocks: u64,
     pub nr_metadata_blocks: u64,
+    /// Metadata blocks that can be allocated before the next commit; see
+    /// [`PoolMetadata::metadata_blocks_to_commit`] for what the commit itself needs.
     pub free_metadata_blocks: u64,
     /// The held root (`reserve_metadata_snap`), if there is one.
     pub metadata_snap: Option<u64>,
