@@ -382,7 +382,11 @@ enum LvCommand {
         #[command(flatten)]
         alloc: AllocArgs,
         /// Grow a thin pool's metadata to SIZE, or by +SIZE.
-        #[arg(long = "poolmetadatasize", value_name = "SIZE", allow_hyphen_values = true)]
+        #[arg(
+            long = "poolmetadatasize",
+            value_name = "SIZE",
+            allow_hyphen_values = true
+        )]
         pool_metadata_size: Option<String>,
     },
     /// Shrink an LV: the data past the new end is lost, so it needs --force.
@@ -740,15 +744,16 @@ fn run(cli: Cli) -> Result<bool> {
             )?
             .is_some() =>
             {
-                if mirrors.is_some() || region_size.is_some() || alloc.stripes.is_some_and(|n| n > 1)
+                if mirrors.is_some()
+                    || region_size.is_some()
+                    || alloc.stripes.is_some_and(|n| n > 1)
                 {
                     bail!("thin pools and thin LVs are linear here: -m, -R and -i do not apply");
                 }
                 let sized = alloc.size.size.is_some() || alloc.size.extents.is_some();
                 match thin::form(segtype.as_deref(), &thin, snapshot.is_some(), sized)? {
                     Some(thin::ThinCreate::Pool) => {
-                        let name = name
-                            .ok_or_else(|| anyhow::anyhow!("name the pool: VG/POOL"))?;
+                        let name = name.ok_or_else(|| anyhow::anyhow!("name the pool: VG/POOL"))?;
                         let (vg, pool) = split_vg_lv(&name)?;
                         let size = alloc.size.parse()?;
                         thin::create_pool(

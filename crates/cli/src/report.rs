@@ -479,10 +479,7 @@ fn thin_fields(
             .to_string(),
         );
         r.insert("discards", p.discards().name().to_string());
-        r.insert(
-            "zero",
-            if p.zeroes() { "zero" } else { "" }.to_string(),
-        );
+        r.insert("zero", if p.zeroes() { "zero" } else { "" }.to_string());
         let meta = vg.lv(&p.metadata).map_or(0, |m| m.extent_count());
         r.insert("lv_metadata_size", u.format(meta * vg.extent_size_bytes()));
         if usage {
@@ -502,10 +499,7 @@ fn thin_fields(
         r.insert("thin_id", t.device_id.to_string());
         if let Some(p) = vg.lv(&t.pool).and_then(|p| p.thin_pool()) {
             r.insert("discards", p.discards().name().to_string());
-            r.insert(
-                "zero",
-                if p.zeroes() { "zero" } else { "" }.to_string(),
-            );
+            r.insert("zero", if p.zeroes() { "zero" } else { "" }.to_string());
             if usage {
                 if let Some((info, devices)) = usage_of(&t.pool) {
                     let size = lv.extent_count() * vg.extent_size_sectors;

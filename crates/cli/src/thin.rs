@@ -96,7 +96,6 @@ fn yes_no(text: &str) -> Result<bool> {
     }
 }
 
-
 pub fn discards(text: &str) -> Result<ThinDiscards> {
     ThinDiscards::parse(text).ok_or_else(|| {
         anyhow::anyhow!("--discards '{text}': expected ignore, nopassdown or passdown")
@@ -125,7 +124,12 @@ pub fn create_pool(
             .as_deref()
             .map(|m| size_of(m, "poolmetadatasize"))
             .transpose()?,
-        zero: thin.zero.as_deref().map(yes_no).transpose()?.unwrap_or(true),
+        zero: thin
+            .zero
+            .as_deref()
+            .map(yes_no)
+            .transpose()?
+            .unwrap_or(true),
         discards: thin
             .discards
             .as_deref()

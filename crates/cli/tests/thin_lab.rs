@@ -144,8 +144,8 @@ fn normalise(t: &str) -> String {
 }
 
 fn rows(json_line: &str) -> Vec<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(json_line)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {json_line}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json_line).unwrap_or_else(|e| panic!("bad JSON ({e}): {json_line}"));
     let mut rows = v["report"][0]["lv"].as_array().unwrap().clone();
     rows.sort_by_key(|r| r["lv_name"].as_str().unwrap().to_string());
     rows
@@ -178,7 +178,15 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
         &text,
     );
     assert!(text.contains("thin-lab-done"), "lab:\n{text}");
-    for bad in ["activate-failed", "deactivate-failed", "tpool-failed", "tthin-failed", "tsnap-failed", "tsnap2-failed", "tact-failed"] {
+    for bad in [
+        "activate-failed",
+        "deactivate-failed",
+        "tpool-failed",
+        "tthin-failed",
+        "tsnap-failed",
+        "tsnap2-failed",
+        "tact-failed",
+    ] {
         assert!(!text.contains(bad), "{bad}\n{text}");
     }
 
@@ -199,8 +207,18 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
     }
     // Devices: every one lvm2 loads, with its table, uuid, read-only flag and bytes.
     let names = [
-        "pool", "pool-tpool", "pool_tmeta", "pool_tdata", "pool2", "pool2-tpool",
-        "pool2_tmeta", "pool2_tdata", "thin1", "snap1", "snap2", "thin2",
+        "pool",
+        "pool-tpool",
+        "pool_tmeta",
+        "pool_tdata",
+        "pool2",
+        "pool2-tpool",
+        "pool2_tmeta",
+        "pool2_tdata",
+        "thin1",
+        "snap1",
+        "snap2",
+        "thin2",
     ];
     for n in names {
         let field = |who: &str| -> Vec<String> {
@@ -211,8 +229,16 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
         };
         let (lvm, tessera) = (field("lvm"), field("tessera"));
         assert_eq!(lvm.len(), 3, "{n} as lvm2 loads it: {lvm:?}\n{text}");
-        assert_eq!(tessera.len(), 3, "{n} as tessera loads it: {tessera:?}\n{text}");
-        assert_eq!(normalise(&tessera[0]), normalise(&lvm[0]), "{n}: dmsetup table\n{text}");
+        assert_eq!(
+            tessera.len(),
+            3,
+            "{n} as tessera loads it: {tessera:?}\n{text}"
+        );
+        assert_eq!(
+            normalise(&tessera[0]),
+            normalise(&lvm[0]),
+            "{n}: dmsetup table\n{text}"
+        );
         assert_eq!(tessera[1], lvm[1], "{n}: uuid and attr");
         assert_eq!(tessera[2], lvm[2], "{n}: the bytes");
         eprintln!("{n}: {} {}", tessera[0], tessera[1]);
@@ -220,10 +246,16 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
     for lv in ["thin1", "snap1", "snap2", "thin2"] {
         assert!(text.contains(&format!("link {lv}")), "/dev/vg/{lv}\n{text}");
     }
-    assert!(!text.contains("link pool"), "lvm2 makes no /dev/vg/pool for a used pool");
+    assert!(
+        !text.contains("link pool"),
+        "lvm2 makes no /dev/vg/pool for a used pool"
+    );
     for l in ["left", "one-left"] {
         let rest = line(&text, &format!("{l} "));
-        assert!(rest.is_empty() || rest == "No devices found", "{l}: {rest}\n{text}");
+        assert!(
+            rest.is_empty() || rest == "No devices found",
+            "{l}: {rest}\n{text}"
+        );
     }
     assert_eq!(
         line(&text, "one "),
@@ -232,7 +264,10 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
     );
     let nok = line(&text, "noK ");
     assert_eq!(nok, line(&text, "lvmnoK "), "the VG without -K");
-    assert!(nok.contains("vg-thin1") && !nok.contains("vg-snap1") && !nok.contains("vg-snap2"), "{nok}");
+    assert!(
+        nok.contains("vg-thin1") && !nok.contains("vg-snap1") && !nok.contains("vg-snap2"),
+        "{nok}"
+    );
 
     // (b) tessera's pool under lvm2.
     assert!(text.contains("vgck-ok"), "vgck of tessera's VG\n{text}");
@@ -249,13 +284,27 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
         assert_eq!(r["thin_id"], id, "{lv}: {r}");
     }
     assert_eq!(find(&b, "ts2")["origin"], "ts");
-    assert!(text.contains("lvm-activates"), "lvm2 activates tessera's pool\n{text}");
-    assert!(text.contains("lvm-thin-ok"), "lvm2 makes a thin LV in tessera's pool\n{text}");
+    assert!(
+        text.contains("lvm-activates"),
+        "lvm2 activates tessera's pool\n{text}"
+    );
+    assert!(
+        text.contains("lvm-thin-ok"),
+        "lvm2 makes a thin LV in tessera's pool\n{text}"
+    );
     let after = rows(line(&text, "bafter "));
     let tlist = rows(line(&text, "btlist "));
     for lv in ["pool", "t1", "ts", "ts2", "lt"] {
-        assert_eq!(find(&after, lv)["transaction_id"], find(&tlist, lv)["transaction_id"], "{lv}");
-        assert_eq!(find(&after, lv)["thin_id"], find(&tlist, lv)["thin_id"], "{lv}");
+        assert_eq!(
+            find(&after, lv)["transaction_id"],
+            find(&tlist, lv)["transaction_id"],
+            "{lv}"
+        );
+        assert_eq!(
+            find(&after, lv)["thin_id"],
+            find(&tlist, lv)["thin_id"],
+            "{lv}"
+        );
     }
     assert_eq!(find(&tlist, "lt")["thin_id"], "4");
     assert_eq!(find(&tlist, "pool")["transaction_id"], "4");
@@ -266,10 +315,19 @@ fn tessera_reads_makes_and_activates_thin_pools_as_lvm2_does() {
             "{lv}: tessera's activation reads what lvm2 wrote"
         );
     }
-    assert!(text.contains("tremove-ok") && text.contains("tcheck-ok"), "{text}");
-    assert!(text.contains("vgck2-ok") && text.contains("lvm-activates2"), "{text}");
+    assert!(
+        text.contains("tremove-ok") && text.contains("tcheck-ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vgck2-ok") && text.contains("lvm-activates2"),
+        "{text}"
+    );
     let fin = rows(line(&text, "bfinal "));
     assert!(fin.iter().all(|r| r["lv_name"] != "lt"), "{fin:?}");
     assert_eq!(find(&fin, "pool")["transaction_id"], "5");
-    assert!(text.contains("lvm-thin2-ok") && text.contains("tcheck2-ok"), "{text}");
+    assert!(
+        text.contains("lvm-thin2-ok") && text.contains("tcheck2-ok"),
+        "{text}"
+    );
 }

@@ -325,7 +325,10 @@ fn small_io_on_large_crypt_sectors_is_patched_in_whole_sectors() {
     model[4096 + 512..4096 + 1024].fill(0);
     let mut all = vec![0u8; 3 * 4096];
     dev.read_at(&mut all, 0).unwrap();
-    assert!(all == model, "the whole range equals the model after sub-sector writes");
+    assert!(
+        all == model,
+        "the whole range equals the model after sub-sector writes"
+    );
 }
 
 #[test]

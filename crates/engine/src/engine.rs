@@ -77,7 +77,10 @@ impl Engine {
     /// (one of each type; a new one replaces the old). A daemon hands its modules what
     /// runs live (its thin pools) so that their verbs change it through it.
     pub fn provide<T: std::any::Any + Send + Sync>(&self, service: Arc<T>) {
-        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         services.retain(|s| !s.is::<T>());
         services.push(service);
     }

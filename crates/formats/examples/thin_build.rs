@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: thin_build METADATA_IMAGE DEVICES MAPPINGS");
         std::process::exit(2);
     }
-    let (path, devices, mappings): (&str, u32, u64) = (&args[1], args[2].parse()?, args[3].parse()?);
+    let (path, devices, mappings): (&str, u32, u64) =
+        (&args[1], args[2].parse()?, args[3].parse()?);
     let start = Instant::now();
     let nr_data = u64::from(devices + 1) * mappings + 1000;
     let device = Arc::new(FileDevice::open(path, OpenOptions::default())?);

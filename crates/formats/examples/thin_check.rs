@@ -16,7 +16,13 @@ fn main() {
         std::process::exit(2);
     };
     let quiet = args.any(|a| a == "--quiet");
-    let device: SharedDevice = match FileDevice::open(&path, OpenOptions { read_only: true, direct: false }) {
+    let device: SharedDevice = match FileDevice::open(
+        &path,
+        OpenOptions {
+            read_only: true,
+            direct: false,
+        },
+    ) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("{e}");

@@ -44,7 +44,13 @@ fn value_at(node: &[u8], i: usize) -> usize {
 
 /// Metadata with one big device (an internal root, many leaves) and a small one.
 fn image(dir: &Path) -> (PathBuf, Pool) {
-    let mut pool = Pool { time: 1, transaction: 1, data_block_size: 128, nr_data_blocks: 50_000, ..Default::default() };
+    let mut pool = Pool {
+        time: 1,
+        transaction: 1,
+        data_block_size: 128,
+        nr_data_blocks: 50_000,
+        ..Default::default()
+    };
     let mut big = Device::default();
     for v in 0..20_000u64 {
         big.mappings.insert(v * 2, (v, 0));
@@ -71,8 +77,14 @@ fn device_root(img: &Path, dev: u64) -> u64 {
 /// Asserts the error names the image and `block`, and that both checks fail naming it.
 fn assert_names(err: ThinMetadataError, img: &Path, block: u64) {
     let msg = err.to_string();
-    assert!(msg.contains(&img.display().to_string()), "names the device: {msg}");
-    assert!(msg.contains(&format!("block {block}")), "names block {block}: {msg}");
+    assert!(
+        msg.contains(&img.display().to_string()),
+        "names the device: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("block {block}")),
+        "names block {block}: {msg}"
+    );
 }
 
 fn assert_check_names(img: &Path, block: u64) {
@@ -84,7 +96,10 @@ fn assert_check_names(img: &Path, block: u64) {
         report.problems
     );
     let out = tool("thin_check").arg(img).output().unwrap();
-    assert!(!out.status.success(), "thin_check agrees the metadata is damaged");
+    assert!(
+        !out.status.success(),
+        "thin_check agrees the metadata is damaged"
+    );
 }
 
 #[test]
@@ -93,7 +108,10 @@ fn bad_checksum_names_the_block() {
     let (img, _) = image(dir.path());
     let root = device_root(&img, 1);
     let internal = read_block(&img, root);
-    assert!(!header(&internal).0, "device 1's tree is more than one leaf");
+    assert!(
+        !header(&internal).0,
+        "device 1's tree is more than one leaf"
+    );
     let leaf = le64(&internal, value_at(&internal, 0));
     let mut block = read_block(&img, leaf);
     block[100] ^= 0xff;
@@ -105,7 +123,10 @@ fn bad_checksum_names_the_block() {
     assert_names(err, &img, leaf);
     assert_names(pool.mappings(1, 0, u64::MAX).unwrap_err(), &img, leaf);
     // Elsewhere the pool still reads.
-    assert_eq!(pool.lookup(2, 7).unwrap().unwrap().mapping.data_block, 30_000);
+    assert_eq!(
+        pool.lookup(2, 7).unwrap().unwrap().mapping.data_block,
+        30_000
+    );
     assert_check_names(&img, leaf);
 }
 
@@ -131,7 +152,10 @@ fn keys_out_of_order_name_the_node() {
     let leaf = le64(&internal, value_at(&internal, 1));
     let mut block = read_block(&img, leaf);
     // Swap keys 3 and 4.
-    let (k3, k4) = (block[32 + 24..32 + 32].to_vec(), block[32 + 32..32 + 40].to_vec());
+    let (k3, k4) = (
+        block[32 + 24..32 + 32].to_vec(),
+        block[32 + 32..32 + 40].to_vec(),
+    );
     block[32 + 24..32 + 32].copy_from_slice(&k4);
     block[32 + 32..32 + 40].copy_from_slice(&k3);
     reseal_node(&mut block);
@@ -171,9 +195,16 @@ fn a_truncated_device_is_refused() {
     f.set_len(1 << 20).unwrap();
     let err = PoolMetadata::open(open_file(&img)).err().unwrap();
     let msg = err.to_string();
-    assert!(msg.contains(&img.display().to_string()) && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains(&img.display().to_string()) && msg.contains("truncated"),
+        "{msg}"
+    );
     let report = check(&open_file(&img), &mut |_, _| {}).unwrap();
-    assert!(report.problems.iter().any(|p| p.what.contains("truncated")), "{:#?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.what.contains("truncated")),
+        "{:#?}",
+        report.problems
+    );
     // Cut inside the superblock itself.
     f.set_len(100).unwrap();
     let err = PoolMetadata::open(open_file(&img)).err().unwrap();
@@ -229,7 +260,9 @@ fn the_check_reports_every_damaged_block_and_wrong_counts() {
     // Two damaged leaves: both are reported.
     let root = device_root(&img, 1);
     let internal = read_block(&img, root);
-    let leaves: Vec<u64> = (0..3).map(|i| le64(&internal, value_at(&internal, i))).collect();
+    let leaves: Vec<u64> = (0..3)
+        .map(|i| le64(&internal, value_at(&internal, i)))
+        .collect();
     for &leaf in &leaves[1..] {
         let mut block = read_block(&img, leaf);
         block[64] ^= 0x5a;
@@ -252,18 +285,33 @@ fn the_check_reports_every_damaged_block_and_wrong_counts() {
     write_block(&img, bitmap_block, &bitmap);
 
     let mut calls = Vec::new();
-    let report = check(&open_file(&img), &mut |done, total| calls.push((done, total))).unwrap();
+    let report = check(&open_file(&img), &mut |done, total| {
+        calls.push((done, total))
+    })
+    .unwrap();
     let named = |b: u64| report.problems.iter().any(|p| p.block == Some(b));
-    assert!(named(leaves[1]) && named(leaves[2]), "{:#?}", report.problems);
+    assert!(
+        named(leaves[1]) && named(leaves[2]),
+        "{:#?}",
+        report.problems
+    );
     assert!(!named(leaves[0]));
     assert!(
-        report.problems.iter().any(|p| p.what.contains("data block 0: the space map counts 2 references, 1 were found")),
+        report.problems.iter().any(|p| p
+            .what
+            .contains("data block 0: the space map counts 2 references, 1 were found")),
         "{:#?}",
         report.problems
     );
     // The damaged leaves' mappings are missing from device 1's count too.
-    assert!(report.problems.iter().any(|p| p.what.contains("thin device 1 has")));
-    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0) && !calls.is_empty(), "progress goes forward");
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.what.contains("thin device 1 has")));
+    assert!(
+        calls.windows(2).all(|w| w[0].0 <= w[1].0) && !calls.is_empty(),
+        "progress goes forward"
+    );
     let out = tool("thin_check").arg(&img).output().unwrap();
     assert!(!out.status.success());
 }

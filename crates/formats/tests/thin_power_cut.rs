@@ -28,10 +28,12 @@ fn base() -> Vec<u8> {
     pool.commit().unwrap();
     // Scatter the free metadata blocks, so the commit under test writes many runs.
     for round in 0..6u64 {
-        pool.create_snap(10 + round as u32, 1 + (round % 3) as u32).unwrap();
+        pool.create_snap(10 + round as u32, 1 + (round % 3) as u32)
+            .unwrap();
         for v in 0..200 {
             let b = pool.alloc_data_block().unwrap();
-            pool.insert(1 + (round % 3) as u32, (v * 37 + round * 11) % 3000, b).unwrap();
+            pool.insert(1 + (round % 3) as u32, (v * 37 + round * 11) % 3000, b)
+                .unwrap();
         }
         pool.commit().unwrap();
         if round % 2 == 1 {
@@ -67,7 +69,10 @@ struct Outcome {
 fn outcome_of(dev: SharedDevice) -> Outcome {
     let pool = PoolMetadata::open(dev).unwrap();
     let info = pool.info();
-    Outcome { state: Pool::read(&pool), free: (info.free_data_blocks, info.free_metadata_blocks) }
+    Outcome {
+        state: Pool::read(&pool),
+        free: (info.free_data_blocks, info.free_metadata_blocks),
+    }
 }
 
 fn check_image(contents: &[u8], dir: &std::path::Path, what: &str) {
@@ -94,7 +99,10 @@ fn every_cut_point_of_a_commit_leaves_the_old_or_the_new_transaction() {
     let new = outcome_of(inner.clone());
     assert_ne!(old.state, new.state);
     check_image(&inner.contents(), dir.path(), "uncut");
-    assert!(writes >= 3, "a commit is several writes, then the superblock");
+    assert!(
+        writes >= 3,
+        "a commit is several writes, then the superblock"
+    );
 
     let (mut saw_old, mut saw_new, mut runs) = (0, 0, 0);
     // Every cut point, whole writes lost and then torn ones under three seeds.
@@ -124,7 +132,10 @@ fn every_cut_point_of_a_commit_leaves_the_old_or_the_new_transaction() {
                 assert_eq!(got.free, old.free, "{what}");
                 saw_old += 1;
             } else {
-                assert!(got.state == new.state, "{what}: neither the old nor the new state");
+                assert!(
+                    got.state == new.state,
+                    "{what}: neither the old nor the new state"
+                );
                 assert_eq!(got.free, new.free, "{what}");
                 saw_new += 1;
             }

@@ -44,15 +44,36 @@ fn sample_pool() -> Pool {
         pool.devices.insert(id, Device { details, mappings });
     }
     // Device 2 shares the first 3000 blocks of device 1.
-    let shared: BTreeMap<_, _> = pool.devices[&1].mappings.iter().take(3000).map(|(&k, &v)| (k, v)).collect();
-    let details = DeviceDetails { mapped_blocks: shared.len() as u64, transaction_id: 2, creation_time: 2, snapshotted_time: 2 };
-    pool.devices.insert(2, Device { details, mappings: shared });
+    let shared: BTreeMap<_, _> = pool.devices[&1]
+        .mappings
+        .iter()
+        .take(3000)
+        .map(|(&k, &v)| (k, v))
+        .collect();
+    let details = DeviceDetails {
+        mapped_blocks: shared.len() as u64,
+        transaction_id: 2,
+        creation_time: 2,
+        snapshotted_time: 2,
+    };
+    pool.devices.insert(
+        2,
+        Device {
+            details,
+            mappings: shared,
+        },
+    );
     pool
 }
 
 fn tessera_check_passes(img: &std::path::Path) {
     let report = check(&open_file(img), &mut |_, _| {}).unwrap();
-    assert!(report.is_clean(), "tessera's check of {}: {:#?}", img.display(), report.problems);
+    assert!(
+        report.is_clean(),
+        "tessera's check of {}: {:#?}",
+        img.display(),
+        report.problems
+    );
 }
 
 #[test]
@@ -75,9 +96,18 @@ fn tessera_reads_what_thin_restore_wrote() {
     }
     let info = pool.info();
     assert_eq!(info.nr_data_blocks, 100_000);
-    let used: u64 = expected.devices.values().map(|d| d.mappings.len() as u64).sum::<u64>() - 3000;
+    let used: u64 = expected
+        .devices
+        .values()
+        .map(|d| d.mappings.len() as u64)
+        .sum::<u64>()
+        - 3000;
     assert_eq!(info.free_data_blocks, 100_000 - used);
-    assert_eq!(pool.data_ref_count(expected.devices[&1].mappings.values().next().unwrap().0).unwrap(), 2);
+    assert_eq!(
+        pool.data_ref_count(expected.devices[&1].mappings.values().next().unwrap().0)
+            .unwrap(),
+        2
+    );
 }
 
 /// Applies the same changes to tessera's metadata and to a model of what thin_dump should
@@ -102,7 +132,13 @@ impl Driver {
             creation_time: info.time,
             snapshotted_time: info.time,
         };
-        self.model.devices.insert(id, Device { details, mappings: BTreeMap::new() });
+        self.model.devices.insert(
+            id,
+            Device {
+                details,
+                mappings: BTreeMap::new(),
+            },
+        );
     }
 
     fn create_snap(&mut self, id: u32, origin: u32) {
@@ -143,7 +179,9 @@ impl Driver {
     }
 
     fn set_transaction_id(&mut self, new: u64) {
-        self.pool.set_transaction_id(self.model.transaction, new).unwrap();
+        self.pool
+            .set_transaction_id(self.model.transaction, new)
+            .unwrap();
         self.model.transaction = new;
     }
 
@@ -164,7 +202,10 @@ impl Driver {
 fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("meta.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let pool = PoolMetadata::format(open_file(&img), 128, 50_000).unwrap();
     thin_check_passes(&img);
     let mut d = Driver::new(pool);
@@ -182,7 +223,10 @@ fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
     }
     d.set_transaction_id(1);
     assert_eq!(d.pool.highest_mapped_block(1).unwrap(), Some(2999 * 3));
-    assert_eq!(d.pool.device_details(1).unwrap().unwrap().mapped_blocks, 3000);
+    assert_eq!(
+        d.pool.device_details(1).unwrap().unwrap().mapped_blocks,
+        3000
+    );
     assert_eq!(d.pool.device_details(99).unwrap(), None);
     let spare = d.pool.alloc_data_block().unwrap();
     d.pool.free_data_block(spare).unwrap();
@@ -220,7 +264,10 @@ fn metadata_tessera_writes_passes_thin_check_and_dumps_as_made() {
     d.delete(7);
     d.commit_and_verify(&img);
     let info = d.pool.info();
-    assert_eq!(info.free_data_blocks, info.nr_data_blocks, "every data block is free again");
+    assert_eq!(
+        info.free_data_blocks, info.nr_data_blocks,
+        "every data block is free again"
+    );
 }
 
 #[test]
@@ -260,7 +307,10 @@ fn a_held_metadata_snapshot_shows_the_old_state_to_thin_dump() {
     }
     d.pool.reserve_metadata_snap().unwrap();
     let held = d.model.clone();
-    assert!(d.pool.reserve_metadata_snap().is_err(), "one held root at a time");
+    assert!(
+        d.pool.reserve_metadata_snap().is_err(),
+        "one held root at a time"
+    );
     d.delete(9);
     d.unmap(1, 0, 10_000);
     for v in 0..500 {
@@ -272,9 +322,15 @@ fn a_held_metadata_snapshot_shows_the_old_state_to_thin_dump() {
     // The held copy has no space maps, so thin_dump shows no data blocks for it.
     assert_eq!(seen.nr_data_blocks, 0);
     seen.nr_data_blocks = held.nr_data_blocks;
-    assert_eq!(seen, held, "thin_dump -m shows the state when the snapshot was taken");
+    assert_eq!(
+        seen, held,
+        "thin_dump -m shows the state when the snapshot was taken"
+    );
     // Still there after reopening; released, its blocks go back to the space maps.
-    let mut d = Driver { pool: PoolMetadata::open(open_file(&img)).unwrap(), model: d.model };
+    let mut d = Driver {
+        pool: PoolMetadata::open(open_file(&img)).unwrap(),
+        model: d.model,
+    };
     assert_eq!(d.pool.info().metadata_snap, Some(snap_block));
     let free_before = d.pool.info().free_metadata_blocks;
     d.pool.release_metadata_snap().unwrap();
@@ -329,7 +385,10 @@ fn lookups_from_many_threads_agree() {
 fn many_snapshots_overflow_both_space_maps_reference_counts() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("meta.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let mut d = Driver::new(PoolMetadata::format(open_file(&img), 256, 40_000).unwrap());
     d.create_thin(1);
     for v in 0..1200 {
@@ -349,7 +408,10 @@ fn many_snapshots_overflow_both_space_maps_reference_counts() {
         }
     }
     d.commit_and_verify(&img);
-    assert!(d.pool.data_ref_count(first).unwrap() >= 3, "shared data block counts overflow");
+    assert!(
+        d.pool.data_ref_count(first).unwrap() >= 3,
+        "shared data block counts overflow"
+    );
     for s in 2..7 {
         d.delete(s);
     }
@@ -362,19 +424,28 @@ fn running_out_of_space_is_reported_and_recoverable() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("meta.img");
     // 24 metadata blocks hold only a few thousand mappings.
-    std::fs::File::create(&img).unwrap().set_len(24 * 4096).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(24 * 4096)
+        .unwrap();
     let mut pool = PoolMetadata::format(open_file(&img), 128, 100).unwrap();
     pool.create_thin(1).unwrap();
     for v in 0..100 {
         let b = pool.alloc_data_block().unwrap();
         pool.insert(1, v, b).unwrap();
     }
-    assert!(matches!(pool.alloc_data_block(), Err(ThinMetadataError::NoDataSpace { .. })));
+    assert!(matches!(
+        pool.alloc_data_block(),
+        Err(ThinMetadataError::NoDataSpace { .. })
+    ));
     pool.commit().unwrap();
     thin_check_passes(&img);
     // Blocks freed in the open transaction stay unavailable until it commits.
     pool.remove_range(1, 0, 10).unwrap();
-    assert!(matches!(pool.alloc_data_block(), Err(ThinMetadataError::NoDataSpace { .. })));
+    assert!(matches!(
+        pool.alloc_data_block(),
+        Err(ThinMetadataError::NoDataSpace { .. })
+    ));
     pool.commit().unwrap();
     assert!(pool.alloc_data_block().unwrap() < 10);
     pool.resize_data(1_000_000).unwrap();
@@ -386,13 +457,21 @@ fn running_out_of_space_is_reported_and_recoverable() {
         pool.commit()
     })()
     .unwrap_err();
-    assert!(matches!(err, ThinMetadataError::NoMetadataSpace { .. }), "{err}");
+    assert!(
+        matches!(err, ThinMetadataError::NoMetadataSpace { .. }),
+        "{err}"
+    );
     pool.abort().unwrap();
     assert_eq!(pool.info().nr_data_blocks, 100);
     thin_check_passes(&img);
     tessera_check_passes(&img);
     // The metadata device grows; the pool takes the space.
-    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
     let mut d = Driver::new(PoolMetadata::open(open_file(&img)).unwrap());
     d.pool.resize_metadata().unwrap();
     d.pool.resize_data(100_000).unwrap();
@@ -409,7 +488,10 @@ fn a_pool_with_a_multi_level_data_space_map_index() {
     // 3 million data blocks: 184 bitmaps, more than one index leaf holds.
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("meta.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let mut d = Driver::new(PoolMetadata::format(open_file(&img), 128, 3_000_000).unwrap());
     d.create_thin(1);
     for v in 0..500 {

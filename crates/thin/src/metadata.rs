@@ -2,9 +2,7 @@
 //! targets' own logic (locking, out-of-space handling, commits) can also be exercised on an
 //! in-memory stand-in in unit tests.
 
-use tessera_formats::thin::{
-    DeviceDetails, Lookup, PoolInfo, PoolMetadata, Result,
-};
+use tessera_formats::thin::{DeviceDetails, Lookup, PoolInfo, PoolMetadata, Result};
 
 pub(crate) trait Metadata: Send + Sync {
     fn info(&self) -> PoolInfo;
@@ -136,7 +134,12 @@ pub(crate) mod memory {
     }
 
     impl MemoryMetadata {
-        pub fn new(name: &str, block_sectors: u32, nr_data_blocks: u64, metadata_blocks: u64) -> Self {
+        pub fn new(
+            name: &str,
+            block_sectors: u32,
+            nr_data_blocks: u64,
+            metadata_blocks: u64,
+        ) -> Self {
             let s = State {
                 transaction_id: 0,
                 time: 0,
@@ -201,11 +204,19 @@ pub(crate) mod memory {
             Ok(self.current.devices.get(&dev_id).copied())
         }
         fn highest_mapped_block(&self, dev_id: u32) -> Result<Option<u64>> {
-            let m = self.current.maps.get(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
+            let m = self
+                .current
+                .maps
+                .get(&dev_id)
+                .ok_or_else(|| self.no_dev(dev_id))?;
             Ok(m.keys().next_back().copied())
         }
         fn lookup(&self, dev_id: u32, vblock: u64) -> Result<Option<Lookup>> {
-            let d = self.current.devices.get(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
+            let d = self
+                .current
+                .devices
+                .get(&dev_id)
+                .ok_or_else(|| self.no_dev(dev_id))?;
             Ok(self.current.maps[&dev_id].get(&vblock).map(|m| Lookup {
                 mapping: *m,
                 shared: m.time < d.snapshotted_time,
@@ -213,18 +224,35 @@ pub(crate) mod memory {
         }
         fn create_thin(&mut self, dev_id: u32) -> Result<()> {
             if self.current.devices.contains_key(&dev_id) {
-                return Err(ThinMetadataError::DeviceExists { device: self.name.clone(), dev_id });
+                return Err(ThinMetadataError::DeviceExists {
+                    device: self.name.clone(),
+                    dev_id,
+                });
             }
             let time = self.current.time;
-            self.current.devices.insert(dev_id, DeviceDetails { creation_time: time, snapshotted_time: time, ..Default::default() });
+            self.current.devices.insert(
+                dev_id,
+                DeviceDetails {
+                    creation_time: time,
+                    snapshotted_time: time,
+                    ..Default::default()
+                },
+            );
             self.current.maps.insert(dev_id, BTreeMap::new());
             Ok(())
         }
         fn create_snap(&mut self, dev_id: u32, origin: u32) -> Result<()> {
             if self.current.devices.contains_key(&dev_id) {
-                return Err(ThinMetadataError::DeviceExists { device: self.name.clone(), dev_id });
+                return Err(ThinMetadataError::DeviceExists {
+                    device: self.name.clone(),
+                    dev_id,
+                });
             }
-            let o = *self.current.devices.get(&origin).ok_or_else(|| self.no_dev(origin))?;
+            let o = *self
+                .current
+                .devices
+                .get(&origin)
+                .ok_or_else(|| self.no_dev(origin))?;
             self.current.time += 1;
             let time = self.current.time;
             let map = self.current.maps[&origin].clone();
@@ -232,12 +260,27 @@ pub(crate) mod memory {
                 self.current.refs[m.data_block as usize] += 1;
             }
             self.current.maps.insert(dev_id, map);
-            self.current.devices.get_mut(&origin).unwrap().snapshotted_time = time;
-            self.current.devices.insert(dev_id, DeviceDetails { mapped_blocks: o.mapped_blocks, transaction_id: 0, creation_time: time, snapshotted_time: time });
+            self.current
+                .devices
+                .get_mut(&origin)
+                .unwrap()
+                .snapshotted_time = time;
+            self.current.devices.insert(
+                dev_id,
+                DeviceDetails {
+                    mapped_blocks: o.mapped_blocks,
+                    transaction_id: 0,
+                    creation_time: time,
+                    snapshotted_time: time,
+                },
+            );
             Ok(())
         }
         fn delete(&mut self, dev_id: u32) -> Result<()> {
-            self.current.devices.remove(&dev_id).ok_or_else(|| self.no_dev(dev_id))?;
+            self.current
+                .devices
+                .remove(&dev_id)
+                .ok_or_else(|| self.no_dev(dev_id))?;
             let map = self.current.maps.remove(&dev_id).unwrap();
             let mut freed = Vec::new();
             for m in map.values() {
@@ -247,20 +290,34 @@ pub(crate) mod memory {
         }
         fn set_transaction_id(&mut self, current: u64, new: u64) -> Result<()> {
             if self.current.transaction_id != current {
-                return Err(ThinMetadataError::TransactionMismatch { device: self.name.clone(), expected: current, found: self.current.transaction_id });
+                return Err(ThinMetadataError::TransactionMismatch {
+                    device: self.name.clone(),
+                    expected: current,
+                    found: self.current.transaction_id,
+                });
             }
             self.current.transaction_id = new;
             Ok(())
         }
         fn reserve_metadata_snap(&mut self) -> Result<()> {
             if self.current.metadata_snap.is_some() {
-                return Err(ThinMetadataError::Refused { device: self.name.clone(), why: "a metadata snapshot is held already".into() });
+                return Err(ThinMetadataError::Refused {
+                    device: self.name.clone(),
+                    why: "a metadata snapshot is held already".into(),
+                });
             }
             self.current.metadata_snap = Some(1);
             Ok(())
         }
         fn release_metadata_snap(&mut self) -> Result<()> {
-            self.current.metadata_snap.take().map(|_| ()).ok_or_else(|| ThinMetadataError::Refused { device: self.name.clone(), why: "no metadata snapshot is held".into() })
+            self.current
+                .metadata_snap
+                .take()
+                .map(|_| ())
+                .ok_or_else(|| ThinMetadataError::Refused {
+                    device: self.name.clone(),
+                    why: "no metadata snapshot is held".into(),
+                })
         }
         fn alloc_data_block(&mut self) -> Result<u64> {
             let free = (0..self.current.refs.len())
@@ -270,7 +327,10 @@ pub(crate) mod memory {
                     self.current.refs[b] = 1;
                     Ok(b as u64)
                 }
-                None => Err(ThinMetadataError::NoDataSpace { device: self.name.clone(), blocks: self.current.refs.len() as u64 }),
+                None => Err(ThinMetadataError::NoDataSpace {
+                    device: self.name.clone(),
+                    blocks: self.current.refs.len() as u64,
+                }),
             }
         }
         fn free_data_block(&mut self, data_block: u64) -> Result<()> {
@@ -280,11 +340,18 @@ pub(crate) mod memory {
         }
         fn insert(&mut self, dev_id: u32, vblock: u64, data_block: u64) -> Result<()> {
             if self.used_metadata() + 1 > self.current.metadata_blocks {
-                return Err(ThinMetadataError::NoMetadataSpace { device: self.name.clone(), blocks: self.current.metadata_blocks });
+                return Err(ThinMetadataError::NoMetadataSpace {
+                    device: self.name.clone(),
+                    blocks: self.current.metadata_blocks,
+                });
             }
             let time = self.current.time;
             let no_dev = self.no_dev(dev_id);
-            let old = self.current.maps.get_mut(&dev_id).ok_or(no_dev)?
+            let old = self
+                .current
+                .maps
+                .get_mut(&dev_id)
+                .ok_or(no_dev)?
                 .insert(vblock, Mapping { data_block, time });
             let d = self.current.devices.get_mut(&dev_id).unwrap();
             match old {

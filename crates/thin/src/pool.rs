@@ -406,7 +406,10 @@ impl Pool {
             });
         if let Err(e) = spawned {
             // Flushes still commit; only the periodic commit is missing.
-            tracing::error!("{}: cannot start the periodic commit thread: {e}", self.name);
+            tracing::error!(
+                "{}: cannot start the periodic commit thread: {e}",
+                self.name
+            );
         }
     }
 
@@ -433,7 +436,10 @@ impl Pool {
             match new {
                 Mode::Write => tracing::info!("{}: switching the pool to write mode", self.name),
                 Mode::OutOfDataSpace => {
-                    tracing::error!("{}: switching the pool to out-of-data-space mode", self.name)
+                    tracing::error!(
+                        "{}: switching the pool to out-of-data-space mode",
+                        self.name
+                    )
                 }
                 Mode::OutOfMetadataSpace => tracing::error!(
                     "{}: switching the pool to out-of-metadata-space (read-only) mode",
@@ -557,13 +563,19 @@ impl Pool {
                 self.aborted_with_changes.store(true, Ordering::Release);
             }
             if let Err(e) = meta.abort() {
-                tracing::error!("{}: failed to abort the metadata transaction: {e}", self.name);
+                tracing::error!(
+                    "{}: failed to abort the metadata transaction: {e}",
+                    self.name
+                );
                 drop(meta);
                 self.set_mode(Mode::Fail);
                 return;
             }
             if let Err(e) = meta.set_needs_check() {
-                tracing::error!("{}: failed to set needs_check in the metadata: {e}", self.name);
+                tracing::error!(
+                    "{}: failed to set needs_check in the metadata: {e}",
+                    self.name
+                );
                 drop(meta);
                 self.set_mode(Mode::Fail);
                 return;
@@ -643,7 +655,10 @@ impl Pool {
                 while j < freed.len() && freed[j] == freed[j - 1] + 1 {
                     j += 1;
                 }
-                let (offset, len) = (freed[i] * self.block_bytes, (j - i) as u64 * self.block_bytes);
+                let (offset, len) = (
+                    freed[i] * self.block_bytes,
+                    (j - i) as u64 * self.block_bytes,
+                );
                 // A failed passdown loses nothing: the blocks are free either way.
                 if let Err(e) = data.discard(offset, len) {
                     tracing::warn!("{}: discard passdown failed: {e}", self.name);
@@ -657,7 +672,9 @@ impl Pool {
     /// The `delete` message: refused while a thin target has the device open.
     pub fn delete(&self, dev_id: u32) -> Result<(), String> {
         if lock(&self.open_thins).get(&dev_id).copied().unwrap_or(0) > 0 {
-            return Err(format!("thin device {dev_id} is open; deactivate it before deleting it"));
+            return Err(format!(
+                "thin device {dev_id} is open; deactivate it before deleting it"
+            ));
         }
         {
             let _frees = lock(&self.free_lock);
@@ -738,12 +755,8 @@ impl Pool {
             if self.mode() != Mode::OutOfDataSpace {
                 return Ok(());
             }
-            let no_space = || {
-                AllocError::NoSpace(format!(
-                    "{}: the pool is out of data space",
-                    self.name
-                ))
-            };
+            let no_space =
+                || AllocError::NoSpace(format!("{}: the pool is out of data space", self.name));
             if b.features.error_if_no_space {
                 return Err(no_space());
             }
@@ -830,7 +843,11 @@ impl Pool {
         let _frees = lock(&self.free_lock);
         if self.freed.swap(false, Ordering::AcqRel) {
             // Every I/O that may still use a freed block's old mapping finishes first.
-            drop(self.io_epoch.write().unwrap_or_else(PoisonError::into_inner));
+            drop(
+                self.io_epoch
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
         let mut meta = self.meta_write();
         // The data device first, so no committed mapping names a block whose contents
@@ -889,7 +906,11 @@ impl Pool {
                 tracing::error!("{}: unable to grow the {what} until repaired", pool.name);
                 false
             } else if pool.mode() > Mode::OutOfDataSpace {
-                tracing::warn!("{}: not growing the {what}: the pool is {}", pool.name, pool.mode_words());
+                tracing::warn!(
+                    "{}: not growing the {what}: the pool is {}",
+                    pool.name,
+                    pool.mode_words()
+                );
                 false
             } else {
                 true
@@ -940,7 +961,11 @@ impl Pool {
     }
 
     pub fn has_device(&self, dev_id: u32) -> Result<bool, ThinMetadataError> {
-        Ok(self.meta_read().devices()?.iter().any(|(id, _)| *id == dev_id))
+        Ok(self
+            .meta_read()
+            .devices()?
+            .iter()
+            .any(|(id, _)| *id == dev_id))
     }
 }
 

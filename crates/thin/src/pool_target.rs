@@ -67,10 +67,11 @@ fn superblock_all_zeroes(dev: &SharedDevice, arg: &str) -> Result<bool, TargetEr
             "metadata device {arg:?} is smaller than one metadata block"
         )));
     }
-    dev.read_at(&mut block, 0).map_err(|source| TargetError::Open {
-        name: arg.to_string(),
-        source,
-    })?;
+    dev.read_at(&mut block, 0)
+        .map_err(|source| TargetError::Open {
+            name: arg.to_string(),
+            source,
+        })?;
     Ok(block.iter().all(|&b| b == 0))
 }
 
@@ -123,7 +124,13 @@ pub(crate) fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, Target
                 "metadata device {metadata_arg:?} was formatted with a data block size of {on_disk} sectors; changing it to {block_sectors} is not supported"
             ));
         }
-        Ok(Pool::new(args.device, metadata.clone(), Box::new(meta), block_sectors, binding.clone()))
+        Ok(Pool::new(
+            args.device,
+            metadata.clone(),
+            Box::new(meta),
+            block_sectors,
+            binding.clone(),
+        ))
     };
     let pool = match pool_for(args.device, metadata.name(), make).map_err(TargetError::Invalid)? {
         Found::New(pool) => pool,
@@ -188,7 +195,8 @@ impl PoolTarget {
 
     fn metadata_message(&self, args: &[&str]) -> Result<(), TargetError> {
         let pool = &self.pool;
-        let refused = |e: tessera_formats::thin::ThinMetadataError| TargetError::Message(e.to_string());
+        let refused =
+            |e: tessera_formats::thin::ThinMetadataError| TargetError::Message(e.to_string());
         match args[0].to_ascii_lowercase().as_str() {
             "create_thin" => {
                 arg_count(args, 2)?;
@@ -228,8 +236,10 @@ impl PoolTarget {
             }
             "release_metadata_snap" => {
                 arg_count(args, 1)?;
-                pool.change("release the metadata snapshot", |m| m.release_metadata_snap())
-                    .map_err(refused)
+                pool.change("release the metadata snapshot", |m| {
+                    m.release_metadata_snap()
+                })
+                .map_err(refused)
             }
             _ => Err(TargetError::Message(format!(
                 "unrecognised thin-pool message {:?}",
@@ -272,8 +282,7 @@ impl Target for PoolTarget {
                     return "Fail".into();
                 }
                 // Commit so the figures are current, as the kernel does unless suspended.
-                if !self.suspended.load(Ordering::Acquire) && pool.mode() <= Mode::OutOfDataSpace
-                {
+                if !self.suspended.load(Ordering::Acquire) && pool.mode() <= Mode::OutOfDataSpace {
                     let _ = pool.commit();
                 }
                 let info = pool.info();
@@ -358,9 +367,9 @@ impl Target for PoolTarget {
         }
         self.metadata_message(args)?;
         // Each message is committed, as the kernel does.
-        self.pool
-            .commit()
-            .map_err(|e| TargetError::Message(format!("the change was made but not committed: {e}")))?;
+        self.pool.commit().map_err(|e| {
+            TargetError::Message(format!("the change was made but not committed: {e}"))
+        })?;
         Ok(String::new())
     }
 

@@ -65,8 +65,17 @@ fn features() -> Features {
     Features::default()
 }
 
-fn make_pool(name: &str, data: &Arc<Data>, blocks: u64, meta_blocks: u64, f: Features) -> Arc<Pool> {
-    let meta_dev: SharedDevice = Arc::new(MemoryDevice::new(format!("{name}-meta"), meta_blocks * 4096));
+fn make_pool(
+    name: &str,
+    data: &Arc<Data>,
+    blocks: u64,
+    meta_blocks: u64,
+    f: Features,
+) -> Arc<Pool> {
+    let meta_dev: SharedDevice = Arc::new(MemoryDevice::new(
+        format!("{name}-meta"),
+        meta_blocks * 4096,
+    ));
     let meta = MemoryMetadata::new(name, BLOCK_SECTORS, blocks, meta_blocks);
     Pool::new(
         name,
@@ -82,7 +91,8 @@ fn make_pool(name: &str, data: &Arc<Data>, blocks: u64, meta_blocks: u64, f: Fea
 }
 
 fn create(pool: &Pool, id: u32) {
-    pool.change("create", |m: &mut dyn Metadata| m.create_thin(id)).unwrap();
+    pool.change("create", |m: &mut dyn Metadata| m.create_thin(id))
+        .unwrap();
 }
 
 fn used(pool: &Pool) -> u64 {
@@ -131,7 +141,10 @@ fn racing_first_writes_allocate_once() {
     assert_eq!(used(&pool), 8);
     for b in 0..8u64 {
         for t in 0..8u64 {
-            assert_eq!(read(&*thin, b * BB + t * 4096, 4096), rng_bytes(t * 100 + b, 4096));
+            assert_eq!(
+                read(&*thin, b * BB + t * 4096, 4096),
+                rng_bytes(t * 100 + b, 4096)
+            );
         }
         // The rest of each block was zeroed at provisioning.
         assert_eq!(read(&*thin, b * BB + 8 * 4096, 4096), vec![0; 4096]);
@@ -146,7 +159,8 @@ fn sharing_is_broken_once_and_the_other_device_keeps_its_data() {
     let origin = for_test("share-o", pool.clone(), 0, None);
     let before = rng_bytes(1, (4 * BB) as usize);
     origin.write(0, &before).unwrap();
-    pool.change("snap", |m: &mut dyn Metadata| m.create_snap(1, 0)).unwrap();
+    pool.change("snap", |m: &mut dyn Metadata| m.create_snap(1, 0))
+        .unwrap();
     let snap = for_test("share-s", pool.clone(), 1, None);
     assert_eq!(used(&pool), 4);
     // Racing writers to one shared block copy it once.
@@ -191,7 +205,10 @@ fn concurrent_flushes_share_commits_and_changes_commit_every_second() {
     thin.write((100 * BB) / 512, &[2u8; 512]).unwrap();
     let before = data.flushes.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(1600));
-    assert!(data.flushes.load(Ordering::SeqCst) > before, "no periodic commit");
+    assert!(
+        data.flushes.load(Ordering::SeqCst) > before,
+        "no periodic commit"
+    );
 }
 
 #[test]
@@ -227,7 +244,11 @@ fn blocks_freed_by_a_discard_come_back_after_a_commit() {
     let thin = for_test("reuse-thin", pool.clone(), 0, None);
     thin.write(0, &vec![1; (4 * BB) as usize]).unwrap();
     thin.discard(0, 2 * BB / 512).unwrap();
-    assert_eq!(*data.discards.lock().unwrap(), [(0, 2 * BB)], "passdown of the freed run");
+    assert_eq!(
+        *data.discards.lock().unwrap(),
+        [(0, 2 * BB)],
+        "passdown of the freed run"
+    );
     // No space until a commit returns the freed blocks; the allocator commits by itself.
     thin.write((10 * BB) / 512, &[3; 512]).unwrap();
     assert_eq!(read(&*thin, 10 * BB, 512), vec![3; 512]);
@@ -245,7 +266,10 @@ fn queued_writes_wait_for_growth() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         let thin = &thin;
-        s.spawn(move || tx.send(thin.write((5 * BB) / 512, &[7; 512]).is_ok()).unwrap());
+        s.spawn(move || {
+            tx.send(thin.write((5 * BB) / 512, &[7; 512]).is_ok())
+                .unwrap()
+        });
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
         assert_eq!(pool.mode(), Mode::OutOfDataSpace);
         let bigger = Data::new("queue-data", 8);
@@ -273,13 +297,19 @@ fn out_of_metadata_space_goes_read_only_and_keeps_data() {
     let thin = for_test("ooms-thin", pool.clone(), 0, None);
     let mut written = 0u64;
     while written < 1024 {
-        let r = thin.write((written * BB) / 512, &(written as u32).to_le_bytes().repeat(128));
+        let r = thin.write(
+            (written * BB) / 512,
+            &(written as u32).to_le_bytes().repeat(128),
+        );
         if r.is_err() {
             break;
         }
         written += 1;
     }
-    assert!((28 * MAPPINGS_PER_BLOCK - 1..1024).contains(&written), "{written}");
+    assert!(
+        (28 * MAPPINGS_PER_BLOCK - 1..1024).contains(&written),
+        "{written}"
+    );
     assert_eq!(pool.mode(), Mode::OutOfMetadataSpace);
     assert!(!pool.info().needs_check);
     // Everything written before is readable and committed; mapped blocks still take writes.
@@ -300,7 +330,11 @@ fn external_origin_fills_unmapped_blocks() {
     let origin: SharedDevice = Arc::new(MemoryDevice::with_contents("ext-origin", &origin_bytes));
     let thin = for_test("ext-thin", pool.clone(), 0, Some(origin));
     assert_eq!(read(&*thin, 0, origin_bytes.len()), origin_bytes);
-    assert_eq!(read(&*thin, 3 * BB, 512), vec![0; 512], "past the origin's end");
+    assert_eq!(
+        read(&*thin, 3 * BB, 512),
+        vec![0; 512],
+        "past the origin's end"
+    );
     thin.write(8, &[4; 512]).unwrap();
     let mut model = origin_bytes.clone();
     model[4096..4608].fill(4);

@@ -79,7 +79,13 @@ pub(crate) fn construct(args: &TargetArgs<'_>) -> Result<Box<dyn Target>, Target
         }
         Err(e) => return Err(TargetError::Invalid(e.to_string())),
     }
-    Ok(Box::new(ThinTarget::new(args.device, pool, pool_arg, dev_id, origin)))
+    Ok(Box::new(ThinTarget::new(
+        args.device,
+        pool,
+        pool_arg,
+        dev_id,
+        origin,
+    )))
 }
 
 /// The pieces of `len` bytes at `offset` in blocks of `bb` bytes: (block, offset in the
@@ -177,10 +183,11 @@ impl ThinTarget {
                     dev.write_at(data, new * bb)
                 } else {
                     let mut block = vec![0u8; bb as usize];
-                    dev.read_at(&mut block, l.mapping.data_block * bb).and_then(|()| {
-                        block[within as usize..][..data.len()].copy_from_slice(data);
-                        dev.write_at(&block, new * bb)
-                    })
+                    dev.read_at(&mut block, l.mapping.data_block * bb)
+                        .and_then(|()| {
+                            block[within as usize..][..data.len()].copy_from_slice(data);
+                            dev.write_at(&block, new * bb)
+                        })
                 };
                 pool.release_if_failed(new, copied)?;
                 pool.insert(self.dev_id, vblock, new, true)

@@ -16,10 +16,23 @@ const DATA_BLOCKS: u64 = 64;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { dev: usize, at: u64, len: u64, seed: u64 },
-    Discard { dev: usize, at: u64, len: u64 },
-    Snapshot { from: usize },
-    Delete { dev: usize },
+    Write {
+        dev: usize,
+        at: u64,
+        len: u64,
+        seed: u64,
+    },
+    Discard {
+        dev: usize,
+        at: u64,
+        len: u64,
+    },
+    Snapshot {
+        from: usize,
+    },
+    Delete {
+        dev: usize,
+    },
     Flush,
     Reload,
 }
@@ -53,7 +66,10 @@ fn run(ops: &[Op]) {
     let s = Stack::new();
     let meta = s.file("meta.img", 4 << 20);
     let data = s.file("data.img", DATA_BLOCKS * BLOCK);
-    let pool_name = format!("m-pool-{}", s.dir.path().file_name().unwrap().to_string_lossy());
+    let pool_name = format!(
+        "m-pool-{}",
+        s.dir.path().file_name().unwrap().to_string_lossy()
+    );
     let pool_line = pool_table(&meta, &data, DATA_BLOCKS, &["error_if_no_space"]);
     let pool = s.activate(&pool_name, &pool_line);
     // Four slots, each a thin device id (slot + 10 * generation) and its model.
@@ -67,14 +83,24 @@ fn run(ops: &[Op]) {
         )
     };
     for slot in 0..2 {
-        s.message(&pool_name, &format!("create_thin {next_id}")).unwrap();
-        devs.insert(slot, (next_id, vec![0; DEV_BYTES as usize], activate(slot, next_id)));
+        s.message(&pool_name, &format!("create_thin {next_id}"))
+            .unwrap();
+        devs.insert(
+            slot,
+            (
+                next_id,
+                vec![0; DEV_BYTES as usize],
+                activate(slot, next_id),
+            ),
+        );
         next_id += 1;
     }
     for op in ops {
         match op {
             Op::Write { dev, at, len, seed } => {
-                let Some((_, model, thin)) = devs.get_mut(dev) else { continue };
+                let Some((_, model, thin)) = devs.get_mut(dev) else {
+                    continue;
+                };
                 let bytes = Rng(*seed).bytes(*len as usize);
                 match thin.write_at(&bytes, *at) {
                     Ok(()) => model[*at as usize..(*at + *len) as usize].copy_from_slice(&bytes),
@@ -86,7 +112,9 @@ fn run(ops: &[Op]) {
                 }
             }
             Op::Discard { dev, at, len } => {
-                let Some((_, model, thin)) = devs.get_mut(dev) else { continue };
+                let Some((_, model, thin)) = devs.get_mut(dev) else {
+                    continue;
+                };
                 thin.discard(*at, *len).unwrap();
                 // Whole blocks only read back as zeroes.
                 let (b, e) = (at.div_ceil(BLOCK), (at + len) / BLOCK);
@@ -95,11 +123,16 @@ fn run(ops: &[Op]) {
                 }
             }
             Op::Snapshot { from } => {
-                let Some((origin_id, model, origin)) = devs.get(from) else { continue };
-                let Some(slot) = (0..4).find(|s| !devs.contains_key(s)) else { continue };
+                let Some((origin_id, model, origin)) = devs.get(from) else {
+                    continue;
+                };
+                let Some(slot) = (0..4).find(|s| !devs.contains_key(s)) else {
+                    continue;
+                };
                 let (origin_id, model) = (*origin_id, model.clone());
                 origin.suspend();
-                s.message(&pool_name, &format!("create_snap {next_id} {origin_id}")).unwrap();
+                s.message(&pool_name, &format!("create_snap {next_id} {origin_id}"))
+                    .unwrap();
                 origin.resume().unwrap();
                 devs.insert(slot, (next_id, model, activate(slot, next_id)));
                 next_id += 1;
@@ -108,7 +141,9 @@ fn run(ops: &[Op]) {
                 if devs.len() == 1 {
                     continue;
                 }
-                let Some((id, _, thin)) = devs.remove(dev) else { continue };
+                let Some((id, _, thin)) = devs.remove(dev) else {
+                    continue;
+                };
                 drop(thin);
                 s.remove(&format!("{pool_name}-{dev}"));
                 s.message(&pool_name, &format!("delete {id}")).unwrap();
@@ -119,7 +154,10 @@ fn run(ops: &[Op]) {
             }
         }
         for (slot, (_, model, thin)) in &devs {
-            assert!(read(&**thin, 0, DEV_BYTES as usize) == *model, "slot {slot} after {op:?}");
+            assert!(
+                read(&**thin, 0, DEV_BYTES as usize) == *model,
+                "slot {slot} after {op:?}"
+            );
         }
     }
     // Used blocks as the pool counts them match thin_dump's view after close.

@@ -17,7 +17,11 @@ struct Pool {
     data: String,
 }
 
-fn pool(name: &str, data_blocks: u64, features: &[&str]) -> (Pool, std::sync::Arc<tessera_mapper::MappedDevice>) {
+fn pool(
+    name: &str,
+    data_blocks: u64,
+    features: &[&str],
+) -> (Pool, std::sync::Arc<tessera_mapper::MappedDevice>) {
     let stack = Stack::new();
     let meta = stack.file("meta.img", META_BYTES);
     let data = stack.file("data.img", data_blocks * BLOCK);
@@ -33,17 +37,31 @@ fn provision_read_back_reopen_and_thin_check() {
     let w = status_words(&pool_dev);
     assert_eq!(w[0], "0");
     assert_eq!(w[2], "0/256");
-    assert_eq!(&w[3..8], ["-", "rw", "discard_passdown", "queue_if_no_space", "-"]);
+    assert_eq!(
+        &w[3..8],
+        ["-", "rw", "discard_passdown", "queue_if_no_space", "-"]
+    );
     assert_eq!(w[8], (META_BYTES / 4096 / 4).min(1024).to_string());
     assert_eq!(
         pool_dev.table().unwrap().to_string().trim(),
-        format!("0 {} thin-pool {} {} 128 0 0", 256 * BLOCK_SECTORS, p.meta, p.data)
+        format!(
+            "0 {} thin-pool {} {} 128 0 0",
+            256 * BLOCK_SECTORS,
+            p.meta,
+            p.data
+        )
     );
 
     s.message("t1-pool", "create_thin 0").unwrap();
     s.message("t1-pool", "set_transaction_id 0 1").unwrap();
-    assert!(s.message("t1-pool", "create_thin 0").is_err(), "ids are unique");
-    assert!(s.message("t1-pool", "set_transaction_id 0 2").is_err(), "wrong current id");
+    assert!(
+        s.message("t1-pool", "create_thin 0").is_err(),
+        "ids are unique"
+    );
+    assert!(
+        s.message("t1-pool", "set_transaction_id 0 2").is_err(),
+        "wrong current id"
+    );
     let virt = 1024 * BLOCK; // 64 MiB virtual over 16 MiB of data
     let thin = s.activate("t1-thin", &thin_table("t1-pool", 0, virt / SECTOR));
     assert_eq!(status_words(&thin), ["0", "-"]);
@@ -68,7 +86,10 @@ fn provision_read_back_reopen_and_thin_check() {
         // The rest of a provisioned block was zeroed; unprovisioned blocks read zeroes.
         assert_eq!(read(thin, 512, 4096), vec![0; 4096]);
         assert_eq!(read(thin, 3 * BLOCK, 4096), vec![0; 4096]);
-        assert_eq!(read(thin, 500 * BLOCK, BLOCK as usize), vec![0; BLOCK as usize]);
+        assert_eq!(
+            read(thin, 500 * BLOCK, BLOCK as usize),
+            vec![0; BLOCK as usize]
+        );
     };
     check(&*thin);
     thin.flush().unwrap();
@@ -146,7 +167,11 @@ fn snapshots_share_then_diverge_and_delete_frees() {
     drop(snap);
     s.remove("t2-snap");
     s.message("t2-pool", "delete 2").unwrap();
-    assert_eq!(data_usage(&pool_dev).0, 16 + 4 + 2 - 6, "the snapshot's 4 old + 2 own blocks");
+    assert_eq!(
+        data_usage(&pool_dev).0,
+        16 + 4 + 2 - 6,
+        "the snapshot's 4 old + 2 own blocks"
+    );
     assert!(read(&*origin, 0, before.len()) == o_model);
     drop((origin, pool_dev));
     s.remove_all();
@@ -219,7 +244,10 @@ fn metadata_snapshot_messages() {
     s.message("t5-pool", "reserve_metadata_snap").unwrap();
     let held = status_words(&pool_dev)[3].clone();
     assert!(held.parse::<u64>().is_ok(), "held root {held}");
-    assert!(s.message("t5-pool", "reserve_metadata_snap").is_err(), "one at a time");
+    assert!(
+        s.message("t5-pool", "reserve_metadata_snap").is_err(),
+        "one at a time"
+    );
     s.message("t5-pool", "release_metadata_snap").unwrap();
     assert_eq!(status_words(&pool_dev)[3], "-");
     assert!(s.message("t5-pool", "frobnicate").is_err());
@@ -239,10 +267,22 @@ fn table_errors_name_the_problem() {
         let e = stack.try_activate("t6-pool", table).unwrap_err();
         assert!(e.contains(what), "{table}: {e}");
     };
-    bad(&format!("0 2048 thin-pool {meta} {data} 100 0\n"), "block size");
-    bad(&format!("0 2048 thin-pool {meta} {data} 128 0 1 frob\n"), "frob");
-    bad(&format!("0 2048 thin-pool {meta} {data} 128\n"), "low water mark");
-    bad(&format!("0 99999999 thin-pool {meta} {data} 128 0\n"), "too small");
+    bad(
+        &format!("0 2048 thin-pool {meta} {data} 100 0\n"),
+        "block size",
+    );
+    bad(
+        &format!("0 2048 thin-pool {meta} {data} 128 0 1 frob\n"),
+        "frob",
+    );
+    bad(
+        &format!("0 2048 thin-pool {meta} {data} 128\n"),
+        "low water mark",
+    );
+    bad(
+        &format!("0 99999999 thin-pool {meta} {data} 128 0\n"),
+        "too small",
+    );
     // A thin device of a pool that does not exist, or of an id not created.
     stack.activate("t6-pool", &pool_table(&meta, &data, 16, &[]));
     let e = stack
@@ -298,7 +338,10 @@ fn random_io_from_threads_matches_a_model() {
                             6 => thins[dev].flush().unwrap(),
                             _ => {
                                 let got = read(&*thins[dev], at, PAGE as usize);
-                                let want = model.get(&(dev, page)).cloned().unwrap_or(vec![0; PAGE as usize]);
+                                let want = model
+                                    .get(&(dev, page))
+                                    .cloned()
+                                    .unwrap_or(vec![0; PAGE as usize]);
                                 assert_eq!(got, want, "thread {t} dev {dev} page {page}");
                             }
                         }
@@ -349,7 +392,10 @@ fn reload_hands_the_pool_over() {
     let data = Rng(9).bytes((3 * BLOCK) as usize);
     thin.write_at(&data, 0).unwrap();
     // No flush: the mappings are not committed when the table is swapped.
-    s.activate("t9-pool", &pool_table(&p.meta, &p.data, 32, &["no_discard_passdown"]));
+    s.activate(
+        "t9-pool",
+        &pool_table(&p.meta, &p.data, 32, &["no_discard_passdown"]),
+    );
     assert_eq!(&status_words(&pool_dev)[5], "no_discard_passdown");
     assert!(read(&*thin, 0, data.len()) == data);
     thin.write_at(&data[..4096], 10 * BLOCK).unwrap();
@@ -396,10 +442,16 @@ fn fill_metadata(name: &str, metadata_blocks: u64, needs_check: impl Into<Option
     let data = s.file("data.img", blocks * BLOCK);
     let pool_dev = s.activate(
         &format!("{name}-pool"),
-        &pool_table(&meta, &data, blocks, &["skip_block_zeroing", "error_if_no_space"]),
+        &pool_table(
+            &meta,
+            &data,
+            blocks,
+            &["skip_block_zeroing", "error_if_no_space"],
+        ),
     );
     for id in 0..4 {
-        s.message(&format!("{name}-pool"), &format!("create_thin {id}")).unwrap();
+        s.message(&format!("{name}-pool"), &format!("create_thin {id}"))
+            .unwrap();
     }
     let thins: Vec<_> = (0..4)
         .map(|id| {

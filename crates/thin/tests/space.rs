@@ -23,7 +23,10 @@ fn error_if_no_space() {
     let s = Stack::new();
     let meta = s.file("meta.img", META_BYTES);
     let data = s.file("data.img", 8 * BLOCK);
-    let pool = s.activate("s1-pool", &pool_table(&meta, &data, 8, &["error_if_no_space"]));
+    let pool = s.activate(
+        "s1-pool",
+        &pool_table(&meta, &data, 8, &["error_if_no_space"]),
+    );
     s.message("s1-pool", "create_thin 0").unwrap();
     let thin = s.activate("s1-thin", &thin_table("s1-pool", 0, 32 * BLOCK / SECTOR));
     let full = Rng(1).bytes((8 * BLOCK) as usize);
@@ -72,7 +75,9 @@ fn queue_until_the_pool_grows() {
         // lvextend: the data device grows and the pool table is reloaded longer.
         s.file("data.img", 16 * BLOCK);
         s.activate("s2-pool", &pool_table(&meta, &data, 16, &[]));
-        let r = done_rx.recv_timeout(Duration::from_secs(10)).expect("the write finished");
+        let r = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the write finished");
         r.unwrap();
     });
     let w = status_words(&pool);

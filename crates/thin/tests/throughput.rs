@@ -35,7 +35,11 @@ fn run(what: &str, dev: &dyn BlockDevice, write: bool) {
     });
     let secs = started.elapsed().as_secs_f64();
     let n = (THREADS * IOS) as f64;
-    println!("{what:<32} {:>9.0} IOPS {:>7.1} MiB/s", n / secs, n * 4096.0 / secs / 1048576.0);
+    println!(
+        "{what:<32} {:>9.0} IOPS {:>7.1} MiB/s",
+        n / secs,
+        n * 4096.0 / secs / 1048576.0
+    );
 }
 
 #[test]
@@ -46,7 +50,10 @@ fn throughput() {
     let data = s.file("data.img", BLOCKS * BLOCK);
     let _pool = s.activate("perf-pool", &pool_table(&meta, &data, BLOCKS, &[]));
     s.message("perf-pool", "create_thin 0").unwrap();
-    let thin = s.activate("perf-thin", &thin_table("perf-pool", 0, BLOCKS * BLOCK_SECTORS));
+    let thin = s.activate(
+        "perf-thin",
+        &thin_table("perf-pool", 0, BLOCKS * BLOCK_SECTORS),
+    );
     run("thin: first writes (provision)", &*thin, true);
     run("thin: overwrites", &*thin, true);
     run("thin: reads", &*thin, false);

@@ -226,7 +226,8 @@ impl Daemon {
             .filter(|k| {
                 k.split_once('/').is_some_and(|(v, p)| {
                     v == vg
-                        && !state.is_some_and(|s| s.vg.lv(p).is_some_and(|l| l.thin_pool().is_some()))
+                        && !state
+                            .is_some_and(|s| s.vg.lv(p).is_some_and(|l| l.thin_pool().is_some()))
                 })
             })
             .cloned()
@@ -285,9 +286,8 @@ impl LivePool {
 impl PoolChanger for LivePool {
     fn info(&mut self) -> tessera_engine::Result<PoolInfo> {
         let status = self.device.status();
-        parse_pool_status(&status).ok_or_else(|| {
-            self.error(format!("its thin-pool status {status:?} cannot be read"))
-        })
+        parse_pool_status(&status)
+            .ok_or_else(|| self.error(format!("its thin-pool status {status:?} cannot be read")))
     }
 
     fn send(&mut self, messages: &[String]) -> tessera_engine::Result<()> {
@@ -315,7 +315,10 @@ impl PoolChanger for LivePool {
 /// <used>/<total data blocks> <held root|-> <mode> ...`.
 fn parse_pool_status(status: &str) -> Option<PoolInfo> {
     let words: Vec<&str> = status.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "thin-pool").map_or(0, |i| i + 1);
+    let at = words
+        .iter()
+        .position(|w| *w == "thin-pool")
+        .map_or(0, |i| i + 1);
     let words = words.get(at..)?;
     let pair = |w: &str| -> Option<(u64, u64)> {
         let (a, b) = w.split_once('/')?;
@@ -352,11 +355,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(info.transaction_id, 3);
-        assert_eq!((info.nr_metadata_blocks, info.free_metadata_blocks), (512, 444));
+        assert_eq!(
+            (info.nr_metadata_blocks, info.free_metadata_blocks),
+            (512, 444)
+        );
         assert_eq!((info.nr_data_blocks, info.free_data_blocks), (1024, 509));
         assert_eq!(info.metadata_snap, None);
         assert!(!info.needs_check);
-        let info = parse_pool_status("7 10/512 0/256 99 ro discard_passdown error_if_no_space needs_check 128").unwrap();
+        let info = parse_pool_status(
+            "7 10/512 0/256 99 ro discard_passdown error_if_no_space needs_check 128",
+        )
+        .unwrap();
         assert_eq!(info.transaction_id, 7);
         assert_eq!(info.metadata_snap, Some(99));
         assert!(info.needs_check);

@@ -567,7 +567,12 @@ impl LogicalVolume {
                     }
                 }
                 SegmentKind::Thin(t) => {
-                    let named = [Some(&t.pool), t.origin.as_ref(), t.merge.as_ref(), t.external_origin.as_ref()];
+                    let named = [
+                        Some(&t.pool),
+                        t.origin.as_ref(),
+                        t.merge.as_ref(),
+                        t.external_origin.as_ref(),
+                    ];
                     for s in named.into_iter().flatten() {
                         if let Some(s) = names.get(s.as_str()) {
                             out.push(s);
@@ -740,7 +745,10 @@ impl VolumeGroup {
 
     /// The thin pools, in the VG's order.
     pub fn thin_pools(&self) -> Vec<&LogicalVolume> {
-        self.lvs.iter().filter(|l| l.thin_pool().is_some()).collect()
+        self.lvs
+            .iter()
+            .filter(|l| l.thin_pool().is_some())
+            .collect()
     }
     /// The thin LVs of pool `pool`, in the VG's order.
     pub fn thin_lvs_of(&self, pool: &str) -> Vec<&LogicalVolume> {
@@ -784,7 +792,10 @@ impl VolumeGroup {
     pub fn thin_snapshots_of(&self, origin: &str) -> Vec<&LogicalVolume> {
         self.lvs
             .iter()
-            .filter(|l| l.thin().is_some_and(|t| t.origin.as_deref() == Some(origin)))
+            .filter(|l| {
+                l.thin()
+                    .is_some_and(|t| t.origin.as_deref() == Some(origin))
+            })
             .collect()
     }
     /// The device id lvm2 gives a new thin LV in `pool`: one past the highest in use
@@ -1255,7 +1266,12 @@ impl VolumeGroup {
         Ok(())
     }
 
-    fn validate_thin(&self, lv: &LogicalVolume, thin: &ThinSegment, at: &str) -> Result<(), VgError> {
+    fn validate_thin(
+        &self,
+        lv: &LogicalVolume,
+        thin: &ThinSegment,
+        at: &str,
+    ) -> Result<(), VgError> {
         let bad = |why: String| VgError::Inconsistent {
             at: at.to_string(),
             why,
@@ -1284,7 +1300,10 @@ impl VolumeGroup {
                 }
             }
         }
-        for (what, name) in [("merge", &thin.merge), ("external origin", &thin.external_origin)] {
+        for (what, name) in [
+            ("merge", &thin.merge),
+            ("external origin", &thin.external_origin),
+        ] {
             if let Some(name) = name {
                 if self.lv(name).is_none() || name == &lv.name {
                     return Err(bad(format!(

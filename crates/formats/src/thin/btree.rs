@@ -35,11 +35,31 @@ pub struct TreeSpec {
     pub name: &'static str,
 }
 
-pub const TOP_LEVEL: TreeSpec = TreeSpec { value_size: 8, refs: Refs::Subtree, name: "mapping tree" };
-pub const SUBTREE: TreeSpec = TreeSpec { value_size: 8, refs: Refs::Data, name: "device mapping tree" };
-pub const DETAILS: TreeSpec = TreeSpec { value_size: 24, refs: Refs::None, name: "device details tree" };
-pub const SM_INDEX: TreeSpec = TreeSpec { value_size: 16, refs: Refs::None, name: "data space map index" };
-pub const REF_COUNTS: TreeSpec = TreeSpec { value_size: 4, refs: Refs::None, name: "reference count tree" };
+pub const TOP_LEVEL: TreeSpec = TreeSpec {
+    value_size: 8,
+    refs: Refs::Subtree,
+    name: "mapping tree",
+};
+pub const SUBTREE: TreeSpec = TreeSpec {
+    value_size: 8,
+    refs: Refs::Data,
+    name: "device mapping tree",
+};
+pub const DETAILS: TreeSpec = TreeSpec {
+    value_size: 24,
+    refs: Refs::None,
+    name: "device details tree",
+};
+pub const SM_INDEX: TreeSpec = TreeSpec {
+    value_size: 16,
+    refs: Refs::None,
+    name: "data space map index",
+};
+pub const REF_COUNTS: TreeSpec = TreeSpec {
+    value_size: 4,
+    refs: Refs::None,
+    name: "reference count tree",
+};
 
 /// The capacity the kernel gives a node with values of `value_size` bytes.
 pub fn max_entries(value_size: usize) -> u32 {
@@ -68,23 +88,31 @@ pub fn check_node_structure(buf: &[u8]) -> std::result::Result<(), String> {
     let max = le32(buf, 20) as usize;
     let value_size = le32(buf, 24) as usize;
     if flags != INTERNAL_NODE && flags != LEAF_NODE {
-        return Err(format!("btree node has flags {flags:#x}, neither internal nor leaf"));
+        return Err(format!(
+            "btree node has flags {flags:#x}, neither internal nor leaf"
+        ));
     }
     if value_size == 0 || value_size > METADATA_BLOCK_BYTES {
         return Err(format!("btree node has value size {value_size}"));
     }
     if flags == INTERNAL_NODE && value_size != 8 {
-        return Err(format!("internal btree node has value size {value_size}, not 8"));
+        return Err(format!(
+            "internal btree node has value size {value_size}, not 8"
+        ));
     }
     let fits = max
         .checked_mul(8 + value_size)
         .and_then(|n| n.checked_add(NODE_HEADER_BYTES))
         .is_some_and(|n| n <= METADATA_BLOCK_BYTES);
     if max == 0 || !fits {
-        return Err(format!("btree node capacity {max} with {value_size}-byte values does not fit a block"));
+        return Err(format!(
+            "btree node capacity {max} with {value_size}-byte values does not fit a block"
+        ));
     }
     if nr > max {
-        return Err(format!("btree node has {nr} entries, more than its capacity {max}"));
+        return Err(format!(
+            "btree node has {nr} entries, more than its capacity {max}"
+        ));
     }
     if flags == INTERNAL_NODE && nr == 0 {
         return Err("internal btree node has no entries".into());
@@ -93,7 +121,9 @@ pub fn check_node_structure(buf: &[u8]) -> std::result::Result<(), String> {
     for i in 0..nr {
         let key = le64(buf, NODE_HEADER_BYTES + 8 * i);
         if prev.is_some_and(|p| p >= key) {
-            return Err(format!("btree node keys out of order at entry {i} (key {key})"));
+            return Err(format!(
+                "btree node keys out of order at entry {i} (key {key})"
+            ));
         }
         prev = Some(key);
     }
@@ -276,7 +306,10 @@ impl Store {
                 None => return Ok(None),
             }
         }
-        Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)))
+        Err(self.corrupt(
+            block,
+            format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+        ))
     }
 
     /// `find` for 8-byte values, without allocating.
@@ -293,13 +326,19 @@ impl Store {
                 None => return Ok(None),
             }
         }
-        Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)))
+        Err(self.corrupt(
+            block,
+            format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+        ))
     }
 
     /// The highest key in the tree at `block`, if it has any.
     pub fn highest_key(&self, block: u64, spec: &TreeSpec, depth: usize) -> Result<Option<u64>> {
         if depth >= MAX_DEPTH {
-            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+            ));
         }
         let buf = self.read_node(block, spec)?;
         let node = NodeView { buf: &buf };
@@ -345,7 +384,10 @@ impl Store {
     ) -> Result<()> {
         let (begin, end) = wanted;
         if depth >= MAX_DEPTH {
-            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+            ));
         }
         let buf = self.read_node(block, spec)?;
         let node = NodeView { buf: &buf };
@@ -369,13 +411,27 @@ impl Store {
                     continue;
                 }
                 if last.is_some_and(|l| l >= key) {
-                    return Err(self.corrupt(block, format!("{} key {key} is out of order", spec.name)));
+                    return Err(
+                        self.corrupt(block, format!("{} key {key} is out of order", spec.name))
+                    );
                 }
                 *last = Some(key);
                 f(key, node.value(i))?;
             } else {
-                let hi = if i + 1 < node.len() { Some(node.key(i + 1)) } else { bounds.1 };
-                self.walk_node(node.value_u64(i), spec, wanted, (key, hi), depth + 1, last, f)?;
+                let hi = if i + 1 < node.len() {
+                    Some(node.key(i + 1))
+                } else {
+                    bounds.1
+                };
+                self.walk_node(
+                    node.value_u64(i),
+                    spec,
+                    wanted,
+                    (key, hi),
+                    depth + 1,
+                    last,
+                    f,
+                )?;
             }
         }
         Ok(())

@@ -9,9 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use tessera_block::SharedDevice;
 
-use super::btree::{check_node_structure, le32, le64, NodeView, TreeSpec, DETAILS, REF_COUNTS, SM_INDEX, SUBTREE, TOP_LEVEL};
+use super::btree::{
+    check_node_structure, le32, le64, NodeView, TreeSpec, DETAILS, REF_COUNTS, SM_INDEX, SUBTREE,
+    TOP_LEVEL,
+};
 use super::checksum::{self, BlockKind};
-use super::space_map::{self, decode, IndexEntry, SmRoot, BITMAP_HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_METADATA_BITMAPS, WORDS_PER_BITMAP};
+use super::space_map::{
+    self, decode, IndexEntry, SmRoot, BITMAP_HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_METADATA_BITMAPS,
+    WORDS_PER_BITMAP,
+};
 use super::superblock::{Superblock, SUPERBLOCK_LOCATION};
 use super::tm::MAX_DATA_BLOCKS;
 use super::{DeviceDetails, Result, METADATA_BLOCK_BYTES, SUPERBLOCK_MAGIC};
@@ -196,25 +202,37 @@ impl Checker<'_> {
 
     fn data_refs_of(&self, b: u64) -> u32 {
         match self.data_refs.get(b as usize) {
-            Some(&u8::MAX) => self.data_refs_big.get(&b).copied().unwrap_or(u32::from(u8::MAX)),
+            Some(&u8::MAX) => self
+                .data_refs_big
+                .get(&b)
+                .copied()
+                .unwrap_or(u32::from(u8::MAX)),
             Some(&n) => u32::from(n),
             None => 0,
         }
     }
 
     /// Reads `blocks` (sorted, unique) in runs and calls `f` on each with its bytes.
-    fn read_sorted(&mut self, blocks: &[u64], f: &mut dyn FnMut(&mut Self, u64, &[u8])) -> Result<()> {
+    fn read_sorted(
+        &mut self,
+        blocks: &[u64],
+        f: &mut dyn FnMut(&mut Self, u64, &[u8]),
+    ) -> Result<()> {
         let mut i = 0;
         let mut buf = Vec::new();
         while i < blocks.len() {
             let start = blocks[i];
             let mut j = i + 1;
-            while j < blocks.len() && blocks[j] - blocks[j - 1] <= MAX_GAP && blocks[j] - start < RUN_BLOCKS {
+            while j < blocks.len()
+                && blocks[j] - blocks[j - 1] <= MAX_GAP
+                && blocks[j] - start < RUN_BLOCKS
+            {
                 j += 1;
             }
             let len = blocks[j - 1] - start + 1;
             buf.resize(len as usize * METADATA_BLOCK_BYTES, 0);
-            self.device.read_at(&mut buf, start * METADATA_BLOCK_BYTES as u64)?;
+            self.device
+                .read_at(&mut buf, start * METADATA_BLOCK_BYTES as u64)?;
             for &b in &blocks[i..j] {
                 let at = (b - start) as usize * METADATA_BLOCK_BYTES;
                 f(self, b, &buf[at..at + METADATA_BLOCK_BYTES]);
@@ -231,12 +249,21 @@ impl Checker<'_> {
         let found = checksum::stored(buf);
         let expected = checksum::expected(buf, kind);
         if found != expected {
-            self.problem(Some(b), format!("{} has a bad checksum (found {found:#010x}, expected {expected:#010x})", kind.name()));
+            self.problem(
+                Some(b),
+                format!(
+                    "{} has a bad checksum (found {found:#010x}, expected {expected:#010x})",
+                    kind.name()
+                ),
+            );
             return false;
         }
         let location = le64(buf, 8);
         if location != b {
-            self.problem(Some(b), format!("{} says it is block {location}", kind.name()));
+            self.problem(
+                Some(b),
+                format!("{} says it is block {location}", kind.name()),
+            );
             return false;
         }
         true
@@ -248,7 +275,8 @@ impl Checker<'_> {
             return Ok(None);
         }
         let mut buf = vec![0u8; METADATA_BLOCK_BYTES];
-        self.device.read_at(&mut buf, b * METADATA_BLOCK_BYTES as u64)?;
+        self.device
+            .read_at(&mut buf, b * METADATA_BLOCK_BYTES as u64)?;
         self.report.metadata_blocks_read += 1;
         Ok(Some(buf))
     }
@@ -259,7 +287,13 @@ impl Checker<'_> {
         };
         let sb = Superblock::parse(&buf);
         if sb.magic != SUPERBLOCK_MAGIC {
-            self.problem(Some(0), format!("superblock magic is {}, not {SUPERBLOCK_MAGIC}: not thin pool metadata", sb.magic));
+            self.problem(
+                Some(0),
+                format!(
+                    "superblock magic is {}, not {SUPERBLOCK_MAGIC}: not thin pool metadata",
+                    sb.magic
+                ),
+            );
             return Ok(());
         }
         if !self.block_ok(SUPERBLOCK_LOCATION, BlockKind::Superblock, &buf) {
@@ -270,18 +304,26 @@ impl Checker<'_> {
         }
         let device_blocks = self.device.size_bytes() / METADATA_BLOCK_BYTES as u64;
         self.nr_meta = sb.metadata_sm.nr_blocks;
-        if self.nr_meta > device_blocks || space_map::nr_bitmaps(self.nr_meta) > MAX_METADATA_BITMAPS as u64 {
+        if self.nr_meta > device_blocks
+            || space_map::nr_bitmaps(self.nr_meta) > MAX_METADATA_BITMAPS as u64
+        {
             self.problem(
                 Some(0),
                 format!("the metadata space map covers {} blocks; the device holds {device_blocks} (truncated?)", self.nr_meta),
             );
-            self.nr_meta = self.nr_meta.min(device_blocks).min(MAX_METADATA_BITMAPS as u64 * space_map::ENTRIES_PER_BITMAP);
+            self.nr_meta = self
+                .nr_meta
+                .min(device_blocks)
+                .min(MAX_METADATA_BITMAPS as u64 * space_map::ENTRIES_PER_BITMAP);
         }
         if sb.metadata_nr_blocks != sb.metadata_sm.nr_blocks {
-            self.problem(Some(0), format!(
-                "superblock says {} metadata blocks, its space map {}",
-                sb.metadata_nr_blocks, sb.metadata_sm.nr_blocks
-            ));
+            self.problem(
+                Some(0),
+                format!(
+                    "superblock says {} metadata blocks, its space map {}",
+                    sb.metadata_nr_blocks, sb.metadata_sm.nr_blocks
+                ),
+            );
         }
         self.progress_total = sb.metadata_sm.nr_allocated;
         self.meta_refs = vec![0; self.nr_meta as usize];
@@ -289,13 +331,22 @@ impl Checker<'_> {
 
         // Metadata space map: the index block and its bitmaps, then its overflow counts.
         let meta_words = self.read_metadata_space_map(&sb.metadata_sm)?;
-        let roots = self.root(sb.metadata_sm.ref_count_root, Tree::MetaRefCounts).into_iter().collect();
+        let roots = self
+            .root(sb.metadata_sm.ref_count_root, Tree::MetaRefCounts)
+            .into_iter()
+            .collect();
         self.walk(roots)?;
 
         // Data space map: the index tree first, so its size is known before counting.
         self.nr_data = sb.data_sm.nr_blocks;
         if self.nr_data > MAX_DATA_BLOCKS {
-            self.problem(Some(0), format!("data space map has {} blocks, past the 40-bit limit", self.nr_data));
+            self.problem(
+                Some(0),
+                format!(
+                    "data space map has {} blocks, past the 40-bit limit",
+                    self.nr_data
+                ),
+            );
             self.nr_data = 0;
         }
         let mut roots = Vec::new();
@@ -311,10 +362,14 @@ impl Checker<'_> {
         roots.extend(self.root(sb.device_details_root, Tree::Details));
         roots.extend(self.root(sb.data_mapping_root, Tree::Top));
         self.walk(roots)?;
-        if sb.metadata_snap != 0 && self.meta_ref(sb.metadata_snap, Some(0), "the metadata snapshot") {
+        if sb.metadata_snap != 0
+            && self.meta_ref(sb.metadata_snap, Some(0), "the metadata snapshot")
+        {
             if let Some(held) = self.read_one(sb.metadata_snap)? {
                 let held_sb = Superblock::parse(&held);
-                if self.block_ok(sb.metadata_snap, BlockKind::Superblock, &held) && held_sb.magic == SUPERBLOCK_MAGIC {
+                if self.block_ok(sb.metadata_snap, BlockKind::Superblock, &held)
+                    && held_sb.magic == SUPERBLOCK_MAGIC
+                {
                     self.in_held = true;
                     let mut roots = Vec::new();
                     roots.extend(self.root(held_sb.device_details_root, Tree::Details));
@@ -322,7 +377,10 @@ impl Checker<'_> {
                     self.walk(roots)?;
                     self.in_held = false;
                 } else if held_sb.magic != SUPERBLOCK_MAGIC {
-                    self.problem(Some(sb.metadata_snap), "metadata snapshot is not a superblock".into());
+                    self.problem(
+                        Some(sb.metadata_snap),
+                        "metadata snapshot is not a superblock".into(),
+                    );
                 }
             }
         }
@@ -330,7 +388,16 @@ impl Checker<'_> {
             let mut roots: Vec<u64> = self.pending_subtrees.drain(..).collect();
             roots.sort_unstable();
             roots.dedup();
-            roots.into_iter().map(|b| Visit { block: b, tree: Tree::Sub, lo: 0, hi: None, parent: None }).collect()
+            roots
+                .into_iter()
+                .map(|b| Visit {
+                    block: b,
+                    tree: Tree::Sub,
+                    lo: 0,
+                    hi: None,
+                    parent: None,
+                })
+                .collect()
         };
         self.walk(subtrees)?;
 
@@ -342,7 +409,13 @@ impl Checker<'_> {
 
     fn root(&mut self, block: u64, tree: Tree) -> Option<Visit> {
         self.meta_ref(block, Some(0), tree.spec().name)
-            .then_some(Visit { block, tree, lo: 0, hi: None, parent: None })
+            .then_some(Visit {
+                block,
+                tree,
+                lo: 0,
+                hi: None,
+                parent: None,
+            })
     }
 
     fn read_metadata_space_map(&mut self, root: &SmRoot) -> Result<Vec<u64>> {
@@ -362,7 +435,11 @@ impl Checker<'_> {
         for i in 0..nr_bitmaps {
             let at = BITMAP_HEADER_BYTES + INDEX_ENTRY_BYTES * i;
             let entry = IndexEntry::parse(&index[at..at + INDEX_ENTRY_BYTES]);
-            if self.meta_ref(entry.blocknr, Some(index_block), "metadata space map index entry") {
+            if self.meta_ref(
+                entry.blocknr,
+                Some(index_block),
+                "metadata space map index entry",
+            ) {
                 bitmaps.push((entry.blocknr, i));
             }
         }
@@ -375,7 +452,13 @@ impl Checker<'_> {
         self.data_index.sort_unstable_by_key(|e| e.0);
         let expected = space_map::nr_bitmaps(self.nr_data);
         let found = self.data_index.len() as u64;
-        if found != expected || self.data_index.iter().enumerate().any(|(i, e)| e.0 != i as u64) {
+        if found != expected
+            || self
+                .data_index
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.0 != i as u64)
+        {
             self.problem(
                 Some(root.bitmap_root),
                 format!("data space map index has {found} entries, expected bitmaps 0..{expected}"),
@@ -389,7 +472,13 @@ impl Checker<'_> {
         let entries = std::mem::take(&mut self.data_index);
         let mut bitmaps = Vec::new();
         for &(i, entry) in &entries {
-            if (i as usize) < nr_bitmaps && self.meta_ref(entry.blocknr, Some(root.bitmap_root), "data space map index entry") {
+            if (i as usize) < nr_bitmaps
+                && self.meta_ref(
+                    entry.blocknr,
+                    Some(root.bitmap_root),
+                    "data space map index entry",
+                )
+            {
                 bitmaps.push((entry.blocknr, i as usize));
             }
         }
@@ -448,7 +537,14 @@ impl Checker<'_> {
         let node = NodeView { buf };
         let expected_vs = if node.is_leaf() { spec.value_size } else { 8 };
         if node.value_size() != expected_vs {
-            self.problem(Some(b), format!("{} node has {}-byte values, expected {expected_vs}", spec.name, node.value_size()));
+            self.problem(
+                Some(b),
+                format!(
+                    "{} node has {}-byte values, expected {expected_vs}",
+                    spec.name,
+                    node.value_size()
+                ),
+            );
             return;
         }
         let n = node.len();
@@ -466,8 +562,18 @@ impl Checker<'_> {
             for i in 0..n {
                 let child = node.value_u64(i);
                 if self.meta_ref(child, Some(b), &format!("{} node entry {i}", spec.name)) {
-                    let hi = if i + 1 < n { Some(node.key(i + 1)) } else { v.hi };
-                    next.push(Visit { block: child, tree: v.tree, lo: node.key(i), hi, parent: Some(b) });
+                    let hi = if i + 1 < n {
+                        Some(node.key(i + 1))
+                    } else {
+                        v.hi
+                    };
+                    next.push(Visit {
+                        block: child,
+                        tree: v.tree,
+                        lo: node.key(i),
+                        hi,
+                        parent: Some(b),
+                    });
                 }
                 kids.push(child);
             }
@@ -502,7 +608,10 @@ impl Checker<'_> {
                             Ok(dev) if dev <= super::MAX_DEV_ID => {
                                 self.subtree_roots.insert(dev, root);
                             }
-                            _ => self.problem(Some(b), format!("mapping tree has device id {key}, past 24 bits")),
+                            _ => self.problem(
+                                Some(b),
+                                format!("mapping tree has device id {key}, past 24 bits"),
+                            ),
                         }
                     }
                     if self.meta_ref(root, Some(b), "mapping tree entry") {
@@ -524,18 +633,29 @@ impl Checker<'_> {
                             Ok(dev) if dev <= super::MAX_DEV_ID => {
                                 self.details.insert(dev, d);
                             }
-                            _ => self.problem(Some(b), format!("device details tree has device id {}, past 24 bits", node.key(i))),
+                            _ => self.problem(
+                                Some(b),
+                                format!(
+                                    "device details tree has device id {}, past 24 bits",
+                                    node.key(i)
+                                ),
+                            ),
                         }
                     }
                 }
             }
             Tree::DataIndex => {
                 for i in 0..n {
-                    self.data_index.push((node.key(i), IndexEntry::parse(node.value(i))));
+                    self.data_index
+                        .push((node.key(i), IndexEntry::parse(node.value(i))));
                 }
             }
             Tree::DataRefCounts | Tree::MetaRefCounts => {
-                let map = if v.tree == Tree::DataRefCounts { &mut self.data_overflow } else { &mut self.meta_overflow };
+                let map = if v.tree == Tree::DataRefCounts {
+                    &mut self.data_overflow
+                } else {
+                    &mut self.meta_overflow
+                };
                 for i in 0..n {
                     map.insert(node.key(i), le32(node.value(i), 0));
                 }
@@ -554,11 +674,16 @@ impl Checker<'_> {
         if let Some(&n) = memo.get(&block) {
             return n;
         }
-        let Some(kids) = self.children.get(&block) else { return 0 };
+        let Some(kids) = self.children.get(&block) else {
+            return 0;
+        };
         if depth > super::btree::MAX_DEPTH {
             return 0;
         }
-        let n = kids.iter().map(|&k| self.subtree_entries(k, memo, depth + 1)).sum();
+        let n = kids
+            .iter()
+            .map(|&k| self.subtree_entries(k, memo, depth + 1))
+            .sum();
         memo.insert(block, n);
         n
     }
@@ -572,31 +697,46 @@ impl Checker<'_> {
         self.report.nr_devices = roots.len() as u64;
         for (&dev, &root) in &roots {
             match details.get(&dev) {
-                None => self.problem(Some(live_top), format!("thin device {dev} has mappings but no details")),
+                None => self.problem(
+                    Some(live_top),
+                    format!("thin device {dev} has mappings but no details"),
+                ),
                 Some(d) => {
                     let found = self.subtree_entries(root, &mut memo, 0);
                     if found != d.mapped_blocks {
-                        self.problem(Some(root), format!(
-                            "thin device {dev} has {found} mappings but its details say {}",
-                            d.mapped_blocks
-                        ));
+                        self.problem(
+                            Some(root),
+                            format!(
+                                "thin device {dev} has {found} mappings but its details say {}",
+                                d.mapped_blocks
+                            ),
+                        );
                     }
                 }
             }
         }
         for &dev in details.keys() {
             if !roots.contains_key(&dev) {
-                self.problem(Some(live_details), format!("thin device {dev} has details but no mapping tree"));
+                self.problem(
+                    Some(live_details),
+                    format!("thin device {dev} has details but no mapping tree"),
+                );
             }
         }
     }
 
     fn compare_counts(&mut self, what: &str, words: &[u64], root: &SmRoot, metadata: bool) {
         let nr_blocks = if metadata { self.nr_meta } else { self.nr_data };
-        let overflow = std::mem::take(if metadata { &mut self.meta_overflow } else { &mut self.data_overflow });
+        let overflow = std::mem::take(if metadata {
+            &mut self.meta_overflow
+        } else {
+            &mut self.data_overflow
+        });
         let mut allocated = 0u64;
         for b in 0..nr_blocks {
-            let Some(&word) = words.get((b / 32) as usize) else { break };
+            let Some(&word) = words.get((b / 32) as usize) else {
+                break;
+            };
             let raw = (word >> ((b % 32) * 2)) & 3;
             let mut count = decode(raw);
             if count == 3 {
@@ -617,24 +757,35 @@ impl Checker<'_> {
             };
             if found != count {
                 let block = metadata.then_some(b);
-                self.problem(block, format!(
+                self.problem(
+                    block,
+                    format!(
                     "{what} block {b}: the space map counts {count} references, {found} were found"
-                ));
+                ),
+                );
             }
         }
         for (&b, &c) in &overflow {
-            let raw_is_overflow = words.get((b / 32) as usize).is_some_and(|w| (w >> ((b % 32) * 2)) & 3 == 3);
+            let raw_is_overflow = words
+                .get((b / 32) as usize)
+                .is_some_and(|w| (w >> ((b % 32) * 2)) & 3 == 3);
             if b >= nr_blocks || !raw_is_overflow || c < 3 {
-                self.problem(None, format!("{what} reference count tree has a stray count {c} for block {b}"));
+                self.problem(
+                    None,
+                    format!("{what} reference count tree has a stray count {c} for block {b}"),
+                );
             }
         }
         // Only the data space map's total is exact: tools that build metadata offline leave
         // the metadata one off by a block or so, and the kernel takes it as it is.
         if !metadata && allocated != root.nr_allocated {
-            self.problem(Some(0), format!(
-                "{what} space map says {} blocks are allocated, its bitmaps {allocated}",
-                root.nr_allocated
-            ));
+            self.problem(
+                Some(0),
+                format!(
+                    "{what} space map says {} blocks are allocated, its bitmaps {allocated}",
+                    root.nr_allocated
+                ),
+            );
         }
     }
 }

@@ -77,7 +77,9 @@ pub enum ThinMetadataError {
         block: u64,
         why: String,
     },
-    #[error("{device}: not thin pool metadata (superblock magic {found}, expected {SUPERBLOCK_MAGIC})")]
+    #[error(
+        "{device}: not thin pool metadata (superblock magic {found}, expected {SUPERBLOCK_MAGIC})"
+    )]
     BadMagic { device: String, found: u64 },
     #[error("{device}: {why}")]
     Invalid { device: String, why: String },
@@ -189,7 +191,9 @@ fn read_superblock(device: &SharedDevice, location: u64) -> Result<Superblock> {
     if end.is_none_or(|end| end > size) {
         return Err(ThinMetadataError::Invalid {
             device: name,
-            why: format!("superblock at block {location} is past the end of the device ({size} bytes)"),
+            why: format!(
+                "superblock at block {location} is past the end of the device ({size} bytes)"
+            ),
         });
     }
     let mut buf = vec![0u8; METADATA_BLOCK_BYTES];
@@ -203,7 +207,11 @@ fn read_superblock(device: &SharedDevice, location: u64) -> Result<Superblock> {
     }
     store::validate(&name, location, BlockKind::Superblock, &buf)?;
     if let Some(why) = sb.field_problem() {
-        return Err(ThinMetadataError::Corrupt { device: name, block: location, why });
+        return Err(ThinMetadataError::Corrupt {
+            device: name,
+            block: location,
+            why,
+        });
     }
     Ok(sb)
 }
@@ -211,9 +219,16 @@ fn read_superblock(device: &SharedDevice, location: u64) -> Result<Superblock> {
 impl PoolMetadata {
     /// Writes new, empty metadata (no thin devices, transaction 0) for a pool of
     /// `nr_data_blocks` blocks of `data_block_sectors`, using the whole device, and commits it.
-    pub fn format(device: SharedDevice, data_block_sectors: u32, nr_data_blocks: u64) -> Result<Self> {
+    pub fn format(
+        device: SharedDevice,
+        data_block_sectors: u32,
+        nr_data_blocks: u64,
+    ) -> Result<Self> {
         let name = device.name().to_string();
-        let invalid = |why: String| ThinMetadataError::Invalid { device: name.clone(), why };
+        let invalid = |why: String| ThinMetadataError::Invalid {
+            device: name.clone(),
+            why,
+        };
         if !(MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&data_block_sectors)
             || data_block_sectors % MIN_DATA_BLOCK_SECTORS != 0
         {
@@ -224,13 +239,15 @@ impl PoolMetadata {
         if nr_data_blocks == 0 || nr_data_blocks > MAX_DATA_BLOCKS {
             return Err(invalid(format!("a pool of {nr_data_blocks} data blocks")));
         }
-        let nr_meta_blocks = (device.size_bytes() / METADATA_BLOCK_BYTES as u64).min(MAX_METADATA_BLOCKS);
+        let nr_meta_blocks =
+            (device.size_bytes() / METADATA_BLOCK_BYTES as u64).min(MAX_METADATA_BLOCKS);
         if nr_meta_blocks < 16 {
             return Err(invalid(format!(
                 "the metadata device holds {nr_meta_blocks} blocks of {METADATA_BLOCK_BYTES} bytes; at least 16 are needed"
             )));
         }
-        let (core, [mapping_root, details_root]) = Core::new_empty(device, nr_meta_blocks, nr_data_blocks)?;
+        let (core, [mapping_root, details_root]) =
+            Core::new_empty(device, nr_meta_blocks, nr_data_blocks)?;
         let sb = Superblock {
             version: METADATA_VERSION,
             magic: SUPERBLOCK_MAGIC,
@@ -263,17 +280,26 @@ impl PoolMetadata {
         let core = Core::open(device, &sb, cache_blocks)?;
         let mut details = BTreeMap::new();
         let mut bad_key = None;
-        core.store.walk(sb.device_details_root, &DETAILS, 0, u64::MAX, &mut |key, value| {
-            match u32::try_from(key) {
-                Ok(dev) if dev <= MAX_DEV_ID => {
-                    details.insert(dev, DeviceDetails::parse(value));
+        core.store.walk(
+            sb.device_details_root,
+            &DETAILS,
+            0,
+            u64::MAX,
+            &mut |key, value| {
+                match u32::try_from(key) {
+                    Ok(dev) if dev <= MAX_DEV_ID => {
+                        details.insert(dev, DeviceDetails::parse(value));
+                    }
+                    _ => bad_key = Some(key),
                 }
-                _ => bad_key = Some(key),
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if let Some(key) = bad_key {
-            return Err(core.store.corrupt(sb.device_details_root, format!("device details tree has device id {key}, past {MAX_DEV_ID}")));
+            return Err(core.store.corrupt(
+                sb.device_details_root,
+                format!("device details tree has device id {key}, past {MAX_DEV_ID}"),
+            ));
         }
         Ok(PoolMetadata {
             core,
@@ -314,7 +340,9 @@ impl PoolMetadata {
             let mut d = 1;
             let mut block = root;
             while d < btree::MAX_DEPTH as u64 {
-                let Ok(buf) = self.core.store.read(block, BlockKind::Node) else { break };
+                let Ok(buf) = self.core.store.read(block, BlockKind::Node) else {
+                    break;
+                };
                 let node = btree::NodeView { buf: &buf };
                 if node.is_leaf() || node.len() == 0 {
                     break;
@@ -325,15 +353,30 @@ impl PoolMetadata {
             d
         };
         // A path of changed nodes per change, plus a split per level and a new root.
-        let tree = |changes: u64, root: u64| if changes == 0 { 0 } else { changes.saturating_mul(depth(root) * 2 + 1) };
+        let tree = |changes: u64, root: u64| {
+            if changes == 0 {
+                0
+            } else {
+                changes.saturating_mul(depth(root) * 2 + 1)
+            }
+        };
         let data_bitmaps = self.core.data.dirty_bitmaps.len() as u64;
-        let details = tree(self.changed_details.len() as u64, self.sb.device_details_root);
+        let details = tree(
+            self.changed_details.len() as u64,
+            self.sb.device_details_root,
+        );
         let data_index = tree(data_bitmaps, self.core.data_index_root);
-        let data_overflow = tree(self.core.data.dirty_overflow.len() as u64, self.core.data_rc_root);
+        let data_overflow = tree(
+            self.core.data.dirty_overflow.len() as u64,
+            self.core.data_rc_root,
+        );
         let before_metadata = data_bitmaps + details + data_index + data_overflow;
         // Every metadata bitmap may change, and the index block moves.
         let meta_bitmaps = self.core.meta.nr_bitmaps();
-        let meta_overflow = tree(self.core.meta.dirty_overflow.len() as u64, self.core.meta_rc_root);
+        let meta_overflow = tree(
+            self.core.meta.dirty_overflow.len() as u64,
+            self.core.meta_rc_root,
+        );
         before_metadata + meta_bitmaps + 1 + meta_overflow
     }
 
@@ -357,7 +400,10 @@ impl PoolMetadata {
     /// The root of `dev_id`'s mapping subtree.
     fn subtree_root(&self, dev_id: u32) -> Result<u64> {
         if !self.details.contains_key(&dev_id) {
-            return Err(ThinMetadataError::NoSuchDevice { device: self.name(), dev_id });
+            return Err(ThinMetadataError::NoSuchDevice {
+                device: self.name(),
+                dev_id,
+            });
         }
         self.core
             .store
@@ -388,18 +434,23 @@ impl PoolMetadata {
     pub fn mappings(&self, dev_id: u32, begin: u64, end: u64) -> Result<Vec<(u64, Mapping)>> {
         let root = self.subtree_root(dev_id)?;
         let mut out = Vec::new();
-        self.core.store.walk(root, &SUBTREE, begin, end, &mut |key, value| {
-            out.push((key, unpack_mapping(btree::le64(value, 0))));
-            Ok(())
-        })?;
+        self.core
+            .store
+            .walk(root, &SUBTREE, begin, end, &mut |key, value| {
+                out.push((key, unpack_mapping(btree::le64(value, 0))));
+                Ok(())
+            })?;
         Ok(out)
     }
 
     /// Inserts or replaces `dev_id`'s subtree root in the top level of the mapping tree.
     fn set_subtree_root(&mut self, dev_id: u32, root: u64) -> Result<()> {
-        let (new_root, _) = self
-            .core
-            .insert(self.sb.data_mapping_root, &TOP_LEVEL, u64::from(dev_id), &root.to_le_bytes())?;
+        let (new_root, _) = self.core.insert(
+            self.sb.data_mapping_root,
+            &TOP_LEVEL,
+            u64::from(dev_id),
+            &root.to_le_bytes(),
+        )?;
         self.sb.data_mapping_root = new_root;
         Ok(())
     }
@@ -417,7 +468,10 @@ impl PoolMetadata {
             .find_u64(self.sb.data_mapping_root, &TOP_LEVEL, u64::from(dev_id))?
             .is_some();
         if self.details.contains_key(&dev_id) || in_tree {
-            return Err(ThinMetadataError::DeviceExists { device: self.name(), dev_id });
+            return Err(ThinMetadataError::DeviceExists {
+                device: self.name(),
+                dev_id,
+            });
         }
         Ok(())
     }
@@ -445,9 +499,15 @@ impl PoolMetadata {
     pub fn create_snap(&mut self, dev_id: u32, origin: u32) -> Result<()> {
         self.check_new_device(dev_id)?;
         let origin_root = self.subtree_root(origin)?;
-        let time = self.sb.time.checked_add(1).filter(|&t| t < 1 << 24).ok_or_else(|| {
-            ThinMetadataError::Refused { device: self.name(), why: "the pool's time has run out (24 bits)".into() }
-        })?;
+        let time = self
+            .sb
+            .time
+            .checked_add(1)
+            .filter(|&t| t < 1 << 24)
+            .ok_or_else(|| ThinMetadataError::Refused {
+                device: self.name(),
+                why: "the pool's time has run out (24 bits)".into(),
+            })?;
         self.core.meta_inc(origin_root)?;
         self.set_subtree_root(dev_id, origin_root)?;
         self.sb.time = time;
@@ -471,12 +531,21 @@ impl PoolMetadata {
     /// The kernel's `delete`: the device, its mappings and its references to data blocks.
     pub fn delete(&mut self, dev_id: u32) -> Result<()> {
         if !self.details.contains_key(&dev_id) {
-            return Err(ThinMetadataError::NoSuchDevice { device: self.name(), dev_id });
+            return Err(ThinMetadataError::NoSuchDevice {
+                device: self.name(),
+                dev_id,
+            });
         }
-        if let Some((root, _)) = self.core.remove(self.sb.device_details_root, &DETAILS, u64::from(dev_id))? {
+        if let Some((root, _)) =
+            self.core
+                .remove(self.sb.device_details_root, &DETAILS, u64::from(dev_id))?
+        {
             self.sb.device_details_root = root;
         }
-        if let Some((root, old)) = self.core.remove(self.sb.data_mapping_root, &TOP_LEVEL, u64::from(dev_id))? {
+        if let Some((root, old)) =
+            self.core
+                .remove(self.sb.data_mapping_root, &TOP_LEVEL, u64::from(dev_id))?
+        {
             self.sb.data_mapping_root = root;
             self.core.dec_tree(btree::le64(&old, 0), &SUBTREE, 0)?;
         }
@@ -504,7 +573,10 @@ impl PoolMetadata {
         if self.sb.metadata_snap != 0 {
             return Err(ThinMetadataError::Refused {
                 device: self.name(),
-                why: format!("a metadata snapshot is held already (block {})", self.sb.metadata_snap),
+                why: format!(
+                    "a metadata snapshot is held already (block {})",
+                    self.sb.metadata_snap
+                ),
             });
         }
         // The copy must name roots that are on disk.
@@ -518,7 +590,9 @@ impl PoolMetadata {
         };
         self.core.meta_inc(self.sb.data_mapping_root)?;
         self.core.meta_inc(self.sb.device_details_root)?;
-        self.core.store.write(held, BlockKind::Superblock, copy.to_block(held));
+        self.core
+            .store
+            .write(held, BlockKind::Superblock, copy.to_block(held));
         self.sb.metadata_snap = held;
         Ok(())
     }
@@ -527,7 +601,10 @@ impl PoolMetadata {
     pub fn release_metadata_snap(&mut self) -> Result<()> {
         let held = self.sb.metadata_snap;
         if held == 0 {
-            return Err(ThinMetadataError::Refused { device: self.name(), why: "no metadata snapshot is held".into() });
+            return Err(ThinMetadataError::Refused {
+                device: self.name(),
+                why: "no metadata snapshot is held".into(),
+            });
         }
         let copy = match self.core.store.dirty.get(&held) {
             Some(d) => Superblock::parse(&d.buf),
@@ -542,10 +619,14 @@ impl PoolMetadata {
     /// Allocates a free data block (reference count 1), not one freed since the last commit.
     /// [`ThinMetadataError::NoDataSpace`] when there is none.
     pub fn alloc_data_block(&mut self) -> Result<u64> {
-        let b = self.core.data.find_free().ok_or_else(|| ThinMetadataError::NoDataSpace {
-            device: self.name(),
-            blocks: self.core.data.nr_blocks,
-        })?;
+        let b = self
+            .core
+            .data
+            .find_free()
+            .ok_or_else(|| ThinMetadataError::NoDataSpace {
+                device: self.name(),
+                blocks: self.core.data.nr_blocks,
+            })?;
         self.core.data.set(b, 1);
         Ok(b)
     }
@@ -571,7 +652,10 @@ impl PoolMetadata {
         if data_block >= self.core.data.nr_blocks {
             return Err(ThinMetadataError::Refused {
                 device: self.name(),
-                why: format!("data block {data_block} is past the end of the pool ({} blocks)", self.core.data.nr_blocks),
+                why: format!(
+                    "data block {data_block} is past the end of the pool ({} blocks)",
+                    self.core.data.nr_blocks
+                ),
             });
         }
         if self.core.data.get(data_block) == 0 {
@@ -581,7 +665,9 @@ impl PoolMetadata {
             });
         }
         let value = (data_block << 24) | u64::from(self.sb.time);
-        let (new_root, old) = self.core.insert(root, &SUBTREE, vblock, &value.to_le_bytes())?;
+        let (new_root, old) = self
+            .core
+            .insert(root, &SUBTREE, vblock, &value.to_le_bytes())?;
         match old {
             Some(old) => {
                 let old_block = btree::le64(&old, 0) >> 24;
@@ -636,7 +722,10 @@ impl PoolMetadata {
         if data_block >= self.core.data.nr_blocks {
             return Err(ThinMetadataError::Invalid {
                 device: self.name(),
-                why: format!("data block {data_block} is past the end of the pool ({} blocks)", self.core.data.nr_blocks),
+                why: format!(
+                    "data block {data_block} is past the end of the pool ({} blocks)",
+                    self.core.data.nr_blocks
+                ),
             });
         }
         Ok(self.core.data.get(data_block))
@@ -648,7 +737,9 @@ impl PoolMetadata {
         if nr_data_blocks < current {
             return Err(ThinMetadataError::Refused {
                 device: self.name(),
-                why: format!("the pool's data cannot shrink from {current} to {nr_data_blocks} blocks"),
+                why: format!(
+                    "the pool's data cannot shrink from {current} to {nr_data_blocks} blocks"
+                ),
             });
         }
         if nr_data_blocks > MAX_DATA_BLOCKS {
@@ -663,11 +754,15 @@ impl PoolMetadata {
 
     /// Grows the metadata space map to the metadata device's size (it grew).
     pub fn resize_metadata(&mut self) -> Result<()> {
-        let blocks = (self.core.store.device.size_bytes() / METADATA_BLOCK_BYTES as u64).min(MAX_METADATA_BLOCKS);
+        let blocks = (self.core.store.device.size_bytes() / METADATA_BLOCK_BYTES as u64)
+            .min(MAX_METADATA_BLOCKS);
         if blocks < self.core.meta.nr_blocks {
             return Err(ThinMetadataError::Refused {
                 device: self.name(),
-                why: format!("the metadata device shrank below the {} blocks in use", self.core.meta.nr_blocks),
+                why: format!(
+                    "the metadata device shrank below the {} blocks in use",
+                    self.core.meta.nr_blocks
+                ),
             });
         }
         self.core.meta.grow(blocks);
@@ -697,9 +792,12 @@ impl PoolMetadata {
             let Some(details) = self.details.get(&dev_id).copied() else {
                 continue;
             };
-            let (root, _) = self
-                .core
-                .insert(self.sb.device_details_root, &DETAILS, u64::from(dev_id), &details.to_bytes())?;
+            let (root, _) = self.core.insert(
+                self.sb.device_details_root,
+                &DETAILS,
+                u64::from(dev_id),
+                &details.to_bytes(),
+            )?;
             self.sb.device_details_root = root;
         }
         self.core.commit(&mut self.sb)
@@ -743,7 +841,9 @@ mod tests {
         let mut pool = PoolMetadata::format(dev, 128, 200_000).unwrap();
         let mut seed = 1u64;
         let mut rand = move |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
         let mut next_id = 0u32;
@@ -784,7 +884,10 @@ mod tests {
             let before = pool.core.allocations;
             pool.commit().unwrap();
             let used = pool.core.allocations - before;
-            assert!(used <= estimate, "round {round}: the commit allocated {used}, estimated {estimate}");
+            assert!(
+                used <= estimate,
+                "round {round}: the commit allocated {used}, estimated {estimate}"
+            );
             assert!(used <= free);
         }
     }

@@ -200,7 +200,8 @@ impl RefCounts {
             (_, 0) => {
                 self.nr_allocated = self.nr_allocated.saturating_sub(1);
                 if committed_free {
-                    self.allocated_this_transaction = self.allocated_this_transaction.saturating_sub(1);
+                    self.allocated_this_transaction =
+                        self.allocated_this_transaction.saturating_sub(1);
                 }
                 self.hint = self.hint.min(b);
             }
@@ -336,13 +337,21 @@ mod tests {
         rc.committed_now();
         assert_eq!(rc.allocatable(), 99);
         rc.set(0, 0);
-        assert_eq!(rc.allocatable(), 99, "freed in the transaction: not allocatable yet");
+        assert_eq!(
+            rc.allocatable(),
+            99,
+            "freed in the transaction: not allocatable yet"
+        );
         assert_eq!(rc.find_free(), Some(1));
         rc.set(1, 1);
         rc.set(2, 1);
         assert_eq!(rc.allocatable(), 97);
         rc.set(2, 0);
-        assert_eq!(rc.allocatable(), 98, "allocated and freed in the transaction: allocatable");
+        assert_eq!(
+            rc.allocatable(),
+            98,
+            "allocated and freed in the transaction: allocatable"
+        );
         rc.set(1, 0);
         rc.committed_now();
         rc.set(1, 1);

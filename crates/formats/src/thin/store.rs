@@ -47,7 +47,9 @@ impl Cache {
     fn shard(&self, block: u64) -> std::sync::MutexGuard<'_, Shard> {
         // Neighbouring blocks land in different shards.
         let i = (block.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get(&self, block: u64, kind: BlockKind) -> Option<Buf> {

@@ -60,7 +60,10 @@ impl Superblock {
     /// magic are checked apart).
     pub fn field_problem(&self) -> Option<String> {
         if !(1..=super::METADATA_VERSION).contains(&self.version) {
-            return Some(format!("superblock has metadata version {}, tessera reads 1 and 2", self.version));
+            return Some(format!(
+                "superblock has metadata version {}, tessera reads 1 and 2",
+                self.version
+            ));
         }
         if self.metadata_block_size != METADATA_BLOCK_SECTORS {
             return Some(format!(
@@ -72,7 +75,10 @@ impl Superblock {
             return Some("superblock has a data block size of 0".into());
         }
         if self.incompat_flags != 0 {
-            return Some(format!("superblock has unknown incompatible features {:#x}", self.incompat_flags));
+            return Some(format!(
+                "superblock has unknown incompatible features {:#x}",
+                self.incompat_flags
+            ));
         }
         None
     }

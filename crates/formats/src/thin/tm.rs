@@ -16,10 +16,13 @@ use std::sync::Arc;
 
 use tessera_block::SharedDevice;
 
-use super::btree::{self, max_entries, Node, NodeView, Refs, TreeSpec, MAX_DEPTH, REF_COUNTS, SM_INDEX, SUBTREE};
+use super::btree::{
+    self, max_entries, Node, NodeView, Refs, TreeSpec, MAX_DEPTH, REF_COUNTS, SM_INDEX, SUBTREE,
+};
 use super::checksum::{self, BlockKind};
 use super::space_map::{
-    self, IndexEntry, RefCounts, SmRoot, BITMAP_HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_METADATA_BITMAPS,
+    self, IndexEntry, RefCounts, SmRoot, BITMAP_HEADER_BYTES, INDEX_ENTRY_BYTES,
+    MAX_METADATA_BITMAPS,
 };
 use super::store::{Buf, Store, DEFAULT_CACHE_BLOCKS};
 use super::superblock::{Superblock, SUPERBLOCK_LOCATION};
@@ -58,7 +61,11 @@ struct Inserted {
 
 impl Core {
     /// Empty space maps and trees for `format`; nothing is written until the commit.
-    pub fn new_empty(device: SharedDevice, nr_meta_blocks: u64, nr_data_blocks: u64) -> Result<(Core, [u64; 2])> {
+    pub fn new_empty(
+        device: SharedDevice,
+        nr_meta_blocks: u64,
+        nr_data_blocks: u64,
+    ) -> Result<(Core, [u64; 2])> {
         let mut core = Core {
             store: Store::new(device, nr_meta_blocks, DEFAULT_CACHE_BLOCKS),
             meta: RefCounts::new(nr_meta_blocks),
@@ -82,7 +89,10 @@ impl Core {
     /// Reads the space maps the superblock names.
     pub fn open(device: SharedDevice, sb: &Superblock, cache_blocks: usize) -> Result<Core> {
         let name = device.name().to_string();
-        let invalid = |why: String| ThinMetadataError::Invalid { device: name.clone(), why };
+        let invalid = |why: String| ThinMetadataError::Invalid {
+            device: name.clone(),
+            why,
+        };
         let device_blocks = device.size_bytes() / METADATA_BLOCK_BYTES as u64;
         let nr_meta = sb.metadata_sm.nr_blocks;
         if nr_meta > device_blocks {
@@ -91,10 +101,15 @@ impl Core {
             )));
         }
         if space_map::nr_bitmaps(nr_meta) > MAX_METADATA_BITMAPS as u64 || nr_meta == 0 {
-            return Err(invalid(format!("the metadata space map has {nr_meta} blocks")));
+            return Err(invalid(format!(
+                "the metadata space map has {nr_meta} blocks"
+            )));
         }
         if sb.data_sm.nr_blocks > MAX_DATA_BLOCKS {
-            return Err(invalid(format!("the data space map has {} blocks", sb.data_sm.nr_blocks)));
+            return Err(invalid(format!(
+                "the data space map has {} blocks",
+                sb.data_sm.nr_blocks
+            )));
         }
         let store = Store::new(device, nr_meta, cache_blocks);
 
@@ -114,12 +129,20 @@ impl Core {
         // Data space map: a btree of index entries. Counted before allocating, so a wild
         // block count cannot make us allocate a wild amount of memory.
         let mut entries = Vec::new();
-        store.walk(sb.data_sm.bitmap_root, &SM_INDEX, 0, u64::MAX, &mut |key, value| {
-            entries.push((key, IndexEntry::parse(value)));
-            Ok(())
-        })?;
+        store.walk(
+            sb.data_sm.bitmap_root,
+            &SM_INDEX,
+            0,
+            u64::MAX,
+            &mut |key, value| {
+                entries.push((key, IndexEntry::parse(value)));
+                Ok(())
+            },
+        )?;
         let nr_data_bitmaps = space_map::nr_bitmaps(sb.data_sm.nr_blocks);
-        if entries.len() as u64 != nr_data_bitmaps || entries.iter().enumerate().any(|(i, e)| e.0 != i as u64) {
+        if entries.len() as u64 != nr_data_bitmaps
+            || entries.iter().enumerate().any(|(i, e)| e.0 != i as u64)
+        {
             return Err(store.corrupt(
                 sb.data_sm.bitmap_root,
                 format!(
@@ -160,7 +183,8 @@ impl Core {
     }
 
     pub fn write_node(&mut self, block: u64, node: &Node) {
-        self.store.write(block, BlockKind::Node, node.to_block(block));
+        self.store
+            .write(block, BlockKind::Node, node.to_block(block));
     }
 
     pub fn alloc_meta(&mut self) -> Result<u64> {
@@ -182,7 +206,10 @@ impl Core {
 
     pub fn meta_inc(&mut self, b: u64) -> Result<()> {
         if b >= self.meta.nr_blocks {
-            return Err(self.corrupt(b, "a reference to a metadata block past the end of the metadata"));
+            return Err(self.corrupt(
+                b,
+                "a reference to a metadata block past the end of the metadata",
+            ));
         }
         let c = self.meta.get(b);
         self.meta.set(b, c.saturating_add(1));
@@ -229,7 +256,10 @@ impl Core {
     fn data_out_of_range(&self, b: u64) -> ThinMetadataError {
         ThinMetadataError::Invalid {
             device: self.store.name.clone(),
-            why: format!("data block {b} is past the end of the pool ({} blocks)", self.data.nr_blocks),
+            why: format!(
+                "data block {b} is past the end of the pool ({} blocks)",
+                self.data.nr_blocks
+            ),
         }
     }
 
@@ -252,7 +282,10 @@ impl Core {
         let node = Node::from_view(&NodeView { buf: &buf });
         let count = self.meta.get(block);
         if count == 0 {
-            return Err(self.corrupt(block, format!("{} node is in use but its reference count is 0", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} node is in use but its reference count is 0", spec.name),
+            ));
         }
         if count == 1 && self.fresh.contains(&block) {
             return Ok((block, node));
@@ -266,7 +299,13 @@ impl Core {
     }
 
     /// Inserts or replaces `key`; returns the new root and the value replaced.
-    pub fn insert(&mut self, root: u64, spec: &TreeSpec, key: u64, value: &[u8]) -> Result<(u64, Option<Vec<u8>>)> {
+    pub fn insert(
+        &mut self,
+        root: u64,
+        spec: &TreeSpec,
+        key: u64,
+        value: &[u8],
+    ) -> Result<(u64, Option<Vec<u8>>)> {
         let r = self.insert_rec(root, spec, key, value, 0)?;
         let Some((right_key, right)) = r.split else {
             return Ok((r.block, r.old));
@@ -286,9 +325,19 @@ impl Core {
         Ok((new_root, r.old))
     }
 
-    fn insert_rec(&mut self, block: u64, spec: &TreeSpec, key: u64, value: &[u8], depth: usize) -> Result<Inserted> {
+    fn insert_rec(
+        &mut self,
+        block: u64,
+        spec: &TreeSpec,
+        key: u64,
+        value: &[u8],
+        depth: usize,
+    ) -> Result<Inserted> {
         if depth >= MAX_DEPTH {
-            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+            ));
         }
         let (new_block, mut node) = self.shadow(block, spec)?;
         let old;
@@ -337,7 +386,12 @@ impl Core {
     }
 
     /// Removes `key` if present; returns the new root and the value removed.
-    pub fn remove(&mut self, root: u64, spec: &TreeSpec, key: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    pub fn remove(
+        &mut self,
+        root: u64,
+        spec: &TreeSpec,
+        key: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
         if self.store.find(root, spec, key)?.is_none() {
             return Ok(None);
         }
@@ -356,22 +410,36 @@ impl Core {
         Ok(Some((root, old)))
     }
 
-    fn remove_rec(&mut self, block: u64, spec: &TreeSpec, key: u64, depth: usize) -> Result<(u64, Vec<u8>)> {
+    fn remove_rec(
+        &mut self,
+        block: u64,
+        spec: &TreeSpec,
+        key: u64,
+        depth: usize,
+    ) -> Result<(u64, Vec<u8>)> {
         if depth >= MAX_DEPTH {
-            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+            ));
         }
         let (new_block, mut node) = self.shadow(block, spec)?;
         let old;
         if node.leaf {
-            let i = node
-                .keys
-                .binary_search(&key)
-                .map_err(|_| self.corrupt(block, format!("{} key {key} is not where the lookup found it", spec.name)))?;
+            let i = node.keys.binary_search(&key).map_err(|_| {
+                self.corrupt(
+                    block,
+                    format!("{} key {key} is not where the lookup found it", spec.name),
+                )
+            })?;
             old = node.remove_at(i);
         } else {
-            let i = node
-                .lower_bound(key)
-                .ok_or_else(|| self.corrupt(block, format!("{} key {key} is below the node's keys", spec.name)))?;
+            let i = node.lower_bound(key).ok_or_else(|| {
+                self.corrupt(
+                    block,
+                    format!("{} key {key} is below the node's keys", spec.name),
+                )
+            })?;
             let (child, o) = self.remove_rec(node.value_u64(i), spec, key, depth + 1)?;
             old = o;
             node.set_value(i, &child.to_le_bytes());
@@ -400,7 +468,10 @@ impl Core {
         let (left_block, mut left) = self.shadow(parent.value_u64(l), spec)?;
         let (right_block, mut right) = self.shadow(parent.value_u64(r), spec)?;
         if left.leaf != right.leaf {
-            return Err(self.corrupt(right_block, format!("{} siblings differ in depth", spec.name)));
+            return Err(self.corrupt(
+                right_block,
+                format!("{} siblings differ in depth", spec.name),
+            ));
         }
         if left.len() + right.len() <= left.max {
             left.append(&mut right);
@@ -433,11 +504,17 @@ impl Core {
     /// children (and the data blocks of mapping leaves) lose one too.
     pub fn dec_tree(&mut self, block: u64, spec: &TreeSpec, depth: usize) -> Result<()> {
         if depth >= MAX_DEPTH {
-            return Err(self.corrupt(block, format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} is deeper than {MAX_DEPTH} levels (a loop?)", spec.name),
+            ));
         }
         let count = self.meta.get(block);
         if count == 0 {
-            return Err(self.corrupt(block, format!("{} node is in use but its reference count is 0", spec.name)));
+            return Err(self.corrupt(
+                block,
+                format!("{} node is in use but its reference count is 0", spec.name),
+            ));
         }
         if count > 1 {
             self.meta.set(block, count - 1);
@@ -521,7 +598,9 @@ impl Core {
         self.sync_overflow(Which::Data)?;
         for &i in &data_dirty {
             let entry = self.data.index_entry(i);
-            self.data_index_root = self.insert(self.data_index_root, &SM_INDEX, i, &entry.to_bytes())?.0;
+            self.data_index_root = self
+                .insert(self.data_index_root, &SM_INDEX, i, &entry.to_bytes())?
+                .0;
         }
 
         // The metadata space map, until shadowing its parts changes nothing more.
@@ -562,7 +641,8 @@ impl Core {
             let at = BITMAP_HEADER_BYTES + INDEX_ENTRY_BYTES * i as usize;
             index[at..at + INDEX_ENTRY_BYTES].copy_from_slice(&self.meta.index_entry(i).to_bytes());
         }
-        self.store.write(self.meta_index_block, BlockKind::Index, index);
+        self.store
+            .write(self.meta_index_block, BlockKind::Index, index);
 
         sb.data_sm = SmRoot {
             nr_blocks: self.data.nr_blocks,
@@ -589,7 +669,11 @@ impl Core {
         for (b, d) in dirty {
             self.store.cache.insert(b, d.kind, d.buf);
         }
-        self.store.cache.insert(SUPERBLOCK_LOCATION, BlockKind::Superblock, Arc::from(sb_block));
+        self.store.cache.insert(
+            SUPERBLOCK_LOCATION,
+            BlockKind::Superblock,
+            Arc::from(sb_block),
+        );
         self.fresh.clear();
         self.data.committed_now();
         self.meta.committed_now();
@@ -611,7 +695,9 @@ impl Core {
         for (b, kind, buf) in blocks {
             let run_len = (run.len() / METADATA_BLOCK_BYTES) as u64;
             if !run.is_empty() && (b != run_start + run_len || run_len as usize >= RUN_BLOCKS) {
-                self.store.device.write_at(&run, run_start * METADATA_BLOCK_BYTES as u64)?;
+                self.store
+                    .device
+                    .write_at(&run, run_start * METADATA_BLOCK_BYTES as u64)?;
                 run.clear();
             }
             if run.is_empty() {
@@ -622,7 +708,9 @@ impl Core {
             checksum::seal(&mut run[at..at + METADATA_BLOCK_BYTES], kind);
         }
         if !run.is_empty() {
-            self.store.device.write_at(&run, run_start * METADATA_BLOCK_BYTES as u64)?;
+            self.store
+                .device
+                .write_at(&run, run_start * METADATA_BLOCK_BYTES as u64)?;
         }
         self.store.device.flush()?;
         Ok(())
@@ -640,7 +728,12 @@ fn load_overflow(store: &Store, root: u64, rc: &mut RefCounts) -> Result<()> {
         Ok(())
     })?;
     if let Some(key) = bad {
-        return Err(store.corrupt(root, format!("reference count tree has an entry for block {key}, past the end of its space map")));
+        return Err(store.corrupt(
+            root,
+            format!(
+                "reference count tree has an entry for block {key}, past the end of its space map"
+            ),
+        ));
     }
     Ok(())
 }

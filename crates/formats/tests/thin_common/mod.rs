@@ -96,7 +96,13 @@ impl Pool {
                     creation_time: get("creation_time") as u32,
                     snapshotted_time: get("snap_time") as u32,
                 };
-                pool.devices.insert(id, Device { details, mappings: BTreeMap::new() });
+                pool.devices.insert(
+                    id,
+                    Device {
+                        details,
+                        mappings: BTreeMap::new(),
+                    },
+                );
                 current = Some(id);
             } else if line.starts_with("<single_mapping") {
                 let dev = pool.devices.get_mut(&current.unwrap()).unwrap();
@@ -104,7 +110,12 @@ impl Pool {
                     .insert(get("origin_block"), (get("data_block"), get("time") as u32));
             } else if line.starts_with("<range_mapping") {
                 let dev = pool.devices.get_mut(&current.unwrap()).unwrap();
-                let (v, b, n, t) = (get("origin_begin"), get("data_begin"), get("length"), get("time") as u32);
+                let (v, b, n, t) = (
+                    get("origin_begin"),
+                    get("data_begin"),
+                    get("length"),
+                    get("time") as u32,
+                );
                 for i in 0..n {
                     dev.mappings.insert(v + i, (b + i, t));
                 }
@@ -154,7 +165,9 @@ pub fn tool(name: &str) -> Command {
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is not installed (apt-get install thin-provisioning-tools)"));
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed (apt-get install thin-provisioning-tools)")
+        });
     Command::new(path)
 }
 
@@ -165,8 +178,18 @@ pub fn restore(dir: &Path, name: &str, xml: &str, bytes: u64) -> std::path::Path
     let img = dir.join(format!("{name}.img"));
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(bytes).unwrap();
-    let out = tool("thin_restore").arg("-i").arg(&xml_path).arg("-o").arg(&img).output().unwrap();
-    assert!(out.status.success(), "thin_restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tool("thin_restore")
+        .arg("-i")
+        .arg(&xml_path)
+        .arg("-o")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thin_restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     img
 }
 
@@ -184,7 +207,11 @@ pub fn thin_check_passes(img: &Path) {
 
 pub fn thin_dump(img: &Path, args: &[&str]) -> Pool {
     let out = tool("thin_dump").args(args).arg(img).output().unwrap();
-    assert!(out.status.success(), "thin_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "thin_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Pool::from_xml(&String::from_utf8(out.stdout).unwrap())
 }
 

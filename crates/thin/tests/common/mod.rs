@@ -209,7 +209,13 @@ pub fn dumped_mapped_blocks(xml: &str, dev_id: u32) -> u64 {
         } else if in_dev && l.starts_with("<single_mapping") {
             n += 1;
         } else if in_dev && l.starts_with("<range_mapping") {
-            let len = l.split("length=\"").nth(1).unwrap().split('"').next().unwrap();
+            let len = l
+                .split("length=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
             n += len.parse::<u64>().unwrap();
         }
     }
@@ -219,7 +225,14 @@ pub fn dumped_mapped_blocks(xml: &str, dev_id: u32) -> u64 {
 /// The distinct data blocks mapped by any device in a thin_dump.
 pub fn dumped_data_blocks(xml: &str) -> std::collections::HashSet<u64> {
     let attr = |l: &str, name: &str| -> u64 {
-        l.split(&format!(" {name}=\"")).nth(1).unwrap().split('"').next().unwrap().parse().unwrap()
+        l.split(&format!(" {name}=\""))
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let mut blocks = std::collections::HashSet::new();
     for line in xml.lines() {

@@ -11,9 +11,9 @@ use super::raid_lv;
 use super::scan::{Scan, VgState};
 use super::snapshot::userspace_refusal;
 pub use super::snapshot::{cow_usage, layer_uuid, stack_devices, stack_origin, StackDevice};
-pub use super::thin::pool_stack_devices;
 pub use super::table::dm_name;
 use super::table::{load_plain, plain_table};
+pub use super::thin::pool_stack_devices;
 use crate::error::{EngineError, Result};
 
 /// The table of `lv` in `state`: one row per segment, devices named by their paths; for a
@@ -112,7 +112,9 @@ pub fn activate_lv_with(
     registry: Arc<TargetRegistry>,
     allow_degraded: bool,
 ) -> Result<(MappedDevice, Vec<String>)> {
-    if let Some(why) = userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name)) {
+    if let Some(why) =
+        userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name))
+    {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
             why,
@@ -140,7 +142,9 @@ pub fn activate_lv_with(
 /// ones; the next resume puts it live. This is how an active LV follows a resize. A raid
 /// LV is loaded whole (not degraded).
 pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevice) -> Result<()> {
-    if let Some(why) = userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name)) {
+    if let Some(why) =
+        userspace_refusal(&state.vg, lv_name).or_else(|| thin_refusal(state, lv_name))
+    {
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
             why,

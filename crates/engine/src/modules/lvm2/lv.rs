@@ -256,7 +256,12 @@ impl Engine {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         // A thin pool grows its data LV and the data space map in its metadata.
-        if grow && state.vg.lv(lv_name).is_some_and(|l| l.thin_pool().is_some()) {
+        if grow
+            && state
+                .vg
+                .lv(lv_name)
+                .is_some_and(|l| l.thin_pool().is_some())
+        {
             drop(scan);
             if stripes.is_some_and(|n| n > 1) {
                 return Err(EngineError::BadArgument(

@@ -17,8 +17,8 @@ pub mod raid_create;
 pub mod raid_lv;
 pub mod scan;
 pub mod snapshot;
-pub mod thin;
 pub mod table;
+pub mod thin;
 pub mod vg;
 
 use std::sync::Arc;

@@ -156,7 +156,11 @@ pub struct EngineOpener {
 
 impl PoolOpener for EngineOpener {
     fn open(&mut self, scan: &Scan, state: &VgState, pool: &str) -> Result<Box<dyn PoolChanger>> {
-        if let Some(changer) = self.live.as_ref().and_then(|l| l.open(&state.vg.name, pool)) {
+        if let Some(changer) = self
+            .live
+            .as_ref()
+            .and_then(|l| l.open(&state.vg.name, pool))
+        {
             return Ok(changer);
         }
         Offline.open(scan, state, pool)
@@ -205,10 +209,7 @@ fn pool_error(vg: &str, pool: &str, e: ThinMetadataError) -> EngineError {
 /// A linear/striped LV as a device over the scanned PVs (for reading and writing its
 /// bytes directly, as the pool's metadata).
 pub fn lv_device(scan: &Scan, state: &VgState, lv: &str) -> Result<SharedDevice> {
-    let device = MappedDevice::new(
-        dm_name(&state.vg.name, lv),
-        Arc::new(TargetRegistry::new()),
-    );
+    let device = MappedDevice::new(dm_name(&state.vg.name, lv), Arc::new(TargetRegistry::new()));
     load_plain(scan, state, lv, &device)?;
     device.resume()?;
     Ok(Arc::new(device))
@@ -252,7 +253,10 @@ impl OfflinePool {
             ))
         };
         let num = |i: usize| -> std::result::Result<u64, EngineError> {
-            words.get(i).and_then(|w| w.parse::<u64>().ok()).ok_or_else(bad)
+            words
+                .get(i)
+                .and_then(|w| w.parse::<u64>().ok())
+                .ok_or_else(bad)
         };
         let id = |i: usize| -> std::result::Result<u32, EngineError> {
             u32::try_from(num(i)?).map_err(|_| bad())
@@ -264,12 +268,8 @@ impl OfflinePool {
             Some("set_transaction_id") if words.len() == 3 => {
                 self.meta.set_transaction_id(num(1)?, num(2)?)
             }
-            Some("reserve_metadata_snap") if words.len() == 1 => {
-                self.meta.reserve_metadata_snap()
-            }
-            Some("release_metadata_snap") if words.len() == 1 => {
-                self.meta.release_metadata_snap()
-            }
+            Some("reserve_metadata_snap") if words.len() == 1 => self.meta.reserve_metadata_snap(),
+            Some("release_metadata_snap") if words.len() == 1 => self.meta.release_metadata_snap(),
             _ => return Err(bad()),
         };
         r.map_err(|e| self.err(e))
@@ -328,7 +328,9 @@ pub fn pool_messages(vg: &VolumeGroup, pool: &str, from: u64) -> Result<Vec<Stri
                 let thin = vg.lv(lv).and_then(|l| l.thin()).ok_or_else(|| {
                     EngineError::Refused {
                         vg: vg.name.clone(),
-                        why: format!("pool '{pool}' queues the creation of '{lv}', which is not a thin LV"),
+                        why: format!(
+                            "pool '{pool}' queues the creation of '{lv}', which is not a thin LV"
+                        ),
                     }
                 })?;
                 let origin = thin
@@ -414,7 +416,9 @@ pub fn pool_stack_devices(
     };
     let p = vg.lv(pool).ok_or_else(|| not_found(pool))?;
     let seg = pool_segment(vg, pool)?;
-    let meta = vg.lv(&seg.metadata).ok_or_else(|| not_found(&seg.metadata))?;
+    let meta = vg
+        .lv(&seg.metadata)
+        .ok_or_else(|| not_found(&seg.metadata))?;
     let data = vg.lv(&seg.data).ok_or_else(|| not_found(&seg.data))?;
     let meta_name = dm_name(&vg.name, &meta.name);
     let data_name = dm_name(&vg.name, &data.name);
@@ -579,10 +583,7 @@ pub fn overprovisioning(vg: &VolumeGroup, pool: &str) -> Vec<String> {
 }
 
 fn refuse(vg: &str, why: String) -> EngineError {
-    EngineError::Refused {
-        vg: vg.into(),
-        why,
-    }
+    EngineError::Refused { vg: vg.into(), why }
 }
 
 fn new_lv(engine: &Engine, name: &str, visible: bool, segments: Vec<Segment>) -> LogicalVolume {
@@ -652,7 +653,13 @@ fn grow_pmspare(
 
 /// Writes zeros over the first `bytes` of LV `lv` (its extents, as laid out in `vg`,
 /// which need not be committed yet).
-fn zero_lv_start(scan: &Scan, state: &VgState, vg: &VolumeGroup, lv: &str, bytes: u64) -> Result<()> {
+fn zero_lv_start(
+    scan: &Scan,
+    state: &VgState,
+    vg: &VolumeGroup,
+    lv: &str,
+    bytes: u64,
+) -> Result<()> {
     let mut tmp = state.clone();
     tmp.vg = vg.clone();
     let device = lv_device(scan, &tmp, lv)?;
@@ -784,13 +791,13 @@ fn alloc_apart(
         .map(|p| p.key.clone())
         .collect();
     let mut segments = Vec::new();
-    if !others.is_empty()
-        && alloc::extend_linear(vg, &mut segments, extents, Some(&others)).is_ok()
+    if !others.is_empty() && alloc::extend_linear(vg, &mut segments, extents, Some(&others)).is_ok()
     {
         return Ok(segments);
     }
     segments.clear();
-    alloc::extend_linear(vg, &mut segments, extents, allowed).map_err(|e| alloc::no_space(vg, e))?;
+    alloc::extend_linear(vg, &mut segments, extents, allowed)
+        .map_err(|e| alloc::no_space(vg, e))?;
     Ok(segments)
 }
 
@@ -808,8 +815,7 @@ pub(crate) fn rename_in_pool(vg: &mut VolumeGroup, old: &str, new: &str) -> Resu
     let Some(lv) = vg.lv(old) else {
         return Ok(false);
     };
-    if vg.pool_of_metadata(old).is_some() || vg.pool_of_data(old).is_some() || vg.is_pmspare(lv)
-    {
+    if vg.pool_of_metadata(old).is_some() || vg.pool_of_data(old).is_some() || vg.is_pmspare(lv) {
         return Err(refuse(
             &vg_name,
             format!("LV '{old}' is internal to thin provisioning; rename its pool instead"),
@@ -885,7 +891,11 @@ impl Engine {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
-        for name in [pool.to_string(), format!("{pool}_tmeta"), format!("{pool}_tdata")] {
+        for name in [
+            pool.to_string(),
+            format!("{pool}_tmeta"),
+            format!("{pool}_tdata"),
+        ] {
             if vg.lv(&name).is_some() {
                 return Err(EngineError::LvExists {
                     vg: vg_name.into(),
@@ -893,8 +903,13 @@ impl Engine {
                 });
             }
         }
-        if vg.max_lv > 0 && vg.lvs.iter().filter(|l| vg.lv_is_visible(l)).count() as u64 >= vg.max_lv {
-            return Err(refuse(vg_name, format!("it already holds its maximum of {} LVs", vg.max_lv)));
+        if vg.max_lv > 0
+            && vg.lvs.iter().filter(|l| vg.lv_is_visible(l)).count() as u64 >= vg.max_lv
+        {
+            return Err(refuse(
+                vg_name,
+                format!("it already holds its maximum of {} LVs", vg.max_lv),
+            ));
         }
         let allowed = Self::allowed_keys(&scan, &vg, &opts.pvs)?;
         let data_extents = alloc::extents_for(&vg, opts.size.amount, allowed.as_deref());
@@ -987,7 +1002,12 @@ impl Engine {
     /// Carries out pool `pool`'s queued messages if it is one transaction behind the VG,
     /// and drops them from the VG once the pool has them (lvm2's way to finish a change
     /// cut short). The VG lock must be held.
-    fn settle_pool_locked(&self, vg_name: &str, pool: &str, opener: &mut dyn PoolOpener) -> Result<()> {
+    fn settle_pool_locked(
+        &self,
+        vg_name: &str,
+        pool: &str,
+        opener: &mut dyn PoolOpener,
+    ) -> Result<()> {
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
         let seg = pool_segment(&state.vg, pool)?;
@@ -1021,7 +1041,12 @@ impl Engine {
 
     /// Checks that pool `pool`'s metadata is at the VG's transaction (settling queued
     /// messages first).
-    fn check_pool_locked(&self, vg_name: &str, pool: &str, opener: &mut dyn PoolOpener) -> Result<()> {
+    fn check_pool_locked(
+        &self,
+        vg_name: &str,
+        pool: &str,
+        opener: &mut dyn PoolOpener,
+    ) -> Result<()> {
         self.settle_pool_locked(vg_name, pool, opener)?;
         let scan = self.scan_with(true)?;
         let state = Self::vg_for_change(&scan, vg_name)?;
@@ -1144,7 +1169,10 @@ impl Engine {
             ));
         }
         let device_id = vg.next_thin_device_id(pool).ok_or_else(|| {
-            refuse(&vg_name, format!("thin pool '{pool}' has no free device id left"))
+            refuse(
+                &vg_name,
+                format!("thin pool '{pool}' has no free device id left"),
+            )
         })?;
         let mut lv = new_lv(
             self,
@@ -1223,12 +1251,13 @@ impl Engine {
                 lv: name.into(),
             });
         }
-        let extents = vg.lv(origin).map(|l| l.extent_count()).ok_or_else(|| {
-            EngineError::LvNotFound {
-                vg: vg_name.into(),
-                lv: origin.into(),
-            }
-        })?;
+        let extents =
+            vg.lv(origin)
+                .map(|l| l.extent_count())
+                .ok_or_else(|| EngineError::LvNotFound {
+                    vg: vg_name.into(),
+                    lv: origin.into(),
+                })?;
         self.add_thin(&mut vg, name, &pool, extents, Some(origin))?;
         let mut out = ThinOutcome {
             lvs: vec![name.to_string()],
@@ -1267,7 +1296,10 @@ impl Engine {
         if let Some(p) = vg0.pool_of_metadata(lv).or_else(|| vg0.pool_of_data(lv)) {
             return Err(refuse(
                 vg_name,
-                format!("LV '{lv}' is part of thin pool '{}'; remove the pool instead", p.name),
+                format!(
+                    "LV '{lv}' is part of thin pool '{}'; remove the pool instead",
+                    p.name
+                ),
             ));
         }
         if vg0.is_pmspare(l) {
@@ -1402,7 +1434,10 @@ impl Engine {
                 seg.chunk_size_sectors / 2
             )));
         }
-        let mut segments = vg.lv(&seg.data).map(|l| l.segments.clone()).unwrap_or_default();
+        let mut segments = vg
+            .lv(&seg.data)
+            .map(|l| l.segments.clone())
+            .unwrap_or_default();
         alloc::extend_linear(&vg, &mut segments, target - current, allowed.as_deref())
             .map_err(|e| alloc::no_space(&vg, e))?;
         if let Some(d) = vg.lv_mut(&seg.data) {
@@ -1438,10 +1473,13 @@ impl Engine {
         let state = Self::vg_for_change(&scan, vg_name)?;
         let mut vg = state.vg.clone();
         let seg = pool_segment(&vg, pool)?.clone();
-        let meta = vg.lv(&seg.metadata).cloned().ok_or_else(|| EngineError::LvNotFound {
-            vg: vg_name.into(),
-            lv: seg.metadata.clone(),
-        })?;
+        let meta = vg
+            .lv(&seg.metadata)
+            .cloned()
+            .ok_or_else(|| EngineError::LvNotFound {
+                vg: vg_name.into(),
+                lv: seg.metadata.clone(),
+            })?;
         let current = meta.extent_count();
         let allowed = Self::allowed_keys(&scan, &vg, pvs)?;
         let amount = alloc::extents_for(&vg, size.amount, allowed.as_deref());

@@ -109,12 +109,14 @@ impl ThinPoolSegment {
                 let text = s
                     .get_str("discards")
                     .ok_or_else(|| missing_or_wrong(s, at, "discards", "a string"))?;
-                Some(ThinDiscards::parse(text).ok_or_else(|| VgError::Inconsistent {
-                    at: at.to_string(),
-                    why: format!(
-                        "discards \"{text}\" is not one of ignore, nopassdown, passdown"
-                    ),
-                })?)
+                Some(
+                    ThinDiscards::parse(text).ok_or_else(|| VgError::Inconsistent {
+                        at: at.to_string(),
+                        why: format!(
+                            "discards \"{text}\" is not one of ignore, nopassdown, passdown"
+                        ),
+                    })?,
+                )
             }
         };
         let flag = |key: &str| -> Result<Option<u64>, VgError> {
