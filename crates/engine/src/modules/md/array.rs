@@ -14,6 +14,8 @@ use tessera_raid::layout::{Geometry, Level};
 use tessera_raid::metadata::SetMetadata;
 use tessera_raid::target::type_name as raid_type_name;
 
+pub use super::force::{ForcePlan, ForceRefused, Forced};
+
 /// One device holding an MD superblock.
 #[derive(Clone)]
 pub struct MdMember {
@@ -37,8 +39,13 @@ impl fmt::Debug for MdMember {
 /// Why a member is not part of the running array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeftOut {
-    /// Its events count is behind the array's: it missed writes.
-    Stale { events: u64, array_events: u64 },
+    /// Its events count is behind the array's: it missed writes. `recorded_faulty`: the
+    /// freshest superblock also marks it faulty (it dropped out while the array ran).
+    Stale {
+        events: u64,
+        array_events: u64,
+        recorded_faulty: bool,
+    },
     /// The array's superblocks mark it faulty.
     Faulty,
     /// Another fresh member claims the same slot.
@@ -55,10 +62,17 @@ impl fmt::Display for LeftOut {
             LeftOut::Stale {
                 events,
                 array_events,
-            } => write!(
-                f,
-                "stale: events {events}, the array is at {array_events}; it missed writes"
-            ),
+                recorded_faulty,
+            } => {
+                write!(
+                    f,
+                    "stale: events {events}, the array is at {array_events}; it missed writes"
+                )?;
+                if *recorded_faulty {
+                    write!(f, "; recorded faulty by the others")?;
+                }
+                Ok(())
+            }
             LeftOut::Faulty => write!(f, "marked faulty by the array"),
             LeftOut::DuplicateSlot { slot } => {
                 write!(f, "claims slot {slot}, which a fresher member holds")
@@ -281,6 +295,7 @@ fn assemble_one(members: Vec<MdMember>) -> MdArray {
             let why = LeftOut::Stale {
                 events: s.events(),
                 array_events: array.events,
+                recorded_faulty: sb.role_of(s) == Role::Faulty,
             };
             array.left_out.push((m, why));
             continue;
