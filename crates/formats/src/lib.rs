@@ -2,6 +2,7 @@
 //! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
 
 pub mod dmraid;
+pub mod imsm;
 pub mod luks;
 pub mod lvm2;
 pub mod md;
