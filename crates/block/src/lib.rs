@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+pub mod badblocks;
 mod error;
 mod fault;
 mod file;
