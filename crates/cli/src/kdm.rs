@@ -154,7 +154,7 @@ fn targets(
 /// found holding their PVs, and adds each running array to the engine's devices. An array
 /// running already (started by tessera or mdadm) is used as it is. False when an array
 /// could not start (degraded without --degraded, too few members).
-fn assemble_under(engine: &Engine, names: &[String], degraded: bool) -> Result<bool> {
+fn assemble_under(engine: &Engine, names: &[String], degraded: bool, force: bool) -> Result<bool> {
     let report = engine.discover()?;
     let wanted: Vec<&str> = names
         .iter()
@@ -184,7 +184,7 @@ fn assemble_under(engine: &Engine, names: &[String], degraded: bool) -> Result<b
                 println!("  {array}: running already as {node}");
                 Some(node)
             }
-            None => match activate_md(engine, name, degraded) {
+            None => match activate_md(engine, name, degraded, force) {
                 Ok(node) => node,
                 Err(e) => {
                     eprintln!("tessera: error: {e:#}");
@@ -229,13 +229,34 @@ fn running_array(engine: &Engine, name: &str) -> Result<Option<String>> {
 }
 
 /// Starts MD array `name` in the kernel from the members tessera's assembly found fresh
-/// (and its spares); degraded only when asked. Returns its device node.
-fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<Option<String>> {
+/// (and its spares); degraded only when asked. With `force`, an array that would not
+/// start is put together from the members `mdadm --assemble --force` would take, recorded
+/// in their superblocks first (md reads them), and started degraded if need be.
+/// Returns its device node.
+fn activate_md(
+    engine: &Engine,
+    name: &str,
+    degraded: bool,
+    force: bool,
+) -> Result<Option<String>> {
     use tessera_engine::md::Health;
-    let scan = engine.md_scan(false)?;
+    let scan = engine.md_scan(force)?;
     let Some(array) = scan.array(name) else {
         bail!("no MD array '{name}' on the devices scanned");
     };
+    let mut array = array.clone();
+    let mut degraded = degraded;
+    if force {
+        let (mut forced, plan) = array.forced()?;
+        for line in plan.describe(&format!("md/{}", array.name)) {
+            eprintln!("tessera: warning: {line}");
+        }
+        forced
+            .write_forced(&plan)
+            .with_context(|| format!("md/{}: cannot record the forced assembly", array.name))?;
+        array = forced;
+        degraded = true;
+    }
     for (m, why) in &array.left_out {
         eprintln!(
             "tessera: warning: md/{}: leaving out {}: {why}",
@@ -256,11 +277,23 @@ fn activate_md(engine: &Engine, name: &str, degraded: bool) -> Result<Option<Str
                 array.name
             )
         }
-        Health::Failed { missing, tolerated } => bail!(
-            "md/{}: slots {missing:?} are missing and {} survives {tolerated}",
-            array.name,
-            array.level_name()
-        ),
+        Health::Failed { missing, tolerated } => {
+            let mut why = format!(
+                "md/{}: slots {missing:?} are missing and {} survives {tolerated}",
+                array.name,
+                array.level_name()
+            );
+            for (m, left) in &array.left_out {
+                why.push_str(&format!("; {} left out: {left}", m.path));
+            }
+            match array.forced() {
+                Ok(_) => why.push_str(
+                    "; --force starts it from the members mdadm --assemble --force would take",
+                ),
+                Err(e) => why.push_str(&format!("; {e}")),
+            }
+            bail!("{why}")
+        }
     }
     let mut members = Vec::new();
     for m in array.slots.iter().flatten().chain(&array.spares) {
@@ -299,6 +332,7 @@ pub fn activate(
     engine: &Engine,
     names: &[String],
     degraded: bool,
+    force: bool,
     ignore_skip: bool,
 ) -> Result<bool> {
     let (md, names): (Vec<&String>, Vec<String>) = {
@@ -308,14 +342,14 @@ pub fn activate(
     };
     let mut ok = true;
     for n in &md {
-        ok &= activate_md(engine, &n[3..], degraded)?.is_some();
+        ok &= activate_md(engine, &n[3..], degraded, force)?.is_some();
     }
     if !md.is_empty() && names.is_empty() {
         return Ok(ok);
     }
     let control = Control::open()?;
     // The arrays under the VGs first, so that the PVs on them are found.
-    ok &= assemble_under(engine, &names, degraded)?;
+    ok &= assemble_under(engine, &names, degraded, force)?;
     // A pool change cut short between its commits is finished first, as lvm2 finishes it
     // when it activates the pool: here on the metadata, for pools not yet in the kernel.
     for (vg, pool) in engine.unsettled_pools(None)? {

@@ -302,6 +302,11 @@ struct ActivateArgs {
     /// Start MD arrays (md/NAME) even with members missing, if redundancy covers them.
     #[arg(long)]
     degraded: bool,
+    /// Start MD arrays that lost more members than they survive from the members
+    /// `mdadm --assemble --force` would take (see `tessera md assemble --help`). md reads
+    /// the superblocks, so they are updated first, as mdadm does.
+    #[arg(long)]
+    force: bool,
     /// Also activate LVs flagged to skip activation (lvm2's thin snapshots, attr 'k') when
     /// activating a whole VG, as lvm2's -K; an LV named as VG/LV is activated regardless.
     #[arg(short = 'K', long = "ignoreactivationskip")]
@@ -610,6 +615,7 @@ fn run(cli: Cli) -> Result<bool> {
                 &engine,
                 &args.targets,
                 args.degraded,
+                args.force,
                 args.ignore_activation_skip,
             )
         }

@@ -110,6 +110,14 @@ pub enum MdCommand {
         /// Start it even with members missing, if its redundancy covers them.
         #[arg(long)]
         degraded: bool,
+        /// Start an array that lost more members than it survives, from the members
+        /// `mdadm --assemble --force` would take: those the others record faulty while
+        /// they are as fresh, then the stale ones with the most events, as few as the
+        /// level needs (they missed the writes made after they dropped out). A daemon
+        /// serving writable records this in the superblocks (events brought up, faulty
+        /// marks cleared), as mdadm does; one serving --read-only writes nothing.
+        #[arg(long)]
+        force: bool,
     },
     /// Stop an array running in the daemon: its export goes and its members are flushed.
     Stop { name: String },
@@ -135,9 +143,11 @@ pub enum MdCommand {
 
 pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Result<bool> {
     match command {
-        MdCommand::Assemble { name, degraded } => {
-            daemon_call(socket, |c| c.md_assemble(&name, degraded))
-        }
+        MdCommand::Assemble {
+            name,
+            degraded,
+            force,
+        } => daemon_call(socket, |c| c.md_assemble_forced(&name, degraded, force)),
         MdCommand::Stop { name } => daemon_call(socket, |c| c.md_stop(&name)),
         MdCommand::Create {
             name,

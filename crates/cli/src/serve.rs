@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// starts them anyway).
     #[arg(long)]
     degraded: bool,
+    /// Start MD arrays that lost more members than they survive from the members
+    /// `mdadm --assemble --force` would take (see `tessera md assemble --help`); with
+    /// --read-only nothing is written, the choice is made in memory only.
+    #[arg(long)]
+    force: bool,
     /// Also show every volume as a file DIR/VG/LV (FUSE), which losetup can attach.
     #[arg(long, value_name = "DIR")]
     mount: Option<PathBuf>,
@@ -62,6 +67,7 @@ impl MountArgs {
             socket: None,
             read_only: self.read_only,
             degraded: self.degraded,
+            force: false,
             mount: Some(self.dir.clone()),
             allow_other: self.allow_other,
             nbd: false,
@@ -77,6 +83,7 @@ impl ServeArgs {
             socket: None,
             read_only: false,
             degraded: false,
+            force: false,
             mount: None,
             allow_other: false,
             nbd: true,
@@ -87,7 +94,7 @@ impl ServeArgs {
 /// Runs the daemon until it is killed. With `hints`, it also prints how to reach the LVs
 /// with the usual clients (the demo does).
 pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -> Result<bool> {
-    let (daemon, warnings) = Daemon::start(engine, args.read_only, args.degraded)?;
+    let (daemon, warnings) = Daemon::start_forced(engine, args.read_only, args.degraded, args.force)?;
     for w in &warnings {
         eprintln!("tessera: warning: {w}");
     }

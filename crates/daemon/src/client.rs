@@ -168,9 +168,17 @@ impl Client {
     /// `degraded`), exported as `md/NAME`, with the LVs on it; `data` holds `name`,
     /// `size_sectors` and the `lvs` now served.
     pub fn md_assemble(&mut self, name: &str, degraded: bool) -> Result<Reply> {
+        self.md_assemble_forced(name, degraded, false)
+    }
+
+    /// As [`Client::md_assemble`]; with `force`, an array that would not start is put
+    /// together from the members `mdadm --assemble --force` would take (recorded in their
+    /// superblocks unless the daemon serves read-only).
+    pub fn md_assemble_forced(&mut self, name: &str, degraded: bool, force: bool) -> Result<Reply> {
         self.ask(Request::MdAssemble {
             name: name.into(),
             degraded,
+            force,
         })
     }
 

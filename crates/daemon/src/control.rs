@@ -78,6 +78,9 @@ pub enum Request {
         name: String,
         #[serde(default)]
         degraded: bool,
+        /// Put it together as `mdadm --assemble --force` would.
+        #[serde(default)]
+        force: bool,
     },
     /// Stops a running MD array: its export goes, its members are flushed.
     MdStop {

@@ -4,13 +4,13 @@
 use super::*;
 
 impl Daemon {
-    pub(super) fn md_assemble(&self, name: &str, degraded: bool) -> Result<Reply> {
+    pub(super) fn md_assemble(&self, name: &str, degraded: bool, force: bool) -> Result<Reply> {
         let mut volumes = self.lock();
         let scan = self.engine.md_scan(!self.read_only)?;
         let Some(array) = scan.array(name) else {
             refuse!("no MD array '{name}' on the daemon's devices");
         };
-        self.add_array(array, degraded || self.read_only, &mut volumes)?;
+        let array = self.add_array(array, degraded || self.read_only, force, &mut volumes)?;
         let size = volumes
             .get(&format!("md-{}", array.name))
             .map_or(0, |v| v.device.size_sectors());

@@ -83,6 +83,19 @@ impl Daemon {
     /// MD arrays are started too (as `md/NAME`): complete ones always, degraded ones when
     /// `degraded` is set or when serving read-only.
     pub fn start(engine: Engine, read_only: bool, degraded: bool) -> Result<(Daemon, Vec<String>)> {
+        Self::start_forced(engine, read_only, degraded, false)
+    }
+
+    /// As [`Daemon::start`]; with `force`, MD arrays that would not start are put together
+    /// from the members `mdadm --assemble --force` would take (see
+    /// [`tessera_engine::md::MdArray::forced`]), recorded in their superblocks unless
+    /// `read_only`.
+    pub fn start_forced(
+        engine: Engine,
+        read_only: bool,
+        degraded: bool,
+        force: bool,
+    ) -> Result<(Daemon, Vec<String>)> {
         let registry = tessera_engine::format::new_target_registry();
         // Merges that finished while a previous daemon ran leave the metadata first, as
         // lvm2's activation does: the origin then starts plain.
@@ -106,7 +119,11 @@ impl Daemon {
         let mut members: Vec<String> = md
             .arrays
             .iter()
-            .flat_map(|a| a.slots.iter().flatten().chain(&a.spares))
+            .flat_map(|a| {
+                // Forcing may take members the plain assembly leaves out.
+                let forced = a.left_out.iter().map(|(m, _)| m).filter(|_| force);
+                a.slots.iter().flatten().chain(&a.spares).chain(forced)
+            })
             .map(|m| m.path.clone())
             .collect();
         members.extend(others.iter().flat_map(|v| v.devices()));
@@ -145,7 +162,9 @@ impl Daemon {
         {
             let mut volumes = daemon.lock();
             for array in &md.arrays {
-                if let Err(e) = daemon.add_array(array, degraded || read_only, &mut volumes) {
+                if let Err(e) =
+                    daemon.add_array(array, degraded || read_only, force, &mut volumes)
+                {
                     warnings.push(format!("not starting md/{}: {}", array.name, e.chain()));
                 }
             }
@@ -224,19 +243,42 @@ impl Daemon {
     }
 
     /// Starts an MD array in user space and exports it as `md/NAME`.
+    /// With `force`, an array that would not start is put together as `mdadm --assemble
+    /// --force` would (and started degraded if need be); a read-only daemon decides in
+    /// memory only and writes nothing.
     fn add_array(
         &self,
         array: &MdArray,
         degraded: bool,
+        force: bool,
         volumes: &mut BTreeMap<String, Volume>,
-    ) -> Result<()> {
+    ) -> Result<MdArray> {
+        // Before forcing writes anything.
+        let name = format!("md-{}", array.name);
+        if volumes.contains_key(&name) {
+            refuse!("a device named {name} exists already");
+        }
+        let mut array = array.clone();
+        let mut degraded = degraded;
+        if force {
+            let (forced, plan) = array
+                .forced()
+                .map_err(|e| DaemonError::Refused(e.to_string()))?;
+            for line in plan.describe(&format!("md/{}", array.name)) {
+                eprintln!("tessera: warning: {line}");
+            }
+            array = forced;
+            if !self.read_only {
+                array.write_forced(&plan).map_err(EngineError::from)?;
+            }
+            degraded = true;
+        }
         for (member, why) in &array.left_out {
             eprintln!(
                 "tessera: warning: md/{}: leaving out {}: {why}",
                 array.name, member.path
             );
         }
-        let mut array = array.clone();
         match array.health() {
             Health::Complete => {}
             Health::Degraded { missing } if degraded => {
@@ -252,14 +294,23 @@ impl Daemon {
             Health::Degraded { missing } => refuse!(
                 "it is degraded (slots {missing:?} missing); serve --degraded starts it anyway"
             ),
-            Health::Failed { missing, tolerated } => refuse!(
-                "slots {missing:?} are missing and {} survives {tolerated}",
-                array.level_name()
-            ),
-        }
-        let name = format!("md-{}", array.name);
-        if volumes.contains_key(&name) {
-            refuse!("a device named {name} exists already");
+            Health::Failed { missing, tolerated } => {
+                let mut why = format!(
+                    "slots {missing:?} are missing and {} survives {tolerated}",
+                    array.level_name()
+                );
+                for (member, left) in &array.left_out {
+                    why.push_str(&format!("; {} left out: {left}", member.path));
+                }
+                match array.forced() {
+                    Ok(_) => why.push_str(
+                        "; --force starts it from the members mdadm --assemble --force \
+                         would take (read-only serving writes nothing)",
+                    ),
+                    Err(e) => why.push_str(&format!("; {e}")),
+                }
+                refuse!("{why}")
+            }
         }
         let records = if self.read_only {
             None
@@ -292,7 +343,7 @@ impl Daemon {
                 layers: Vec::new(),
             },
         )?;
-        Ok(())
+        Ok(array)
     }
 
     /// Serves the LVs not served yet on every VG the daemon's devices hold now (after an
@@ -464,7 +515,11 @@ impl Daemon {
                 json!({"tessera": env!("CARGO_PKG_VERSION"), "protocol": VERSION}),
             )),
             Request::Lv(change) => self.lv_change(&change),
-            Request::MdAssemble { name, degraded } => self.md_assemble(&name, degraded),
+            Request::MdAssemble {
+                name,
+                degraded,
+                force,
+            } => self.md_assemble(&name, degraded, force),
             Request::MdStop { name } => self.md_stop(&name),
             Request::MdReload { name } => self.md_reload(&name),
             Request::LuksOpen {
