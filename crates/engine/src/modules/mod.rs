@@ -1,6 +1,7 @@
 //! The format modules, one per on-disk format, each behind [`crate::format::FormatModule`]
 //! and registered in [`registry`].
 
+pub mod imsm;
 pub mod luks;
 pub mod lvm2;
 pub mod md;
@@ -17,6 +18,9 @@ use crate::format::FormatModule;
 /// filesystem signatures last.
 pub fn registry() -> Vec<Arc<dyn FormatModule>> {
     vec![
+        // Before partition tables: a volume's first chunk, at sector 0 of a member, may
+        // hold one; the MPB at the disk's end says what the disk is.
+        Arc::new(imsm::ImsmMembers),
         Arc::new(partition::PartitionTables),
         Arc::new(md::MdMembers),
         Arc::new(lvm2::LvmLabels),

@@ -262,7 +262,13 @@ impl Map {
     /// A map of `level` (0, 1, 5, 10: stored as IMSM stores it) over the disks `ords` (disk
     /// table indexes, with flags), each member giving `blocks_per_member` sectors from
     /// `pba_of_lba0`, chunks of `strip` sectors.
-    pub fn new(level: u32, ords: Vec<u32>, pba_of_lba0: u64, blocks_per_member: u64, strip: u16) -> Map {
+    pub fn new(
+        level: u32,
+        ords: Vec<u32>,
+        pba_of_lba0: u64,
+        blocks_per_member: u64,
+        strip: u16,
+    ) -> Map {
         let n = ords.len() as u64;
         let data = match level {
             0 => n,
@@ -481,11 +487,19 @@ impl Dev {
         vol_filler.copy_from_slice(&b[100..112]);
         let migr_state = b[88];
         let name = text16(&volume);
-        let map0 = Map::decode(&b[DEV_HEADER_BYTES..], device, &format!("{what} ({name}) map 0"))?;
+        let map0 = Map::decode(
+            &b[DEV_HEADER_BYTES..],
+            device,
+            &format!("{what} ({name}) map 0"),
+        )?;
         let mut maps = vec![map0];
         if migr_state != 0 {
             let at = DEV_HEADER_BYTES + maps[0].bytes();
-            maps.push(Map::decode(&b[at..], device, &format!("{what} ({name}) map 1"))?);
+            maps.push(Map::decode(
+                &b[at..],
+                device,
+                &format!("{what} ({name}) map 1"),
+            )?);
         }
         Ok(Dev {
             volume,
@@ -805,7 +819,10 @@ pub fn write(dev: &dyn BlockDevice, mpb: &Mpb) -> Result<(), ImsmError> {
         .filter(|&a| a >= (sectors - 1) * sector)
         .ok_or_else(|| damaged(name, "device size", "too small for the MPB"))?;
     if sectors > 1 {
-        dev.write_at(&bytes[sector as usize..], anchor_at - (sectors - 1) * sector)?;
+        dev.write_at(
+            &bytes[sector as usize..],
+            anchor_at - (sectors - 1) * sector,
+        )?;
         dev.flush()?;
     }
     dev.write_at(&bytes[..sector as usize], anchor_at)?;

@@ -5,8 +5,16 @@ fn sample() -> Mpb {
     let disks = (0..4)
         .map(|i| Disk::new(&format!("/dev/loop{i}"), 65536, CONFIGURED_DISK))
         .collect();
-    let r5 = Dev::new("vol5", 3 * 16384, Map::new(5, vec![0, 1, 2, 3], 0, 16384, 128));
-    let r0 = Dev::new("vol0", 4 * 8192, Map::new(0, vec![0, 1, 2, 3], 16384 + 2048, 8192, 64));
+    let r5 = Dev::new(
+        "vol5",
+        3 * 16384,
+        Map::new(5, vec![0, 1, 2, 3], 0, 16384, 128),
+    );
+    let r0 = Dev::new(
+        "vol0",
+        4 * 8192,
+        Map::new(0, vec![0, 1, 2, 3], 16384 + 2048, 8192, 64),
+    );
     Mpb::new(0x1234_5678, 7, disks, vec![r5, r0])
 }
 
@@ -36,7 +44,11 @@ fn a_long_mpb_continues_before_the_anchor() {
         .map(|i| Disk::new(&format!("SERIAL{i:04}"), 65536, CONFIGURED_DISK))
         .collect();
     let mut mpb = Mpb::new(1, 1, disks, Vec::new());
-    mpb.devs.push(Dev::new("big", 100, Map::new(0, (0..20).collect(), 0, 1024, 128)));
+    mpb.devs.push(Dev::new(
+        "big",
+        100,
+        Map::new(0, (0..20).collect(), 0, 1024, 128),
+    ));
     let bytes = mpb.encode();
     assert!(bytes.len() > 1024, "{}", bytes.len());
     write(&dev, &mpb).unwrap();
@@ -65,7 +77,8 @@ fn place(dev: &MemoryDevice, bytes: &[u8]) {
     b.resize(bytes.len().div_ceil(512) * 512, 0);
     dev.write_at(&b[..512], anchor).unwrap();
     if b.len() > 512 {
-        dev.write_at(&b[512..], anchor - (b.len() as u64 - 512)).unwrap();
+        dev.write_at(&b[512..], anchor - (b.len() as u64 - 512))
+            .unwrap();
     }
 }
 

@@ -1,0 +1,746 @@
+//! Intel IMSM (Matrix RAID, RST, VROC) containers: the format module for the MPB mdadm
+//! keeps at the end of each member disk. It claims the members, groups them into
+//! containers by family number (the newest generation speaking for the container), tells
+//! the disks apart by serial number, and makes each volume of a container that can run a
+//! volume `md/NAME` (NAME as the metadata records it, as mdadm names it under /dev/md/),
+//! run by the `raid` target over the members' areas. Shown as container > volumes > what
+//! lies inside.
+//!
+//! Served writable are raid0 volumes only: the others need the metadata's dirty flag,
+//! failed disks and rebuild progress kept while they run (mdmon's work), which tessera
+//! does not do yet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tessera_block::{BlockError, SharedDevice};
+use tessera_formats::imsm::{self, Dev, Mpb};
+use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+
+use crate::devices::NamedDevices;
+use crate::format::{
+    Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
+};
+
+/// blkid's name for an IMSM member.
+const FORMAT: &str = "isw_raid_member";
+
+/// IMSM member disks.
+pub struct ImsmMembers;
+
+impl FormatModule for ImsmMembers {
+    fn name(&self) -> &'static str {
+        "imsm"
+    }
+
+    fn probe(&self, name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
+        match imsm::read(device.as_ref()) {
+            Ok(None) => None,
+            Ok(Some(mpb)) => {
+                let serial = device_serial(name);
+                let disk = serial
+                    .as_deref()
+                    .and_then(|s| mpb.disk_by_serial(s))
+                    .or_else(|| disk_by_name(&mpb, name));
+                let volumes: Vec<String> = mpb.devs.iter().map(|d| d.name()).collect();
+                let which = match disk {
+                    Some(i) => format!("disk {i} ({})", mpb.disks[i].serial_string()),
+                    None => "disk not identified".into(),
+                };
+                let mut f = Finding::new(
+                    FORMAT,
+                    format!(
+                        "IMSM member of container {:08x}, {which}, generation {}, volumes: {}",
+                        mpb.family_num,
+                        mpb.generation_num,
+                        if volumes.is_empty() {
+                            "none".to_string()
+                        } else {
+                            volumes.join(", ")
+                        }
+                    ),
+                );
+                f.detail = serde_json::json!({
+                    "family": format!("{:08x}", mpb.family_num),
+                    "generation": mpb.generation_num,
+                    "metadata": mpb.version_string(),
+                    "serial": serial,
+                    "disk": disk,
+                    "volumes": volumes,
+                });
+                Some((f, Vec::new()))
+            }
+            Err(e) => Finding::damaged(FORMAT, "IMSM metadata that cannot be read", e.to_string()),
+        }
+    }
+
+    fn assemble(&self, members: Vec<Member>) -> Vec<Assembly> {
+        let read: Vec<(String, SharedDevice, Mpb)> = members
+            .into_iter()
+            .filter_map(|m| {
+                // An unreadable MPB is already a problem on its device's finding.
+                let mpb = imsm::read(m.device.as_ref()).ok()??;
+                Some((m.name, m.device, mpb))
+            })
+            .collect();
+        let mut used_names = Vec::new();
+        containers(read)
+            .into_iter()
+            .map(|c| c.assembly(&mut used_names))
+            .collect()
+    }
+
+    fn stacked_devices(
+        &self,
+        devs: &NamedDevices,
+        write: bool,
+        problems: &mut Vec<String>,
+    ) -> NamedDevices {
+        let read: Vec<(String, SharedDevice, Mpb)> = devs
+            .iter()
+            .filter_map(|(n, d)| Some((n.clone(), d.clone(), imsm::read(d.as_ref()).ok()??)))
+            .collect();
+        if read.is_empty() {
+            return Vec::new();
+        }
+        let registry = crate::format::target_registry();
+        let mut used = Vec::new();
+        let mut out: NamedDevices = Vec::new();
+        for c in containers(read) {
+            for v in c.volumes(&mut used) {
+                let Ok(run) = v.plan else { continue };
+                if devs.iter().any(|(n, _)| *n == v.name) || (write && !run.writable()) {
+                    continue;
+                }
+                match run.activate(&v.name, registry.clone()) {
+                    Ok(device) => out.push((v.name.clone(), Arc::new(device))),
+                    Err(e) => problems.push(format!("{}: cannot be put together: {e}", v.name)),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The serial number of block device `path` as mdadm reads it (NVMe's and SCSI's, from
+/// sysfs), trimmed as mdadm trims it: no blanks or control characters, ':' as ';', the
+/// last 16 bytes.
+fn device_serial(path: &str) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let base = real.file_name()?.to_string_lossy().into_owned();
+    let dev = format!("/sys/class/block/{base}/device");
+    let raw: Vec<u8> = if let Ok(s) = std::fs::read(format!("{dev}/serial")) {
+        s
+    } else {
+        // SCSI's unit serial number page: a 4-byte header, then the serial.
+        let page = std::fs::read(format!("{dev}/vpd_pg80")).ok()?;
+        let len = usize::from(*page.get(3)?);
+        page.get(4..4 + len)?.to_vec()
+    };
+    let clean: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .filter(|&&c| c > 0x20)
+        .map(|&c| if c == b':' { b';' } else { c })
+        .collect();
+    let tail = &clean[clean.len().saturating_sub(16)..];
+    (!tail.is_empty()).then(|| String::from_utf8_lossy(tail).into_owned())
+}
+
+/// The disk whose serial names the device: mdadm records `/dev/NAME` as the serial of a
+/// disk without one (IMSM_DEVNAME_AS_SERIAL, loop devices); an image file named after it
+/// (`loop0` or `loop0.img`) is taken for that disk too.
+fn disk_by_name(mpb: &Mpb, path: &str) -> Option<usize> {
+    let file = std::path::Path::new(path);
+    let base = file.file_name()?.to_string_lossy().into_owned();
+    let stem = file.file_stem()?.to_string_lossy().into_owned();
+    let mut found = mpb.disks.iter().enumerate().filter(|(_, d)| {
+        let serial = d.serial_string();
+        let tail = serial.rsplit('/').next().unwrap_or("").to_string();
+        serial.starts_with("/dev/") && !tail.is_empty() && (tail == base || tail == stem)
+    });
+    let first = found.next().map(|(i, _)| i);
+    // Two disks named alike tell nothing.
+    if found.next().is_some() {
+        return None;
+    }
+    first
+}
+
+/// One member disk found on a device.
+struct Found {
+    path: String,
+    device: SharedDevice,
+    generation: u32,
+    /// Its index in the container's disk table, once known.
+    disk: Option<usize>,
+}
+
+/// The members of one family, and the newest MPB among them.
+struct Container {
+    mpb: Mpb,
+    members: Vec<Found>,
+    /// Members left out, and why.
+    left_out: Vec<(String, String)>,
+}
+
+/// Groups the members by family number, in the order families are first seen.
+fn containers(read: Vec<(String, SharedDevice, Mpb)>) -> Vec<Container> {
+    let mut order: Vec<u32> = Vec::new();
+    let mut groups: BTreeMap<usize, Vec<(String, SharedDevice, Mpb)>> = BTreeMap::new();
+    for (name, dev, mpb) in read {
+        let i = order
+            .iter()
+            .position(|f| *f == mpb.family_num)
+            .unwrap_or_else(|| {
+                order.push(mpb.family_num);
+                order.len() - 1
+            });
+        groups.entry(i).or_default().push((name, dev, mpb));
+    }
+    groups.into_values().map(container).collect()
+}
+
+fn container(group: Vec<(String, SharedDevice, Mpb)>) -> Container {
+    // The newest generation speaks for the container; the first seen wins a tie.
+    let newest = group
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, (_, _, m))| (m.generation_num, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let mpb = group[newest].2.clone();
+    let mut members: Vec<Found> = Vec::new();
+    let mut left_out = Vec::new();
+    for (path, device, m) in group {
+        let serial = device_serial(&path);
+        let disk = match &serial {
+            Some(s) => mpb.disk_by_serial(s),
+            None => disk_by_name(&mpb, &path),
+        };
+        if let Some(d) = disk {
+            if let Some(other) = members.iter().find(|f| f.disk == Some(d)) {
+                left_out.push((
+                    path,
+                    format!(
+                        "it is disk {d} ({}), which {} is already",
+                        mpb.disks[d].serial_string(),
+                        other.path
+                    ),
+                ));
+                continue;
+            }
+        } else if let Some(s) = &serial {
+            left_out.push((
+                path,
+                format!("its serial {s:?} is not in the container's disk table"),
+            ));
+            continue;
+        }
+        members.push(Found {
+            path,
+            device,
+            generation: m.generation_num,
+            disk,
+        });
+    }
+    // One member not identified and one disk not found: it is that disk.
+    let unknown: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].disk.is_none())
+        .collect();
+    let free: Vec<usize> = (0..mpb.disks.len())
+        .filter(|d| members.iter().all(|f| f.disk != Some(*d)))
+        .collect();
+    if unknown.len() == 1 && free.len() == 1 {
+        members[unknown[0]].disk = Some(free[0]);
+    }
+    let (known, unknown): (Vec<Found>, Vec<Found>) =
+        members.into_iter().partition(|f| f.disk.is_some());
+    for f in unknown {
+        left_out.push((
+            f.path,
+            "tessera cannot tell which of the container's disks it is: the device has no \
+             serial number it can read, and no disk of the table is named after it"
+                .to_string(),
+        ));
+    }
+    Container {
+        mpb,
+        members: known,
+        left_out,
+    }
+}
+
+/// What a volume runs on, when it can run.
+#[derive(Clone)]
+struct Plan {
+    level: u32,
+    /// The `raid` table row.
+    table: String,
+    /// The present members' paths and devices.
+    devices: Vec<(String, SharedDevice)>,
+    degraded: bool,
+}
+
+impl Plan {
+    /// Whether tessera may write to it: raid0, which has no metadata to keep while it runs.
+    fn writable(&self) -> bool {
+        self.level == 0 && !self.degraded
+    }
+
+    fn activate(&self, name: &str, registry: Arc<TargetRegistry>) -> Result<MappedDevice, String> {
+        let table = Table::parse(&self.table).map_err(|e| e.to_string())?;
+        let device = MappedDevice::new(name.replace('/', "-"), registry);
+        let resolve = |path: &str| {
+            self.devices
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| BlockError::Open {
+                    device: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not a member of the volume",
+                    ),
+                })
+        };
+        device.load(&table, &resolve).map_err(|e| e.to_string())?;
+        device.resume().map_err(|e| e.to_string())?;
+        Ok(device)
+    }
+}
+
+/// A volume as read: its node, and how it runs (or why it cannot).
+struct VolumeInfo {
+    name: String,
+    node: Node,
+    plan: Result<Plan, String>,
+}
+
+impl Container {
+    fn label(&self) -> String {
+        format!("imsm-{:08x}", self.mpb.family_num)
+    }
+
+    /// The member holding disk `index`.
+    fn member(&self, index: usize) -> Option<&Found> {
+        self.members.iter().find(|f| f.disk == Some(index))
+    }
+
+    fn volumes(&self, used: &mut Vec<String>) -> Vec<VolumeInfo> {
+        self.mpb
+            .devs
+            .iter()
+            .enumerate()
+            .map(|(i, dev)| {
+                let mut base = dev.name();
+                if base.is_empty() || base.contains('/') {
+                    base = format!("{}-{i}", self.label());
+                }
+                let mut name = format!("md/{base}");
+                if used.contains(&name) {
+                    name = format!("md/{base}_{:08x}", self.mpb.family_num);
+                }
+                used.push(name.clone());
+                self.volume(name, i, dev)
+            })
+            .collect()
+    }
+
+    fn volume(&self, name: String, index: usize, dev: &Dev) -> VolumeInfo {
+        let mut problems = Vec::new();
+        let map = &dev.maps[0];
+        let level = map.level();
+        let n = map.disk_ord_tbl.len();
+        let mut missing = Vec::new();
+        let mut slots: Vec<Option<&Found>> = Vec::new();
+        for slot in 0..n {
+            let idx = map.disk_index(slot).unwrap_or(u32::MAX) as usize;
+            let found = if idx >= self.mpb.disks.len() {
+                problems.push(format!(
+                    "{name}: map 0 slot {slot} names disk {idx}, but the container's disk table has {} disks",
+                    self.mpb.disks.len()
+                ));
+                None
+            } else if self.mpb.disks[idx].is_failed() {
+                problems.push(format!(
+                    "{name}: slot {slot}: disk {idx} ({}) is marked failed",
+                    self.mpb.disks[idx].serial_string()
+                ));
+                None
+            } else if map.rebuilding(slot) {
+                problems.push(format!(
+                    "{name}: slot {slot}: disk {idx} ({}) is being rebuilt, its data not yet in sync",
+                    self.mpb.disks[idx].serial_string()
+                ));
+                None
+            } else {
+                let m = self.member(idx);
+                if m.is_none() {
+                    problems.push(format!(
+                        "{name}: slot {slot}: disk {idx} ({}) is missing",
+                        self.mpb.disks[idx].serial_string()
+                    ));
+                }
+                m
+            };
+            if found.is_none() {
+                missing.push(slot);
+            }
+            slots.push(found);
+        }
+        let survives = match level {
+            0 => missing.is_empty(),
+            1 => missing.len() < n,
+            5 => missing.len() <= 1,
+            // Near copies: slots 2k and 2k+1 hold the same chunks.
+            10 => {
+                (0..n / 2).all(|k| !(missing.contains(&(2 * k)) && missing.contains(&(2 * k + 1))))
+            }
+            _ => false,
+        };
+        let mut state = if missing.is_empty() {
+            "clean"
+        } else if survives {
+            "degraded"
+        } else {
+            "failed"
+        };
+        let plan = if !matches!(level, 0 | 1 | 5 | 10) {
+            Err(format!(
+                "raid level {} is not one tessera runs",
+                map.raid_level
+            ))
+        } else if !survives {
+            Err(format!(
+                "slot(s) {missing:?} of {n} missing, more than raid{level} survives"
+            ))
+        } else if dev.is_migrating() && dev.migr_type == imsm::MIGR_GEN_MIGR {
+            state = "migrating";
+            let from = dev.maps.get(1);
+            Err(format!(
+                "in the middle of a reshape (raid{} over {} to raid{level} over {n}, unit {} done): \
+                 tessera cannot run it until mdadm finishes it",
+                from.map(|m| m.level()).unwrap_or(0),
+                from.map(|m| m.disk_ord_tbl.len()).unwrap_or(0),
+                dev.curr_migr_unit
+            ))
+        } else if dev.is_migrating() && dev.migr_type == imsm::MIGR_INIT && !missing.is_empty() {
+            Err(format!(
+                "degraded while its {} is unfinished: its parity cannot be trusted",
+                dev.migration_name()
+            ))
+        } else {
+            self.table(dev, &slots)
+        };
+        if dev.is_migrating() && state != "migrating" {
+            problems.push(format!(
+                "{name}: {} in progress (unit {}); read as it stands",
+                dev.migration_name(),
+                dev.curr_migr_unit
+            ));
+        }
+        if dev.is_dirty() {
+            problems.push(format!("{name}: not shut down cleanly (dirty)"));
+        }
+        if let Err(e) = &plan {
+            problems.push(format!("{name}: cannot start: {e}"));
+            if state != "migrating" {
+                state = "failed";
+            }
+        }
+        let chunk = u64::from(map.blocks_per_strip) * 512;
+        let summary = format!(
+            "IMSM raid{level} volume {state}, {} of {n} members{}",
+            n - missing.len(),
+            if level == 1 {
+                String::new()
+            } else {
+                format!(", chunk {} KiB", chunk / 1024)
+            }
+        );
+        let node = Node {
+            kind: "md",
+            name: name.clone(),
+            size_bytes: dev.size.saturating_mul(512),
+            format: None,
+            summary,
+            state: Some(state.to_string()),
+            detail: serde_json::json!({
+                "volume": dev.name(),
+                "index": index,
+                "level": format!("raid{level}"),
+                "members": n,
+                "missing_slots": missing,
+                "chunk_bytes": chunk,
+                "data_offset_sectors": map.pba_of_lba0,
+                "blocks_per_member": map.blocks_per_member,
+                "map_state": map.state_name(),
+                "dirty": dev.is_dirty(),
+                "migrating": dev.is_migrating().then(|| dev.migration_name()),
+                "container": self.label(),
+            }),
+            problems,
+            children: Vec::new(),
+        };
+        VolumeInfo {
+            name,
+            node,
+            plan: plan.map(|mut p| {
+                p.degraded = !missing.is_empty();
+                p
+            }),
+        }
+    }
+
+    /// The `raid` row running `dev` over the members in `slots`.
+    fn table(&self, dev: &Dev, slots: &[Option<&Found>]) -> Result<Plan, String> {
+        let map = &dev.maps[0];
+        let level = map.level();
+        let strip = u64::from(map.blocks_per_strip);
+        let (type_name, chunk) = match level {
+            0 => ("raid0", strip),
+            1 => ("raid1", 0),
+            // IMSM's raid5 is md's left-asymmetric layout.
+            5 => ("raid5_la", strip),
+            _ => ("raid10", strip),
+        };
+        if level != 1 && (strip < 8 || !strip.is_power_of_two()) {
+            return Err(format!(
+                "blocks_per_strip {strip}: not a chunk size md runs (a power of two of 8 sectors or more)"
+            ));
+        }
+        if dev.size == 0 {
+            return Err("its size is 0".into());
+        }
+        let data = match level {
+            0 => n_u64(slots),
+            5 => n_u64(slots) - 1,
+            10 => n_u64(slots) / 2,
+            _ => 1,
+        };
+        let per_member = dev.size.div_ceil(data.max(1));
+        if per_member > map.blocks_per_member {
+            return Err(format!(
+                "its size {} sectors needs {per_member} sectors of each member, more than \
+                 blocks_per_member {}",
+                dev.size, map.blocks_per_member
+            ));
+        }
+        for f in slots.iter().flatten() {
+            let end = map.pba_of_lba0 + map.blocks_per_member;
+            if end * 512 > f.device.size_bytes() {
+                return Err(format!(
+                    "its area on {} (sectors {} to {end}) runs past the device's end",
+                    f.path, map.pba_of_lba0
+                ));
+            }
+        }
+        let mut params = vec![chunk.to_string()];
+        if map.pba_of_lba0 > 0 {
+            params.extend(["data_offset".to_string(), map.pba_of_lba0.to_string()]);
+        }
+        if level == 10 {
+            params.extend(["raid10_copies", "2", "raid10_format", "near"].map(String::from));
+        }
+        let devs: Vec<String> = slots
+            .iter()
+            .map(|s| match s {
+                Some(f) => format!("- {}", escape_arg(&f.path)),
+                None => "- -".into(),
+            })
+            .collect();
+        Ok(Plan {
+            level,
+            table: format!(
+                "0 {} raid {type_name} {} {} {} {}\n",
+                dev.size,
+                params.len(),
+                params.join(" "),
+                devs.len(),
+                devs.join(" ")
+            ),
+            devices: slots
+                .iter()
+                .flatten()
+                .map(|f| (f.path.clone(), f.device.clone()))
+                .collect(),
+            degraded: false,
+        })
+    }
+
+    fn assembly(self, used: &mut Vec<String>) -> Assembly {
+        let label = self.label();
+        let volumes = self.volumes(used);
+        let mut problems = Vec::new();
+        let mut places = Vec::new();
+        for f in &self.members {
+            let d = f.disk.unwrap_or(0);
+            let disk = &self.mpb.disks[d];
+            let state = if disk.is_failed() {
+                "faulty"
+            } else if disk.is_spare() && !disk.is_configured() {
+                "spare"
+            } else {
+                "active"
+            };
+            // (Which disk it is, its probe says already.)
+            let note = (f.generation < self.mpb.generation_num).then(|| {
+                format!(
+                    "generation {}, the container is at {}",
+                    f.generation, self.mpb.generation_num
+                )
+            });
+            places.push(Place {
+                name: f.path.clone(),
+                state: Some(state.into()),
+                note,
+                problem: None,
+            });
+        }
+        for (path, why) in &self.left_out {
+            let p = format!("{path}: left out of IMSM container {label}: {why}");
+            problems.push(p.clone());
+            places.push(Place {
+                name: path.clone(),
+                state: Some("left out".into()),
+                note: None,
+                problem: Some(p),
+            });
+        }
+        if let Some(home) = places.first().map(|p| p.name.clone()) {
+            for p in places.iter_mut().skip(1) {
+                let shown = format!("{label} shown under {home}");
+                p.note = Some(match &p.note {
+                    Some(n) => format!("{n}; {shown}"),
+                    None => shown,
+                });
+            }
+        }
+        let missing_disks = (0..self.mpb.disks.len())
+            .filter(|&d| self.member(d).is_none() && !self.mpb.disks[d].is_failed())
+            .count();
+        let state = if missing_disks > 0 || self.mpb.disks.iter().any(|d| d.is_failed()) {
+            "degraded"
+        } else {
+            "complete"
+        };
+        let summary = format!(
+            "IMSM container, family {:08x}, generation {}, {} of {} disks, {} volume(s), metadata {}",
+            self.mpb.family_num,
+            self.mpb.generation_num,
+            self.members.len(),
+            self.mpb.disks.len(),
+            self.mpb.devs.len(),
+            self.mpb.version_string()
+        );
+        let disks: Vec<serde_json::Value> = self
+            .mpb
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                serde_json::json!({
+                    "serial": d.serial_string(),
+                    "status": d.status_name(),
+                    "size_bytes": d.total_blocks.saturating_mul(512),
+                    "device": self.member(i).map(|f| f.path.clone()),
+                })
+            })
+            .collect();
+        let mut node = Node {
+            kind: "md",
+            name: label.clone(),
+            size_bytes: self.members.iter().map(|f| f.device.size_bytes()).sum(),
+            format: None,
+            summary,
+            state: Some(state.into()),
+            detail: serde_json::json!({
+                "container": "imsm",
+                "family": format!("{:08x}", self.mpb.family_num),
+                "generation": self.mpb.generation_num,
+                "metadata": self.mpb.version_string(),
+                "disks": disks,
+                // What each volume is, here too: a volume's own node shows what lies on it.
+                "volumes": volumes.iter().map(|v| {
+                    let mut d = v.node.detail.clone();
+                    d["name"] = serde_json::Value::String(v.name.clone());
+                    d["size_bytes"] = serde_json::json!(v.node.size_bytes);
+                    d["state"] = serde_json::json!(v.node.state);
+                    d
+                }).collect::<Vec<_>>(),
+            }),
+            problems,
+            children: Vec::new(),
+        };
+        let mut out: Vec<Box<dyn Volume>> = Vec::new();
+        for v in volumes {
+            match v.plan {
+                Ok(plan) => out.push(Box::new(ImsmVolume {
+                    name: v.name,
+                    node: v.node,
+                    plan,
+                })),
+                // A volume that cannot run is shown all the same.
+                Err(_) => node.children.push(v.node),
+            }
+        }
+        Assembly {
+            node,
+            places,
+            volumes: out,
+        }
+    }
+}
+
+fn n_u64(slots: &[Option<&Found>]) -> u64 {
+    slots.len() as u64
+}
+
+/// A volume of a container.
+pub struct ImsmVolume {
+    name: String,
+    node: Node,
+    plan: Plan,
+}
+
+impl Volume for ImsmVolume {
+    fn module(&self) -> &'static str {
+        "imsm"
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn dm_name(&self) -> String {
+        self.name.replace('/', "-")
+    }
+    fn shown(&self) -> Shown {
+        Shown::Own(self.node.clone())
+    }
+    fn devices(&self) -> Vec<String> {
+        self.plan.devices.iter().map(|(p, _)| p.clone()).collect()
+    }
+    fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
+        if writable && !self.plan.writable() {
+            return Err(format!(
+                "{}: tessera serves IMSM raid{} volumes{} read-only for now: it does not yet keep \
+                 the metadata's dirty flag, failed disks and rebuild progress as mdmon does \
+                 (serve --read-only)",
+                self.name,
+                self.plan.level,
+                if self.plan.degraded {
+                    " running degraded,"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let device = self.plan.activate(&self.name, registry)?;
+        let notes = if self.plan.degraded {
+            vec!["running degraded".to_string()]
+        } else {
+            Vec::new()
+        };
+        Ok(Activated { device, notes })
+    }
+}
