@@ -136,6 +136,17 @@ pub fn member_superblock(
                 *r = i as u16;
             }
             let super_offset = version.offset_bytes(device_bytes)? / 512;
+            // mdadm gives 1.1/1.2 members a bad-block log of 512 entries, 16 sectors after
+            // the superblock (past room for a small bitmap); [`add_bitmap`] moves it past
+            // a larger one. 1.0 keeps none: its data runs up to the superblock.
+            let (bblog_offset, bblog_size) = match version {
+                MdVersion::V1_1 | MdVersion::V1_2
+                    if super_offset + BBLOG_OFFSET_1X as u64 + 8 <= data_offset =>
+                {
+                    (BBLOG_OFFSET_1X, super::badblocks::LOG_SECTORS)
+                }
+                _ => (0, 0),
+            };
             MdSuperblock::V1(Superblock1 {
                 feature_map: 0,
                 set_uuid: array.uuid,
@@ -162,8 +173,8 @@ pub fn member_superblock(
                 device_uuid,
                 devflags: 0,
                 bblog_shift: 0,
-                bblog_size: 0,
-                bblog_offset: 0,
+                bblog_size,
+                bblog_offset,
                 utime: array.now & ((1 << 40) - 1),
                 events: 1,
                 resync_offset: super1::RESYNC_DONE,
@@ -172,6 +183,9 @@ pub fn member_superblock(
         }
     })
 }
+
+/// Sectors from a 1.1/1.2 superblock to its bad-block log, where mdadm puts it.
+pub const BBLOG_OFFSET_1X: i32 = 16;
 
 /// Sectors from a 1.1/1.2 superblock to its internal bitmap, where mdadm puts it.
 pub const BITMAP_OFFSET_1X: i32 = 8;
@@ -194,6 +208,18 @@ pub fn add_bitmap(
     }
     s.feature_map |= super1::FEATURE_BITMAP;
     s.bitmap_offset = BITMAP_OFFSET_1X;
+    if s.bblog_offset != 0 {
+        // The log goes after the bitmap's header and bits, in 4 KiB steps, as mdadm does.
+        let bits = sync_sectors.div_ceil(u64::from(chunk_bytes / 512).max(1));
+        let bitmap_sectors = (super::bitmap::BYTES as u64 + bits.div_ceil(8)).div_ceil(4096) * 8;
+        let at = (BITMAP_OFFSET_1X as u64 + bitmap_sectors).max(BBLOG_OFFSET_1X as u64);
+        if s.super_offset + at + u64::from(s.bblog_size) <= s.data_offset {
+            s.bblog_offset = at as i32;
+        } else {
+            s.bblog_offset = 0;
+            s.bblog_size = 0;
+        }
+    }
     Some(super::BitmapSuper {
         offset: (s.super_offset + BITMAP_OFFSET_1X as u64) * 512,
         version: 4,

@@ -3,6 +3,7 @@
 //! ([`bitmap`]). [`probe`] finds whichever a member holds; [`MdSuperblock`] gives one view
 //! of both kinds.
 
+pub mod badblocks;
 pub mod bitmap;
 pub mod create;
 pub mod super0;
@@ -123,6 +124,12 @@ pub enum MdError {
     Malformed {
         device: String,
         version: MdVersion,
+        why: String,
+    },
+    #[error("{device}: MD bad-block log at byte {offset}: {why}")]
+    BadBlocks {
+        device: String,
+        offset: u64,
         why: String,
     },
     #[error("{device}: MD bitmap at byte {offset}: {why}")]

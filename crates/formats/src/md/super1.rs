@@ -378,6 +378,22 @@ impl Superblock1 {
                 limit_name: "the data area",
             });
         }
+        // md refuses a bad-block log it cannot load: no place, or more than a page.
+        if self.feature_map & FEATURE_BAD_BLOCKS != 0 {
+            let start = self.super_offset as i64 + i64::from(self.bblog_offset);
+            let end = start + i64::from(self.bblog_size);
+            if self.bblog_offset == 0
+                || self.bblog_size > super::badblocks::LOG_SECTORS
+                || start < 0
+                || end as u64 > device_sectors
+            {
+                return Err(malformed(format!(
+                    "the bad-block log ({} sectors at {} sectors from the superblock) is not \
+                     one md can load",
+                    self.bblog_size, self.bblog_offset
+                )));
+            }
+        }
         if self.feature_map & FEATURE_BITMAP != 0 && self.feature_map & FEATURE_PPL == 0 {
             let start = self.super_offset as i64 + i64::from(self.bitmap_offset);
             if start < 0 || start as u64 + 1 > device_sectors {
