@@ -650,6 +650,19 @@ impl Mpb {
         let mut devs = Vec::with_capacity(num_devs);
         for i in 0..num_devs {
             let d = Dev::decode(&b[at..], device, i)?;
+            // Every slot of every map names a disk of the table.
+            for (m, map) in d.maps.iter().enumerate() {
+                for slot in 0..map.disk_ord_tbl.len() {
+                    let idx = map.disk_index(slot).unwrap_or(0) as usize;
+                    if idx >= num_disks {
+                        return Err(damaged(
+                            device,
+                            format!("volume {i} ({}) map {m} slot {slot}", d.name()),
+                            format!("names disk {idx}, but the disk table has {num_disks} disks"),
+                        ));
+                    }
+                }
+            }
             at += d.bytes();
             devs.push(d);
         }
