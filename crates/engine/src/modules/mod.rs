@@ -1,6 +1,7 @@
 //! The format modules, one per on-disk format, each behind [`crate::format::FormatModule`]
 //! and registered in [`registry`].
 
+pub mod ddf;
 pub mod imsm;
 pub mod luks;
 pub mod lvm2;
@@ -21,6 +22,7 @@ pub fn registry() -> Vec<Arc<dyn FormatModule>> {
         // Before partition tables: a volume's first chunk, at sector 0 of a member, may
         // hold one; the MPB at the disk's end says what the disk is.
         Arc::new(imsm::ImsmMembers),
+        Arc::new(ddf::DdfMembers),
         Arc::new(partition::PartitionTables),
         Arc::new(md::MdMembers),
         Arc::new(lvm2::LvmLabels),

@@ -1,0 +1,558 @@
+//! SNIA DDF containers (mdadm's `-e ddf` external metadata, and hardware RAID controllers'
+//! own): the module claims each disk with a DDF anchor, joins the disks of one container
+//! (by the header GUID), and makes each virtual disk a volume `md/NAME`, run through the
+//! `raid` target over the members' extents (offset and size from the configuration
+//! record), as md runs a subarray of an external-metadata container.
+//!
+//! tessera reads DDF but does not yet keep its records while a subarray runs (mdmon's
+//! job), so the subarrays are served read-only.
+
+use std::sync::Arc;
+
+use tessera_block::{BlockError, SharedDevice, SliceDevice};
+use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, Subarray};
+use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_raid::layout::{Geometry, Level};
+use tessera_raid::target::type_name as raid_type_name;
+
+use crate::devices::NamedDevices;
+use crate::format::{
+    Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
+};
+
+/// Disks holding DDF metadata.
+pub struct DdfMembers;
+
+/// The metadata of `device`, read as the module reads it everywhere.
+fn read(device: &SharedDevice) -> Result<Option<DdfMetadata>, ddf_format::DdfError> {
+    ddf_format::probe(device.as_ref())
+}
+
+/// A container's short name: "ddf-" and the last eight bytes of its GUID (the creation
+/// time and a random number for the containers mdadm makes).
+fn container_name(guid: &ddf_format::Guid) -> String {
+    let tail: String = guid.0[16..].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ddf-{tail}")
+}
+
+impl FormatModule for DdfMembers {
+    fn name(&self) -> &'static str {
+        "ddf"
+    }
+
+    fn probe(&self, _name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
+        match read(device) {
+            Ok(None) => None,
+            Ok(Some(m)) => {
+                let refnum = m.disk.refnum;
+                let role = match m.own_entry() {
+                    Some(e) => e.state_words(),
+                    None => "not in its own records".into(),
+                };
+                let vds: Vec<String> = m.virt.entries.iter().map(|v| v.name()).collect();
+                let mut f = Finding::new(
+                    ddf_format::BLKID_TYPE,
+                    format!(
+                        "DDF {} member of {}, refnum {refnum:08x}, {role}, sequence {}",
+                        m.anchor.revision,
+                        container_name(&m.container_guid()),
+                        m.seq()
+                    ),
+                );
+                f.detail = serde_json::json!({
+                    "container_guid": m.container_guid().to_string(),
+                    "revision": m.anchor.revision,
+                    "refnum": format!("{refnum:08x}"),
+                    "sequence": m.seq(),
+                    "header": m.active.to_string(),
+                    "virtual_disks": vds,
+                    "controller": m.controller.as_ref().map(|c| c.guid.vendor()),
+                });
+                f.problems = m.warnings.clone();
+                Some((f, Vec::new()))
+            }
+            Err(e) => Finding::damaged(
+                ddf_format::BLKID_TYPE,
+                "DDF metadata that cannot be read",
+                e.to_string(),
+            ),
+        }
+    }
+
+    fn assemble(&self, members: Vec<Member>) -> Vec<Assembly> {
+        let devices: Vec<(String, SharedDevice)> = members
+            .iter()
+            .map(|m| (m.name.clone(), m.device.clone()))
+            .collect();
+        containers(&devices)
+            .into_iter()
+            .map(|(c, devs)| assembly(c, devs))
+            .collect()
+    }
+
+    /// The subarrays on `devs` as devices `md/NAME` (complete ones; degraded ones too when
+    /// only reading), so what lies on them (a PV) is seen by every command.
+    fn stacked_devices(
+        &self,
+        devs: &NamedDevices,
+        write: bool,
+        problems: &mut Vec<String>,
+    ) -> NamedDevices {
+        let devices: Vec<(String, SharedDevice)> =
+            devs.iter().map(|(n, d)| (n.clone(), d.clone())).collect();
+        let registry = crate::format::target_registry();
+        let mut out: NamedDevices = Vec::new();
+        for (c, disks) in containers(&devices) {
+            for s in &c.subarrays {
+                let v = DdfVolume::new(&c, s, &disks);
+                let name = v.name();
+                if devs.iter().any(|(n, _)| *n == name) || v.kernel_holder().is_some() {
+                    continue;
+                }
+                match s.health() {
+                    Health::Complete => {}
+                    Health::Degraded { .. } if !write => {}
+                    _ => continue,
+                }
+                match v.run(registry.clone()) {
+                    Ok(device) => out.push((name, Arc::new(device))),
+                    Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The containers on `devices`, each with the devices of its disks (same order).
+fn containers(devices: &[(String, SharedDevice)]) -> Vec<(Container, Vec<SharedDevice>)> {
+    let mut read_ok = Vec::new();
+    for (name, dev) in devices {
+        // Unreadable metadata is already a problem on the device's finding.
+        if let Ok(Some(m)) = read(dev) {
+            read_ok.push((name.clone(), m));
+        }
+    }
+    ddf_format::assemble(read_ok)
+        .into_iter()
+        .map(|c| {
+            let devs = c
+                .disks
+                .iter()
+                .map(|(n, _)| {
+                    devices
+                        .iter()
+                        .find(|(dn, _)| dn == n)
+                        .map(|(_, d)| d.clone())
+                        .expect("a disk read from the devices given")
+                })
+                .collect();
+            (c, devs)
+        })
+        .collect()
+}
+
+fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
+    let cname = container_name(&c.guid);
+    let mut problems = c.problems.clone();
+    let mut places: Vec<Place> = Vec::new();
+    for (i, (name, m)) in c.disks.iter().enumerate() {
+        let left = c.left_out.iter().find(|(d, _)| *d == i);
+        let problem = left.map(|(_, why)| format!("{name}: left out of {cname}: {why}"));
+        problems.extend(problem.clone());
+        let state = if left.is_some() {
+            "left out".to_string()
+        } else if m.spare_assignment
+            || m.own_entry().is_some_and(|e| {
+                e.kind & (ddf_format::records::pd_type::SPARE | ddf_format::records::pd_type::GLOBAL_SPARE)
+                    != 0
+            })
+        {
+            "spare".to_string()
+        } else {
+            "active".to_string()
+        };
+        places.push(Place {
+            name: name.clone(),
+            state: Some(state),
+            problem,
+            ..Place::default()
+        });
+    }
+    if let Some(home) = places.first().map(|p| p.name.clone()) {
+        for p in places.iter_mut().skip(1) {
+            p.note = Some(format!("{cname} shown under {home}"));
+        }
+    }
+    let mut volumes: Vec<Box<dyn Volume>> = Vec::new();
+    let mut subarrays: Vec<serde_json::Value> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for s in &c.subarrays {
+        let v = DdfVolume::new(&c, s, &devices);
+        // Two virtual disks of one name: the second is shown by its GUID.
+        let v = if names.contains(&v.name) {
+            DdfVolume {
+                name: s.entry.guid.to_string().replace(':', ""),
+                ..v
+            }
+        } else {
+            v
+        };
+        names.push(v.name.clone());
+        // What the subarray is, kept here: its own node shows what lies on it.
+        subarrays.push(v.node().detail);
+        volumes.push(Box::new(v));
+    }
+    let summary = format!(
+        "DDF container, {} disk(s), {} virtual disk(s), sequence {}",
+        c.disks.len() - c.left_out.len(),
+        c.subarrays.len(),
+        c.seq
+    );
+    let detail = serde_json::json!({
+        "metadata": "ddf",
+        "container_guid": c.guid.to_string(),
+        "sequence": c.seq,
+        "disks": c.disks.iter().map(|(n, m)| serde_json::json!({
+            "device": n, "refnum": format!("{:08x}", m.disk.refnum), "sequence": m.seq(),
+        })).collect::<Vec<_>>(),
+        "subarrays": subarrays,
+    });
+    let state = if c.subarrays.iter().all(|s| s.health() == Health::Complete) {
+        "clean"
+    } else if c
+        .subarrays
+        .iter()
+        .any(|s| matches!(s.health(), Health::Failed { .. }))
+    {
+        "failed"
+    } else {
+        "degraded"
+    };
+    Assembly {
+        node: Node {
+            kind: "md",
+            name: cname,
+            size_bytes: c
+                .disks
+                .iter()
+                .zip(&devices)
+                .map(|(_, d)| d.size_bytes())
+                .sum(),
+            format: None,
+            summary,
+            state: Some(state.into()),
+            detail,
+            problems,
+            children: Vec::new(),
+        },
+        places,
+        volumes,
+    }
+}
+
+/// One member extent of a subarray, present.
+#[derive(Clone)]
+struct Extent {
+    slot: usize,
+    path: String,
+    device: SharedDevice,
+    offset_sectors: u64,
+}
+
+/// A virtual disk as a volume.
+pub struct DdfVolume {
+    name: String,
+    container: String,
+    sub: Subarray,
+    extents: Vec<Extent>,
+}
+
+impl DdfVolume {
+    fn new(c: &Container, s: &Subarray, devices: &[SharedDevice]) -> DdfVolume {
+        let extents = s
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let d = slot.disk?;
+                Some(Extent {
+                    slot: i,
+                    path: c.disks[d].0.clone(),
+                    device: devices[d].clone(),
+                    offset_sectors: slot.lba_offset,
+                })
+            })
+            .collect();
+        DdfVolume {
+            name: s.name(),
+            container: container_name(&c.guid),
+            sub: s.clone(),
+            extents,
+        }
+    }
+
+    /// The subarray's level in tessera's layouts, its geometry and its size in sectors.
+    fn geometry(&self) -> Result<(Geometry, u64), String> {
+        let (level, layout) = self.sub.md.clone()?;
+        let lv = match level {
+            0 => Level::Raid0,
+            1 => Level::Raid1,
+            4 => Level::Raid4,
+            5 => Level::Raid5,
+            6 => Level::Raid6,
+            10 => Level::Raid10,
+            _ => return Err(format!("{} is not a level tessera runs", self.sub.level_name())),
+        };
+        let n = self.sub.slots.len();
+        let chunk = if lv == Level::Raid1 {
+            self.sub.chunk_sectors.max(8)
+        } else {
+            self.sub.chunk_sectors
+        };
+        // md uses whole chunks of each extent.
+        let per = if lv == Level::Raid1 {
+            self.sub.blocks
+        } else {
+            self.sub.blocks / chunk.max(1) * chunk
+        };
+        let geo = Geometry::new(lv, layout, chunk, n, &vec![per; n]).map_err(|e| e.to_string())?;
+        let mut sectors = geo.array_sectors();
+        // The record's own size, when smaller, is what md exposes (its array_size).
+        if self.sub.array_blocks > 0 && self.sub.array_blocks < sectors {
+            sectors = self.sub.array_blocks;
+        }
+        Ok((geo, sectors))
+    }
+
+    /// The `raid` row over the member extents (each device named by its path).
+    fn table(&self) -> Result<String, String> {
+        let (level, layout) = self.sub.md.clone()?;
+        let (_, sectors) = self.geometry()?;
+        let type_name = raid_type_name(level, layout).ok_or_else(|| {
+            format!("{} layout {layout} has no raid target type", self.sub.level_name())
+        })?;
+        let chunk = if level == 1 {
+            self.sub.chunk_sectors.max(8)
+        } else {
+            self.sub.chunk_sectors
+        };
+        let mut params = vec![chunk.to_string()];
+        if level == 10 {
+            let near = layout & 0xff;
+            let far = (layout >> 8) & 0xff;
+            let (copies, format) = if far > 1 { (far, "far") } else { (near, "near") };
+            params.extend([
+                "raid10_copies".to_string(),
+                copies.to_string(),
+                "raid10_format".to_string(),
+                format.to_string(),
+            ]);
+        }
+        let devs: Vec<String> = (0..self.sub.slots.len())
+            .map(|i| match self.extents.iter().find(|e| e.slot == i) {
+                Some(e) => format!("- {}", escape_arg(&e.path)),
+                None => "- -".to_string(),
+            })
+            .collect();
+        Ok(format!(
+            "0 {sectors} raid {type_name} {} {} {} {}\n",
+            params.len(),
+            params.join(" "),
+            devs.len(),
+            devs.join(" ")
+        ))
+    }
+
+    /// Runs the subarray in user space, reading only.
+    fn run(&self, registry: Arc<TargetRegistry>) -> Result<MappedDevice, String> {
+        let text = self.table()?;
+        let table = Table::parse(&text).map_err(|e| e.to_string())?;
+        let device = MappedDevice::new(&self.dm_name(), registry);
+        let blocks = self.sub.blocks;
+        let resolve = |path: &str| -> Result<SharedDevice, BlockError> {
+            let e = self
+                .extents
+                .iter()
+                .find(|e| e.path == path)
+                .ok_or_else(|| BlockError::Open {
+                    device: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not a member of the subarray",
+                    ),
+                })?;
+            // The member's extent as a device of its own: I/O cannot leave it.
+            let start = e.offset_sectors.saturating_mul(512);
+            let len = blocks.saturating_mul(512);
+            SliceDevice::new(format!("{path}@{}", e.offset_sectors), e.device.clone(), start, len)
+                .map(|s| Arc::new(s) as SharedDevice)
+                .ok_or_else(|| BlockError::Open {
+                    device: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "its extent (sector {} + {blocks}) lies past the device's end",
+                            e.offset_sectors
+                        ),
+                    ),
+                })
+        };
+        device.load(&table, &resolve).map_err(|e| e.to_string())?;
+        device.resume().map_err(|e| e.to_string())?;
+        Ok(device)
+    }
+
+    /// The kernel's md device running this subarray's members, when it runs them.
+    fn kernel_holder(&self) -> Option<String> {
+        self.extents.iter().find_map(|e| {
+            let real = std::fs::canonicalize(&e.path).ok()?;
+            let base = real.file_name()?.to_string_lossy().into_owned();
+            std::fs::read_dir(format!("/sys/class/block/{base}/holders"))
+                .ok()?
+                .flatten()
+                .map(|h| h.file_name().to_string_lossy().into_owned())
+                .find(|h| h.starts_with("md"))
+                .map(|h| format!("/dev/{h}"))
+        })
+    }
+
+    fn node(&self) -> Node {
+        let s = &self.sub;
+        let mut problems: Vec<String> = s
+            .problems
+            .iter()
+            .map(|p| format!("{}: {p}", self.name()))
+            .collect();
+        let n = s.slots.len();
+        let state = match s.health() {
+            Health::Complete => "clean".to_string(),
+            Health::Degraded { missing } => {
+                problems.push(format!(
+                    "{}: degraded: slot(s) {missing:?} of {n} missing ({})",
+                    self.name(),
+                    missing
+                        .iter()
+                        .filter_map(|&i| s.slots[i].missing.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                "degraded".to_string()
+            }
+            Health::Failed { missing } => {
+                problems.push(format!(
+                    "{}: cannot start: slot(s) {missing:?} of {n} missing and {} does not survive it ({})",
+                    self.name(),
+                    s.level_name(),
+                    missing
+                        .iter()
+                        .filter_map(|&i| s.slots[i].missing.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                "failed".to_string()
+            }
+        };
+        if let Err(e) = &s.md {
+            problems.push(format!("{}: cannot run: {e}", self.name()));
+        }
+        if !s.entry.is_consistent() && s.md.as_ref().is_ok_and(|(l, _)| *l > 0) {
+            problems.push(format!(
+                "{}: the DDF records say it is not consistent ({}): its redundancy may not match its data",
+                self.name(),
+                s.entry.state_words()
+            ));
+        }
+        let size = self.geometry().map(|(_, s)| s * 512).unwrap_or(0);
+        Node {
+            kind: "md",
+            name: self.name(),
+            size_bytes: size,
+            format: None,
+            summary: format!(
+                "DDF virtual disk {} of {}, {} ({}) over {} of {n} members, chunk {} KiB, {state}",
+                s.index,
+                self.container,
+                s.level_name(),
+                s.ddf_level,
+                self.extents.len(),
+                s.chunk_sectors / 2
+            ),
+            state: Some(state.clone()),
+            detail: serde_json::json!({
+                "metadata": "ddf",
+                "name": self.name.clone(),
+                "container": self.container,
+                "member": s.index,
+                "guid": s.entry.guid.to_string(),
+                "level": s.level_name(),
+                "ddf_level": s.ddf_level,
+                "layout": s.md.as_ref().map(|(_, l)| *l).unwrap_or(0),
+                "chunk_bytes": s.chunk_sectors * 512,
+                "raid_disks": n,
+                "member_sectors": s.blocks,
+                "array_sectors": s.array_blocks,
+                "size_bytes": size,
+                "state": state.clone(),
+                "ddf_state": s.entry.state_words(),
+                "members": s.slots.iter().enumerate().map(|(i, sl)| serde_json::json!({
+                    "refnum": format!("{:08x}", sl.refnum),
+                    "lba_offset": sl.lba_offset,
+                    "device": self.extents.iter().find(|e| e.slot == i).map(|e| e.path.clone()),
+                    "missing": sl.missing,
+                })).collect::<Vec<_>>(),
+            }),
+            problems,
+            children: Vec::new(),
+        }
+    }
+}
+
+impl Volume for DdfVolume {
+    fn module(&self) -> &'static str {
+        "ddf"
+    }
+    fn name(&self) -> String {
+        format!("md/{}", self.name)
+    }
+    fn dm_name(&self) -> String {
+        format!("md-{}", self.name)
+    }
+    fn shown(&self) -> Shown {
+        Shown::Own(self.node())
+    }
+    fn listed_as(&self) -> Option<String> {
+        self.kernel_holder()
+    }
+    fn state_note(&self) -> Option<String> {
+        match self.sub.health() {
+            Health::Complete => None,
+            Health::Degraded { .. } => Some("degraded".into()),
+            Health::Failed { .. } => Some("failed".into()),
+        }
+    }
+    fn devices(&self) -> Vec<String> {
+        self.extents.iter().map(|e| e.path.clone()).collect()
+    }
+    fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
+        if writable {
+            return Err("DDF subarrays are served read-only for now (tessera does not yet keep DDF records while they run); serve with --read-only".to_string());
+        }
+        if let Health::Failed { missing } = self.sub.health() {
+            return Err(format!(
+                "{} misses slot(s) {missing:?}, more than {} survives",
+                self.name(),
+                self.sub.level_name()
+            ));
+        }
+        let device = self.run(registry)?;
+        let notes = self
+            .sub
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.missing.as_ref().map(|w| format!("runs without slot {i}: {w}")))
+            .collect();
+        Ok(Activated { device, notes })
+    }
+}
