@@ -126,6 +126,9 @@ pub enum MdCommand {
         device: String,
         #[arg(long)]
         json: bool,
+        /// Print the member's bad-block log instead, as `mdadm --examine-badblocks`.
+        #[arg(long)]
+        badblocks: bool,
     },
     /// List the arrays on the devices.
     List {
@@ -230,7 +233,12 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             )?;
             Ok(true)
         }
-        MdCommand::Examine { device, json } => examine(engine, &device, json),
+        MdCommand::Examine {
+            device,
+            badblocks: true,
+            ..
+        } => examine_badblocks(engine, &device),
+        MdCommand::Examine { device, json, .. } => examine(engine, &device, json),
         MdCommand::List { json } => {
             let scan = engine.md_scan(false)?;
             if json {
@@ -678,6 +686,25 @@ fn detail_text(a: &MdArray) -> String {
         out.push_str(&format!("{:>8}  {} ({why})\n", "out", m.path));
     }
     out
+}
+
+/// `mdadm --examine-badblocks`: the member's bad-block log, one entry a line.
+fn examine_badblocks(engine: &Engine, path: &str) -> Result<bool> {
+    let dev = engine
+        .open_named(path, false)
+        .with_context(|| format!("cannot open {path}"))?;
+    let Some((_, sb)) = md_format::probe(&*dev)? else {
+        bail!("{path}: no MD superblock (versions 0.90, 1.0, 1.1, 1.2 looked for)");
+    };
+    let MdSuperblock::V1(s) = &sb else {
+        bail!("{path}: a 0.90 superblock has no bad-block log");
+    };
+    let table = md_format::badblocks::read(&*dev, s)?;
+    print!(
+        "{}",
+        md_format::badblocks::examine_text(path, s, table.as_ref())
+    );
+    Ok(true)
 }
 
 fn examine(engine: &Engine, path: &str, json_out: bool) -> Result<bool> {

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use tessera_block::badblocks::BadBlocks;
+
 /// A member's part in the set, as the records keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberRole {
@@ -75,5 +77,16 @@ pub trait SetMetadata: Send + Sync {
     fn mark_regions(&self, regions: &[u64]) -> Result<(), MetadataError> {
         let _ = regions;
         Ok(())
+    }
+    /// The bad-block table of `device` (sectors of the whole device), if it keeps a
+    /// bad-block log; `None` if it keeps none, and then a write error fails it.
+    fn bad_blocks(&self, device: &str) -> Option<BadBlocks> {
+        let _ = device;
+        None
+    }
+    /// Makes `table` the durable bad-block log of `device`. An error fails the device.
+    fn record_bad_blocks(&self, device: &str, table: &BadBlocks) -> Result<(), MetadataError> {
+        let _ = table;
+        Err(MetadataError(format!("{device} keeps no bad-block log")))
     }
 }

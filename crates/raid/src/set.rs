@@ -14,6 +14,14 @@
 //! from the other members, and the good data is written back over the bad sectors, as md
 //! does; only if that write fails too is the member failed.
 //!
+//! A member that keeps a bad-block log (md's, through the metadata) is not failed for a
+//! write error while the log has room: the write is retried in blocks, the blocks that fail
+//! are recorded in its log (md's narrow_write_error and rdev_set_badblocks), and the data
+//! there lives on in the redundancy. Reads never go to a recorded range; once a write error
+//! has been seen on the member, writes skip recorded ranges too; a write that does reach a
+//! recorded range and succeeds (recovery, repair, a read error fixed) clears it (md's
+//! rdev_clear_badblocks).
+//!
 //! Writes, recovery, resync and scrub lock the rows they touch (a row is one chunk of every
 //! member, at the same member sector), so that a rebuilt row never overwrites a newer write
 //! and two writers to one parity stripe never mix their parity updates.
@@ -23,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
+use tessera_block::badblocks::BadBlocks;
 use tessera_block::{BlockError, Result as BlockResult, SharedDevice};
 
 use crate::layout::{Geometry, Level, StripeInfo};
@@ -78,6 +87,32 @@ impl Drop for RowGuard<'_> {
     }
 }
 
+/// A member's bad-block table, in sectors of the whole device.
+pub(crate) struct MemberBad {
+    pub table: Mutex<BadBlocks>,
+    /// Where the set's data starts on the device, in sectors.
+    pub base: u64,
+    /// A write error was seen on the member while the set ran: writes skip bad ranges.
+    pub write_error_seen: AtomicBool,
+}
+
+impl MemberBad {
+    pub(crate) fn new(table: BadBlocks, base: u64) -> Arc<MemberBad> {
+        Arc::new(MemberBad {
+            table: Mutex::new(table),
+            base,
+            write_error_seen: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether any of `len` member sectors from `member_sector` is recorded bad.
+    pub(crate) fn hits(&self, member_sector: u64, len: u64) -> bool {
+        lock(&self.table)
+            .check(self.base + member_sector, len)
+            .is_some()
+    }
+}
+
 /// The slots as one I/O sees them.
 #[derive(Clone)]
 pub(crate) struct View {
@@ -85,10 +120,21 @@ pub(crate) struct View {
     pub names: Vec<Option<String>>,
     /// Member sectors in sync from the start ([`IN_SYNC`]: all).
     pub synced: Vec<u64>,
+    /// Bad-block tables of members that keep a log.
+    pub bad: Vec<Option<Arc<MemberBad>>>,
 }
 
 impl View {
+    /// Whether member `m` holds good data for the range: present, in sync there, and no
+    /// sector of it recorded bad.
     pub(crate) fn readable(&self, m: usize, member_sector: u64, len: u64) -> bool {
+        self.devs[m].is_some()
+            && member_sector.saturating_add(len) <= self.synced[m]
+            && !self.bad[m].as_ref().is_some_and(|b| b.hits(member_sector, len))
+    }
+
+    /// Present and in sync there, whatever its bad blocks.
+    pub(crate) fn whole_at(&self, m: usize, member_sector: u64, len: u64) -> bool {
         self.devs[m].is_some() && member_sector.saturating_add(len) <= self.synced[m]
     }
 
@@ -264,6 +310,7 @@ impl Core {
             v.devs[m] = None;
             v.names[m] = None;
             v.synced[m] = 0;
+            v.bad[m] = None;
             spares.faulty.push(name);
             self.member_failures.fetch_add(1, Ordering::Relaxed);
             if !self.survives(&v) {
@@ -275,6 +322,7 @@ impl Core {
             self.record(&v, &spares);
             if let Some((spare_name, spare)) = spares.spares.pop_front() {
                 tracing::warn!("raid set: spare {spare_name} takes slot {m}; recovery starts");
+                v.bad[m] = self.member_bad(&spare_name);
                 v.devs[m] = Some(spare);
                 v.names[m] = Some(spare_name);
                 v.synced[m] = 0;
@@ -315,16 +363,184 @@ impl Core {
         .map_err(|e| e.to_string())
     }
 
-    /// Writes to member `m`; a failure fails the member and is an error only if the set
-    /// cannot go on.
+    /// Writes to member `m`; a failure the bad-block log cannot take fails the member and
+    /// is an error only if the set cannot go on.
     fn write_member(&self, v: &View, m: usize, buf: &[u8], member_sector: u64) -> BlockResult<()> {
+        self.write_to(v, m, buf, member_sector, false)
+    }
+
+    /// The bad-block table of `device`, if the records keep a log for it.
+    pub(crate) fn member_bad(&self, device: &str) -> Option<Arc<MemberBad>> {
+        let table = self.metadata.as_ref()?.bad_blocks(device)?;
+        Some(MemberBad::new(table, self.data_offset))
+    }
+
+    /// Writes `buf` to member `m` at `member_sector`. Unless `rewrite` (recovery, repair, a
+    /// read error being fixed), ranges recorded bad are skipped once a write error has
+    /// been seen on the member. A successful write clears what it covered from the log;
+    /// a failed one records the failing blocks there, or fails the member if it cannot.
+    pub(crate) fn write_to(
+        &self,
+        v: &View,
+        m: usize,
+        buf: &[u8],
+        member_sector: u64,
+        rewrite: bool,
+    ) -> BlockResult<()> {
         let Some(dev) = &v.devs[m] else {
             return Ok(());
         };
-        match dev.write_at(buf, self.at(member_sector)) {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(m, dev, e),
+        let len = buf.len() as u64 / SECTOR;
+        let bad = v.bad[m].as_ref();
+        if let Some(b) = bad.filter(|b| !rewrite && b.write_error_seen.load(Ordering::SeqCst)) {
+            // Write around the recorded ranges: the data there lives in the redundancy.
+            let skip: Vec<(u64, u64)> = {
+                let t = lock(&b.table);
+                t.entries()
+                    .iter()
+                    .map(|e| (e.start.saturating_sub(b.base), e.len))
+                    .filter(|&(s, n)| s < member_sector + len && s + n > member_sector)
+                    .collect()
+            };
+            if !skip.is_empty() {
+                let mut at = member_sector;
+                let end = member_sector + len;
+                let mut pieces = Vec::new();
+                for (s, n) in skip {
+                    if s > at {
+                        pieces.push((at, s.min(end)));
+                    }
+                    at = at.max(s + n);
+                }
+                if at < end {
+                    pieces.push((at, end));
+                }
+                for (s, e) in pieces {
+                    let from = ((s - member_sector) * SECTOR) as usize;
+                    let to = ((e - member_sector) * SECTOR) as usize;
+                    self.write_to(v, m, &buf[from..to], s, true)?;
+                }
+                return Ok(());
+            }
         }
+        match dev.write_at(buf, self.at(member_sector)) {
+            Ok(()) => {
+                if let Some(b) = bad {
+                    self.made_good(v, m, b, member_sector, len);
+                }
+                Ok(())
+            }
+            Err(e) => match bad {
+                Some(b) if self.narrow_write_error(v, m, dev, b, buf, member_sector) => Ok(()),
+                _ => self.fail(m, dev, e),
+            },
+        }
+    }
+
+    /// Clears a range written successfully from the member's log (md's "made good").
+    fn made_good(&self, v: &View, m: usize, b: &MemberBad, member_sector: u64, len: u64) {
+        let mut t = lock(&b.table);
+        if t.check(b.base + member_sector, len).is_none() {
+            return;
+        }
+        let before = t.clone();
+        if !t.clear(b.base + member_sector, len) {
+            return;
+        }
+        let name = v.names[m].clone().unwrap_or_default();
+        let recorded = self
+            .metadata
+            .as_ref()
+            .map(|meta| meta.record_bad_blocks(&name, &t));
+        match recorded {
+            Some(Ok(())) => tracing::info!(
+                "raid set: {name}: sectors {} to {} rewritten; cleared from its bad-block log",
+                b.base + member_sector,
+                b.base + member_sector + len - 1
+            ),
+            // The log still names the range: keep it bad here too.
+            _ => *t = before,
+        }
+    }
+
+    /// md's narrow_write_error: retries a failed write block by block and records the
+    /// blocks that fail in the member's log. False if the member must fail instead: its
+    /// log is full or cannot be written.
+    fn narrow_write_error(
+        &self,
+        v: &View,
+        m: usize,
+        dev: &SharedDevice,
+        b: &MemberBad,
+        buf: &[u8],
+        member_sector: u64,
+    ) -> bool {
+        let Some(meta) = &self.metadata else {
+            return false;
+        };
+        b.write_error_seen.store(true, Ordering::SeqCst);
+        let name = v.names[m].clone().unwrap_or_default();
+        let mut t = lock(&b.table);
+        let block = 1u64 << t.shift();
+        let start = b.base + member_sector;
+        let end = start + buf.len() as u64 / SECTOR;
+        let mut failed: Vec<(u64, u64)> = Vec::new();
+        let mut s = start;
+        while s < end {
+            let e = ((s / block + 1) * block).min(end);
+            let from = ((s - start) * SECTOR) as usize;
+            let to = ((e - start) * SECTOR) as usize;
+            if dev.write_at(&buf[from..to], s * SECTOR).is_err() {
+                match failed.last_mut() {
+                    Some(l) if l.0 + l.1 == s => l.1 += e - s,
+                    _ => failed.push((s, e - s)),
+                }
+            }
+            s = e;
+        }
+        let before = t.clone();
+        for &(s, n) in &failed {
+            if !t.set(s, n, false) {
+                tracing::warn!(
+                    "raid set: {name}: its bad-block log is full ({} entries); the member fails",
+                    t.capacity()
+                );
+                *t = before;
+                return false;
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        match meta.record_bad_blocks(&name, &t) {
+            Ok(()) => {
+                t.ack_all();
+                for (s, n) in failed {
+                    tracing::warn!(
+                        "raid set: {name}: write error at sectors {s} to {}; recorded in its \
+                         bad-block log",
+                        s + n - 1
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("raid set: {name}: recording bad blocks failed: {e}");
+                *t = before;
+                false
+            }
+        }
+    }
+
+    /// Bad-block entries per member, for the report.
+    pub(crate) fn bad_block_counts(&self) -> Vec<(String, usize)> {
+        let v = self.view();
+        (0..v.devs.len())
+            .filter_map(|m| {
+                let b = v.bad[m].as_ref()?;
+                Some((v.names[m].clone()?, lock(&b.table).count()))
+            })
+            .collect()
     }
 
     /// Called before a write: marks the set dirty and the write's bitmap regions, both
@@ -465,17 +681,18 @@ impl Core {
             }
         }
         for (m, ms, dev) in bad {
-            match dev.write_at(&data, self.at(*ms)) {
-                Ok(()) => {
-                    self.corrected_reads.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(
-                        "raid set: read error on {} at sector {ms} corrected from a copy",
-                        dev.name()
-                    );
-                }
-                Err(e) => {
-                    let _ = self.fail(*m, dev, e);
-                }
+            if !v.devs[*m].as_ref().is_some_and(|d| Arc::ptr_eq(d, dev)) {
+                continue;
+            }
+            let failures = self.member_failures.load(Ordering::SeqCst);
+            if self.write_to(&v, *m, &data, *ms, true).is_ok()
+                && self.member_failures.load(Ordering::SeqCst) == failures
+            {
+                self.corrected_reads.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(
+                    "raid set: read error on {} at sector {ms} corrected from a copy",
+                    dev.name()
+                );
             }
         }
     }
@@ -651,15 +868,16 @@ impl Core {
             piece.copy_from_slice(rows[member].as_deref().expect("rebuilt"));
             if let Some(dev) = bad {
                 // Answered from parity; write the data back over the bad sectors.
-                match dev.write_at(piece, self.at(ms)) {
-                    Ok(()) => {
+                if v.devs[member].as_ref().is_some_and(|d| Arc::ptr_eq(d, &dev)) {
+                    let failures = self.member_failures.load(Ordering::SeqCst);
+                    self.write_to(&v, member, piece, ms, true)?;
+                    if self.member_failures.load(Ordering::SeqCst) == failures {
                         self.corrected_reads.fetch_add(n, Ordering::Relaxed);
                         tracing::warn!(
                             "raid set: read error on {} at sector {ms} corrected from parity",
                             dev.name()
                         );
                     }
-                    Err(e) => self.fail(member, &dev, e)?,
                 }
             }
         }

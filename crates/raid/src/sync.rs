@@ -478,11 +478,7 @@ impl Core {
         buf: &[u8],
         member_sector: u64,
     ) -> BlockResult<()> {
-        let dev = v.devs[m].as_ref().expect("recovering members are present");
-        match dev.write_at(buf, self.at(member_sector)) {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(m, dev, e),
-        }
+        self.write_to(v, m, buf, member_sector, true)
     }
 
     /// Compares one unit's redundancy with its data; with `write`, makes it agree (parity
@@ -497,8 +493,20 @@ impl Core {
                     .stripe_of(unit * self.geo.data_sectors_per_stripe());
                 let _rows = self.rows.lock(vec![info.stripe]);
                 let v = self.view();
-                let rows = self.read_rows(&v, &info, 0, chunk)?;
-                if rows.iter().any(Option::is_none) {
+                let mut rows = self.read_rows(&v, &info, 0, chunk)?;
+                let missing: Vec<usize> = (0..rows.len()).filter(|&m| rows[m].is_none()).collect();
+                if !missing.is_empty() {
+                    // Members whole here but with recorded bad blocks: a repair or resync
+                    // rewrites their part from the others, which clears the records.
+                    let ms = info.member_sector;
+                    if !write || !missing.iter().all(|&m| v.whole_at(m, ms, chunk)) {
+                        return Ok(0);
+                    }
+                    self.rebuild(&info, &mut rows)?;
+                    for m in missing {
+                        let row = rows[m].as_deref().expect("rebuilt");
+                        self.write_to(&v, m, row, ms, true)?;
+                    }
                     return Ok(0);
                 }
                 let len = (chunk * SECTOR) as usize;
@@ -509,10 +517,7 @@ impl Core {
                     let bad = pages_differing(have, want);
                     found += bad * (PAGE as u64 / SECTOR);
                     if write && bad > 0 {
-                        let dev = v.devs[member].as_ref().expect("read");
-                        if let Err(e) = dev.write_at(want, self.at(info.member_sector)) {
-                            self.fail(member, dev, e)?;
-                        }
+                        self.write_to(&v, member, want, info.member_sector, true)?;
                     }
                     Ok(())
                 };
@@ -541,8 +546,12 @@ impl Core {
                 let v = self.view();
                 let mut first: Option<Vec<u8>> = None;
                 let mut found = 0;
+                let mut recorded_bad = Vec::new();
                 for (m, ms) in copies {
                     if !v.readable(m, ms, n) {
+                        if v.whole_at(m, ms, n) {
+                            recorded_bad.push((m, ms));
+                        }
                         continue;
                     }
                     let dev = v.devs[m].as_ref().expect("readable");
@@ -557,11 +566,16 @@ impl Core {
                             let bad = pages_differing(&buf, good);
                             found = found.max(bad * (PAGE as u64 / SECTOR));
                             if write && bad > 0 {
-                                if let Err(e) = dev.write_at(good, self.at(ms)) {
-                                    self.fail(m, dev, e)?;
-                                }
+                                self.write_to(&v, m, good, ms, true)?;
                             }
                         }
+                    }
+                }
+                // Copies with recorded bad blocks: a repair or resync rewrites them from a
+                // good one, which clears the records.
+                if let (true, Some(good)) = (write, &first) {
+                    for (m, ms) in recorded_bad {
+                        self.write_to(&v, m, good, ms, true)?;
                     }
                 }
                 Ok(found)

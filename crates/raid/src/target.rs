@@ -27,7 +27,7 @@ use tessera_mapper::{escape_arg, StatusType, Target, TargetArgs, TargetError};
 
 use crate::layout::{Geometry, Level};
 use crate::metadata::SetMetadata;
-use crate::set::{lock, Core, Spares, View, IN_SYNC};
+use crate::set::{lock, Core, MemberBad, Spares, View, IN_SYNC};
 use crate::sync::{self, Action, Sync};
 
 /// dm-raid's type names (and tessera's additions) as md levels and layouts.
@@ -246,7 +246,17 @@ pub fn construct_with(
         }
         synced[slot] = 0;
     }
+    let bad = names
+        .iter()
+        .zip(&devices)
+        .map(|(n, d)| {
+            d.as_ref()?;
+            let table = metadata.as_ref()?.bad_blocks(n)?;
+            Some(MemberBad::new(table, data_offset))
+        })
+        .collect();
     let view = View {
+        bad,
         names: names
             .iter()
             .zip(&devices)
@@ -591,6 +601,9 @@ impl Target for Raid {
                         last.millis,
                         last.complete
                     ));
+                }
+                for (name, entries) in self.core.bad_block_counts() {
+                    out.push_str(&format!("bad_blocks={name} {entries}\n"));
                 }
                 let spares = lock(&self.core.state);
                 for (name, _) in &spares.spares {

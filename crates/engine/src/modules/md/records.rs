@@ -6,6 +6,7 @@
 
 use std::sync::Mutex;
 
+use tessera_block::badblocks::BadBlocks;
 use tessera_block::BlockDevice;
 use tessera_formats::md::{self, bitmap, BitmapSuper, MdSuperblock, MdVersion};
 use tessera_raid::metadata::{MemberRole, MetadataError, SetMetadata, SetRecord, SetStart};
@@ -36,6 +37,8 @@ struct Records {
     start: SetStart,
     /// Members the set has failed: nothing more is written to them.
     failed: std::collections::HashSet<String>,
+    /// The bad-block logs of the members that keep one, by path (device sectors).
+    bad: std::collections::HashMap<String, BadBlocks>,
 }
 
 /// The records of one MD array; give it to the raid target as its [`SetMetadata`].
@@ -77,8 +80,15 @@ impl MdRecords {
             recovering,
             dirty_regions: bitmap.as_ref().map(|b| b.dirty_at_start.clone()),
         };
+        let mut bad = std::collections::HashMap::new();
+        for m in &members {
+            if let Some(t) = read_log(m)? {
+                bad.insert(m.path.clone(), t);
+            }
+        }
         Ok(MdRecords {
             records: Mutex::new(Records {
+                bad,
                 version: array.version,
                 events: array.events,
                 members,
@@ -92,6 +102,14 @@ impl MdRecords {
     /// Adds a device that carries a spare superblock of this array (`md add`).
     pub fn add_member(&self, member: MdMember) {
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        match read_log(&member) {
+            Ok(Some(t)) => {
+                r.bad.insert(member.path.clone(), t);
+            }
+            Ok(None) => {}
+            // Without a readable log the member fails on a write error, as without one.
+            Err(e) => tracing::warn!("{}: {e}", member.path),
+        }
         r.members.retain(|m| m.path != member.path);
         r.members.push(member);
     }
@@ -102,6 +120,14 @@ impl MdRecords {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .events
+    }
+}
+
+/// The bad-block log of member `m`, if it keeps one.
+fn read_log(m: &MdMember) -> Result<Option<BadBlocks>, md::MdError> {
+    match &m.sb {
+        MdSuperblock::V1(s) => md::badblocks::read(m.device.as_ref(), s),
+        MdSuperblock::V0(_) => Ok(None),
     }
 }
 
@@ -337,6 +363,43 @@ impl SetMetadata for MdRecords {
         r.bitmap
             .as_ref()
             .map(|b| u64::from(b.header.chunksize) / 512)
+    }
+
+    fn bad_blocks(&self, device: &str) -> Option<BadBlocks> {
+        let r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        r.bad.get(device).cloned()
+    }
+
+    /// Writes the member's log, then its superblock with the feature bit to match (events
+    /// unchanged: the log is the member's own, not the array's state), as md writes the
+    /// log page before the superblock that points at it.
+    fn record_bad_blocks(&self, device: &str, table: &BadBlocks) -> Result<(), MetadataError> {
+        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let version = r.version;
+        let Some(i) = r.members.iter().position(|m| m.path == device) else {
+            return Err(MetadataError(format!("{device} is not a member of the array")));
+        };
+        if r.failed.contains(device) {
+            return Err(MetadataError(format!("{device} has failed")));
+        }
+        let m = &r.members[i];
+        let MdSuperblock::V1(s) = &m.sb else {
+            return Err(MetadataError(format!(
+                "{device}: a 0.90 member keeps no bad-block log"
+            )));
+        };
+        let mut sb = s.clone();
+        let dev = m.device.as_ref();
+        md::badblocks::write(dev, &mut sb, table)
+            .map_err(err)
+            .and_then(|()| dev.flush().map_err(err))?;
+        let sb = MdSuperblock::V1(sb);
+        md::write(dev, version, &sb)
+            .map_err(err)
+            .and_then(|()| dev.flush().map_err(err))?;
+        r.members[i].sb = sb;
+        r.bad.insert(device.to_string(), table.clone());
+        Ok(())
     }
 
     fn mark_regions(&self, regions: &[u64]) -> Result<(), MetadataError> {
