@@ -256,7 +256,7 @@ fn assemble_one(guid: Guid, disks: Vec<(String, DdfMetadata)>) -> Container {
                         let _ = from;
                     }
                     Some((have, from)) if have.seqnum == cfg.seqnum => {
-                        if have != cfg {
+                        if have.raw() != cfg.raw() {
                             c.problems.push(format!(
                                 "{}: DDF configuration record of virtual disk {} differs from the one on {} at the same seqnum {}; using the one on {}",
                                 c.disks[i].0,

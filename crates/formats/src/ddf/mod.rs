@@ -485,7 +485,10 @@ fn load_sections(
                         continue;
                     }
                     match VdConfig::decode(rec, mppe) {
-                        Ok(c) => configs.push(c),
+                        Ok(mut c) => {
+                            c.record = n;
+                            configs.push(c)
+                        }
                         Err(e) => warnings.push(format!(
                             "{device}: DDF configuration record {n} ({kind} copy): {e}; it is left out"
                         )),
@@ -514,6 +517,47 @@ fn load_sections(
         disk,
         warnings,
     })
+}
+
+impl DdfMetadata {
+    /// Writes this disk's metadata back as mdadm writes it: each copy (primary, then
+    /// secondary) as its header marked open, its sections, the header closed; the anchor
+    /// last. The sections written are the ones held here (the configuration records at
+    /// their own places); the copies' headers are written as they are held, each with a
+    /// fresh CRC. The caller flushes.
+    pub fn write(&self, dev: &dyn BlockDevice) -> Result<(), DdfError> {
+        let crl = usize::from(self.header().config_record_len);
+        for (kind, h) in [
+            (HeaderType::Primary, &self.primary),
+            (HeaderType::Secondary, &self.secondary),
+        ] {
+            let Some(h) = h else { continue };
+            let base = if kind == HeaderType::Secondary {
+                h.secondary_lba
+            } else {
+                h.primary_lba
+            };
+            let at = |section: usize| (base + u64::from(h.sections[section].offset)) * SECTOR as u64;
+            let mut open = h.clone();
+            open.open_flag = 1;
+            dev.write_at(&open.encode(), base * SECTOR as u64)?;
+            if let Some(c) = &self.controller {
+                dev.write_at(&c.encode(), at(0))?;
+            }
+            dev.write_at(&self.phys.encode(), at(1))?;
+            dev.write_at(&self.virt.encode(), at(2))?;
+            for c in &self.configs {
+                let off = at(3) + (c.record * crl * SECTOR) as u64;
+                dev.write_at(&c.encode(), off)?;
+            }
+            dev.write_at(&self.disk.encode(), at(4))?;
+            let mut closed = h.clone();
+            closed.open_flag = 0;
+            dev.write_at(&closed.encode(), base * SECTOR as u64)?;
+        }
+        dev.write_at(&self.anchor.encode(), self.anchor_lba * SECTOR as u64)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -654,6 +654,8 @@ pub fn prl_name(p: u8) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VdConfig {
     raw: Vec<u8>,
+    /// Its place among the configuration records of the disk it was read from.
+    pub record: usize,
     /// Entries per member table (the header's max_primary_element_entries).
     mppe: usize,
     pub guid: Guid,
@@ -701,6 +703,7 @@ impl VdConfig {
         let n = count as usize;
         Ok(VdConfig {
             raw: b.to_vec(),
+            record: 0,
             mppe,
             guid: Guid::read(b, 8),
             timestamp: be32(b, 32),
@@ -742,6 +745,11 @@ impl VdConfig {
         }
         seal(&mut b);
         b
+    }
+
+    /// The bytes as read.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     /// Chunk size in sectors (None for the "no chunks" value 255).
