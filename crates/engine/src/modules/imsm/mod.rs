@@ -6,9 +6,11 @@
 //! run by the `raid` target over the members' areas. Shown as container > volumes > what
 //! lies inside.
 //!
-//! Served writable are raid0 volumes only: the others need the metadata's dirty flag,
-//! failed disks and rebuild progress kept while they run (mdmon's work), which tessera
-//! does not do yet.
+//! Run writable, a volume keeps its records in the MPB as mdmon does ([`records`]): the
+//! dirty flag and failed members. Degraded or migrating volumes run read-only only:
+//! tessera does not record rebuilds or migrations yet.
+
+pub mod records;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use tessera_block::{BlockError, SharedDevice};
 use tessera_formats::imsm::{self, Dev, Mpb};
 use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_raid::metadata::SetMetadata;
 
 use crate::devices::NamedDevices;
 use crate::format::{
@@ -112,7 +115,7 @@ impl FormatModule for ImsmMembers {
                 if devs.iter().any(|(n, _)| *n == v.name) || (write && !run.writable()) {
                     continue;
                 }
-                match run.activate(&v.name, registry.clone()) {
+                match run.activate(&v.name, registry.clone(), None) {
                     Ok(device) => out.push((v.name.clone(), Arc::new(device))),
                     Err(e) => problems.push(format!("{}: cannot be put together: {e}", v.name)),
                 }
@@ -214,10 +217,11 @@ fn container(group: Vec<(String, SharedDevice, Mpb)>) -> Container {
     let mut left_out = Vec::new();
     for (path, device, m) in group {
         let serial = device_serial(&path);
-        let disk = match &serial {
-            Some(s) => mpb.disk_by_serial(s),
-            None => disk_by_name(&mpb, &path),
-        };
+        // mdadm may have recorded the device's name instead of its serial.
+        let disk = serial
+            .as_deref()
+            .and_then(|s| mpb.disk_by_serial(s))
+            .or_else(|| disk_by_name(&mpb, &path));
         if let Some(d) = disk {
             if let Some(other) = members.iter().find(|f| f.disk == Some(d)) {
                 left_out.push((
@@ -274,22 +278,42 @@ fn container(group: Vec<(String, SharedDevice, Mpb)>) -> Container {
 /// What a volume runs on, when it can run.
 #[derive(Clone)]
 struct Plan {
-    level: u32,
     /// The `raid` table row.
     table: String,
     /// The present members' paths and devices.
     devices: Vec<(String, SharedDevice)>,
+    /// The member path in each slot of map 0, `None` where it is missing.
+    slots: Vec<Option<String>>,
     degraded: bool,
+    migrating: bool,
 }
 
 impl Plan {
-    /// Whether tessera may write to it: raid0, which has no metadata to keep while it runs.
+    /// Whether tessera may write to it: complete and not migrating (the records it keeps
+    /// are the dirty flag and failures, not rebuilds or migrations).
     fn writable(&self) -> bool {
-        self.level == 0 && !self.degraded
+        !self.degraded && !self.migrating
     }
 
-    fn activate(&self, name: &str, registry: Arc<TargetRegistry>) -> Result<MappedDevice, String> {
+    /// Runs the volume; with `records`, the set keeps them while it runs.
+    fn activate(
+        &self,
+        name: &str,
+        registry: Arc<TargetRegistry>,
+        records: Option<Arc<dyn SetMetadata>>,
+    ) -> Result<MappedDevice, String> {
         let table = Table::parse(&self.table).map_err(|e| e.to_string())?;
+        let registry = match records {
+            Some(records) => {
+                let mut own = (*registry).clone();
+                own.set("raid", move |args| {
+                    tessera_raid::target::construct_with(args, Some(records.clone()))
+                })
+                .map_err(|e| e.to_string())?;
+                Arc::new(own)
+            }
+            None => registry,
+        };
         let device = MappedDevice::new(name.replace('/', "-"), registry);
         let resolve = |path: &str| {
             self.devices
@@ -313,6 +337,8 @@ impl Plan {
 /// A volume as read: its node, and how it runs (or why it cannot).
 struct VolumeInfo {
     name: String,
+    /// Its index among the MPB's volumes.
+    index: usize,
     node: Node,
     plan: Result<Plan, String>,
 }
@@ -485,9 +511,11 @@ impl Container {
         };
         VolumeInfo {
             name,
+            index,
             node,
             plan: plan.map(|mut p| {
                 p.degraded = !missing.is_empty();
+                p.migrating = dev.is_migrating();
                 p
             }),
         }
@@ -551,7 +579,6 @@ impl Container {
             })
             .collect();
         Ok(Plan {
-            level,
             table: format!(
                 "0 {} raid {type_name} {} {} {} {}\n",
                 dev.size,
@@ -565,7 +592,9 @@ impl Container {
                 .flatten()
                 .map(|f| (f.path.clone(), f.device.clone()))
                 .collect(),
+            slots: slots.iter().map(|s| s.map(|f| f.path.clone())).collect(),
             degraded: false,
+            migrating: false,
         })
     }
 
@@ -673,13 +702,22 @@ impl Container {
             problems,
             children: Vec::new(),
         };
+        let shared = records::ContainerRecords::new(
+            self.mpb.clone(),
+            self.members
+                .iter()
+                .filter_map(|f| Some((f.disk?, f.path.clone(), f.device.clone())))
+                .collect(),
+        );
         let mut out: Vec<Box<dyn Volume>> = Vec::new();
         for v in volumes {
             match v.plan {
                 Ok(plan) => out.push(Box::new(ImsmVolume {
                     name: v.name,
+                    index: v.index,
                     node: v.node,
                     plan,
+                    records: shared.clone(),
                 })),
                 // A volume that cannot run is shown all the same.
                 Err(_) => node.children.push(v.node),
@@ -700,8 +738,11 @@ fn n_u64(slots: &[Option<&Found>]) -> u64 {
 /// A volume of a container.
 pub struct ImsmVolume {
     name: String,
+    index: usize,
     node: Node,
     plan: Plan,
+    /// The container's MPB, shared with its other volumes, for running writable.
+    records: Arc<records::ContainerRecords>,
 }
 
 impl Volume for ImsmVolume {
@@ -720,22 +761,28 @@ impl Volume for ImsmVolume {
     fn devices(&self) -> Vec<String> {
         self.plan.devices.iter().map(|(p, _)| p.clone()).collect()
     }
+    /// Writable, the volume keeps its dirty flag and failures in the container's MPB.
     fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
         if writable && !self.plan.writable() {
             return Err(format!(
-                "{}: tessera serves IMSM raid{} volumes{} read-only for now: it does not yet keep \
-                 the metadata's dirty flag, failed disks and rebuild progress as mdmon does \
-                 (serve --read-only)",
+                "{}: a {} IMSM volume runs read-only only: tessera does not yet record \
+                 rebuilds and migrations as mdmon does (serve --read-only)",
                 self.name,
-                self.plan.level,
-                if self.plan.degraded {
-                    " running degraded,"
+                if self.plan.migrating {
+                    "migrating"
                 } else {
-                    ""
+                    "degraded"
                 }
             ));
         }
-        let device = self.plan.activate(&self.name, registry)?;
+        let records: Option<Arc<dyn SetMetadata>> = writable.then(|| {
+            Arc::new(records::VolumeRecords::new(
+                self.records.clone(),
+                self.index,
+                self.plan.slots.clone(),
+            )) as Arc<dyn SetMetadata>
+        });
+        let device = self.plan.activate(&self.name, registry, records)?;
         let notes = if self.plan.degraded {
             vec!["running degraded".to_string()]
         } else {
