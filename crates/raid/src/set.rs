@@ -512,9 +512,12 @@ impl Core {
         if failed.is_empty() {
             return true;
         }
-        match meta.record_bad_blocks(&name, &t) {
+        // What reaches the log is acknowledged, and merged with its neighbours as such.
+        let mut durable = t.clone();
+        durable.ack_all();
+        match meta.record_bad_blocks(&name, &durable) {
             Ok(()) => {
-                t.ack_all();
+                *t = durable;
                 for (s, n) in failed {
                     tracing::warn!(
                         "raid set: {name}: write error at sectors {s} to {}; recorded in its \
