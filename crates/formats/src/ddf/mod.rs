@@ -527,6 +527,7 @@ impl DdfMetadata {
     /// fresh CRC. The caller flushes.
     pub fn write(&self, dev: &dyn BlockDevice) -> Result<(), DdfError> {
         let crl = usize::from(self.header().config_record_len);
+        self.check_places(crl)?;
         for (kind, h) in [
             (HeaderType::Primary, &self.primary),
             (HeaderType::Secondary, &self.secondary),
@@ -556,6 +557,60 @@ impl DdfMetadata {
             dev.write_at(&closed.encode(), base * SECTOR as u64)?;
         }
         dev.write_at(&self.anchor.encode(), self.anchor_lba * SECTOR as u64)?;
+        Ok(())
+    }
+}
+
+impl DdfMetadata {
+    /// Refuses to write a layout whose pieces overlap (one section over another, over the
+    /// other copy or the anchor): what is written first would be overwritten.
+    fn check_places(&self, crl: usize) -> Result<(), DdfError> {
+        let mut places: Vec<(u64, u64, String)> =
+            vec![(self.anchor_lba, 1, "the anchor".to_string())];
+        for (kind, h) in [
+            (HeaderType::Primary, &self.primary),
+            (HeaderType::Secondary, &self.secondary),
+        ] {
+            let Some(h) = h else { continue };
+            let base = if kind == HeaderType::Secondary {
+                h.secondary_lba
+            } else {
+                h.primary_lba
+            };
+            places.push((base, 1, format!("the {kind} header")));
+            let mut add = |i: usize, sectors: u64| {
+                let start = base.saturating_add(u64::from(h.sections[i].offset));
+                places.push((start, sectors, format!("the {kind} {}", SECTION_NAMES[i])));
+            };
+            if self.controller.is_some() {
+                add(0, 1);
+            }
+            add(1, self.phys.encode().len() as u64 / SECTOR as u64);
+            add(2, self.virt.encode().len() as u64 / SECTOR as u64);
+            add(4, 1);
+            for c in &self.configs {
+                let start = base
+                    .saturating_add(u64::from(h.sections[3].offset))
+                    .saturating_add((c.record * crl) as u64);
+                places.push((
+                    start,
+                    crl as u64,
+                    format!("the {kind} configuration record {}", c.record),
+                ));
+            }
+        }
+        places.sort();
+        for w in places.windows(2) {
+            if w[0].0.saturating_add(w[0].1) > w[1].0 {
+                return Err(DdfError::Section {
+                    device: self.device.clone(),
+                    header: self.active,
+                    lba: w[1].0,
+                    which: "layout",
+                    problem: format!("{} overlaps {}; not written", w[1].2, w[0].2),
+                });
+            }
+        }
         Ok(())
     }
 }
