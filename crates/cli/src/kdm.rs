@@ -283,8 +283,8 @@ fn activate_md(
                 array.name,
                 array.level_name()
             );
-            for (m, left) in &array.left_out {
-                why.push_str(&format!("; {} left out: {left}", m.path));
+            for (m, left) in array.dropped_out() {
+                why.push_str(&format!("; {m} left out: {left}"));
             }
             match array.forced() {
                 Ok(_) => why.push_str(

@@ -299,8 +299,8 @@ impl Daemon {
                     "slots {missing:?} are missing and {} survives {tolerated}",
                     array.level_name()
                 );
-                for (member, left) in &array.left_out {
-                    why.push_str(&format!("; {} left out: {left}", member.path));
+                for (member, left) in array.dropped_out() {
+                    why.push_str(&format!("; {member} left out: {left}"));
                 }
                 match array.forced() {
                     Ok(_) => why.push_str(

@@ -128,7 +128,17 @@ impl MdArray {
         // mark, and that claim a slot in their own superblock: the ones forcing may take.
         let mut candidates: Vec<(u32, MdMember, bool)> = Vec::new();
         let mut unusable = Vec::new();
-        for (m, why) in &self.left_out {
+        // A member removed after it failed is listed as a spare by the others, while its
+        // own superblock still claims its slot: mdadm goes by the member's own word.
+        let removed: Vec<(MdMember, LeftOut)> = self
+            .spares
+            .iter()
+            .filter(|m| matches!(m.sb.role(), Role::Active(_)))
+            .map(|m| (m.clone(), LeftOut::Faulty))
+            .collect();
+        let mut spares = self.spares.clone();
+        spares.retain(|m| !matches!(m.sb.role(), Role::Active(_)));
+        for (m, why) in self.left_out.iter().chain(&removed) {
             let own = m.sb.role();
             let usable = matches!(why, LeftOut::Stale { .. } | LeftOut::Faulty);
             match own {
@@ -247,6 +257,7 @@ impl MdArray {
         }
         let mut array = self.clone();
         array.slots = slots;
+        array.spares = spares;
         array.left_out = rest;
         let degraded = !array.missing().is_empty();
         // mdadm: raid4 missing only its parity member starts dirty as it is.
@@ -261,6 +272,30 @@ impl MdArray {
             array.state = ArrayState::Clean;
         }
         Ok((array, plan))
+    }
+
+    /// Every member the array runs without and why: those left out, and those the others
+    /// list as spares while their own superblock claims a slot (removed after failing).
+    pub fn dropped_out(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .left_out
+            .iter()
+            .map(|(m, why)| (m.path.clone(), why.to_string()))
+            .collect();
+        for m in &self.spares {
+            if let Role::Active(slot) = m.sb.role() {
+                out.push((
+                    m.path.clone(),
+                    format!(
+                        "events {} of {}; its own superblock claims slot {slot}, the others \
+                         record it removed",
+                        m.sb.events(),
+                        self.events
+                    ),
+                ));
+            }
+        }
+        out
     }
 
     /// Records a forced assembly in the superblocks of the members present (an array from
