@@ -765,9 +765,8 @@ impl Volume for ImsmVolume {
     fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
         if writable && !self.plan.writable() {
             return Err(format!(
-                "{}: a {} IMSM volume runs read-only only: tessera does not yet record \
+                "a {} IMSM volume runs read-only only: tessera does not yet record \
                  rebuilds and migrations as mdmon does (serve --read-only)",
-                self.name,
                 if self.plan.migrating {
                     "migrating"
                 } else {
@@ -791,3 +790,6 @@ impl Volume for ImsmVolume {
         Ok(Activated { device, notes })
     }
 }
+
+#[cfg(test)]
+mod tests;
