@@ -1,11 +1,11 @@
 //! The MD superblock probe over arbitrary device contents: never panics, a superblock it
 //! accepts is written back by tessera to a device where it reads back the same, and so is
-//! an accepted bitmap header.
+//! an accepted bitmap header, and an accepted bad-block log (re-encoded, it decodes the same).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tessera_block::{BlockDevice, MemoryDevice};
-use tessera_formats::md::{probe, read_bitmap, write, BitmapSuper};
+use tessera_formats::md::{badblocks, probe, read_bitmap, write, BitmapSuper, MdSuperblock};
 
 fuzz_target!(|data: &[u8]| {
     // The input is the start of the device; a 0.90 seed (4 KiB) is placed where 0.90 lives.
@@ -21,6 +21,14 @@ fuzz_target!(|data: &[u8]| {
             // An accepted bitmap header encodes to bytes that decode to it again.
             let again = BitmapSuper::decode(&bm.encode(), "fuzz", bm.offset);
             assert_eq!(again.as_ref().ok(), Some(&bm));
+        }
+        if let MdSuperblock::V1(s) = &sb {
+            if let Ok(Some(table)) = badblocks::read(&dev, s) {
+                let bytes = badblocks::encode(&table.entries(), s.bblog_shift, 8)
+                    .expect("an accepted log fits a page");
+                let again = badblocks::decode(&bytes, s.bblog_shift, "fuzz", 0).unwrap();
+                assert_eq!(again.entries(), table.entries());
+            }
         }
         let copy = MemoryDevice::new("fuzz", size);
         write(&copy, version, &sb).expect("an accepted superblock is written");
