@@ -424,9 +424,9 @@ mod tests {
         assert!(matches!(decode(&line), Ok(Request::DmLs)));
         let line = envelope(&Request::DmLs, [1, 0, 7]);
         assert!(decode(&line).is_ok(), "a newer patch level is served");
-        let line = envelope(&Request::DmLs, [1, 2, 0]);
+        let line = envelope(&Request::DmLs, [1, 3, 0]);
         assert!(decode(&line).is_ok(), "this minor is served");
-        for v in [[2, 0, 0], [1, 3, 0], [0, 9, 0]] {
+        for v in [[2, 0, 0], [1, 4, 0], [0, 9, 0]] {
             let err = decode(&envelope(&Request::DmLs, v))
                 .unwrap_err()
                 .to_string();
@@ -439,12 +439,12 @@ mod tests {
             .to_string();
         assert!(err.contains("3.0.0"), "{err}");
         // The sentence old and new tools print, word for word.
-        let err = decode(&envelope(&Request::DmLs, [1, 3, 0])).unwrap_err();
+        let err = decode(&envelope(&Request::DmLs, [1, 4, 0])).unwrap_err();
         assert!(
             matches!(
                 err,
                 DaemonError::VersionRefused {
-                    request: [1, 3, 0],
+                    request: [1, 4, 0],
                     daemon: VERSION
                 }
             ),
@@ -452,8 +452,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "request speaks control protocol 1.3.0, this tessera daemon speaks 1.2.0 (it serves \
-             major version 1 up to minor 2): use a tessera of the daemon's version"
+            "request speaks control protocol 1.4.0, this tessera daemon speaks 1.3.0 (it serves \
+             major version 1 up to minor 3): use a tessera of the daemon's version"
         );
     }
 
