@@ -81,7 +81,7 @@ impl Client {
     }
 
     /// The daemon's tessera and protocol versions: `data` is
-    /// `{"tessera": "0.1.0", "protocol": [1, 2, 0]}`.
+    /// `{"tessera": "0.1.0", "protocol": [1, 3, 0]}`.
     pub fn version(&mut self) -> Result<Reply> {
         self.ask(Request::Version)
     }

@@ -30,7 +30,7 @@
 //! };
 //! let line = envelope(&request, VERSION);
 //! assert!(line.contains(r#""command":"dm_create""#));
-//! assert!(line.contains(r#""version":[1,2,0]"#));
+//! assert!(line.contains(r#""version":[1,3,0]"#));
 //! assert!(matches!(decode(&line), Ok(Request::DmCreate { name, .. }) if name == "zeros"));
 //!
 //! // A client of a newer minor version is told which versions meet.
