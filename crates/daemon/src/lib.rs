@@ -37,7 +37,7 @@
 //! let newer = envelope(&Request::DmLs, [VERSION[0], VERSION[1] + 1, 0]);
 //! let refused = decode(&newer).unwrap_err();
 //! assert!(matches!(refused, DaemonError::VersionRefused { .. }));
-//! assert!(refused.to_string().contains("1.3.0") && refused.to_string().contains("1.2.0"));
+//! assert!(refused.to_string().contains("1.4.0") && refused.to_string().contains("1.3.0"));
 //! ```
 //!
 //! Talking to a running daemon (`tessera serve` prints its control socket):
