@@ -82,6 +82,9 @@ pub struct DdfMetadata {
     pub configs: Vec<VdConfig>,
     /// Whether a spare assignment record is present (this disk is a dedicated spare).
     pub spare_assignment: bool,
+    /// The configuration section's other records (spare assignment, vendor-unique), by
+    /// place, kept as read so that writing the section back keeps them.
+    pub other_records: Vec<(usize, Vec<u8>)>,
     pub disk: DiskData,
     /// What is wrong but does not stop the metadata being used, one sentence each naming
     /// the device (a damaged copy, a configuration record with a bad CRC).
@@ -310,6 +313,7 @@ pub fn read_from_anchor(
         virt: s.virt,
         configs: s.configs,
         spare_assignment: s.spare_assignment,
+        other_records: s.other_records,
         disk: s.disk,
         warnings,
     })
@@ -362,6 +366,7 @@ struct Sections {
     virt: VirtRecords,
     configs: Vec<VdConfig>,
     spare_assignment: bool,
+    other_records: Vec<(usize, Vec<u8>)>,
     disk: DiskData,
     warnings: Vec<String>,
 }
@@ -464,6 +469,7 @@ fn load_sections(
 
     let mut configs = Vec::new();
     let mut spare_assignment = false;
+    let mut other_records = Vec::new();
     let crl = u32::from(h.config_record_len);
     let mppe = usize::from(h.max_primary_element_entries);
     if let Some(conf) = section(3, 1)? {
@@ -501,10 +507,13 @@ fn load_sections(
                         ));
                     } else {
                         spare_assignment = true;
+                        other_records.push((n, rec.to_vec()));
                     }
                 }
-                // Unused (all ones) or vendor-unique: nothing tessera reads.
-                _ => {}
+                // Unused (all ones).
+                UNSET32 => {}
+                // Vendor-unique: nothing tessera reads, kept.
+                _ => other_records.push((n, rec.to_vec())),
             }
         }
     }
@@ -514,6 +523,7 @@ fn load_sections(
         virt,
         configs,
         spare_assignment,
+        other_records,
         disk,
         warnings,
     })
@@ -522,8 +532,8 @@ fn load_sections(
 impl DdfMetadata {
     /// Writes this disk's metadata back as mdadm writes it: each copy (primary, then
     /// secondary) as its header marked open, its sections, the header closed; the anchor
-    /// last. The sections written are the ones held here (the configuration records at
-    /// their own places); the copies' headers are written as they are held, each with a
+    /// last. The sections written are the ones held here (the configuration section whole:
+    /// the records held at their places, the others unused); the copies' headers are written as they are held, each with a
     /// fresh CRC. The caller flushes.
     pub fn write(&self, dev: &dyn BlockDevice) -> Result<(), DdfError> {
         let crl = usize::from(self.header().config_record_len);
@@ -547,9 +557,23 @@ impl DdfMetadata {
             }
             dev.write_at(&self.phys.encode(), at(1))?;
             dev.write_at(&self.virt.encode(), at(2))?;
-            for c in &self.configs {
-                let off = at(3) + (c.record * crl * SECTOR) as u64;
-                dev.write_at(&c.encode(), off)?;
+            // The whole configuration section: the records held at their places, the
+            // rest unused (all ones), as mdadm writes it.
+            let conf_len = h.sections[3].len as usize * SECTOR;
+            if conf_len > 0 && crl > 0 {
+                let mut conf = vec![0xffu8; conf_len];
+                let records = self
+                    .configs
+                    .iter()
+                    .map(|c| (c.record, c.encode()))
+                    .chain(self.other_records.iter().cloned());
+                for (n, bytes) in records {
+                    let off = n * crl * SECTOR;
+                    if off + bytes.len() <= conf.len() {
+                        conf[off..off + bytes.len()].copy_from_slice(&bytes);
+                    }
+                }
+                dev.write_at(&conf, at(3))?;
             }
             dev.write_at(&self.disk.encode(), at(4))?;
             let mut closed = h.clone();
@@ -565,6 +589,7 @@ impl DdfMetadata {
     /// Refuses to write a layout whose pieces overlap (one section over another, over the
     /// other copy or the anchor): what is written first would be overwritten.
     fn check_places(&self, crl: usize) -> Result<(), DdfError> {
+        let crl = crl as u64;
         let mut places: Vec<(u64, u64, String)> =
             vec![(self.anchor_lba, 1, "the anchor".to_string())];
         for (kind, h) in [
@@ -588,15 +613,8 @@ impl DdfMetadata {
             add(1, self.phys.encode().len() as u64 / SECTOR as u64);
             add(2, self.virt.encode().len() as u64 / SECTOR as u64);
             add(4, 1);
-            for c in &self.configs {
-                let start = base
-                    .saturating_add(u64::from(h.sections[3].offset))
-                    .saturating_add((c.record * crl) as u64);
-                places.push((
-                    start,
-                    crl as u64,
-                    format!("the {kind} configuration record {}", c.record),
-                ));
+            if h.sections[3].len > 0 && crl > 0 {
+                add(3, u64::from(h.sections[3].len));
             }
         }
         places.sort();
