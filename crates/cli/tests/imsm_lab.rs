@@ -71,11 +71,13 @@ for c in imsm0 imsm1 imsm2; do mdadm -I /dev/md/$c; done
 sleep 1
 cat /proc/mdstat
 for d in 0 4 8; do mdadm -E /dev/loop$d | grep -E "^\[|Dirty State|Map State|Checksum"; done
+# mdadm -I names them NAME_0 when the names are taken or not this host's.
 for v in vol5 vol0 vol10 vol1; do
-  echo "sum $v $(sha256sum < /dev/md/$v | cut -d' ' -f1)"
+  dev=$(ls -d /dev/md/$v /dev/md/${v}_* 2>/dev/null | head -1)
+  echo "sum $v $(sha256sum < $dev | cut -d' ' -f1)"
 done
 grep -q resync /proc/mdstat && echo "resync-started"
-mdadm --stop /dev/md/vol5 /dev/md/vol0 /dev/md/vol10 /dev/md/vol1
+for v in vol5 vol0 vol10 vol1; do mdadm --stop $(ls -d /dev/md/$v /dev/md/${v}_* 2>/dev/null); done
 mdadm --stop /dev/md/imsm0 /dev/md/imsm1 /dev/md/imsm2
 for i in $(seq 0 9); do losetup -d /dev/loop$i; done
 echo lab-done
@@ -240,6 +242,7 @@ fn mdadm_imsm_containers_are_shown_and_served_byte_exact() {
                 "md/{v}"
             );
         }
+        drop(server);
         // Writable, a degraded volume is refused: tessera does not record rebuilds yet.
         let server = serve(&some, &state, &[]);
         assert!(exports(&server.addr).is_empty());
