@@ -14,7 +14,7 @@ const CORE: [&str; 7] = [
     "lock.rs",
     "units.rs",
 ];
-const MODULES: [&str; 5] = ["lvm2", "md", "partition", "luks", "signature"];
+const MODULES: [&str; 7] = ["lvm2", "md", "partition", "luks", "signature", "ddf", "imsm"];
 
 fn source(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel);
@@ -55,7 +55,7 @@ fn the_core_names_no_format_module() {
     assert!(wrong.is_empty(), "{wrong:#?}");
     // The registry is the one place that lists them all.
     let registry = code(&source("modules/mod.rs"));
-    for m in ["partition", "md", "lvm2", "luks", "signature"] {
+    for m in MODULES {
         assert!(
             registry.contains(&format!("{m}::")),
             "the registry lists {m}"
