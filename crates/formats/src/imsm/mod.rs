@@ -145,7 +145,12 @@ fn text16(b: &[u8]) -> String {
 pub fn checksum(mpb: &[u8]) -> u32 {
     let words = mpb.len() / 4;
     let sum = (0..words).fold(0u32, |s, i| s.wrapping_add(le32(mpb, i * 4)));
-    sum.wrapping_sub(le32(mpb, 0x20))
+    // (Bytes too few to hold check_sum have none to leave out.)
+    if mpb.len() >= 0x24 {
+        sum.wrapping_sub(le32(mpb, 0x20))
+    } else {
+        sum
+    }
 }
 
 /// One disk of the container, as the disk table records it.
