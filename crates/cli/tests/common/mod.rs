@@ -173,6 +173,8 @@ pub struct Served {
     pub child: std::process::Child,
     /// `nbd://HOST:PORT`, to which an export name is appended.
     pub addr: String,
+    /// The image files it was given, claimed (flock) while it runs.
+    files: Vec<String>,
 }
 
 impl Served {
@@ -182,7 +184,9 @@ impl Served {
         let pid = self.child.id() as i32;
         // SAFETY: a signal to the child this handle owns.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.child.wait().expect("tessera serve exits")
+        let status = self.child.wait().expect("tessera serve exits");
+        wait_released(&self.files);
+        status
     }
 }
 
@@ -190,6 +194,29 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        wait_released(&self.files);
+    }
+}
+
+/// Waits (at most 20 s) until no process holds a claim on `files`, so that the next daemon
+/// over them does not race the last one's exit on a busy machine (a claim was once seen
+/// held just after the daemon was reaped).
+fn wait_released(files: &[String]) {
+    use std::os::unix::io::AsRawFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for f in files {
+        let Ok(file) = std::fs::File::open(f) else {
+            continue;
+        };
+        loop {
+            // SAFETY: flock on a descriptor this function owns; closing it unlocks.
+            let locked =
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+            if !locked || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
@@ -215,7 +242,12 @@ pub fn serve(devices: &str, state: &Path, extra: &[&str]) -> Served {
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .trim_end_matches("/VG/LV")
         .to_string();
-    Served { child, addr }
+    let files = devices
+        .split(',')
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.is_file()))
+        .map(str::to_string)
+        .collect();
+    Served { child, addr, files }
 }
 
 /// Runs a command that must succeed; returns its standard output.
