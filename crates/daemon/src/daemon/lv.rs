@@ -360,17 +360,7 @@ impl Daemon {
                     if let Some((_, below, _)) = made.iter().find(|(m, _, _)| m.name == name) {
                         return Ok(below.clone());
                     }
-                    scan.pvs
-                        .iter()
-                        .find(|p| p.path == name)
-                        .map(|p| p.device.clone())
-                        .ok_or_else(|| BlockError::Open {
-                            device: name.to_string(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "neither a scanned PV nor a layer of the origin's stack",
-                            ),
-                        })
+                    scanned_pv(scan, name, "the origin's stack")
                 };
                 device.load(&table, &resolve)?;
                 device.resume()?;
@@ -478,4 +468,24 @@ fn thin_outcome(out: &ThinOutcome, lv: &str) -> String {
     }
     text.push_str(&format!("  Logical volume \"{lv}\" created.\n"));
     text
+}
+
+/// The scanned PV at `path`, for a stack's table that names it; `stack` says whose layers
+/// were looked at first, for the error.
+pub(super) fn scanned_pv(
+    scan: &Scan,
+    path: &str,
+    stack: &str,
+) -> tessera_block::Result<SharedDevice> {
+    scan.pvs
+        .iter()
+        .find(|p| p.path == path)
+        .map(|p| p.device.clone())
+        .ok_or_else(|| BlockError::Open {
+            device: path.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("neither a scanned PV nor a layer of {stack}"),
+            ),
+        })
 }

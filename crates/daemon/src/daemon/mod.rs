@@ -162,8 +162,7 @@ impl Daemon {
         {
             let mut volumes = daemon.lock();
             for array in &md.arrays {
-                if let Err(e) =
-                    daemon.add_array(array, degraded || read_only, force, &mut volumes)
+                if let Err(e) = daemon.add_array(array, degraded || read_only, force, &mut volumes)
                 {
                     warnings.push(format!("not starting md/{}: {}", array.name, e.chain()));
                 }

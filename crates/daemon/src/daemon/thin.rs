@@ -4,6 +4,7 @@
 //! included. Changes to a served pool's thin devices go to its live `thin-pool` target as
 //! the kernel's messages, never to its metadata behind the target's back.
 
+use super::lv::scanned_pv;
 use super::*;
 
 use tessera_engine::thin::{self, LivePools, PoolChanger};
@@ -125,17 +126,7 @@ impl Daemon {
                     if let Some((_, below)) = made.iter().find(|(n, _)| n == name) {
                         return Ok(below.clone());
                     }
-                    scan.pvs
-                        .iter()
-                        .find(|p| p.path == name)
-                        .map(|p| p.device.clone())
-                        .ok_or_else(|| BlockError::Open {
-                            device: name.to_string(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "neither a scanned PV nor a layer of the pool's stack",
-                            ),
-                        })
+                    scanned_pv(scan, name, "the pool's stack")
                 };
                 let thin_lv = d.lv.as_deref().filter(|lv| *lv != pool);
                 let existing = match thin_lv {
