@@ -29,9 +29,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(pool.data_ref_count(m.data_block).unwrap() >= 1);
         }
     }
-    // Growing the data space map before these changes is left out until the writer's bug it
-    // found is fixed: regressions/thin_space_map-resize-data leaves the data space map's
-    // counts 16 blocks off after resize_data and 30 allocations (known, not yet fixed).
+    let info = pool.info();
+    let _ = pool.resize_data(info.nr_data_blocks + 17_000);
     let mut changed = || -> Result<(), tessera_formats::thin::ThinMetadataError> {
         pool.create_thin(77)?;
         for v in 0..30 {

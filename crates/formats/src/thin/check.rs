@@ -20,7 +20,7 @@ use super::space_map::{
 };
 use super::superblock::{Superblock, SUPERBLOCK_LOCATION};
 use super::tm::MAX_DATA_BLOCKS;
-use super::{DeviceDetails, Result, METADATA_BLOCK_BYTES, SUPERBLOCK_MAGIC};
+use super::{DeviceDetails, Result, MAX_TIME, METADATA_BLOCK_BYTES, SUPERBLOCK_MAGIC};
 
 /// Problems kept in the report; the rest are only counted.
 const MAX_REPORTED: usize = 10_000;
@@ -301,6 +301,15 @@ impl Checker<'_> {
         }
         if let Some(why) = sb.field_problem() {
             self.problem(Some(0), why);
+        }
+        if sb.time > MAX_TIME {
+            self.problem(
+                Some(0),
+                format!(
+                    "superblock's time {} is past the 24 bits a mapping records (new mappings would corrupt their block numbers)",
+                    sb.time
+                ),
+            );
         }
         let device_blocks = self.device.size_bytes() / METADATA_BLOCK_BYTES as u64;
         self.nr_meta = sb.metadata_sm.nr_blocks;

@@ -55,6 +55,8 @@ pub const MIN_DATA_BLOCK_SECTORS: u32 = 128;
 pub const MAX_DATA_BLOCK_SECTORS: u32 = 2_097_152;
 /// The largest thin device id (24 bits).
 pub const MAX_DEV_ID: u32 = (1 << 24) - 1;
+/// A mapping keeps the pool's time in its low 24 bits, below the data block number.
+pub const MAX_TIME: u32 = (1 << 24) - 1;
 
 #[derive(Debug, Error)]
 pub enum ThinMetadataError {
@@ -503,7 +505,7 @@ impl PoolMetadata {
             .sb
             .time
             .checked_add(1)
-            .filter(|&t| t < 1 << 24)
+            .filter(|&t| t <= MAX_TIME)
             .ok_or_else(|| ThinMetadataError::Refused {
                 device: self.name(),
                 why: "the pool's time has run out (24 bits)".into(),
@@ -662,6 +664,16 @@ impl PoolMetadata {
             return Err(ThinMetadataError::Refused {
                 device: self.name(),
                 why: format!("data block {data_block} is not allocated"),
+            });
+        }
+        if self.sb.time > MAX_TIME {
+            // Or-ed into the mapping, a wider time would change the block number it records.
+            return Err(ThinMetadataError::Invalid {
+                device: self.name(),
+                why: format!(
+                    "the superblock's time {} is past the 24 bits a mapping records",
+                    self.sb.time
+                ),
             });
         }
         let value = (data_block << 24) | u64::from(self.sb.time);
