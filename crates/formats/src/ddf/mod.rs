@@ -45,6 +45,8 @@ pub enum DdfError {
         stored: u32,
         computed: u32,
     },
+    #[error("{device}: the first DDF header magic in the last 32 MiB is at byte {offset}, not at a sector boundary: no header can start there")]
+    Misaligned { device: String, offset: u64 },
     #[error("{device}: DDF revision {revision:?} is not one tessera reads (01.00.00, 01.02.00, 02.00.00)")]
     Revision { device: String, revision: String },
     #[error("{device}: no usable DDF header: primary: {primary}; secondary: {secondary}")]
@@ -135,32 +137,48 @@ pub fn probe(dev: &dyn BlockDevice) -> Result<Option<DdfMetadata>, DdfError> {
     read_from_anchor(dev, lba, &anchor).map(Some)
 }
 
-/// As [`probe`], and when the last sector holds no anchor, searches the last 32 MiB for
-/// one as mdadm does for controllers that put it elsewhere (its `probing_ddf_extended`):
-/// the first sector-aligned header magic whose CRC checks out. This reads 32 MiB of every
-/// device without DDF, so callers ask for it.
+/// As [`probe`], and when the last sector holds no header magic, searches the last 32 MiB
+/// as mdadm does for controllers (LSI, PERC) that put the anchor elsewhere (its
+/// `search_for_ddf_headers`, enabled by `PROBING ddf_extended` in mdadm.conf): the first
+/// place, in 4-byte steps from 32 MiB before the end, holding the header magic. That
+/// header is taken as the anchor whichever type it is (mdadm follows the primary and
+/// secondary LBAs of any copy) and must pass its CRC: mdadm does not search past a damaged
+/// one, nor devices of 32 MiB or less. This reads 32 MiB of every device without DDF, so
+/// callers ask for it.
 pub fn probe_extended(dev: &dyn BlockDevice) -> Result<Option<DdfMetadata>, DdfError> {
     if let Some(m) = probe(dev)? {
         return Ok(Some(m));
     }
+    let Some(offset) = find_header_magic(dev)? else {
+        return Ok(None);
+    };
+    if offset % SECTOR as u64 != 0 {
+        return Err(DdfError::Misaligned {
+            device: dev.name().to_string(),
+            offset,
+        });
+    }
+    let header = read(dev, offset, SECTOR)?;
+    read_from_anchor(dev, offset / SECTOR as u64, &header).map(Some)
+}
+
+/// The byte offset of the first DDF header magic in the last [`SEARCH_BYTES`] of `dev`,
+/// looked for at every 4-byte step from the start of that region, as mdadm looks.
+fn find_header_magic(dev: &dyn BlockDevice) -> Result<Option<u64>, BlockError> {
     let size = dev.size_bytes() / SECTOR as u64 * SECTOR as u64;
     if size <= SEARCH_BYTES {
         return Ok(None);
     }
     let start = size - SEARCH_BYTES;
+    // A multiple of 4, so that no 4-byte step straddles two windows.
     const WINDOW: u64 = 1 << 20;
+    let magic = HEADER_MAGIC.to_be_bytes();
     let mut at = start;
     while at < size {
         let len = WINDOW.min(size - at) as usize;
         let buf = read(dev, at, len)?;
-        for (i, sector) in buf.chunks_exact(SECTOR).enumerate() {
-            if be32(sector, 0) == HEADER_MAGIC
-                && crc_mismatch(sector).is_none()
-                && HeaderType::from_byte(sector[112]) == HeaderType::Anchor
-            {
-                let lba = (at + (i * SECTOR) as u64) / SECTOR as u64;
-                return read_from_anchor(dev, lba, sector).map(Some);
-            }
+        if let Some(i) = buf.chunks_exact(4).position(|word| word == magic) {
+            return Ok(Some(at + 4 * i as u64));
         }
         at += len as u64;
     }
