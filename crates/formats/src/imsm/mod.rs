@@ -32,8 +32,11 @@
 //! `disk_ord_tbl[num_members]`: each the index of a disk in the disk table, its top byte
 //! flags (bit 24: the member is being rebuilt).
 
+mod rebuild;
 #[cfg(test)]
 mod tests;
+
+pub use rebuild::SpareDisk;
 
 use thiserror::Error;
 
