@@ -10,6 +10,7 @@
 //! dirty flag and failed members. Degraded or migrating volumes run read-only only:
 //! tessera does not record rebuilds or migrations yet.
 
+pub mod external;
 pub mod records;
 
 use std::collections::BTreeMap;
