@@ -12,6 +12,8 @@ use thiserror::Error;
 use super::config::{self, ConfigError, Node, Section, Style, Value};
 use super::id::Id;
 
+mod pvmove;
+pub use pvmove::{MirrorSegment, DEFAULT_REGION_SECTORS, LOCKED, PVMOVE, PVMOVE_LV};
 mod thin;
 pub use thin::{
     ThinDiscards, ThinMessage, ThinPoolSegment, ThinSegment, THIN_MAX_CHUNK_SECTORS,
@@ -416,10 +418,12 @@ impl Segment {
     /// whole extent count, so allocation never hands them out.
     pub fn pv_areas(&self, pv_keys: &HashSet<&str>) -> Vec<PvArea> {
         match &self.kind {
+            // A stripe may name an LV instead (lvm2's pvmove0 while a PV is moved).
             SegmentKind::Striped { stripes, .. } => {
                 let per = self.extent_count / (stripes.len().max(1) as u64);
                 stripes
                     .iter()
+                    .filter(|s| pv_keys.contains(s.pv.as_str()))
                     .map(|s| PvArea {
                         pv: s.pv.clone(),
                         start_pe: s.start_pe,
@@ -1142,6 +1146,7 @@ impl VolumeGroup {
                         }
                     }
                 }
+                self.validate_lv_areas(lv, seg, &keys, &sat)?;
                 for area in seg.pv_areas(&keys) {
                     let Some(pv) = self.pv(&area.pv) else {
                         return Err(VgError::Inconsistent {
