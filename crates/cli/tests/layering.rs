@@ -10,7 +10,7 @@ use std::process::Command;
 /// personalities and the crypt target are targets of the mapper, FUSE serves the NBD exports' devices; the
 /// engine joins formats, mapper, raid and kernel; the daemon drives the engine; the CLI is
 /// the top.
-const LAYERS: [(&str, u32); 14] = [
+const LAYERS: [(&str, u32); 15] = [
     ("tessera-block", 0),
     ("tessera-kernel", 0),
     ("tessera-cipher", 0),
@@ -21,6 +21,7 @@ const LAYERS: [(&str, u32); 14] = [
     ("tessera-crypt", 2),
     ("tessera-snapshot", 2),
     ("tessera-thin", 2),
+    ("tessera-bbr", 2),
     ("tessera-fuse", 2),
     ("tessera-engine", 3),
     ("tessera-daemon", 4),

@@ -1,6 +1,8 @@
 //! tessera's on-disk metadata formats. Each format module knows how to find, read and write
 //! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
 
+pub mod bbr;
+pub mod bootsector;
 pub mod ddf;
 pub mod dmraid;
 pub mod imsm;
