@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::records::{prl, prl_name, rlq, srl, Guid, PhysEntry, VdConfig, VirtEntry};
+use super::records::{
+    pd_state, pd_type, prl, prl_name, rlq, srl, Guid, PhysEntry, VdConfig, VirtEntry,
+};
 use super::DdfMetadata;
 
 /// One container: its disks and its virtual disks.
@@ -20,6 +22,9 @@ pub struct Container {
     pub newest: usize,
     /// Disks not taken as members, and why.
     pub left_out: Vec<(usize, String)>,
+    /// Working disks the newest records make global spares and no virtual disk uses:
+    /// what a virtual disk that loses a member rebuilds onto.
+    pub spares: Vec<usize>,
     pub subarrays: Vec<Subarray>,
     /// What is wrong with the container as a whole, one sentence each.
     pub problems: Vec<String>,
@@ -35,6 +40,9 @@ pub struct Slot {
     pub disk: Option<usize>,
     /// Why it is not there.
     pub missing: Option<String>,
+    /// The disk is being rebuilt into this place (its physical disk record says
+    /// Rebuilding): present, but not in sync.
+    pub rebuilding: bool,
 }
 
 /// One virtual disk of the container, as md runs it.
@@ -82,9 +90,10 @@ impl Subarray {
         }
     }
 
+    /// The slots not in sync: missing, or being rebuilt.
     pub fn missing(&self) -> Vec<usize> {
         (0..self.slots.len())
-            .filter(|&i| self.slots[i].disk.is_none())
+            .filter(|&i| self.slots[i].disk.is_none() || self.slots[i].rebuilding)
             .collect()
     }
 
@@ -201,6 +210,7 @@ fn assemble_one(guid: Guid, disks: Vec<(String, DdfMetadata)>) -> Container {
         disks,
         newest,
         left_out: Vec::new(),
+        spares: Vec::new(),
         subarrays: Vec::new(),
         problems: Vec::new(),
     };
@@ -273,8 +283,25 @@ fn assemble_one(guid: Guid, disks: Vec<(String, DdfMetadata)>) -> Container {
                 }
             }
         }
-        c.subarrays.push(subarray(entry, &legs, &phys.entries, &by_refnum));
+        c.subarrays
+            .push(subarray(entry, &legs, &phys.entries, &by_refnum));
     }
+    let used: Vec<usize> = c
+        .subarrays
+        .iter()
+        .flat_map(|s| s.slots.iter().filter_map(|sl| sl.disk))
+        .collect();
+    c.spares = by_refnum
+        .iter()
+        .filter(|(r, d)| {
+            !used.contains(d)
+                && phys
+                    .by_refnum(**r)
+                    .is_some_and(|e| e.kind & pd_type::GLOBAL_SPARE != 0)
+        })
+        .map(|(_, d)| *d)
+        .collect();
+    c.spares.sort_unstable();
     c
 }
 
@@ -321,6 +348,10 @@ fn subarray(
                     s.md = Err("its legs do not match".into());
                 }
                 for (r, o) in cfg.phys_refnum.iter().zip(&cfg.lba_offset) {
+                    let rebuilding = phys
+                        .iter()
+                        .find(|e| e.refnum == *r)
+                        .is_some_and(|e| e.state & pd_state::REBUILDING != 0);
                     let (disk, missing) = match by_refnum.get(r) {
                         Some(&d) => (Some(d), None),
                         None => {
@@ -339,6 +370,7 @@ fn subarray(
                     s.slots.push(Slot {
                         refnum: *r,
                         lba_offset: *o,
+                        rebuilding: rebuilding && disk.is_some(),
                         disk,
                         missing,
                     });
@@ -353,13 +385,17 @@ fn subarray(
                         missing: Some(format!(
                             "no configuration record for leg {leg} on the disks present"
                         )),
+                        rebuilding: false,
                     });
                 }
             }
         }
     }
     if s.md.is_ok() && s.chunk_sectors == 0 && !matches!(s.md, Ok((1, _)) | Ok((-1, _))) {
-        s.md = Err(format!("chunk shift {} is not a chunk size", first.chunk_shift));
+        s.md = Err(format!(
+            "chunk shift {} is not a chunk size",
+            first.chunk_shift
+        ));
     }
     s
 }

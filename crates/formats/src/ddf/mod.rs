@@ -17,11 +17,11 @@ use thiserror::Error;
 use tessera_block::{BlockDevice, BlockError};
 
 pub use container::{assemble, Container, Health, Slot, Subarray};
+use records::*;
 pub use records::{
     Controller, DiskData, Guid, Header, HeaderType, PhysEntry, PhysRecords, VdConfig, VirtEntry,
     VirtRecords,
 };
-use records::*;
 
 /// blkid's name for a DDF member.
 pub const BLKID_TYPE: &str = "ddf_raid_member";
@@ -215,7 +215,13 @@ pub fn read_from_anchor(
         ));
     }
     let size_sectors = dev.size_bytes() / SECTOR as u64;
-    let primary = load_header(dev, &anchor, anchor.primary_lba, HeaderType::Primary, size_sectors);
+    let primary = load_header(
+        dev,
+        &anchor,
+        anchor.primary_lba,
+        HeaderType::Primary,
+        size_sectors,
+    );
     let secondary = load_header(
         dev,
         &anchor,
@@ -227,8 +233,10 @@ pub fn read_from_anchor(
     // and the primary was left open (a write cut short).
     let use_secondary = match (&primary, &secondary) {
         (Err(_), Ok(_)) => true,
-        (Ok(p), Ok(s)) => (p.seq < s.seq && s.open_flag == 0)
-            || (p.seq == s.seq && p.open_flag != 0 && s.open_flag == 0),
+        (Ok(p), Ok(s)) => {
+            (p.seq < s.seq && s.open_flag == 0)
+                || (p.seq == s.seq && p.open_flag != 0 && s.open_flag == 0)
+        }
         _ => false,
     };
     let (first, second) = if use_secondary {
@@ -249,7 +257,10 @@ pub fn read_from_anchor(
             secondary: why(&secondary),
         });
     }
-    for (t, r) in [(HeaderType::Primary, &primary), (HeaderType::Secondary, &secondary)] {
+    for (t, r) in [
+        (HeaderType::Primary, &primary),
+        (HeaderType::Secondary, &secondary),
+    ] {
         if let Err(e) = r {
             // An anchor with no secondary (all ones) is allowed.
             if !(t == HeaderType::Secondary && anchor.secondary_lba == UNSET64) {
@@ -494,9 +505,7 @@ fn load_sections(
         if crl == 0 || (crl as usize) * SECTOR < VdConfig::bytes_needed(mppe) {
             return Err(fail(
                 SECTION_NAMES[3],
-                format!(
-                    "records of {crl} sectors cannot hold {mppe} member entries"
-                ),
+                format!("records of {crl} sectors cannot hold {mppe} member entries"),
             ));
         }
         for (n, rec) in conf.chunks_exact(crl as usize * SECTOR).enumerate() {
@@ -566,7 +575,8 @@ impl DdfMetadata {
             } else {
                 h.primary_lba
             };
-            let at = |section: usize| (base + u64::from(h.sections[section].offset)) * SECTOR as u64;
+            let at =
+                |section: usize| (base + u64::from(h.sections[section].offset)) * SECTOR as u64;
             let mut open = h.clone();
             open.open_flag = 1;
             dev.write_at(&open.encode(), base * SECTOR as u64)?;

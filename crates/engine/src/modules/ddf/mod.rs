@@ -4,8 +4,11 @@
 //! `raid` target over the members' extents (offset and size from the configuration
 //! record), as md runs a subarray of an external-metadata container.
 //!
-//! tessera reads DDF but does not yet keep its records while a subarray runs (mdmon's
-//! job), so the subarrays are served read-only.
+//! Served writable, a subarray keeps its records as mdmon does (see [`records`]): its
+//! state and consistency, its members' states, and a global spare of the container taking
+//! the place of a member that fails (or is missing), rebuilt onto.
+
+pub mod records;
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use tessera_block::{BlockError, SharedDevice, SliceDevice};
 use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, Subarray};
 use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
+use tessera_raid::metadata::SetMetadata;
 use tessera_raid::target::type_name as raid_type_name;
 
 use crate::devices::NamedDevices;
@@ -104,7 +108,7 @@ impl FormatModule for DdfMembers {
         let mut out: NamedDevices = Vec::new();
         for (c, disks) in containers(&devices) {
             for s in &c.subarrays {
-                let v = DdfVolume::new(&c, s, &disks);
+                let v = DdfVolume::new(&c, s, &disks, None, Vec::new());
                 let name = v.name();
                 if devs.iter().any(|(n, _)| *n == name) || v.kernel_holder().is_some() {
                     continue;
@@ -114,7 +118,7 @@ impl FormatModule for DdfMembers {
                     Health::Degraded { .. } if !write => {}
                     _ => continue,
                 }
-                match v.run(registry.clone()) {
+                match v.run(registry.clone(), None) {
                     Ok(device) => out.push((name, Arc::new(device))),
                     Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
                 }
@@ -152,6 +156,76 @@ fn containers(devices: &[(String, SharedDevice)]) -> Vec<(Container, Vec<SharedD
         .collect()
 }
 
+/// A disk's entry in the container's newest physical disk records.
+fn newest_entry(c: &Container, refnum: u32) -> Option<&ddf_format::PhysEntry> {
+    c.disks.get(c.newest)?.1.phys.by_refnum(refnum)
+}
+
+/// What a disk is to the container, from its newest records: failed, rebuilding, a
+/// spare, or active.
+fn disk_role(c: &Container, m: &DdfMetadata) -> String {
+    use ddf_format::records::{pd_state, pd_type};
+    let Some(e) = newest_entry(c, m.disk.refnum) else {
+        return "not in the records".into();
+    };
+    if e.state & pd_state::FAILED != 0 {
+        "failed".into()
+    } else if e.state & pd_state::REBUILDING != 0 {
+        "rebuilding".into()
+    } else if m.spare_assignment || e.kind & (pd_type::SPARE | pd_type::GLOBAL_SPARE) != 0 {
+        "spare".into()
+    } else {
+        "active".into()
+    }
+}
+
+/// For each subarray with redundancy, the extent each global spare of the container
+/// offers it: on each spare disk, the subarrays' extents laid one after another from the
+/// first sector free of other extents, as far as the disk's usable size reaches (mdmon
+/// takes the first free space of the size the subarray needs).
+fn spare_extents(c: &Container) -> Vec<Vec<records::SpareExtent>> {
+    let mut plan: Vec<Vec<records::SpareExtent>> = vec![Vec::new(); c.subarrays.len()];
+    for &d in &c.spares {
+        let (path, m) = &c.disks[d];
+        let Some(usable) = newest_entry(c, m.disk.refnum).map(|e| e.config_size) else {
+            continue;
+        };
+        // What other configuration records already place on the disk.
+        let mut taken: Vec<(u64, u64)> = c
+            .subarrays
+            .iter()
+            .flat_map(|s| {
+                s.slots
+                    .iter()
+                    .filter(|sl| sl.refnum == m.disk.refnum)
+                    .map(|sl| (sl.lba_offset, s.blocks))
+            })
+            .collect();
+        for (k, s) in c.subarrays.iter().enumerate() {
+            if !matches!(s.md, Ok((1 | 4 | 5 | 6 | 10, _))) || s.blocks == 0 {
+                continue;
+            }
+            taken.sort_unstable();
+            let mut at = 0u64;
+            for &(start, len) in &taken {
+                if start >= at.saturating_add(s.blocks) {
+                    break;
+                }
+                at = at.max(start.saturating_add(len));
+            }
+            if at.saturating_add(s.blocks) > usable {
+                continue;
+            }
+            taken.push((at, s.blocks));
+            plan[k].push(records::SpareExtent {
+                path: path.clone(),
+                lba_offset: at,
+            });
+        }
+    }
+    plan
+}
+
 fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
     let cname = container_name(&c.guid);
     let mut problems = c.problems.clone();
@@ -162,15 +236,8 @@ fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
         problems.extend(problem.clone());
         let state = if left.is_some() {
             "left out".to_string()
-        } else if m.spare_assignment
-            || m.own_entry().is_some_and(|e| {
-                e.kind & (ddf_format::records::pd_type::SPARE | ddf_format::records::pd_type::GLOBAL_SPARE)
-                    != 0
-            })
-        {
-            "spare".to_string()
         } else {
-            "active".to_string()
+            disk_role(&c, m)
         };
         places.push(Place {
             name: name.clone(),
@@ -187,8 +254,10 @@ fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
     let mut volumes: Vec<Box<dyn Volume>> = Vec::new();
     let mut subarrays: Vec<serde_json::Value> = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    for s in &c.subarrays {
-        let v = DdfVolume::new(&c, s, &devices);
+    let shared = records::ContainerRecords::new(&c, &devices);
+    let spare_plan = spare_extents(&c);
+    for (k, s) in c.subarrays.iter().enumerate() {
+        let v = DdfVolume::new(&c, s, &devices, Some(shared.clone()), spare_plan[k].clone());
         // Two virtual disks of one name: the second is shown by its GUID.
         let v = if names.contains(&v.name) {
             DdfVolume {
@@ -213,8 +282,10 @@ fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
         "metadata": "ddf",
         "container_guid": c.guid.to_string(),
         "sequence": c.seq,
-        "disks": c.disks.iter().map(|(n, m)| serde_json::json!({
+        "disks": c.disks.iter().enumerate().map(|(i, (n, m))| serde_json::json!({
             "device": n, "refnum": format!("{:08x}", m.disk.refnum), "sequence": m.seq(),
+            "role": if c.left_out.iter().any(|(d, _)| *d == i) { "left out".to_string() } else { disk_role(&c, m) },
+            "state": newest_entry(&c, m.disk.refnum).map(|e| e.state_words()),
         })).collect::<Vec<_>>(),
         "subarrays": subarrays,
     });
@@ -251,10 +322,11 @@ fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
     }
 }
 
-/// One member extent of a subarray, present.
+/// One extent of a subarray's member or of a spare disk offered to it, present.
 #[derive(Clone)]
 struct Extent {
-    slot: usize,
+    /// Its slot; `None` for a spare's.
+    slot: Option<usize>,
     path: String,
     device: SharedDevice,
     offset_sectors: u64,
@@ -266,10 +338,22 @@ pub struct DdfVolume {
     container: String,
     sub: Subarray,
     extents: Vec<Extent>,
+    /// The extents the container's global spares offer it, in the order they are taken.
+    spares: Vec<Extent>,
+    /// Each slot's physical disk state in the newest records, in words.
+    member_states: Vec<Option<String>>,
+    /// The container's records, kept while the subarray runs writable.
+    records: Option<Arc<records::ContainerRecords>>,
 }
 
 impl DdfVolume {
-    fn new(c: &Container, s: &Subarray, devices: &[SharedDevice]) -> DdfVolume {
+    fn new(
+        c: &Container,
+        s: &Subarray,
+        devices: &[SharedDevice],
+        records: Option<Arc<records::ContainerRecords>>,
+        spares: Vec<records::SpareExtent>,
+    ) -> DdfVolume {
         let extents = s
             .slots
             .iter()
@@ -277,18 +361,38 @@ impl DdfVolume {
             .filter_map(|(i, slot)| {
                 let d = slot.disk?;
                 Some(Extent {
-                    slot: i,
+                    slot: Some(i),
                     path: c.disks[d].0.clone(),
                     device: devices[d].clone(),
                     offset_sectors: slot.lba_offset,
                 })
             })
             .collect();
+        let spares = spares
+            .into_iter()
+            .filter_map(|sp| {
+                let d = c.disks.iter().position(|(p, _)| *p == sp.path)?;
+                Some(Extent {
+                    slot: None,
+                    path: sp.path,
+                    device: devices[d].clone(),
+                    offset_sectors: sp.lba_offset,
+                })
+            })
+            .collect();
+        let member_states = s
+            .slots
+            .iter()
+            .map(|sl| newest_entry(c, sl.refnum).map(|e| e.state_words()))
+            .collect();
         DdfVolume {
             name: s.name(),
             container: container_name(&c.guid),
             sub: s.clone(),
             extents,
+            spares,
+            member_states,
+            records,
         }
     }
 
@@ -302,7 +406,12 @@ impl DdfVolume {
             5 => Level::Raid5,
             6 => Level::Raid6,
             10 => Level::Raid10,
-            _ => return Err(format!("{} is not a level tessera runs", self.sub.level_name())),
+            _ => {
+                return Err(format!(
+                    "{} is not a level tessera runs",
+                    self.sub.level_name()
+                ))
+            }
         };
         let n = self.sub.slots.len();
         let chunk = if lv == Level::Raid1 {
@@ -325,12 +434,18 @@ impl DdfVolume {
         Ok((geo, sectors))
     }
 
-    /// The `raid` row over the member extents (each device named by its path).
-    fn table(&self) -> Result<String, String> {
+    /// The `raid` row over the member extents (each device named by its path). Reading
+    /// only, a slot being rebuilt is left out (it is not in sync); writable, it is rebuilt,
+    /// a missing slot is rebuilt onto a spare when there is one, and the other spares wait
+    /// for a member to fail.
+    fn table(&self, writable: bool) -> Result<String, String> {
         let (level, layout) = self.sub.md.clone()?;
         let (_, sectors) = self.geometry()?;
         let type_name = raid_type_name(level, layout).ok_or_else(|| {
-            format!("{} layout {layout} has no raid target type", self.sub.level_name())
+            format!(
+                "{} layout {layout} has no raid target type",
+                self.sub.level_name()
+            )
         })?;
         let chunk = if level == 1 {
             self.sub.chunk_sectors.max(8)
@@ -341,7 +456,11 @@ impl DdfVolume {
         if level == 10 {
             let near = layout & 0xff;
             let far = (layout >> 8) & 0xff;
-            let (copies, format) = if far > 1 { (far, "far") } else { (near, "near") };
+            let (copies, format) = if far > 1 {
+                (far, "far")
+            } else {
+                (near, "near")
+            };
             params.extend([
                 "raid10_copies".to_string(),
                 copies.to_string(),
@@ -349,12 +468,31 @@ impl DdfVolume {
                 format.to_string(),
             ]);
         }
+        let mut spares = self.spares.iter().filter(|_| writable);
+        let mut rebuild = Vec::new();
         let devs: Vec<String> = (0..self.sub.slots.len())
-            .map(|i| match self.extents.iter().find(|e| e.slot == i) {
-                Some(e) => format!("- {}", escape_arg(&e.path)),
-                None => "- -".to_string(),
+            .map(|i| match self.extents.iter().find(|e| e.slot == Some(i)) {
+                Some(e) if !self.sub.slots[i].rebuilding => format!("- {}", escape_arg(&e.path)),
+                Some(e) if writable => {
+                    rebuild.push(i);
+                    format!("- {}", escape_arg(&e.path))
+                }
+                Some(_) => "- -".to_string(),
+                None => match spares.next() {
+                    Some(sp) => {
+                        rebuild.push(i);
+                        format!("- {}", escape_arg(&sp.path))
+                    }
+                    None => "- -".to_string(),
+                },
             })
             .collect();
+        for i in rebuild {
+            params.extend(["rebuild".to_string(), i.to_string()]);
+        }
+        for sp in spares {
+            params.extend(["spare".to_string(), escape_arg(&sp.path)]);
+        }
         Ok(format!(
             "0 {sectors} raid {type_name} {} {} {} {}\n",
             params.len(),
@@ -364,16 +502,32 @@ impl DdfVolume {
         ))
     }
 
-    /// Runs the subarray in user space, reading only.
-    fn run(&self, registry: Arc<TargetRegistry>) -> Result<MappedDevice, String> {
-        let text = self.table()?;
+    /// Runs the subarray in user space; with `records`, writable, the set keeps them.
+    fn run(
+        &self,
+        registry: Arc<TargetRegistry>,
+        records: Option<Arc<dyn SetMetadata>>,
+    ) -> Result<MappedDevice, String> {
+        let text = self.table(records.is_some())?;
         let table = Table::parse(&text).map_err(|e| e.to_string())?;
+        let registry = match records {
+            Some(records) => {
+                let mut own = (*registry).clone();
+                own.set("raid", move |args| {
+                    tessera_raid::target::construct_with(args, Some(records.clone()))
+                })
+                .map_err(|e| e.to_string())?;
+                Arc::new(own)
+            }
+            None => registry,
+        };
         let device = MappedDevice::new(&self.dm_name(), registry);
         let blocks = self.sub.blocks;
         let resolve = |path: &str| -> Result<SharedDevice, BlockError> {
             let e = self
                 .extents
                 .iter()
+                .chain(&self.spares)
                 .find(|e| e.path == path)
                 .ok_or_else(|| BlockError::Open {
                     device: path.to_string(),
@@ -385,18 +539,23 @@ impl DdfVolume {
             // The member's extent as a device of its own: I/O cannot leave it.
             let start = e.offset_sectors.saturating_mul(512);
             let len = blocks.saturating_mul(512);
-            SliceDevice::new(format!("{path}@{}", e.offset_sectors), e.device.clone(), start, len)
-                .map(|s| Arc::new(s) as SharedDevice)
-                .ok_or_else(|| BlockError::Open {
-                    device: path.to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "its extent (sector {} + {blocks}) lies past the device's end",
-                            e.offset_sectors
-                        ),
+            SliceDevice::new(
+                format!("{path}@{}", e.offset_sectors),
+                e.device.clone(),
+                start,
+                len,
+            )
+            .map(|s| Arc::new(s) as SharedDevice)
+            .ok_or_else(|| BlockError::Open {
+                device: path.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "its extent (sector {} + {blocks}) lies past the device's end",
+                        e.offset_sectors
                     ),
-                })
+                ),
+            })
         };
         device.load(&table, &resolve).map_err(|e| e.to_string())?;
         device.resume().map_err(|e| e.to_string())?;
@@ -425,15 +584,35 @@ impl DdfVolume {
             .map(|p| format!("{}: {p}", self.name()))
             .collect();
         let n = s.slots.len();
+        let why = |i: &usize| {
+            let sl = &s.slots[*i];
+            match &sl.missing {
+                Some(w) => Some(w.clone()),
+                None if sl.rebuilding => Some(format!("refnum {:08x} is being rebuilt", sl.refnum)),
+                None => None,
+            }
+        };
         let state = match s.health() {
             Health::Complete => "clean".to_string(),
+            Health::Degraded { missing } if missing.iter().all(|&i| s.slots[i].rebuilding) => {
+                problems.push(format!(
+                    "{}: recovering: slot(s) {missing:?} of {n} being rebuilt ({})",
+                    self.name(),
+                    missing
+                        .iter()
+                        .filter_map(why)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                "recovering".to_string()
+            }
             Health::Degraded { missing } => {
                 problems.push(format!(
                     "{}: degraded: slot(s) {missing:?} of {n} missing ({})",
                     self.name(),
                     missing
                         .iter()
-                        .filter_map(|&i| s.slots[i].missing.clone())
+                        .filter_map(why)
                         .collect::<Vec<_>>()
                         .join("; ")
                 ));
@@ -444,11 +623,7 @@ impl DdfVolume {
                     "{}: cannot start: slot(s) {missing:?} of {n} missing and {} does not survive it ({})",
                     self.name(),
                     s.level_name(),
-                    missing
-                        .iter()
-                        .filter_map(|&i| s.slots[i].missing.clone())
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    missing.iter().filter_map(why).collect::<Vec<_>>().join("; ")
                 ));
                 "failed".to_string()
             }
@@ -498,8 +673,13 @@ impl DdfVolume {
                 "members": s.slots.iter().enumerate().map(|(i, sl)| serde_json::json!({
                     "refnum": format!("{:08x}", sl.refnum),
                     "lba_offset": sl.lba_offset,
-                    "device": self.extents.iter().find(|e| e.slot == i).map(|e| e.path.clone()),
+                    "device": self.extents.iter().find(|e| e.slot == Some(i)).map(|e| e.path.clone()),
+                    "state": self.member_states[i],
+                    "rebuilding": sl.rebuilding,
                     "missing": sl.missing,
+                })).collect::<Vec<_>>(),
+                "spares": self.spares.iter().map(|e| serde_json::json!({
+                    "device": e.path, "lba_offset": e.offset_sectors,
                 })).collect::<Vec<_>>(),
             }),
             problems,
@@ -527,17 +707,25 @@ impl Volume for DdfVolume {
     fn state_note(&self) -> Option<String> {
         match self.sub.health() {
             Health::Complete => None,
+            Health::Degraded { missing }
+                if missing.iter().all(|&i| self.sub.slots[i].rebuilding) =>
+            {
+                Some("recovering".into())
+            }
             Health::Degraded { .. } => Some("degraded".into()),
             Health::Failed { .. } => Some("failed".into()),
         }
     }
     fn devices(&self) -> Vec<String> {
-        self.extents.iter().map(|e| e.path.clone()).collect()
+        self.extents
+            .iter()
+            .chain(&self.spares)
+            .map(|e| e.path.clone())
+            .collect()
     }
+    /// Writable, the subarray keeps the container's records as mdmon does: its state and
+    /// consistency, failed members, a spare rebuilt into a missing or failed member's place.
     fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
-        if writable {
-            return Err("DDF subarrays are served read-only for now (tessera does not yet keep DDF records while they run); serve with --read-only".to_string());
-        }
         if let Health::Failed { missing } = self.sub.health() {
             return Err(format!(
                 "{} misses slot(s) {missing:?}, more than {} survives",
@@ -545,14 +733,49 @@ impl Volume for DdfVolume {
                 self.sub.level_name()
             ));
         }
-        let device = self.run(registry)?;
-        let notes = self
-            .sub
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.missing.as_ref().map(|w| format!("runs without slot {i}: {w}")))
-            .collect();
+        let records: Option<Arc<dyn SetMetadata>> = match (&self.records, writable) {
+            (Some(shared), true) => Some(Arc::new(records::VolumeRecords::new(
+                shared.clone(),
+                self.sub.index,
+                self.spares
+                    .iter()
+                    .map(|e| records::SpareExtent {
+                        path: e.path.clone(),
+                        lba_offset: e.offset_sectors,
+                    })
+                    .collect(),
+            ))),
+            (None, true) => {
+                return Err(format!(
+                    "{}: the container's records are not at hand, so it is served read-only only",
+                    self.name()
+                ))
+            }
+            (_, false) => None,
+        };
+        let device = self.run(registry, records)?;
+        let mut spares = self.spares.iter().filter(|_| writable);
+        let mut notes = Vec::new();
+        for (i, s) in self.sub.slots.iter().enumerate() {
+            if let Some(w) = &s.missing {
+                match spares.next() {
+                    Some(sp) => notes.push(format!(
+                        "slot {i} ({w}) is rebuilt onto the spare {}",
+                        sp.path
+                    )),
+                    None => notes.push(format!("runs without slot {i}: {w}")),
+                }
+            } else if s.rebuilding {
+                notes.push(if writable {
+                    format!("slot {i} (refnum {:08x}) is rebuilt", s.refnum)
+                } else {
+                    format!(
+                        "runs without slot {i}: refnum {:08x} is being rebuilt",
+                        s.refnum
+                    )
+                });
+            }
+        }
         Ok(Activated { device, notes })
     }
 }
