@@ -12,6 +12,7 @@ pub mod commit;
 pub mod kernel;
 pub mod lv;
 pub mod options;
+pub mod pvmove;
 pub mod pv;
 pub mod raid_create;
 pub mod raid_lv;
@@ -278,7 +279,17 @@ impl Volume for LvVolume {
         registry: Arc<TargetRegistry>,
         writable: bool,
     ) -> std::result::Result<Activated, String> {
-        match activate::activate_lv_with(&self.scan, self.state(), &self.lv, registry, !writable) {
+        // In the middle of a move the data lies where the settled VG says.
+        let settled;
+        let mut state = self.state();
+        if !state.vg.pvmove_lvs().is_empty() {
+            if writable && pvmove::on_partly_moved(&state.vg, &self.lv) {
+                return Err(moving_refusal());
+            }
+            settled = pvmove::settled_state(state).map_err(|e| e.to_string())?;
+            state = &settled;
+        }
+        match activate::activate_lv_with(&self.scan, state, &self.lv, registry, !writable) {
             Ok((device, notes)) => Ok(Activated { device, notes }),
             Err(EngineError::VgPartial { list, .. }) => {
                 Err(format!("it lies on a missing PV: {list}"))
@@ -287,6 +298,19 @@ impl Volume for LvVolume {
         }
     }
     fn kernel_rows(&self) -> std::result::Result<Vec<tessera_kernel::dm::Row>, String> {
+        if !self.state().vg.pvmove_lvs().is_empty() {
+            return Err("its VG is in the middle of a move (pvmove0), whose mirror tables tessera \
+                 does not load into the kernel; finish the move with `tessera pv move` (or lvm2's \
+                 `pvmove`) or undo it with `tessera pv move --abort` first"
+                .to_string());
+        }
         kernel::kernel_rows(&self.scan, self.state(), &self.lv).map_err(|e| e.to_string())
     }
+}
+
+/// Why an LV of a VG in the middle of a move is not activated for writing.
+fn moving_refusal() -> String {
+    "its VG is in the middle of a move (pvmove0) with extents copied in part; finish the \
+     move with `tessera pv move` or undo it with `tessera pv move --abort` first"
+        .to_string()
 }
