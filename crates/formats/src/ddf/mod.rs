@@ -557,17 +557,24 @@ fn load_sections(
 }
 
 impl DdfMetadata {
-    /// Writes this disk's metadata back as mdadm writes it: each copy (primary, then
-    /// secondary) as its header marked open, its sections, the header closed; the anchor
-    /// last. The sections written are the ones held here (the configuration section whole:
-    /// the records held at their places, the others unused); the copies' headers are written as they are held, each with a
-    /// fresh CRC. The caller flushes.
+    /// Writes this disk's metadata back: each copy as its header marked open, its
+    /// sections, the header closed; the secondary copy first, then the primary, then the
+    /// anchor. The sections written are the ones held here (the configuration section
+    /// whole: the records held at their places, the others unused); the copies' headers
+    /// are written as they are held, each with a fresh CRC.
+    ///
+    /// The order survives a power cut at any write, read by tessera or by mdadm (both take
+    /// the primary unless the secondary is newer and closed, or as new with the primary
+    /// open): while the secondary is open the old primary is read; once it is closed it is
+    /// newer than the primary and read; while the primary is open at the same sequence
+    /// number the closed secondary is read. A header is closed only after its sections
+    /// are flushed, and flushed before the other copy is touched.
     pub fn write(&self, dev: &dyn BlockDevice) -> Result<(), DdfError> {
         let crl = usize::from(self.header().config_record_len);
         self.check_places(crl)?;
         for (kind, h) in [
-            (HeaderType::Primary, &self.primary),
             (HeaderType::Secondary, &self.secondary),
+            (HeaderType::Primary, &self.primary),
         ] {
             let Some(h) = h else { continue };
             let base = if kind == HeaderType::Secondary {
@@ -604,11 +611,14 @@ impl DdfMetadata {
                 dev.write_at(&conf, at(3))?;
             }
             dev.write_at(&self.disk.encode(), at(4))?;
+            dev.flush()?;
             let mut closed = h.clone();
             closed.open_flag = 0;
             dev.write_at(&closed.encode(), base * SECTOR as u64)?;
+            dev.flush()?;
         }
         dev.write_at(&self.anchor.encode(), self.anchor_lba * SECTOR as u64)?;
+        dev.flush()?;
         Ok(())
     }
 }
