@@ -171,6 +171,21 @@ impl Mpb {
         true
     }
 
+    /// Marks disk `idx` failed because it is missing, as mdmon does for a disk that did not
+    /// come with the container: failed as [`Mpb::mark_failed`], its scsi_id all ones and its
+    /// serial shifted left one byte.
+    pub fn mark_missing(&mut self, idx: usize) -> bool {
+        if !self.mark_failed(idx) {
+            return false;
+        }
+        let disk = &mut self.disks[idx];
+        if disk.scsi_id != u32::MAX {
+            disk.scsi_id = u32::MAX;
+            disk.serial.copy_within(1..16, 0);
+        }
+        true
+    }
+
     /// Whether any volume's maps name disk `idx`.
     fn disk_in_use(&self, idx: u32) -> bool {
         self.devs

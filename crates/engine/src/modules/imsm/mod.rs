@@ -7,8 +7,12 @@
 //! lies inside.
 //!
 //! Run writable, a volume keeps its records in the MPB as mdmon does ([`records`]): the
-//! dirty flag and failed members. Degraded or migrating volumes run read-only only:
-//! tessera does not record rebuilds or migrations yet.
+//! dirty flag, failed and missing members, and rebuilds. The container's spares (disks with
+//! their own spare records, or spare disks of the table) wait in each volume's `raid` row
+//! to take the place of a member that fails; a volume that starts with a member lost takes
+//! a spare at once and rebuilds onto it, and one whose rebuild was under way (by tessera or
+//! mdmon) resumes it from the checkpoint. Without a spare, a degraded volume runs degraded.
+//! Volumes in the middle of another migration (initialization, reshape) run read-only only.
 
 pub mod external;
 pub mod records;
@@ -180,16 +184,49 @@ struct Found {
     disk: Option<usize>,
 }
 
+/// A disk with its own spare record, in no volume yet.
+struct LooseSpare {
+    path: String,
+    device: SharedDevice,
+    /// Its entry, as its spare record holds it.
+    disk: imsm::Disk,
+}
+
 /// The members of one family, and the newest MPB among them.
 struct Container {
     mpb: Mpb,
     members: Vec<Found>,
     /// Members left out, and why.
     left_out: Vec<(String, String)>,
+    /// Spares that joined the container with their own spare records.
+    spares: Vec<LooseSpare>,
 }
 
-/// Groups the members by family number, in the order families are first seen.
+/// Groups the members by family number, in the order families are first seen. Disks with
+/// spare records of their own (mdadm writes those for a spare added to a container) join
+/// the container when there is one container among the devices; with several, which one a
+/// spare belongs to is not recorded anywhere, and each stays a container of its own.
 fn containers(read: Vec<(String, SharedDevice, Mpb)>) -> Vec<Container> {
+    let (spares, read): (Vec<_>, Vec<_>) = read
+        .into_iter()
+        .partition(|(_, _, mpb)| mpb.is_spare_record());
+    let mut out = group_families(read);
+    if out.len() == 1 {
+        out[0].spares = spares
+            .into_iter()
+            .map(|(path, device, mpb)| LooseSpare {
+                path,
+                device,
+                disk: mpb.disks[0].clone(),
+            })
+            .collect();
+    } else {
+        out.extend(group_families(spares));
+    }
+    out
+}
+
+fn group_families(read: Vec<(String, SharedDevice, Mpb)>) -> Vec<Container> {
     let mut order: Vec<u32> = Vec::new();
     let mut groups: BTreeMap<usize, Vec<(String, SharedDevice, Mpb)>> = BTreeMap::new();
     for (name, dev, mpb) in read {
@@ -273,6 +310,7 @@ fn container(group: Vec<(String, SharedDevice, Mpb)>) -> Container {
         mpb,
         members: known,
         left_out,
+        spares: Vec::new(),
     }
 }
 
@@ -283,27 +321,50 @@ struct Plan {
     table: String,
     /// The present members' paths and devices.
     devices: Vec<(String, SharedDevice)>,
-    /// The member path in each slot of map 0, `None` where it is missing.
+    /// The member path in each slot of map 0, `None` where it is missing (or being
+    /// rebuilt: its data not yet in sync).
     slots: Vec<Option<String>>,
     degraded: bool,
     migrating: bool,
+    /// Run writable: the `raid` row with the container's spares, and a spare (or the disk
+    /// a rebuild under way is writing to) in the slot being rebuilt.
+    write_table: String,
+    /// The slot being rebuilt and the device rebuilt onto, when run writable.
+    rebuild: Option<(usize, String)>,
+    /// Whether the records have a rebuild under way (the one migration tessera continues).
+    rebuilding: bool,
 }
 
 impl Plan {
-    /// Whether tessera may write to it: complete and not migrating (the records it keeps
-    /// are the dirty flag and failures, not rebuilds or migrations).
+    /// Whether tessera may write to it: not in the middle of a migration other than a
+    /// rebuild (the records it keeps are the dirty flag, failures and rebuilds).
     fn writable(&self) -> bool {
-        !self.degraded && !self.migrating
+        !self.migrating || self.rebuilding
     }
 
-    /// Runs the volume; with `records`, the set keeps them while it runs.
+    /// The member path in each slot of the writable row (the rebuild's device in its slot).
+    fn write_slots(&self) -> Vec<Option<String>> {
+        let mut slots = self.slots.clone();
+        if let Some((slot, path)) = &self.rebuild {
+            slots[*slot] = Some(path.clone());
+        }
+        slots
+    }
+
+    /// Runs the volume; with `records`, the set keeps them while it runs (and runs the
+    /// writable row, spares and rebuild included).
     fn activate(
         &self,
         name: &str,
         registry: Arc<TargetRegistry>,
         records: Option<Arc<dyn SetMetadata>>,
     ) -> Result<MappedDevice, String> {
-        let table = Table::parse(&self.table).map_err(|e| e.to_string())?;
+        let text = if records.is_some() {
+            &self.write_table
+        } else {
+            &self.table
+        };
+        let table = Table::parse(text).map_err(|e| e.to_string())?;
         let registry = match records {
             Some(records) => {
                 let mut own = (*registry).clone();
@@ -381,9 +442,25 @@ impl Container {
         let n = map.disk_ord_tbl.len();
         let mut missing = Vec::new();
         let mut slots: Vec<Option<&Found>> = Vec::new();
+        // A rebuild under way: the slot flagged in map 1, and the disk it writes to.
+        let resume = dev.rebuild_slot();
+        let mut rebuilding: Option<(usize, &Found)> = None;
         for slot in 0..n {
             let idx = map.disk_index(slot).unwrap_or(u32::MAX) as usize;
-            let found = if idx >= self.mpb.disks.len() {
+            let resumed = resume
+                .filter(|&(s, i)| s == slot && i as usize == idx)
+                .and_then(|_| self.member(idx));
+            let found = if let Some(f) = resumed {
+                problems.push(format!(
+                    "{name}: slot {slot}: disk {idx} ({}) is being rebuilt, {} of {} sectors done",
+                    self.mpb.disks[idx].serial_string(),
+                    dev.rebuild_done_sectors().min(map.blocks_per_member),
+                    map.blocks_per_member
+                ));
+                rebuilding = Some((slot, f));
+                slots.push(None);
+                continue;
+            } else if idx >= self.mpb.disks.len() {
                 problems.push(format!(
                     "{name}: map 0 slot {slot} names disk {idx}, but the container's disk table has {} disks",
                     self.mpb.disks.len()
@@ -416,22 +493,37 @@ impl Container {
             }
             slots.push(found);
         }
+        let mut lost = missing.clone();
+        lost.extend(rebuilding.map(|(s, _)| s));
         let survives = match level {
-            0 => missing.is_empty(),
-            1 => missing.len() < n,
-            5 => missing.len() <= 1,
+            0 => lost.is_empty(),
+            1 => lost.len() < n,
+            5 => lost.len() <= 1,
             // Near copies: slots 2k and 2k+1 hold the same chunks.
-            10 => {
-                (0..n / 2).all(|k| !(missing.contains(&(2 * k)) && missing.contains(&(2 * k + 1))))
-            }
+            10 => (0..n / 2).all(|k| !(lost.contains(&(2 * k)) && lost.contains(&(2 * k + 1)))),
             _ => false,
         };
-        let mut state = if missing.is_empty() {
+        let mut state = if rebuilding.is_some() && survives {
+            "recovering"
+        } else if lost.is_empty() {
             "clean"
         } else if survives {
             "degraded"
         } else {
             "failed"
+        };
+        // Run writable, a spare takes the first lost slot (when nothing else migrates);
+        // the others wait in the row for a member that fails.
+        let mut spares = self.spare_candidates(map);
+        let rebuild: Option<(usize, String, SharedDevice)> = match rebuilding {
+            Some((slot, f)) => Some((slot, f.path.clone(), f.device.clone())),
+            None if survives && !dev.is_migrating() && level != 0 && !missing.is_empty() => {
+                (!spares.is_empty()).then(|| {
+                    let (path, device) = spares.remove(0);
+                    (missing[0], path, device)
+                })
+            }
+            None => None,
         };
         let plan = if !matches!(level, 0 | 1 | 5 | 10) {
             Err(format!(
@@ -458,7 +550,7 @@ impl Container {
                 dev.migration_name()
             ))
         } else {
-            self.table(dev, &slots)
+            self.table(dev, &slots, rebuild.as_ref(), &spares)
         };
         if dev.is_migrating() && state != "migrating" {
             problems.push(format!(
@@ -477,13 +569,32 @@ impl Container {
             }
         }
         let chunk = u64::from(map.blocks_per_strip) * 512;
+        let rebuild_shown = rebuilding.map(|(slot, f)| {
+            let done = dev.rebuild_done_sectors().min(map.blocks_per_member);
+            serde_json::json!({
+                "slot": slot,
+                "device": f.path,
+                "done_sectors": done,
+                "total_sectors": map.blocks_per_member,
+                "percent": (done * 1000 / map.blocks_per_member.max(1)) as f64 / 10.0,
+            })
+        });
         let summary = format!(
-            "IMSM raid{level} volume {state}, {} of {n} members{}",
-            n - missing.len(),
+            "IMSM raid{level} volume {state}, {} of {n} members{}{}",
+            n - lost.len(),
             if level == 1 {
                 String::new()
             } else {
                 format!(", chunk {} KiB", chunk / 1024)
+            },
+            match &rebuild_shown {
+                Some(r) => format!(
+                    ", rebuilding slot {} onto {}: {}% done",
+                    r["slot"],
+                    rebuilding.map(|(_, f)| f.path.as_str()).unwrap_or(""),
+                    r["percent"]
+                ),
+                None => String::new(),
             }
         );
         let node = Node {
@@ -499,6 +610,10 @@ impl Container {
                 "level": format!("raid{level}"),
                 "members": n,
                 "missing_slots": missing,
+                "rebuild": rebuild_shown,
+                "spares": spares.iter().map(|(p, _)| p.clone()).chain(
+                    rebuild.as_ref().filter(|_| rebuilding.is_none()).map(|(_, p, _)| p.clone())
+                ).collect::<Vec<_>>(),
                 "chunk_bytes": chunk,
                 "data_offset_sectors": map.pba_of_lba0,
                 "blocks_per_member": map.blocks_per_member,
@@ -515,15 +630,48 @@ impl Container {
             index,
             node,
             plan: plan.map(|mut p| {
-                p.degraded = !missing.is_empty();
+                p.degraded = !lost.is_empty();
                 p.migrating = dev.is_migrating();
+                p.rebuilding = dev.is_rebuilding();
                 p
             }),
         }
     }
 
-    /// The `raid` row running `dev` over the members in `slots`.
-    fn table(&self, dev: &Dev, slots: &[Option<&Found>]) -> Result<Plan, String> {
+    /// The devices that can take a lost slot of a volume laid out by `map`: disks of the
+    /// table in no slot of it and not failed (a disk that took a lost member's place in
+    /// another volume, or a spare of the table), then the spares with records of their own;
+    /// each large enough to hold the volume's area.
+    fn spare_candidates(&self, map: &imsm::Map) -> Vec<(String, SharedDevice)> {
+        let end_bytes = (map.pba_of_lba0 + map.blocks_per_member).saturating_mul(512);
+        let in_table = self.members.iter().filter(|f| {
+            f.disk.is_some_and(|d| {
+                !self.mpb.disks[d].is_failed()
+                    && !self.mpb.disks[d].is_journal()
+                    && map.slot_of(d as u32).is_none()
+            })
+        });
+        in_table
+            .map(|f| (f.path.clone(), f.device.clone()))
+            .chain(
+                self.spares
+                    .iter()
+                    .map(|s| (s.path.clone(), s.device.clone())),
+            )
+            .filter(|(_, d)| d.size_bytes() >= end_bytes)
+            .collect()
+    }
+
+    /// The `raid` rows running `dev` over the members in `slots`: read-only as they are;
+    /// writable with `rebuild` (slot, path, device) in its slot to be rebuilt and `spares`
+    /// waiting.
+    fn table(
+        &self,
+        dev: &Dev,
+        slots: &[Option<&Found>],
+        rebuild: Option<&(usize, String, SharedDevice)>,
+        spares: &[(String, SharedDevice)],
+    ) -> Result<Plan, String> {
         let map = &dev.maps[0];
         let level = map.level();
         let strip = u64::from(map.blocks_per_strip);
@@ -572,6 +720,16 @@ impl Container {
         if level == 10 {
             params.extend(["raid10_copies", "2", "raid10_format", "near"].map(String::from));
         }
+        let row = |params: &[String], devs: &[String]| {
+            format!(
+                "0 {} raid {type_name} {} {} {} {}\n",
+                dev.size,
+                params.len(),
+                params.join(" "),
+                devs.len(),
+                devs.join(" ")
+            )
+        };
         let devs: Vec<String> = slots
             .iter()
             .map(|s| match s {
@@ -579,23 +737,31 @@ impl Container {
                 None => "- -".into(),
             })
             .collect();
+        let mut write_params = params.clone();
+        let mut write_devs = devs.clone();
+        let mut devices: Vec<(String, SharedDevice)> = slots
+            .iter()
+            .flatten()
+            .map(|f| (f.path.clone(), f.device.clone()))
+            .collect();
+        if let Some((slot, path, device)) = rebuild {
+            write_params.extend(["rebuild".to_string(), slot.to_string()]);
+            write_devs[*slot] = format!("- {}", escape_arg(path));
+            devices.push((path.clone(), device.clone()));
+        }
+        for (path, device) in spares {
+            write_params.extend(["spare".to_string(), escape_arg(path)]);
+            devices.push((path.clone(), device.clone()));
+        }
         Ok(Plan {
-            table: format!(
-                "0 {} raid {type_name} {} {} {} {}\n",
-                dev.size,
-                params.len(),
-                params.join(" "),
-                devs.len(),
-                devs.join(" ")
-            ),
-            devices: slots
-                .iter()
-                .flatten()
-                .map(|f| (f.path.clone(), f.device.clone()))
-                .collect(),
+            table: row(&params, &devs),
+            write_table: row(&write_params, &write_devs),
+            devices,
             slots: slots.iter().map(|s| s.map(|f| f.path.clone())).collect(),
             degraded: false,
             migrating: false,
+            rebuild: rebuild.map(|(s, p, _)| (*s, p.clone())),
+            rebuilding: false,
         })
     }
 
@@ -628,6 +794,17 @@ impl Container {
                 problem: None,
             });
         }
+        for s in &self.spares {
+            places.push(Place {
+                name: s.path.clone(),
+                state: Some("spare".into()),
+                note: Some(format!(
+                    "spare {} (its own spare record), in no volume yet",
+                    s.disk.serial_string()
+                )),
+                problem: None,
+            });
+        }
         for (path, why) in &self.left_out {
             let p = format!("{path}: left out of IMSM container {label}: {why}");
             problems.push(p.clone());
@@ -656,12 +833,16 @@ impl Container {
             "complete"
         };
         let summary = format!(
-            "IMSM container, family {:08x}, generation {}, {} of {} disks, {} volume(s), metadata {}",
+            "IMSM container, family {:08x}, generation {}, {} of {} disks, {} volume(s){}, metadata {}",
             self.mpb.family_num,
             self.mpb.generation_num,
             self.members.len(),
             self.mpb.disks.len(),
             self.mpb.devs.len(),
+            match self.spares.len() {
+                0 => String::new(),
+                k => format!(", {k} spare(s)"),
+            },
             self.mpb.version_string()
         );
         let disks: Vec<serde_json::Value> = self
@@ -677,6 +858,14 @@ impl Container {
                     "device": self.member(i).map(|f| f.path.clone()),
                 })
             })
+            .chain(self.spares.iter().map(|s| {
+                serde_json::json!({
+                    "serial": s.disk.serial_string(),
+                    "status": "spare",
+                    "size_bytes": s.disk.total_blocks.saturating_mul(512),
+                    "device": s.path,
+                })
+            }))
             .collect();
         let mut node = Node {
             kind: "md",
@@ -710,6 +899,9 @@ impl Container {
                 .filter_map(|f| Some((f.disk?, f.path.clone(), f.device.clone())))
                 .collect(),
         );
+        for s in &self.spares {
+            shared.add_spare(s.path.clone(), s.device.clone(), s.disk.clone());
+        }
         let mut out: Vec<Box<dyn Volume>> = Vec::new();
         for v in volumes {
             match v.plan {
@@ -762,32 +954,41 @@ impl Volume for ImsmVolume {
     fn devices(&self) -> Vec<String> {
         self.plan.devices.iter().map(|(p, _)| p.clone()).collect()
     }
-    /// Writable, the volume keeps its dirty flag and failures in the container's MPB.
+    /// Writable, the volume keeps its dirty flag, failures and rebuild in the container's
+    /// MPB: a lost member is recorded failed, and a spare taking its slot recorded before
+    /// the volume runs.
     fn activate(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<Activated, String> {
         if writable && !self.plan.writable() {
-            return Err(format!(
-                "a {} IMSM volume runs read-only only: tessera does not yet record \
-                 rebuilds and migrations as mdmon does (serve --read-only)",
-                if self.plan.migrating {
-                    "migrating"
-                } else {
-                    "degraded"
-                }
-            ));
+            return Err(
+                "an IMSM volume in the middle of a migration other than a rebuild runs \
+                 read-only only: tessera does not record those as mdmon does (serve --read-only)"
+                    .to_string(),
+            );
         }
-        let records: Option<Arc<dyn SetMetadata>> = writable.then(|| {
-            Arc::new(records::VolumeRecords::new(
+        let mut notes = Vec::new();
+        let records: Option<Arc<dyn SetMetadata>> = if writable {
+            let records = records::VolumeRecords::new(
                 self.records.clone(),
                 self.index,
-                self.plan.slots.clone(),
-            )) as Arc<dyn SetMetadata>
-        });
-        let device = self.plan.activate(&self.name, registry, records)?;
-        let notes = if self.plan.degraded {
-            vec!["running degraded".to_string()]
+                self.plan.write_slots(),
+            );
+            let rebuild = self.plan.rebuild.as_ref().map(|(s, p)| (*s, p.as_str()));
+            records
+                .prepare(rebuild)
+                .map_err(|e| format!("recording its members: {e}"))?;
+            if let Some((slot, path)) = rebuild {
+                notes.push(format!("rebuilding slot {slot} onto {path}"));
+            } else if self.plan.degraded {
+                notes.push("running degraded: no spare to rebuild onto".to_string());
+            }
+            Some(Arc::new(records) as Arc<dyn SetMetadata>)
         } else {
-            Vec::new()
+            if self.plan.degraded {
+                notes.push("running degraded".to_string());
+            }
+            None
         };
+        let device = self.plan.activate(&self.name, registry, records)?;
         Ok(Activated { device, notes })
     }
 }

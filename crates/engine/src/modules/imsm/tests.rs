@@ -82,14 +82,154 @@ fn a_failed_disk_degrades_raid5_and_stops_raid0() {
         "{text}"
     );
     assert!(text.contains("md/r0: cannot start"), "{text}");
-    // Degraded, it runs read-only only.
+    // Degraded without a spare, it runs degraded, read-only or writable.
     let reg = crate::format::target_registry();
     assert!(set.volumes[0].activate(reg.clone(), false).is_ok());
-    let e = set.volumes[0].activate(reg, true).err().unwrap();
+    let run = set.volumes[0].activate(reg, true).unwrap();
+    assert_eq!(run.notes, ["running degraded: no spare to rebuild onto"]);
+}
+
+/// The members of [`members`] plus `/dev/loop4`, a spare with its own record.
+fn with_spare(devs: Vec<Dev>, status: [u32; 4]) -> (Vec<Member>, SharedDevice) {
+    let mut all = members(devs, status, None);
+    let dev = MemoryDevice::new("/dev/loop4", SIZE);
+    imsm::write(&dev, &Mpb::spare_record("/dev/loop4", SIZE / 512)).unwrap();
+    let device: SharedDevice = Arc::new(dev);
+    let (finding, _) = ImsmMembers.probe("/dev/loop4", &device).unwrap();
+    all.push(Member {
+        name: "/dev/loop4".into(),
+        device: device.clone(),
+        finding,
+    });
+    (all, device)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_spare_takes_a_missing_members_place_and_the_rebuild_is_recorded_to_its_end() {
+    let (mut all, spare) = with_spare(raid5_and_raid0(), OK);
+    // Disk 1 is gone.
+    all.remove(1);
+    let kept: Vec<SharedDevice> = all.iter().take(3).map(|m| m.device.clone()).collect();
+    let sets = ImsmMembers.assemble(all);
+    assert_eq!(sets.len(), 1, "the spare joins the one container");
+    let set = &sets[0];
     assert!(
-        e.contains("degraded IMSM volume runs read-only only"),
-        "{e}"
+        set.node.summary.contains("1 spare(s)"),
+        "{}",
+        set.node.summary
     );
+    assert!(set
+        .places
+        .iter()
+        .any(|p| p.name == "/dev/loop4" && p.state.as_deref() == Some("spare")));
+    let reg = crate::format::target_registry();
+    // Read-only, nothing is taken or written.
+    let ro = set.volumes[0].activate(reg.clone(), false).unwrap();
+    assert_eq!(ro.notes, ["running degraded"]);
+    drop(ro);
+    assert!(imsm::read(spare.as_ref())
+        .unwrap()
+        .unwrap()
+        .is_spare_record());
+
+    let run = set.volumes[0].activate(reg, true).unwrap();
+    assert_eq!(run.notes, ["rebuilding slot 1 onto /dev/loop4"]);
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 / 3) as u8).collect();
+    run.device.write_at(&data, 1 << 20).unwrap();
+    wait_for("the end of the rebuild", || {
+        imsm::read(spare.as_ref())
+            .unwrap()
+            .is_some_and(|m| !m.devs[0].is_migrating())
+    });
+    let mpb = imsm::read(spare.as_ref()).unwrap().unwrap();
+    assert_ne!(mpb.family_num, 7, "a new container generation");
+    assert_eq!(mpb.orig_family_num, 7);
+    // The missing disk failed (its serial shifted, as mdmon marks a missing one), kept
+    // while r0 names it; the spare configured in r5's slot 1, one normal map.
+    assert!(mpb.disks[1].is_failed());
+    assert_eq!(mpb.disks[1].serial_string(), "dev/loop1:0");
+    assert_eq!(mpb.disks[4].serial_string(), "/dev/loop4");
+    assert_eq!(mpb.disks[4].status, imsm::CONFIGURED_DISK);
+    let r5 = &mpb.devs[0];
+    assert_eq!(r5.maps.len(), 1);
+    assert_eq!(r5.maps[0].disk_ord_tbl, [0, 4, 2, 3]);
+    assert_eq!(r5.maps[0].map_state, imsm::MAP_NORMAL);
+    assert_eq!(r5.maps[0].failed_disk_num, 0xff);
+    let mut back = vec![0u8; data.len()];
+    run.device.read_at(&mut back, 1 << 20).unwrap();
+    assert!(back == data);
+    drop(run);
+    // Every member still in the container holds the same record.
+    for m in [0usize, 1, 2] {
+        let on = imsm::read(kept[m].as_ref()).unwrap().unwrap();
+        assert_eq!(on, mpb, "member {m}");
+    }
+}
+
+#[test]
+fn a_rebuild_under_way_resumes_from_its_checkpoint() {
+    let (all, spare) = with_spare(raid5_and_raid0(), OK);
+    // As tessera or mdmon leave it: the spare took slot 2 of r5, 5 units done.
+    let mut mpb = imsm::read(all[0].device.as_ref()).unwrap().unwrap();
+    mpb.activate_spare(
+        0,
+        2,
+        imsm::SpareDisk::New(Disk::new("/dev/loop4", SIZE / 512, imsm::SPARE_DISK)),
+        1,
+    )
+    .unwrap();
+    mpb.rebuild_checkpoint(0, 5 * 128 + 3);
+    for m in all.iter().map(|m| &m.device).chain([&spare]) {
+        imsm::write(m.as_ref(), &mpb).unwrap();
+    }
+    let members: Vec<Member> = all
+        .into_iter()
+        .map(|m| {
+            let (finding, _) = ImsmMembers.probe(&m.name, &m.device).unwrap();
+            Member { finding, ..m }
+        })
+        .collect();
+    let sets = ImsmMembers.assemble(members);
+    let set = &sets[0];
+    let Shown::Own(node) = set.volumes[0].shown() else {
+        panic!("a volume is a node of its own")
+    };
+    assert_eq!(node.state.as_deref(), Some("recovering"));
+    assert_eq!(node.detail["rebuild"]["slot"], 2);
+    assert_eq!(node.detail["rebuild"]["done_sectors"], 640);
+    assert!(
+        node.summary.contains("rebuilding slot 2 onto /dev/loop4"),
+        "{}",
+        node.summary
+    );
+    let run = set.volumes[0]
+        .activate(crate::format::target_registry(), true)
+        .unwrap();
+    wait_for("the end of the rebuild", || {
+        imsm::read(spare.as_ref())
+            .unwrap()
+            .is_some_and(|m| !m.devs[0].is_migrating())
+    });
+    let report = run.device.message(0, &["report"]).unwrap();
+    let rebuilt: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("last_sectors="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // r5's members give 4096 sectors; the rebuild went on from sector 640.
+    assert_eq!(rebuilt, 4096 - 640, "{report}");
 }
 
 #[test]
