@@ -61,7 +61,9 @@ pub fn decode(b: &[u8], shift: u8, device: &str, at: u64) -> Result<BadBlocks, M
         }
         let (start, len) = (block << shift, count << shift);
         if start >> shift != block {
-            return Err(bad(format!("entry {i} starts past the last sector md can name")));
+            return Err(bad(format!(
+                "entry {i} starts past the last sector md can name"
+            )));
         }
         if !table.set(start, len, true) {
             return Err(bad(format!(
@@ -104,7 +106,10 @@ pub fn read(dev: &dyn BlockDevice, sb: &Superblock1) -> Result<Option<BadBlocks>
         return Ok(Some(BadBlocks::new(u32::from(sb.bblog_shift), capacity)));
     }
     let bytes = bytes.min(u64::from(LOG_SECTORS) * 512);
-    if at.checked_add(bytes).is_none_or(|end| end > dev.size_bytes()) {
+    if at
+        .checked_add(bytes)
+        .is_none_or(|end| end > dev.size_bytes())
+    {
         return Err(MdError::BadBlocks {
             device: dev.name().into(),
             offset: at,
@@ -224,6 +229,73 @@ mod tests {
         fn decoding_any_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..4096), shift in 0u8..40) {
             let _ = decode(&b, shift, "m", 0);
         }
+    }
+
+    #[test]
+    fn a_new_1_0_member_keeps_its_log_just_before_the_superblock_as_mdadm_lays_it() {
+        use crate::md::create::{data_area, member_superblock, used_sectors, NewArray};
+        use crate::md::{probe, write as write_sb, MdSuperblock, MdVersion};
+        use tessera_block::MemoryDevice;
+        // mdadm 4.2 on a 16 MiB member: superblock at 32752, data_size 32736, the log
+        // 8 sectors at offset -8.
+        let bytes = 16u64 << 20;
+        assert_eq!(data_area(MdVersion::V1_0, bytes), Some((0, 32736)));
+        let array = NewArray {
+            version: MdVersion::V1_0,
+            name: "h:bb10".into(),
+            uuid: [7; 16],
+            level: 5,
+            layout: 2,
+            chunk_bytes: 64 << 10,
+            raid_disks: 3,
+            now: 1_700_000_000,
+        };
+        let used = used_sectors(32736, 64 << 10);
+        let Some(MdSuperblock::V1(mut sb)) = member_superblock(&array, 1, [1; 16], bytes, used)
+        else {
+            panic!("a 1.x superblock")
+        };
+        assert_eq!((sb.super_offset, sb.data_size), (32752, 32736));
+        assert_eq!((sb.bblog_offset, sb.bblog_size), (-8, 8));
+        assert_eq!(log_area(&sb), Some((32744 * 512, 4096)));
+        assert_eq!(capacity(&sb), 512);
+        // The log lies between the data and the superblock.
+        assert!(sb.data_offset + sb.data_size <= 32744);
+
+        // Written and read back through the superblock, as a member records errors (the
+        // table keeps entries of at most 512 sectors, as the kernel's does).
+        let dev = MemoryDevice::new("m10", bytes);
+        let mut table = BadBlocks::new(0, capacity(&sb));
+        assert!(table.set(100, 8, true) && table.set(30000, 1500, true));
+        write(&dev, &mut sb, &table).unwrap();
+        write_sb(&dev, MdVersion::V1_0, &MdSuperblock::V1(sb.clone())).unwrap();
+        let Some((MdVersion::V1_0, MdSuperblock::V1(back))) = probe(&dev).unwrap() else {
+            panic!("the 1.0 superblock back")
+        };
+        assert_ne!(back.feature_map & FEATURE_BAD_BLOCKS, 0);
+        assert_eq!(
+            read(&dev, &back).unwrap().unwrap().entries(),
+            table.entries()
+        );
+        let text = examine_text("m10", &back, Some(&table));
+        assert_eq!(
+            text,
+            format!(
+                "Bad-blocks on m10:\n{:>20} for 8 sectors\n{:>20} for 512 sectors\n{:>20} for 512 sectors\n{:>20} for 476 sectors\n",
+                100, 30000, 30512, 31024
+            )
+        );
+
+        // The whole data area used: the log keeps its place, as the area leaves it room.
+        let full = member_superblock(&array, 1, [1; 16], bytes, 32736).unwrap();
+        let MdSuperblock::V1(full) = full else {
+            panic!("a 1.x superblock")
+        };
+        assert_eq!(
+            (full.bblog_offset, full.bblog_size, full.data_size),
+            (-8, 8, 32736)
+        );
+        assert!(member_superblock(&array, 1, [1; 16], bytes, 32737).is_none());
     }
 
     #[test]

@@ -37,8 +37,38 @@ pub fn data_area(version: MdVersion, device_bytes: u64) -> Option<(u64, u64)> {
         MdVersion::V1_1 | MdVersion::V1_2 => {
             Some((DATA_OFFSET_1X, sectors.checked_sub(DATA_OFFSET_1X)?))
         }
-        // Data from the start up to the superblock.
-        MdVersion::V1_0 | MdVersion::V0_90 => Some((0, at)),
+        // Data from the start up to the superblock; 1.0 leaves room before it for a
+        // bitmap and the bad-block log, as mdadm's avail_size1 does.
+        MdVersion::V1_0 => Some((
+            0,
+            at.checked_sub(bitmap_room(sectors) + u64::from(super::badblocks::LOG_SECTORS))?,
+        )),
+        MdVersion::V0_90 => Some((0, at)),
+    }
+}
+
+/// Sectors mdadm keeps free for a bitmap next to a 1.0 superblock (its choose_bm_space):
+/// 4 KiB, 64 KiB past 8 GiB, 128 KiB past 200 GiB.
+pub fn bitmap_room(sectors: u64) -> u64 {
+    match sectors {
+        s if s < 128 => 0,
+        s if s - 128 >= 200 << 21 => 256,
+        s if s - 8 > 8 << 21 => 128,
+        _ => 8,
+    }
+}
+
+/// A 1.0 member's (data_size, bblog_offset, bblog_size) as mdadm writes them: the bitmap
+/// room and 8 sectors of log before the superblock, less when the data reaches further,
+/// and the log just before the superblock when 8 sectors are left for it.
+fn layout_1_0(super_offset: u64, used_sectors: u64) -> (u64, i32, u16) {
+    let log = super::badblocks::LOG_SECTORS;
+    let room =
+        (bitmap_room(used_sectors) + u64::from(log)).min(super_offset.saturating_sub(used_sectors));
+    if room >= u64::from(log) {
+        (super_offset - room, -i32::from(log), log)
+    } else {
+        (super_offset - room, 0, 0)
     }
 }
 
@@ -138,14 +168,20 @@ pub fn member_superblock(
             let super_offset = version.offset_bytes(device_bytes)? / 512;
             // mdadm gives 1.1/1.2 members a bad-block log of 512 entries, 16 sectors after
             // the superblock (past room for a small bitmap); [`add_bitmap`] moves it past
-            // a larger one. 1.0 keeps none: its data runs up to the superblock.
-            let (bblog_offset, bblog_size) = match version {
+            // a larger one. 1.0 members keep theirs just before the superblock.
+            let (data_size, bblog_offset, bblog_size) = match version {
                 MdVersion::V1_1 | MdVersion::V1_2
                     if super_offset + BBLOG_OFFSET_1X as u64 + 8 <= data_offset =>
                 {
-                    (BBLOG_OFFSET_1X, super::badblocks::LOG_SECTORS)
+                    (data_size, BBLOG_OFFSET_1X, super::badblocks::LOG_SECTORS)
                 }
-                _ => (0, 0),
+                // raid0 records no used size: its data area is what the kernel uses.
+                MdVersion::V1_0 if array.level == 0 => {
+                    let log = super::badblocks::LOG_SECTORS;
+                    (data_size, -i32::from(log), log)
+                }
+                MdVersion::V1_0 => layout_1_0(super_offset, used_sectors),
+                _ => (data_size, 0, 0),
             };
             MdSuperblock::V1(Superblock1 {
                 feature_map: 0,
