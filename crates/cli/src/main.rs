@@ -7,6 +7,7 @@ mod dm;
 mod kdm;
 mod luks;
 mod md;
+mod pvmove;
 mod report;
 mod serve;
 mod show;
@@ -150,6 +151,9 @@ enum PvCommand {
     },
     /// List PVs (as pvs).
     List(ListArgs),
+    /// Move a PV's extents to other PVs of its VG (as pvmove); with no PV, resume moves in
+    /// progress.
+    Move(pvmove::MoveArgs),
 }
 
 #[derive(Subcommand)]
@@ -644,6 +648,7 @@ fn run(cli: Cli) -> Result<bool> {
                     println!("Labels on physical volume \"{d}\" successfully wiped.");
                 }
             }
+            PvCommand::Move(args) => return pvmove::run(&engine, args),
             PvCommand::List(args) => {
                 let scan = engine.scan()?;
                 print!("{}", report::pv_list(&scan, &list_options(&args)?)?);

@@ -351,7 +351,16 @@ pub fn plan(
     let mut free = alloc::free_areas(vg, Some(dests));
     let mut pieces: Vec<Vec<(String, u64, u64)>> = Vec::new();
     for area in &areas {
-        let banned = raid_siblings_pvs(vg, &vg.lvs[area.lv].name, source);
+        // Nor may a stripe join another stripe of its segment.
+        let mut banned = raid_siblings_pvs(vg, &vg.lvs[area.lv].name, source);
+        if let SegmentKind::Striped { stripes, .. } = &vg.lvs[area.lv].segments[area.seg].kind {
+            banned.extend(
+                stripes
+                    .iter()
+                    .filter(|s| s.pv != source)
+                    .map(|s| s.pv.clone()),
+            );
+        }
         let mut need = area.count;
         let mut got = Vec::new();
         for f in free.iter_mut() {
@@ -372,7 +381,7 @@ pub fn plan(
             let total: u64 = areas.iter().map(|a| a.count).sum();
             return Err(refuse(format!(
                 "the destinations lack free extents: {total} to move, {} free on {} \
-                 (a raid image may not join its siblings' PVs)",
+                 (a raid image may not join its siblings' PVs, nor a stripe the other stripes')",
                 alloc::free_areas(vg, Some(dests))
                     .iter()
                     .map(|f| f.count)
@@ -882,10 +891,12 @@ mod tests {
     #[test]
     fn a_destination_split_over_free_areas_splits_the_lv_segments() {
         let before = vg(BEFORE);
-        // Everything fits on pv1; r1's image 0 may not go to pv2, beside its sibling.
+        // r1's image 0 may not go to pv2, beside its sibling, nor str's stripe on pv0 to pv1,
+        // beside its other stripe: str's goes to pv2, the rest to pv1.
         let planned = plan(&before, "pv0", &["pv1".into(), "pv2".into()], None, "h").unwrap();
         let done = settle(&planned, &|_, _| true).unwrap();
-        assert_eq!((done.pe_used("pv0"), done.pe_used("pv1")), (0, 2 + 12));
+        let used = |vg: &VolumeGroup| ["pv0", "pv1", "pv2"].map(|k| vg.pe_used(k));
+        assert_eq!(used(&done), [0, 2 + 10, 3 + 2]);
         let e = plan(&before, "pv0", &["pv2".into()], None, "h").unwrap_err();
         assert!(e.to_string().contains("lack free extents"), "{e}");
         // pv1 cut to 4 extents (2 free): lin's first segment (3) splits over pv1 and pv2.
