@@ -2,6 +2,7 @@
 //! LVM2 on-disk format, and MD RAID arrays as mdadm writes them (lvm2 and mdadm read what
 //! tessera writes, and the reverse); `tessera serve` serves them over NBD from user space.
 
+mod bbr;
 mod demo;
 mod dm;
 mod kdm;
@@ -341,6 +342,10 @@ enum LvCommand {
     /// - a thin snapshot: `lv create --snapshot VG/THIN -n NAME` without a size: it shares
     ///   every block with THIN until either is written; as lvm2 it is skipped by activation
     ///   unless named (tessera activate VG/NAME). A snapshot of a snapshot works the same.
+    ///
+    /// Bad block relocation: `lv create --bbr -L SIZE VG/LV [--bbr-pool SIZE]` makes a
+    /// linear or striped LV whose sectors that fail on write move to replacement sectors
+    /// kept at its end; served by tessera serve (see `--help` for what it does not cover).
     Create {
         /// VG/LV (VG/POOL for a pool or a thin LV's pool; for a snapshot, VG/NAME or -n NAME)
         #[arg(required_unless_present_any = ["snapshot", "thinpool"])]
@@ -373,6 +378,13 @@ enum LvCommand {
         region_size: Option<String>,
         #[command(flatten)]
         thin: thin::ThinCreateArgs,
+        /// Relocate bad blocks: sectors whose writes fail move to a pool of replacement
+        /// sectors at the LV's end (linear and striped LVs; see --help).
+        #[arg(long, long_help = bbr::LONG_HELP)]
+        bbr: bool,
+        /// The bad block relocation pool's size (default about 0.1% of the LV).
+        #[arg(long = "bbr-pool", value_name = "SIZE", requires = "bbr")]
+        bbr_pool: Option<String>,
     },
     /// Repair raid LVs that lost images with a missing PV (as lvconvert --repair, then
     /// vgreduce --removemissing): each lost image moves to a PV none of the LV's other
@@ -747,6 +759,8 @@ fn run(cli: Cli) -> Result<bool> {
                 mirrors,
                 region_size,
                 thin,
+                bbr,
+                ..
             } if thin::form(
                 segtype.as_deref(),
                 &thin,
@@ -755,6 +769,9 @@ fn run(cli: Cli) -> Result<bool> {
             )?
             .is_some() =>
             {
+                if bbr {
+                    bail!("--bbr makes a linear or striped LV; thin pools and thin LVs do not take it");
+                }
                 if mirrors.is_some()
                     || region_size.is_some()
                     || alloc.stripes.is_some_and(|n| n > 1)
@@ -813,8 +830,12 @@ fn run(cli: Cli) -> Result<bool> {
                 segtype,
                 mirrors,
                 region_size,
+                bbr,
                 ..
             } => {
+                if bbr {
+                    bail!("--bbr makes a linear or striped LV; a snapshot does not take it");
+                }
                 let (vg, origin) = split_vg_lv(&origin)?;
                 let named = name.as_deref().map(|n| match n.split_once('/') {
                     Some((v, l)) if v == vg => Ok(l),
@@ -853,6 +874,8 @@ fn run(cli: Cli) -> Result<bool> {
                 region_size,
                 lv_name,
                 chunk_size,
+                bbr,
+                bbr_pool,
                 ..
             } => {
                 if lv_name.is_some() || chunk_size.is_some() {
@@ -864,6 +887,11 @@ fn run(cli: Cli) -> Result<bool> {
                 options.segtype = segtype;
                 options.mirrors = mirrors;
                 options.region_size_bytes = opt_size(&region_size, "regionsize")?;
+                if bbr {
+                    let pool = opt_size(&bbr_pool, "bbr-pool")?;
+                    print!("{}", bbr::create(&engine, &socket, vg, lv, &options, pool)?);
+                    return Ok(true);
+                }
                 let change = LvChange::Create {
                     vg: vg.into(),
                     lv: lv.into(),

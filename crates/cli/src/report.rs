@@ -67,6 +67,9 @@ const FIELDS: &[Field] = &[
     f("lv_when_full", "WhenFull", false),
     f("zero", "Zero", false),
     f("snap_percent", "Snap%", true),
+    f("bbr_relocated", "Reloc", true),
+    f("bbr_pool", "BBRPool", false),
+    f("bbr_state", "BBR", false),
     f("seg_count", "#Seg", true),
     f("segtype", "Type", false),
     f("stripes", "#Str", true),
@@ -568,6 +571,9 @@ fn lv_rows(
             base.insert("data_percent", used.clone());
             base.insert("snap_percent", used);
             thin_fields(scan, s, lv, u, usage, &mut pools, &mut base);
+            if usage && tessera_engine::bbr::is_bbr(lv) {
+                bbr_fields(scan, s, &lv.name, &mut base);
+            }
             base.insert("lv_size", u.format(lv.extent_count() * ext));
             base.insert("lv_path", format!("/dev/{}/{}", s.vg.name, lv.name));
             base.insert("seg_count", lv.segments.len().to_string());
@@ -606,6 +612,30 @@ fn lv_rows(
         }
     }
     rows
+}
+
+/// A BBR LV's relocations, read from its table: sectors relocated, replacement sectors
+/// used of the pool, and `ok`, `full` (no replacement left: the next failing write fails),
+/// `repair` (a table copy is damaged or behind; rewritten when next served) or the error.
+fn bbr_fields(scan: &Scan, s: &VgState, lv: &str, r: &mut Row) {
+    match tessera_engine::bbr::usage(scan, s, lv) {
+        Ok(Some(b)) => {
+            r.insert("bbr_relocated", b.relocated.to_string());
+            r.insert("bbr_pool", format!("{}/{}", b.used, b.pool));
+            let state = if b.damaged > 0 {
+                "repair"
+            } else if b.used >= b.pool {
+                "full"
+            } else {
+                "ok"
+            };
+            r.insert("bbr_state", state.to_string());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            r.insert("bbr_state", format!("error: {e}"));
+        }
+    }
 }
 
 /// Renders rows as lvm2 does: a table with aligned columns, or JSON.
@@ -733,7 +763,10 @@ pub fn lv_list(
     // Usage is read from the pools' metadata and the snapshots' stores only when shown.
     let usage = fields
         .iter()
-        .any(|f| matches!(f.name, "data_percent" | "metadata_percent" | "snap_percent"));
+        .any(|f| {
+            matches!(f.name, "data_percent" | "metadata_percent" | "snap_percent")
+                || f.name.starts_with("bbr_")
+        });
     Ok(render(
         kind,
         &lv_rows(scan, &opts.units, vg, all, segments, usage),

@@ -315,5 +315,6 @@ pub fn new_target_registry() -> TargetRegistry {
     let _ = tessera_crypt::register(&mut r);
     let _ = tessera_snapshot::register(&mut r);
     let _ = tessera_thin::register(&mut r);
+    let _ = tessera_bbr::register(&mut r);
     r
 }

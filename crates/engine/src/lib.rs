@@ -25,6 +25,7 @@ pub use devices::NamedDevices;
 pub use modules::luks::ops::check_open_name;
 pub use modules::luks::{crypt_params, LuksOpenOptions, LuksOpened};
 pub use modules::lvm2::archive::{Archive, ArchiveEntry};
+pub use modules::lvm2::bbr;
 pub use modules::lvm2::pvmove;
 pub use modules::lvm2::scan::{PvInfo, Scan, VgState};
 pub use modules::lvm2::{

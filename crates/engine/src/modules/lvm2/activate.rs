@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tessera_mapper::{MappedDevice, TargetRegistry};
 
+use super::bbr;
 use super::raid_lv;
 use super::scan::{Scan, VgState};
 use super::snapshot::userspace_refusal;
@@ -28,6 +29,10 @@ pub fn lv_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String> {
         })?;
     if lv.raid().is_some() {
         return Ok(raid_lv::raid_plan(scan, state, lv_name)?.table);
+    }
+    if let Some(g) = bbr::geometry(&state.vg, lv)? {
+        let raw = format!("{}{}", dm_name(&state.vg.name, lv_name), bbr::RAW_SUFFIX);
+        return Ok(bbr::bbr_row(&raw, &g));
     }
     if lv.thin_pool().is_some() || lv.thin().is_some() {
         // The device users know by this LV's name in the pool's stack.
@@ -84,6 +89,9 @@ pub fn lv_devices(scan: &Scan, state: &VgState, lv_name: &str) -> Result<Vec<Sta
             vg: state.vg.name.clone(),
             lv: lv_name.into(),
         })?;
+    if let Some(g) = bbr::geometry(&state.vg, lv)? {
+        return bbr::stack(scan, state, lv_name, &g);
+    }
     Ok(vec![StackDevice {
         name: dm_name(&state.vg.name, lv_name),
         uuid: layer_uuid(&state.vg, lv, ""),
@@ -120,6 +128,9 @@ pub fn activate_lv_with(
             why,
         });
     }
+    if let Some(device) = bbr::activate(scan, state, lv_name, registry.clone())? {
+        return Ok((device, Vec::new()));
+    }
     let device = MappedDevice::new(dm_name(&state.vg.name, lv_name), registry.clone());
     let is_raid = state.vg.lv(lv_name).is_some_and(|lv| lv.raid().is_some());
     let mut notes = Vec::new();
@@ -148,6 +159,14 @@ pub fn load_lv(scan: &Scan, state: &VgState, lv_name: &str, device: &MappedDevic
         return Err(EngineError::Refused {
             vg: state.vg.name.clone(),
             why,
+        });
+    }
+    if state.vg.lv(lv_name).is_some_and(bbr::is_bbr) {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why: format!(
+                "LV '{lv_name}' is a BBR LV: it is activated whole with its bbr device, not reloaded"
+            ),
         });
     }
     if state.vg.lv(lv_name).is_some_and(|lv| lv.raid().is_some()) {

@@ -132,6 +132,12 @@ fn raid_rows(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Resul
 /// snapshot or lvm2's snapshotN LV with the whole stack of its origin, see
 /// [`super::snapshot::stack_devices`]).
 pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
+    if let Some(why) = super::bbr::kernel_refusal(state, lv) {
+        return Err(EngineError::Refused {
+            vg: state.vg.name.clone(),
+            why,
+        });
+    }
     if is_pool_stack(state, lv) {
         return activate_pool_stack(control, scan, state, lv);
     }

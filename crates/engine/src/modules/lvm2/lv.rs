@@ -62,6 +62,29 @@ impl Engine {
         lv_name: &str,
         opts: &LvCreateOptions,
     ) -> Result<LogicalVolume> {
+        self.lv_create_with(vg_name, lv_name, opts, None)
+    }
+
+    /// Creates a linear or striped LV with bad block relocation ([`super::bbr`]): a pool of
+    /// `pool_bytes` replacement sectors (about 0.1% of the LV when `None`) and its two
+    /// tables at the LV's end, written before the VG is committed.
+    pub fn lv_create_bbr(
+        &self,
+        vg_name: &str,
+        lv_name: &str,
+        opts: &LvCreateOptions,
+        pool_bytes: Option<u64>,
+    ) -> Result<LogicalVolume> {
+        self.lv_create_with(vg_name, lv_name, opts, Some(pool_bytes))
+    }
+
+    fn lv_create_with(
+        &self,
+        vg_name: &str,
+        lv_name: &str,
+        opts: &LvCreateOptions,
+        bbr: Option<Option<u64>>,
+    ) -> Result<LogicalVolume> {
         check_new_lv_name(&format!("new LV in VG '{vg_name}'"), lv_name)?;
         if opts.size.sign.is_some() {
             return Err(EngineError::BadArgument(
@@ -90,6 +113,11 @@ impl Engine {
             .as_deref()
             .filter(|t| !matches!(*t, "linear" | "striped"))
         {
+            if bbr.is_some() {
+                return Err(EngineError::BadArgument(format!(
+                    "--bbr is for LVs without redundancy (linear, striped); a {segtype} LV recovers a bad sector from its other images"
+                )));
+            }
             let lv = raid_create::create(
                 &self.hostname,
                 &scan,
@@ -138,7 +166,22 @@ impl Engine {
             extra: Vec::new(),
             segments,
         };
+        let mut lv = lv;
+        let bbr_layout = match bbr {
+            Some(pool_bytes) => {
+                let pool = pool_bytes.map(|b| b.div_ceil(512));
+                Some(super::bbr::mark(&vg, &mut lv, pool)?)
+            }
+            None => None,
+        };
         vg.lvs.push(lv.clone());
+        if let Some(g) = bbr_layout {
+            // The tables go on the new extents before the VG that allocates them is
+            // committed: until then they are free space, so a crash loses nothing.
+            let mut staged = state.clone();
+            staged.vg = vg.clone();
+            super::bbr::format_tables(&scan, &staged, lv_name, &g)?;
+        }
         self.commit(&scan, Some(state), vg, &[])?;
         Ok(lv)
     }

@@ -8,6 +8,7 @@
 pub mod activate;
 pub mod alloc;
 pub mod archive;
+pub mod bbr;
 pub mod commit;
 pub mod kernel;
 pub mod lv;
