@@ -242,6 +242,9 @@ fn activate_md(
     use tessera_engine::md::Health;
     let scan = engine.md_scan(force)?;
     let Some(array) = scan.array(name) else {
+        if let Some(node) = crate::external::activate(engine, name)? {
+            return Ok(Some(node));
+        }
         bail!("no MD array '{name}' on the devices scanned");
     };
     let mut array = array.clone();
@@ -381,6 +384,7 @@ pub fn deactivate(engine: &Engine, names: &[String]) -> Result<bool> {
     let mut rest = Vec::new();
     for n in names {
         match n.strip_prefix("md/") {
+            Some(md) if crate::external::deactivate(md)? => {}
             Some(md) => {
                 if tessera_kernel::md::stop(md)? {
                     let device = tessera_kernel::md::device_name(md);

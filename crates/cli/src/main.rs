@@ -5,6 +5,7 @@
 mod bbr;
 mod demo;
 mod dm;
+mod external;
 mod kdm;
 mod luks;
 mod md;
@@ -90,6 +91,10 @@ enum Command {
     Activate(ActivateArgs),
     /// Remove LVs' kernel devices (VG, VG/LV, or all found).
     Deactivate(ActivateArgs),
+    /// Keep the records of the IMSM volumes the kernel's md runs in container CONTAINER
+    /// (md127), as mdmon does; `activate` starts it, and it ends with the volumes.
+    #[command(hide = true)]
+    Monitor { container: String },
     /// Make a VG over image files in a folder, list it and serve it: a first look at tessera.
     Demo(demo::DemoArgs),
     /// LUKS1 and LUKS2 encrypted devices, as cryptsetup makes them: open (in the daemon, or
@@ -636,6 +641,7 @@ fn run(cli: Cli) -> Result<bool> {
             )
         }
         Command::Deactivate(args) => return kdm::deactivate(&engine, &args.targets),
+        Command::Monitor { container } => return external::monitor(&container),
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),
         Command::Thin(cmd) => return thin::run(&engine, cmd),

@@ -243,9 +243,15 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             let scan = engine.md_scan(false)?;
             if json {
                 let arrays: Vec<Value> = scan.arrays.iter().map(array_json).collect();
+                let external: Vec<Value> = crate::external::kernel_arrays()
+                    .into_iter()
+                    .map(|(dev, link, what)| json!({"device": dev, "link": link, "summary": what}))
+                    .collect();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "arrays": arrays }))?
+                    serde_json::to_string_pretty(
+                        &json!({ "arrays": arrays, "kernel_external": external })
+                    )?
                 );
             } else {
                 println!(
@@ -263,6 +269,13 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
                         a.events,
                         a.uuid
                     );
+                }
+                let external = crate::external::kernel_arrays();
+                if !external.is_empty() {
+                    println!("  In the kernel, external metadata (IMSM/DDF):");
+                }
+                for (dev, link, what) in external {
+                    println!("  {:<16} {dev}: {what}", link.unwrap_or_default());
                 }
             }
             for p in &scan.problems {

@@ -198,15 +198,42 @@ fn device_number(device: &str) -> Result<(u32, u32)> {
         .ok_or_else(|| MdKernelError::Other(format!("{device}: no device number in sysfs")))
 }
 
+/// A disk of a container: where its metadata lies, as the container's member shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerMember {
+    pub disk: Member,
+    pub metadata_offset_sectors: u64,
+    pub metadata_sectors: u64,
+}
+
 /// Makes `device` (`md127`) an external-metadata container of `kind` (`imsm`, `ddf`)
 /// holding `members`, as mdadm does: `metadata_version` `external:KIND`, each member by
-/// `new_dev`. A container is never started: it stays `inactive` and only groups the disks.
-pub fn assemble_container(device: &str, kind: &str, members: &[Member]) -> Result<Assembled> {
+/// `new_dev` with the place of its metadata as `offset` and `size`. A container is never started: it stays `inactive` and only groups the disks.
+pub fn assemble_container(
+    device: &str,
+    kind: &str,
+    members: &[ContainerMember],
+) -> Result<Assembled> {
     make_array(device)?;
     let made = (|| {
         write_attr(device, "metadata_version", &format!("external:{kind}"))?;
         for m in members {
-            write_attr(device, "new_dev", &format!("{}:{}", m.major, m.minor))?;
+            write_attr(
+                device,
+                "new_dev",
+                &format!("{}:{}", m.disk.major, m.disk.minor),
+            )?;
+            let dev = format!("dev-{}", member_kernel_name(m.disk)?);
+            write_attr(
+                device,
+                &format!("{dev}/offset"),
+                &m.metadata_offset_sectors.to_string(),
+            )?;
+            write_attr(
+                device,
+                &format!("{dev}/size"),
+                &m.metadata_sectors.div_ceil(2).to_string(),
+            )?;
         }
         Ok(())
     })();
@@ -252,6 +279,9 @@ pub struct Subarray {
     pub array_sectors: Option<u64>,
     /// Sectors below this are in sync; `None` when the whole array is.
     pub resync_start: Option<u64>,
+    /// How long writes stay quiet before md reports the array idle, for the monitor to
+    /// mark it clean; the kernel's default when `None`.
+    pub safe_mode_delay_ms: Option<u64>,
     pub members: Vec<SubarrayMember>,
 }
 
@@ -320,7 +350,16 @@ pub fn assemble_subarray(
                 member_attr("recovery_start", &at.to_string())?;
             }
         }
-        write_attr(device, "array_state", "readonly")
+        write_attr(device, "array_state", "readonly")?;
+        // Starting sets the kernel's default: the metadata's delay goes in after.
+        if let Some(ms) = array.safe_mode_delay_ms {
+            write_attr(
+                device,
+                "safe_mode_delay",
+                &format!("{}.{:03}", ms / 1000, ms % 1000),
+            )?;
+        }
+        Ok(())
     })();
     if let Err(e) = made {
         let _ = write_attr(device, "array_state", "clear");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Map, Mpb};
 use tessera_kernel::md::{Member, Subarray, SubarrayMember};
-use tessera_raid::metadata::SetMetadata;
+use tessera_raid::metadata::{MemberRecord, MemberRole, SetMetadata, SetRecord};
 
 use super::records::{ContainerRecords, VolumeRecords};
 use super::{containers, Container};
@@ -18,8 +18,9 @@ pub struct KernelContainer {
     /// `imsm-FAMILY`, as tessera shows it.
     pub label: String,
     pub family: u32,
-    /// Each member: its disk index in the table and its path.
-    pub members: Vec<(usize, String)>,
+    /// Each member: its disk index in the table, its path, and where its metadata lies
+    /// (sectors: offset, length), as mdadm shows a container's members.
+    pub members: Vec<(usize, String, u64, u64)>,
     /// Devices left out, and why.
     pub left_out: Vec<(String, String)>,
     pub volumes: Vec<KernelVolume>,
@@ -79,6 +80,7 @@ impl KernelArray {
             component_sectors: self.component_sectors,
             array_sectors: Some(self.array_sectors),
             resync_start: self.resync_start,
+            safe_mode_delay_ms: Some(SAFE_MODE_DELAY_MS),
             members,
         })
     }
@@ -96,6 +98,56 @@ impl KernelContainer {
         )))
     }
 }
+
+impl KernelContainer {
+    /// Records volume `index` as md runs it, as mdmon does: dirty or clean, and the members
+    /// in `faulty_slots` failed (each failure is kept: it never comes back on its own).
+    pub fn record(&self, index: usize, clean: bool, faulty_slots: &[u32]) -> Result<(), String> {
+        let Some(volume) = self.volumes.iter().find(|v| v.index == index) else {
+            return Err(format!("{}: no volume {index}", self.label));
+        };
+        let array = volume
+            .array
+            .as_ref()
+            .map_err(|e| format!("{}: {e}", volume.name))?;
+        let records = VolumeRecords::new(self.records.clone(), index, array.slots.clone());
+        let members = array
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, path)| {
+                let role = if faulty_slots.contains(&(slot as u32)) {
+                    MemberRole::Faulty
+                } else {
+                    MemberRole::InSync(slot)
+                };
+                Some(MemberRecord {
+                    device: path.clone()?,
+                    role,
+                })
+            })
+            .collect();
+        records
+            .record(&SetRecord { clean, members })
+            .map_err(|e| format!("{}: {e}", volume.name))
+    }
+}
+
+impl crate::Engine {
+    /// The IMSM containers on the engine's devices, as md would run them.
+    pub fn imsm_kernel_containers(&self) -> crate::Result<Vec<KernelContainer>> {
+        let (devs, _) = self.devices(false)?;
+        Ok(kernel_containers(&devs))
+    }
+}
+
+/// mdadm's write-hole policies that keep nothing beyond the dirty flag (resync).
+const RWH_OFF: u8 = 0;
+const RWH_MULTIPLE_OFF: u8 = 5;
+
+/// How long md waits after the last write before it reports a volume idle: 4 s, as the
+/// Matrix driver and mdadm.
+const SAFE_MODE_DELAY_MS: u64 = 4000;
 
 /// md's layout number for an IMSM level: raid5 is left-asymmetric, raid10 near 2 copies.
 fn layout(level: u32) -> u32 {
@@ -186,9 +238,10 @@ impl Container {
                                 "it is degraded and tessera does not record rebuilds yet"
                                     .to_string(),
                             )
-                        } else if dev.rwh_policy() != 0 {
+                        } else if !matches!(dev.rwh_policy(), RWH_OFF | RWH_MULTIPLE_OFF) {
                             Some(format!(
-                                "its write-hole policy {} (PPL or bitmap) is not one tessera keeps",
+                                "its write-hole policy {} (PPL, journal or bitmap) is not one \
+                                 tessera keeps",
                                 dev.rwh_policy()
                             ))
                         } else {
@@ -222,7 +275,12 @@ impl Container {
             members: self
                 .members
                 .iter()
-                .filter_map(|f| Some((f.disk?, f.path.clone())))
+                .filter_map(|f| {
+                    let disk = f.disk?;
+                    let total = self.mpb.disks.get(disk)?.total_blocks;
+                    let reserved = imsm::MPB_SECTOR_CNT.min(total);
+                    Some((disk, f.path.clone(), total - reserved, reserved))
+                })
                 .collect(),
             left_out: self.left_out.clone(),
             volumes,

@@ -1,0 +1,607 @@
+//! IMSM containers in the kernel's md through its external-metadata interface, as mdadm
+//! assembles them, and `tessera monitor`, which keeps their records while md runs them, as
+//! mdmon does.
+//!
+//! Activation makes the container an inactive array holding the member disks
+//! (`external:imsm`, `/dev/md/imsm0`), each volume its own array (`external:/md127/N`,
+//! `/dev/md/NAME`) started `readonly`, and starts one monitor per container in the
+//! background as mdadm starts mdmon. The monitor is a process of its own rather than the
+//! daemon's work: an array started from an initramfs or a shell has no daemon, md blocks
+//! every writer until someone answers `write-pending`, and one process per container that
+//! ends with its arrays is what mdadm's users and tools (`mdadm --stop`) expect.
+//!
+//! The monitor switches a started volume to `read-auto` (`active` when it must resync),
+//! answers `write-pending` by recording the volume dirty then writing `active`, marks it
+//! clean once md reports it idle (`active-idle`, then `clean`, resync done), records a
+//! member md failed then unblocks and removes it, and records the volume clean when it is
+//! stopped. It exits once the container has no running volume left.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tessera_block::{FileDevice, OpenOptions, SharedDevice};
+use tessera_engine::modules::imsm::external::{kernel_containers, KernelContainer};
+use tessera_engine::Engine;
+use tessera_kernel::md::{self as kmd, ContainerMember, External, Member, SubarrayStart};
+
+/// Where monitors note their process ids, one file per container (`md127.pid`).
+const RUN_DIR: &str = "/run/tessera";
+
+fn devno(path: &str) -> Result<(u32, u32), String> {
+    let d = tessera_engine::devices::devno(path).map_err(|e| e.to_string())?;
+    let (a, b) = d
+        .split_once(':')
+        .ok_or_else(|| format!("{path}: no device number"))?;
+    Ok((
+        a.parse().map_err(|_| format!("{path}: bad major"))?,
+        b.parse().map_err(|_| format!("{path}: bad minor"))?,
+    ))
+}
+
+/// The external-metadata containers md runs: kernel name, kind, member device numbers.
+fn running_containers() -> Vec<(String, String, Vec<(u32, u32)>)> {
+    kmd::arrays()
+        .into_iter()
+        .filter_map(|(dev, version)| match kmd::parse_external(&version)? {
+            External::Container { kind } => {
+                let members = member_dirs(&dev)
+                    .into_iter()
+                    .filter_map(|(_, kname)| block_devno(&kname))
+                    .collect();
+                Some((dev, kind, members))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The subarrays md runs of container `container`: kernel name, index, held read-only.
+fn running_subarrays(container: &str) -> Vec<(String, usize, bool)> {
+    kmd::arrays()
+        .into_iter()
+        .filter_map(|(dev, version)| match kmd::parse_external(&version)? {
+            External::Subarray {
+                container: c,
+                index,
+                read_only,
+            } if c == container => {
+                let state = kmd::read_attr(&dev, "array_state")?;
+                (state != "clear").then_some((dev, index, read_only))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// An array's member entries: `dev-loop0` and `loop0`.
+fn member_dirs(device: &str) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/sys/block/{device}/md")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let k = n.strip_prefix("dev-")?.to_string();
+            Some((n, k))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn block_devno(kname: &str) -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string(format!("/sys/class/block/{kname}/dev")).ok()?;
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The /dev/md/ link of an array, if there is one (`/dev/md/vol5` for `md126`).
+fn md_link(device: &str) -> Option<String> {
+    std::fs::read_dir("/dev/md").ok()?.flatten().find_map(|e| {
+        let target = std::fs::read_link(e.path()).ok()?;
+        (target.file_name()?.to_string_lossy() == device).then(|| e.path().display().to_string())
+    })
+}
+
+fn make_nodes(device: &str, link: &str, major: u32, minor: u32) {
+    let node = format!("/dev/{device}");
+    if std::fs::metadata(&node).is_err() {
+        let _ = tessera_kernel::dm::make_node(&node, libc::S_IFBLK, major, minor);
+    }
+    let _ = std::fs::create_dir_all("/dev/md");
+    let _ = std::fs::remove_file(link);
+    let _ = std::os::unix::fs::symlink(format!("../{device}"), link);
+}
+
+/// The first `/dev/md/imsmN` name free for container `device`, as mdadm names containers:
+/// one that is not there, dangles (left by an array stopped without udev) or names it.
+fn container_link(device: &str) -> String {
+    (0..)
+        .map(|n| format!("/dev/md/imsm{n}"))
+        .find(|l| {
+            let Ok(target) = std::fs::read_link(l) else {
+                return std::fs::symlink_metadata(l).is_err();
+            };
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.as_deref() == Some(device) || !Path::new("/dev/md").join(&target).exists()
+        })
+        .expect("a free name")
+}
+
+/// Starts IMSM volume `md/NAME` in the kernel (its container first, if md does not hold
+/// it yet) with a monitor keeping its records. `Ok(None)` if no IMSM volume is called so.
+pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
+    let containers = engine.imsm_kernel_containers()?;
+    let wanted = format!("md/{name}");
+    let Some((c, v)) = containers.iter().find_map(|c| {
+        c.volumes
+            .iter()
+            .find(|v| v.name == wanted || c.label == name)
+            .map(|v| (c, v))
+    }) else {
+        return Ok(None);
+    };
+    for (path, why) in &c.left_out {
+        eprintln!("tessera: warning: {}: leaving out {path}: {why}", c.label);
+    }
+    let array = v
+        .array
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{}: cannot start: {e}", v.name))?;
+    let container = start_container(c)?;
+    if let Some((dev, _, _)) = running_subarrays(&container)
+        .into_iter()
+        .find(|(_, i, _)| *i == v.index)
+    {
+        println!("  {}: running already as /dev/{dev}", v.name);
+        return Ok(Some(format!("/dev/{dev}")));
+    }
+    let subarray = array
+        .subarray(devno)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
+    let start = match &v.read_only_because {
+        Some(why) => {
+            eprintln!("tessera: warning: {}: started read-only: {why}", v.name);
+            SubarrayStart::ReadonlyOnly
+        }
+        None => SubarrayStart::ReadonlyForMonitor,
+    };
+    let taken: Vec<u32> = Vec::new();
+    let number = kmd::free_number(&taken).context("no free md device number")?;
+    let device = kmd::numbered_name(number);
+    let made = kmd::assemble_subarray(&device, &container, v.index, &subarray, start)
+        .with_context(|| format!("{}: starting it in the kernel", v.name))?;
+    let link = format!("/dev/{}", v.name);
+    make_nodes(&made.device, &link, made.major, made.minor);
+    let mut state = made.state.clone();
+    if start == SubarrayStart::ReadonlyForMonitor {
+        spawn_monitor(&container)?;
+        // As mdadm waits for mdmon: the monitor makes it writable.
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            state = kmd::read_attr(&device, "array_state").unwrap_or_default();
+            if state != "readonly" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if state == "readonly" {
+            eprintln!(
+                "tessera: warning: {}: its monitor has not made it writable yet",
+                v.name
+            );
+        }
+    }
+    println!(
+        "  {}: IMSM raid{} active as /dev/{} ({}:{}) in container /dev/{container}, {} of {} members, state {state}",
+        v.name,
+        array.level,
+        made.device,
+        made.major,
+        made.minor,
+        array.members.len(),
+        array.raid_disks,
+    );
+    Ok(Some(format!("/dev/{}", made.device)))
+}
+
+/// The container's md device, made if md does not hold its disks yet.
+fn start_container(c: &KernelContainer) -> Result<String> {
+    let mut list = Vec::new();
+    for (_, path, offset, size) in &c.members {
+        let (major, minor) = devno(path).map_err(|e| anyhow::anyhow!("{}: {e}", c.label))?;
+        list.push(ContainerMember {
+            disk: Member { major, minor },
+            metadata_offset_sectors: *offset,
+            metadata_sectors: *size,
+        });
+    }
+    let members: Vec<(u32, u32)> = list.iter().map(|m| (m.disk.major, m.disk.minor)).collect();
+    for (dev, kind, held) in running_containers() {
+        if kind == "imsm" && members.iter().any(|m| held.contains(m)) {
+            if members.iter().all(|m| held.contains(m)) {
+                return Ok(dev);
+            }
+            bail!(
+                "{}: md holds some of its disks in /dev/{dev} already, but not all",
+                c.label
+            );
+        }
+    }
+    let number = kmd::free_number(&[]).context("no free md device number")?;
+    let device = kmd::numbered_name(number);
+    let made = kmd::assemble_container(&device, "imsm", &list)
+        .with_context(|| format!("{}: making the container in the kernel", c.label))?;
+    let link = container_link(&made.device);
+    make_nodes(&made.device, &link, made.major, made.minor);
+    println!(
+        "  {}: IMSM container as /dev/{} ({link}), {} disks",
+        c.label,
+        made.device,
+        list.len()
+    );
+    Ok(made.device)
+}
+
+fn pid_file(container: &str) -> String {
+    format!("{RUN_DIR}/{container}.pid")
+}
+
+/// Whether a monitor of `container` runs.
+fn monitor_running(container: &str) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pid_file(container)) else {
+        return false;
+    };
+    let pid = pid.trim();
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split('\0').any(|a| a == "monitor") && c.contains(container))
+}
+
+/// Starts `tessera monitor CONTAINER` in the background, unless one runs.
+fn spawn_monitor(container: &str) -> Result<()> {
+    if monitor_running(container) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let exe = std::env::current_exe().context("finding tessera's own binary")?;
+    let log = File::create(format!("{RUN_DIR}/{container}.log"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("monitor")
+        .arg(container)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own session, so it outlives the shell that ran `activate`.
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting tessera monitor")?;
+    std::fs::write(pid_file(container), format!("{}\n", child.id()))?;
+    Ok(())
+}
+
+/// Stops `md/NAME`: an IMSM volume md runs (then its container, once it holds no volume),
+/// or a container (`md/imsm0`: its volumes first). `Ok(false)` if it is neither.
+pub fn deactivate(name: &str) -> Result<bool> {
+    let link = format!("/dev/md/{name}");
+    let Some(device) = std::fs::read_link(&link)
+        .ok()
+        .and_then(|t| Some(t.file_name()?.to_string_lossy().into_owned()))
+    else {
+        return Ok(false);
+    };
+    let Some(version) = kmd::read_attr(&device, "metadata_version") else {
+        return Ok(false);
+    };
+    match kmd::parse_external(&version) {
+        Some(External::Subarray { container, .. }) => {
+            stop_subarray(&device)?;
+            println!("  md/{name}: stopped");
+            if running_subarrays(&container).is_empty() {
+                stop_container(&container)?;
+            }
+            Ok(true)
+        }
+        Some(External::Container { .. }) => {
+            for (dev, _, _) in running_subarrays(&device) {
+                let shown =
+                    md_link(&dev).map_or(dev.clone(), |l| l.trim_start_matches("/dev/").into());
+                stop_subarray(&dev)?;
+                println!("  {shown}: stopped");
+            }
+            stop_container(&device)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Stops a subarray as mdadm does with a monitor: `inactive` (md finishes its writes and
+/// marks it in sync), the monitor records it clean and clears it; cleared here if no
+/// monitor did within a few seconds.
+fn stop_subarray(device: &str) -> Result<()> {
+    let link = md_link(device);
+    kmd::write_array_attr(device, "array_state", "inactive")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if kmd::read_attr(device, "array_state").is_none_or(|s| s == "clear") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kmd::stop_device(device)?;
+    if let Some(l) = link {
+        let _ = std::fs::remove_file(l);
+    }
+    let _ = std::fs::remove_file(format!("/dev/{device}"));
+    Ok(())
+}
+
+fn stop_container(device: &str) -> Result<()> {
+    let link = md_link(device);
+    kmd::stop_device(device)?;
+    if let Some(l) = &link {
+        let _ = std::fs::remove_file(l);
+    }
+    let _ = std::fs::remove_file(format!("/dev/{device}"));
+    println!(
+        "  {}: container stopped",
+        link.unwrap_or_else(|| format!("/dev/{device}"))
+    );
+    Ok(())
+}
+
+/// What the monitor knows of one volume.
+struct Watched {
+    device: String,
+    index: usize,
+    /// Recorded clean last time.
+    clean: Option<bool>,
+    /// Slots md failed, recorded.
+    faulty: Vec<u32>,
+    /// `resync_start` last read: `none` when in sync.
+    in_sync: bool,
+    state: String,
+    /// Open attribute files, read to arm poll.
+    files: Vec<File>,
+}
+
+fn read_fd(f: &File) -> String {
+    let mut buf = [0u8; 256];
+    let n = f.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
+}
+
+fn open_attr(device: &str, a: &str) -> Option<File> {
+    File::open(kmd::attr_path(device, a)).ok()
+}
+
+/// `tessera monitor CONTAINER`: keeps the records of the IMSM volumes md runs in
+/// container `CONTAINER` (`md127`) until none runs.
+pub fn monitor(container: &str) -> Result<bool> {
+    let container = container.trim_start_matches("/dev/").to_string();
+    match kmd::read_attr(&container, "metadata_version").as_deref() {
+        Some("external:imsm") => {}
+        Some(v) => bail!("/dev/{container} is not an IMSM container (metadata {v})"),
+        None => bail!("/dev/{container}: no such md array"),
+    }
+    // The members as the container holds them, opened for writing the records.
+    let mut opened: Vec<(String, SharedDevice)> = Vec::new();
+    for (_, kname) in member_dirs(&container) {
+        let path = format!("/dev/{kname}");
+        let rw = OpenOptions {
+            read_only: false,
+            direct: true,
+        };
+        let d = FileDevice::open(&path, rw).with_context(|| format!("{path}: opening it"))?;
+        opened.push((path, Arc::new(d)));
+    }
+    let found = kernel_containers(&opened);
+    let Some(records) = found.into_iter().next() else {
+        bail!("/dev/{container}: its disks hold no IMSM container tessera can read");
+    };
+    eprintln!("monitoring {} in /dev/{container}", records.label);
+    let mut watched: BTreeMap<usize, Watched> = BTreeMap::new();
+    let mut empty_since: Option<Instant> = None;
+    loop {
+        for (dev, index, read_only) in running_subarrays(&container) {
+            if read_only || watched.contains_key(&index) {
+                continue;
+            }
+            watched.insert(
+                index,
+                Watched {
+                    device: dev,
+                    index,
+                    clean: None,
+                    faulty: Vec::new(),
+                    in_sync: true,
+                    state: String::new(),
+                    files: Vec::new(),
+                },
+            );
+        }
+        let mut gone = Vec::new();
+        for w in watched.values_mut() {
+            if !step(&records, w) {
+                gone.push(w.index);
+            }
+        }
+        for i in gone {
+            watched.remove(&i);
+        }
+        if watched.is_empty() {
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            let container_gone =
+                kmd::read_attr(&container, "array_state").is_none_or(|s| s == "clear");
+            if container_gone || since.elapsed() > Duration::from_secs(2) {
+                eprintln!("no volume of /dev/{container} runs: monitor ends");
+                let _ = std::fs::remove_file(pid_file(&container));
+                return Ok(true);
+            }
+        } else {
+            empty_since = None;
+        }
+        // Wait for md to notify a change (sysfs_notify: POLLPRI) or a second to pass.
+        let mut fds: Vec<libc::pollfd> = watched
+            .values()
+            .flat_map(|w| w.files.iter())
+            .map(|f| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            })
+            .collect();
+        let timeout = if watched.is_empty() { 200 } else { 1000 };
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    }
+}
+
+/// One pass over a volume: reads its state and acts as mdmon's `read_and_act`. False
+/// once it has stopped.
+fn step(records: &KernelContainer, w: &mut Watched) -> bool {
+    let dev = w.device.clone();
+    // Reopened each pass: members come and go. Reading arms poll for the next change.
+    w.files.clear();
+    let Some(state_file) = open_attr(&dev, "array_state") else {
+        record(records, w, true);
+        return false;
+    };
+    let state = read_fd(&state_file);
+    w.files.push(state_file);
+    if let Some(f) = open_attr(&dev, "sync_action") {
+        read_fd(&f);
+        w.files.push(f);
+    }
+    // raid0 has nothing to resync (md leaves its resync_start at 0).
+    if kmd::read_attr(&dev, "level").as_deref() == Some("raid0") {
+        w.in_sync = true;
+    } else if let Some(r) = kmd::read_attr(&dev, "resync_start") {
+        w.in_sync = r == "none";
+    }
+    let mut faulty_now = Vec::new();
+    for (entry, _) in member_dirs(&dev) {
+        let Some(f) = open_attr(&dev, &format!("{entry}/state")) else {
+            continue;
+        };
+        let s = read_fd(&f);
+        w.files.push(f);
+        if s.split(',').any(|x| x == "faulty") {
+            let slot =
+                kmd::read_attr(&dev, &format!("{entry}/slot")).and_then(|s| s.parse::<u32>().ok());
+            faulty_now.push((entry, slot, s));
+        }
+    }
+    let prev = std::mem::replace(&mut w.state, state.clone());
+    let was_running = !matches!(prev.as_str(), "" | "clear" | "inactive");
+    match state.as_str() {
+        // Not started yet (activation is still setting it up): nothing to do.
+        "clear" | "inactive" if !was_running => return true,
+        "clear" | "inactive" => {
+            // Stopped: md finished its writes and left it in sync.
+            record(records, w, w.in_sync);
+            let _ = kmd::write_array_attr(&dev, "array_state", "clear");
+            return false;
+        }
+        "readonly" => {
+            // Ready to run it: read-auto, or active at once when it must resync.
+            if w.in_sync {
+                let _ = kmd::write_array_attr(&dev, "array_state", "read-auto");
+            } else {
+                record(records, w, false);
+                let _ = kmd::write_array_attr(&dev, "array_state", "active");
+            }
+        }
+        "write-pending" => {
+            record(records, w, false);
+            let _ = kmd::write_array_attr(&dev, "array_state", "active");
+        }
+        "active-idle" => {
+            // md first, then the records: a write after this point is seen again.
+            let _ = kmd::write_array_attr(&dev, "array_state", "clean");
+        }
+        "clean" => record(records, w, w.in_sync),
+        _ => {}
+    }
+    for (entry, slot, s) in faulty_now {
+        if let Some(slot) = slot.filter(|s| !w.faulty.contains(s)) {
+            w.faulty.push(slot);
+            eprintln!("{dev}: {entry} failed (slot {slot}): recording it");
+            let clean = w.clean.unwrap_or(false) && state == "clean";
+            record(records, w, clean);
+        }
+        if s.split(',').any(|x| x == "blocked") {
+            let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "-blocked");
+        }
+        if state != "readonly" {
+            // md lets go of it once its personality has; tried again next pass if not yet.
+            let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "remove");
+        }
+    }
+    if state == "write-pending" {
+        // A failure leaves md waiting too.
+        let _ = kmd::write_array_attr(&dev, "array_state", "active");
+    }
+    true
+}
+
+fn record(records: &KernelContainer, w: &mut Watched, clean: bool) {
+    if w.clean == Some(clean) && w.faulty.is_empty() {
+        return;
+    }
+    match records.record(w.index, clean, &w.faulty) {
+        Ok(()) => {
+            if w.clean != Some(clean) {
+                eprintln!(
+                    "{}: recorded {}",
+                    w.device,
+                    if clean { "clean" } else { "dirty" }
+                );
+            }
+            w.clean = Some(clean);
+        }
+        Err(e) => eprintln!("{}: cannot record its state: {e}", w.device),
+    }
+}
+
+/// The external-metadata arrays md runs, for `md list`: `(device, link, what)`.
+pub fn kernel_arrays() -> Vec<(String, Option<String>, String)> {
+    kmd::arrays()
+        .into_iter()
+        .filter_map(|(dev, version)| {
+            let what = match kmd::parse_external(&version)? {
+                External::Container { kind } => format!(
+                    "{kind} container, {} disks, {}",
+                    member_dirs(&dev).len(),
+                    kmd::read_attr(&dev, "array_state").unwrap_or_default()
+                ),
+                External::Subarray {
+                    container,
+                    index,
+                    read_only,
+                } => format!(
+                    "{} over {}, volume {index} of /dev/{container}, {}{}",
+                    kmd::read_attr(&dev, "level").unwrap_or_default(),
+                    kmd::read_attr(&dev, "raid_disks").unwrap_or_default(),
+                    kmd::read_attr(&dev, "array_state").unwrap_or_default(),
+                    if read_only { ", held read-only" } else { "" }
+                ),
+            };
+            let link = md_link(&dev);
+            Some((dev, link, what))
+        })
+        .collect()
+}
