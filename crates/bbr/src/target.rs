@@ -158,6 +158,15 @@ impl Bbr {
     fn relocate(&self, row_sector: u64, data: &[u8]) -> Result<()> {
         let bad = self.geometry.data_start + row_sector;
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another write may have relocated this sector while this one waited for the lock.
+        let known = self.map().get(&bad).copied();
+        if let Some(rep) = known {
+            match self.dev.write_at(data, rep * SECTOR_BYTES) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_media_error(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
         loop {
             let rep = match store.next_replacement(bad) {
                 Ok(rep) => rep,
