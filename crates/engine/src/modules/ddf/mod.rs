@@ -521,7 +521,7 @@ impl DdfVolume {
             }
             None => registry,
         };
-        let device = MappedDevice::new(&self.dm_name(), registry);
+        let device = MappedDevice::new(self.dm_name(), registry);
         let blocks = self.sub.blocks;
         let resolve = |path: &str| -> Result<SharedDevice, BlockError> {
             let e = self

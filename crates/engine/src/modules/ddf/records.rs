@@ -39,6 +39,10 @@ struct Global {
     virt: VirtRecords,
     /// The newest configuration record of each virtual disk's legs.
     configs: Vec<VdConfig>,
+    /// Which virtual disks (by index) are rebuilding which disks (by refnum): a disk's
+    /// Rebuilding state is one for all its extents, so it stays until every virtual disk
+    /// rebuilding onto it has finished.
+    rebuilding: Vec<(usize, u32)>,
 }
 
 struct Shared {
@@ -88,12 +92,14 @@ impl ContainerRecords {
                 phys: m.phys.clone(),
                 virt: m.virt.clone(),
                 configs,
+                rebuilding: Vec::new(),
             },
             None => Global {
                 seq: 0,
                 phys: PhysRecords::decode(&[0u8; 64]).expect("an empty section"),
                 virt: VirtRecords::decode(&[0u8; 64]).expect("an empty section"),
                 configs,
+                rebuilding: Vec::new(),
             },
         };
         Arc::new(ContainerRecords {
@@ -334,10 +340,15 @@ impl VolumeRecords {
                 cfg.phys_refnum[pos] = r;
                 cfg.lba_offset[pos] = spare.lba_offset;
             }
+            g.rebuilding.retain(|&(v, d)| !(v == self.index && d == r));
+            if rebuilding {
+                g.rebuilding.push((self.index, r));
+            }
+            let still = g.rebuilding.iter().any(|&(_, d)| d == r);
             if let Some(e) = g.phys.entries.iter_mut().find(|e| e.refnum == r) {
                 e.kind = (e.kind & !pd_type::GLOBAL_SPARE) | pd_type::ACTIVE_IN_VD;
                 e.state |= pd_state::ONLINE;
-                if rebuilding {
+                if still {
                     e.state |= pd_state::REBUILDING;
                 } else {
                     e.state &= !pd_state::REBUILDING;
@@ -359,14 +370,20 @@ impl VolumeRecords {
                 }
             }
         }
-        let legs: Vec<&VdConfig> = g.configs.iter().filter(|c| c.guid == guid).collect();
-        let state = legs
-            .iter()
-            .map(|c| leg_state(&g.phys, c))
-            .reduce(|a, b| combined_state(a, b, legs[0].srl))
-            .unwrap_or(vd_state::FAILED);
+        // Every virtual disk's state from its members' disks: a disk failed or rebuilt
+        // here counts for the others on it too.
+        for entry in g.virt.entries.iter_mut() {
+            let legs: Vec<&VdConfig> = g.configs.iter().filter(|c| c.guid == entry.guid).collect();
+            let Some(state) = legs
+                .iter()
+                .map(|c| leg_state(&g.phys, c))
+                .reduce(|a, b| combined_state(a, b, legs[0].srl))
+            else {
+                continue;
+            };
+            entry.state = (entry.state & !vd_state::MASK) | state;
+        }
         let entry = &mut g.virt.entries[vd];
-        entry.state = (entry.state & !vd_state::MASK) | state;
         if record.clean {
             entry.state &= !vd_state::INCONSISTENT;
             entry.init_state = (entry.init_state & !INIT_MASK) | INIT_FULL;
@@ -426,7 +443,11 @@ impl SetMetadata for VolumeRecords {
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = s.global.clone();
         self.apply(&mut next, record, &refnums);
-        if next == s.global {
+        let unchanged = next.phys == s.global.phys
+            && next.virt == s.global.virt
+            && next.configs == s.global.configs;
+        if unchanged {
+            s.global.rebuilding = next.rebuilding;
             return Ok(());
         }
         next.seq = next.seq.wrapping_add(1);
