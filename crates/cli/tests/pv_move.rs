@@ -312,6 +312,23 @@ fn a_killed_move_aborted_leaves_the_data_whole_and_no_pvmove() {
     // A second move of another PV is refused while this one is in progress.
     let out = tessera_output(&list, &state, &["pv", "move", &loops.devices[1]]);
     assert!(!out.status.success());
+    // Resuming while something holds the source (a daemon serving the LVs, the kernel) is
+    // refused naming it.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&loops.devices[0])
+            .unwrap();
+        let out = tessera_output(&list, &state, &["pv", "move"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "resumed while the source was held");
+        assert!(
+            err.contains(&loops.devices[0]) && err.contains("in use"),
+            "{err}"
+        );
+    }
     let out = tessera(&list, &state, &["pv", "move", "--abort"]);
     assert!(out.contains("aborted"), "{out}");
     lvm(&list, &["vgck", "vg"]);

@@ -677,6 +677,26 @@ impl Engine {
             .iter()
             .map(|pv| &scan.pvs[state.present[&pv.key]])
             .collect();
+        // The copy bypasses every mapped device: nothing else may use the PVs meanwhile (a
+        // daemon serving the LVs claims them, the kernel holds them while they are active).
+        let mut involved = BTreeSet::new();
+        for s in &pvmove.segments {
+            involved.extend(mirror(s, &at)?.areas.into_iter().map(|a| a.pv));
+        }
+        let mut _claims = Vec::new();
+        for key in &involved {
+            if let Some(&i) = state.present.get(key) {
+                let claimed =
+                    crate::claim::claim(&scan.pvs[i].path).map_err(|e| EngineError::Refused {
+                        vg: vg_name.into(),
+                        why: format!(
+                            "{e}; the move runs offline (stop serving the VG's LVs and deactivate \
+                             them first)"
+                        ),
+                    })?;
+                _claims.push(claimed);
+            }
+        }
         let extent_bytes = vg.extent_size_bytes();
         let mut pace = Pace {
             started: Instant::now(),
