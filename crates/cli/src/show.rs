@@ -81,9 +81,38 @@ fn print_tree(node: &Node, prefix: &str, last: bool, top: bool) {
     for problem in &node.problems {
         println!("{next}  ! {problem}");
     }
+    if let Some(note) = content_note(node) {
+        println!("{next}  - {note}");
+    }
     for (i, child) in node.children.iter().enumerate() {
         print_tree(child, &next, i + 1 == node.children.len(), false);
     }
+}
+
+/// Formats a RAID member shows in its array's data area (its problems say nothing of
+/// them: they are most likely the array's own content), named so the user knows they are
+/// there.
+fn content_note(node: &Node) -> Option<String> {
+    let c = node.detail.get("conflict")?;
+    if c.get("array_content")? != &serde_json::Value::Bool(true) {
+        return None;
+    }
+    let formats = c.get("formats")?.as_array()?;
+    let others: Vec<String> = formats
+        .iter()
+        .skip(1)
+        .filter_map(|f| {
+            let what = f.get("what")?.as_str()?;
+            let at = f.get("offsets")?.get(0)?.as_u64()?;
+            Some(format!("{what} at byte {at}"))
+        })
+        .collect();
+    Some(format!(
+        "also shows {} in the array's data area: the array's own content when the \
+         array shows it too, else leftover from before the array (clear it on the \
+         array, never on the member)",
+        others.join(", ")
+    ))
 }
 
 fn print_problems(report: &Report) {

@@ -57,8 +57,31 @@ fn probe_one(
     let mut found = None;
     let mut claimed = None;
     let mut inner = Vec::new();
+    // Leftover metadata: two formats on one device. The one blkid and mdadm take is the
+    // one claimed, though a module tried earlier also answers; the others are named.
+    let conflict = crate::modules::signature::conflict_on(name, &device);
     for (index, module) in modules.iter().enumerate() {
-        if let Some((finding, devices)) = module.probe(name, &device) {
+        if let Some((mut finding, mut devices)) = module.probe(name, &device) {
+            let mut index = index;
+            if let Some(c) = &conflict {
+                let Some(taken) = c.taken_kind() else {
+                    found = Some(crate::modules::signature::ambivalent(name, c));
+                    break;
+                };
+                if finding.format != taken {
+                    let later = modules.iter().enumerate().skip(index + 1);
+                    for (other, module) in later {
+                        if let Some((f, d)) = module.probe(name, &device) {
+                            if f.format == taken {
+                                (index, finding, devices) = (other, f, d);
+                                break;
+                            }
+                        }
+                    }
+                }
+                crate::modules::signature::note_conflict(name, c, &mut finding);
+            }
+            let module = &modules[index];
             tracing::debug!(device = name, module = module.name(), "{}", finding.summary);
             found = Some(finding);
             claimed = Some(index);

@@ -2,6 +2,7 @@
 //! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
 
 pub mod bbr;
+pub mod bootsector;
 pub mod ddf;
 pub mod dmraid;
 pub mod imsm;

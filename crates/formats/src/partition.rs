@@ -86,6 +86,29 @@ impl<F: Fn(u64, u64) -> Option<Vec<u8>>> SectorReader for F {
     }
 }
 
+/// Byte reads over a [`SectorReader`], for the boot-sector checks.
+struct SectorBytes<'a> {
+    read: &'a dyn SectorReader,
+    disk_sectors: u64,
+}
+
+impl crate::bootsector::ByteReader for SectorBytes<'_> {
+    fn size_bytes(&self) -> u64 {
+        self.disk_sectors.saturating_mul(SECTOR)
+    }
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.size_bytes() || len > 16 << 20 {
+            return None;
+        }
+        let first = offset / SECTOR;
+        let count = end.div_ceil(SECTOR) - first;
+        let data = self.read.read(first, count)?;
+        let start = (offset - first * SECTOR) as usize;
+        data.get(start..start + len).map(<[u8]>::to_vec)
+    }
+}
+
 /// The partition table of a disk of `disk_sectors`, if it has one. A disk whose MBR holds
 /// a protective entry is read as GPT.
 pub fn read_table(
@@ -107,7 +130,13 @@ pub fn read_table(
     if entries.iter().any(|e| e[4] == MBR_GPT_PROTECTIVE) {
         return read_gpt(device, disk_sectors, read).map(Some);
     }
-    // A boot sector of a filesystem also ends in 55aa: only entries that make sense count.
+    // The boot sector of a FAT, exFAT or NTFS filesystem on the whole device also ends in
+    // 55aa: blkid passes over it, and so does tessera, by the same checks.
+    let bytes = SectorBytes { read, disk_sectors };
+    if crate::bootsector::not_a_partition_table(&bytes).is_some() {
+        return Ok(None);
+    }
+    // Only entries that make sense count.
     let mut partitions = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let (status, kind) = (e[0], e[4]);

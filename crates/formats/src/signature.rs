@@ -8,6 +8,8 @@ use std::fmt;
 
 use tessera_block::{BlockDevice, BlockError};
 
+use crate::bootsector;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
     /// blkid's name: LVM2_member, linux_raid_member, crypto_LUKS, ext2/ext3/ext4/jbd, xfs,
@@ -22,6 +24,9 @@ pub struct Signature {
     pub uuid: String,
     /// The label, or "".
     pub label: String,
+    /// The creation time mdadm compares between RAID superblocks (seconds, cut to 32
+    /// bits as mdadm's `array.ctime`), 0 for formats without one.
+    pub created: u32,
 }
 
 impl fmt::Display for Signature {
@@ -63,12 +68,6 @@ fn read<const N: usize>(dev: &dyn BlockDevice, offset: u64) -> Result<Option<[u8
     }
 }
 
-fn u16_le(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u16::from_le_bytes)
-}
-
 fn u32_le(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4)
         .and_then(|s| s.try_into().ok())
@@ -87,11 +86,384 @@ pub fn probe(dev: &dyn BlockDevice) -> Result<Vec<Signature>, BlockError> {
     lvm2(dev, &mut found)?;
     luks_and_xfs(dev, &mut found)?;
     md(dev, &mut found)?;
+    firmware_raid(dev, &mut found)?;
     ext(dev, &mut found)?;
     btrfs_and_swap(dev, &mut found)?;
-    vfat(dev, &mut found)?;
+    boot_filesystems(dev, &mut found)?;
     partition_tables(dev, &mut found)?;
     Ok(found)
+}
+
+/// The device as [`bootsector::ByteReader`]: a read error reads as nothing there, as a
+/// probe past the end does.
+struct DeviceBytes<'a>(&'a dyn BlockDevice);
+
+impl bootsector::ByteReader for DeviceBytes<'_> {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if offset.checked_add(len as u64)? > self.0.size_bytes() || len > 16 << 20 {
+            return None;
+        }
+        let mut b = vec![0u8; len];
+        self.0.read_at(&mut b, offset).ok()?;
+        Some(b)
+    }
+}
+
+/// Intel Matrix Storage (IMSM) and SNIA DDF, where blkid looks for them: the IMSM
+/// signature in the second-to-last sector, the DDF anchor in the last (or 257th from the
+/// end) sector, in either byte order, whose primary header (when it names one) starts with
+/// the same signature.
+fn firmware_raid(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
+    let size = dev.size_bytes();
+    if size >= 0x10000 {
+        if let Some(b) = read::<0x58>(dev, (size / 512 - 2) * 512)? {
+            if &b[..24] == b"Intel Raid ISM Cfg Sig. " {
+                let version = name_field(&b[24..30]);
+                // mdadm's container ctime: the MPB's creation_time (0 where older
+                // writers left it unset).
+                let created = u32_le(&b, 0x50);
+                push(
+                    found,
+                    "isw_raid_member",
+                    (size / 512 - 2) * 512,
+                    format!("IMSM {version}"),
+                    String::new(),
+                    String::new(),
+                );
+                set_created(found, created);
+            }
+        }
+    }
+    if size >= 0x30000 {
+        for from_end in [1, 257] {
+            let at = (size / 512 - from_end) * 512;
+            let Some(b) = read::<104>(dev, at)? else {
+                continue;
+            };
+            let be = b[..4] == 0xde11_de11u32.to_be_bytes();
+            if !be && b[..4] != 0xde11_de11u32.to_le_bytes() {
+                continue;
+            }
+            let lba = if be {
+                u64::from_be_bytes(b[96..104].try_into().unwrap_or([0; 8]))
+            } else {
+                u64::from_le_bytes(b[96..104].try_into().unwrap_or([0; 8]))
+            };
+            if lba > 0 {
+                let primary = lba.checked_mul(512).map(|o| read::<4>(dev, o));
+                match primary {
+                    Some(Ok(Some(p))) if p == b[..4] => {}
+                    Some(Err(e)) => return Err(e),
+                    _ => break,
+                }
+            }
+            let revision = name_field(&b[32..40]);
+            push(
+                found,
+                "ddf_raid_member",
+                at,
+                format!("DDF {revision}"),
+                String::new(),
+                String::new(),
+            );
+            // mdadm's container ctime: the timestamp in the GUID's bytes 16..20 (big
+            // endian, counted from 1980), plus the decade to 1980.
+            const DECADE: u32 = 3600 * 24 * (365 * 10 + 2);
+            let stamp = u32::from_be_bytes([b[24], b[25], b[26], b[27]]);
+            set_created(found, DECADE.wrapping_add(stamp));
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Two or more formats on one device (leftover metadata), and which one is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The format taken: its signatures (LUKS2 and GPT have two). Empty when blkid refuses
+    /// to choose between the filesystems found (its "ambivalent result").
+    pub taken: Vec<Signature>,
+    /// Each other format found there, with its signatures.
+    pub others: Vec<Vec<Signature>>,
+    /// Why the one taken wins, as blkid and (for RAID members) mdadm decide it.
+    pub why: String,
+}
+
+impl Conflict {
+    /// The blkid name of the format taken, if one is.
+    pub fn taken_kind(&self) -> Option<&'static str> {
+        self.taken.first().map(|s| s.kind)
+    }
+
+    /// Whether every other format lies where the taken one keeps its data: a RAID member
+    /// with its superblock at the end (MD 0.90 and 1.0, DDF, IMSM) shows its array's own
+    /// content from byte 0 (a mirror shows the array's table, PV or filesystem), so there
+    /// the others are that content, or leftovers only the assembled array can tell apart.
+    pub fn in_data_area(&self) -> bool {
+        let Some(first) = self.taken.first() else {
+            return false;
+        };
+        let at_end = match first.kind {
+            "linux_raid_member" => {
+                first.detail.starts_with("MD superblock 0.90")
+                    || first.detail.starts_with("MD superblock 1.0")
+            }
+            "ddf_raid_member" | "isw_raid_member" => true,
+            _ => false,
+        };
+        let start = self.taken.iter().map(|s| s.offset).min().unwrap_or(0);
+        at_end
+            && self.others.iter().flatten().all(|s| {
+                s.offset < start
+                    && !matches!(
+                        s.kind,
+                        "linux_raid_member" | "ddf_raid_member" | "isw_raid_member"
+                    )
+            })
+    }
+
+    /// The commands that clear the other formats from `device`: wipefs erasing each
+    /// magic at the offset blkid reports it at (wipefs lists them all, also those blkid's
+    /// answer hides), or for an LVM2 label tessera's own `pv remove`.
+    pub fn clear_commands(&self, device: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        // When blkid is undecided, every format is listed: the user keeps one.
+        for group in &self.others {
+            for s in group {
+                out.push(format!("wipefs --offset 0x{:x} {device}", s.offset));
+            }
+        }
+        out
+    }
+}
+
+/// Where blkid's superblock probes try a format: RAID members, then LVM2, LUKS, and the
+/// filesystems in its order. The lower wins; RAID members, LVM2 and LUKS win outright,
+/// two filesystems leave blkid undecided.
+fn blkid_rank(s: &Signature) -> Option<u32> {
+    Some(match s.kind {
+        // blkid's MD probe tries 0.90 and 1.0 at the end before 1.1 and 1.2 at the start.
+        "linux_raid_member" => match s.detail.as_str() {
+            d if d.starts_with("MD superblock 0.90") => 0,
+            d if d.starts_with("MD superblock 1.0") => 1,
+            d if d.starts_with("MD superblock 1.1") => 2,
+            _ => 3,
+        },
+        "ddf_raid_member" => 10,
+        "isw_raid_member" => 11,
+        "LVM2_member" => 20,
+        "crypto_LUKS" => 30,
+        "vfat" => 40,
+        "swap" => 41,
+        "xfs" => 42,
+        "ext4" => 43,
+        "ext3" => 44,
+        "ext2" => 45,
+        "jbd" => 46,
+        "ntfs" => 47,
+        "btrfs" => 48,
+        "exfat" => 49,
+        _ => return None,
+    })
+}
+
+/// Formats whose first find ends blkid's superblock probing (its RAID and crypto usage).
+fn wins_outright(kind: &str) -> bool {
+    matches!(
+        kind,
+        "linux_raid_member" | "ddf_raid_member" | "isw_raid_member" | "LVM2_member" | "crypto_LUKS"
+    )
+}
+
+fn is_raid_member(kind: &str) -> bool {
+    matches!(
+        kind,
+        "linux_raid_member" | "ddf_raid_member" | "isw_raid_member" | "LVM2_member"
+    )
+}
+
+/// One format's key: its kind, and for MD each superblock version on its own (two
+/// versions are two arrays).
+fn format_key(s: &Signature) -> String {
+    if s.kind == "linux_raid_member" {
+        s.detail.clone()
+    } else {
+        s.kind.to_string()
+    }
+}
+
+/// What `found` (all the signatures on one device, from [`probe`]) comes to when it holds
+/// more than one format. `covered` says whether a byte offset lies inside a partition of
+/// the device's partition table: an MD superblock at the end inside a partition belongs to
+/// that partition, and blkid passes over it on the whole disk.
+pub fn decide(found: &[Signature], covered: &dyn Fn(u64) -> bool) -> Option<Conflict> {
+    let mut groups: Vec<Vec<Signature>> = Vec::new();
+    let md_at_end = |s: &Signature| {
+        s.kind == "linux_raid_member"
+            && (s.detail.starts_with("MD superblock 0.90")
+                || s.detail.starts_with("MD superblock 1.0"))
+    };
+    for s in found {
+        if md_at_end(s) && covered(s.offset) {
+            continue;
+        }
+        match groups
+            .iter_mut()
+            .find(|g| format_key(&g[0]) == format_key(s))
+        {
+            Some(g) => g.push(s.clone()),
+            None => groups.push(vec![s.clone()]),
+        }
+    }
+    if groups.len() < 2 {
+        return None;
+    }
+    let mut superblocks: Vec<Vec<Signature>> = Vec::new();
+    let mut tables: Vec<Vec<Signature>> = Vec::new();
+    for g in groups {
+        if blkid_rank(&g[0]).is_some() {
+            superblocks.push(g);
+        } else {
+            tables.push(g);
+        }
+    }
+    superblocks.sort_by_key(|g| blkid_rank(&g[0]));
+    let names = |gs: &[Vec<Signature>]| {
+        gs.iter()
+            .map(|g| format_name(&g[0]))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let Some(first) = superblocks.first() else {
+        // Only partition tables (a GPT and a DOS table both): blkid takes the GPT.
+        tables.sort_by_key(|g| g[0].kind != "gpt");
+        let taken = tables.remove(0);
+        let why = format!(
+            "blkid takes {} over {}, whose sector it passes over",
+            format_name(&taken[0]),
+            names(&tables)
+        );
+        return Some(Conflict {
+            taken,
+            others: tables,
+            why,
+        });
+    };
+    let kind = first[0].kind;
+    if !wins_outright(kind) && superblocks.len() > 1 {
+        // Two filesystems: blkid names neither ("ambivalent result"), nor does tessera.
+        let why = format!(
+            "{} each claim the device and blkid -p refuses to choose (ambivalent \
+             result) until the stale one is cleared",
+            names(&superblocks)
+        );
+        let mut others = superblocks;
+        others.extend(tables);
+        return Some(Conflict {
+            taken: Vec::new(),
+            others,
+            why,
+        });
+    }
+    let mut why = Vec::new();
+    let blkid_pick = format_name(&superblocks[0][0]);
+    let md_ddf_imsm = |k: &str| k != "LVM2_member" && is_raid_member(k);
+    // mdadm (guess_super) loads 0.90, 1.x, DDF, IMSM in that order and keeps the first
+    // unless a later one has a strictly newer creation time.
+    let mut pick = 0;
+    if md_ddf_imsm(kind) {
+        for (i, g) in superblocks.iter().enumerate() {
+            if md_ddf_imsm(g[0].kind) && g[0].created > superblocks[pick][0].created {
+                pick = i;
+            }
+        }
+    }
+    let taken = superblocks.remove(pick);
+    if !superblocks.is_empty() {
+        let rivals_raid = superblocks.iter().any(|g| md_ddf_imsm(g[0].kind));
+        why.push(if md_ddf_imsm(kind) && rivals_raid {
+            let mdadm = format!(
+                "mdadm takes {}: of the RAID superblocks it keeps the first it reads (0.90, \
+                 1.x, DDF, IMSM) unless a later one was created later (creation times {})",
+                format_name(&taken[0]),
+                std::iter::once(&taken)
+                    .chain(superblocks.iter().filter(|g| md_ddf_imsm(g[0].kind)))
+                    .map(|g| format!("{} {}", g[0].kind, g[0].created))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if pick == 0 {
+                format!("{mdadm}; blkid -p also reports it, probing MD, DDF, IMSM in that order")
+            } else {
+                format!("{mdadm}; blkid -p reports {blkid_pick} instead (it probes MD, DDF, IMSM in that order)")
+            }
+        } else if is_raid_member(kind) || kind == "crypto_LUKS" {
+            format!(
+                "blkid probes RAID members, LVM2 and LUKS before filesystems and stops at \
+                 the first, {}",
+                format_name(&taken[0])
+            )
+        } else {
+            format!(
+                "blkid stops at {}, found before {}",
+                format_name(&taken[0]),
+                names(&superblocks)
+            )
+        });
+    }
+    if !tables.is_empty() {
+        if is_raid_member(kind) {
+            why.push(format!(
+                "blkid ignores {} on a RAID or LVM member (a mirror shows its array's table)",
+                names(&tables)
+            ));
+        } else {
+            // The kernel reads the table and makes partitions whatever else is there, so
+            // the table is what the device is used as.
+            let table = tables.remove(0);
+            let mut others = vec![taken];
+            others.extend(superblocks);
+            others.extend(tables);
+            let why = format!(
+                "blkid -p reports both, and the kernel makes the partitions of the table, \
+             so {} on the whole device is stale or hidden by them",
+                names(&others)
+            );
+            return Some(Conflict {
+                taken: table,
+                others,
+                why,
+            });
+        }
+    }
+    let mut others = superblocks;
+    others.extend(tables);
+    Some(Conflict {
+        taken,
+        others,
+        why: why.join("; "),
+    })
+}
+
+/// A format named for a sentence: its blkid name and what distinguishes it.
+pub fn format_name(s: &Signature) -> String {
+    let what = s.detail.split(',').next().unwrap_or_default().trim();
+    if what.is_empty() {
+        s.kind.to_string()
+    } else {
+        format!("{} ({what})", s.kind)
+    }
+}
+
+/// The conflict on `dev`, if it holds more than one format; `covered` as for [`decide`].
+pub fn conflict(
+    dev: &dyn BlockDevice,
+    covered: &dyn Fn(u64) -> bool,
+) -> Result<Option<Conflict>, BlockError> {
+    Ok(decide(&probe(dev)?, covered))
 }
 
 /// Records a signature; its detail is `what` followed by the label and UUID when known.
@@ -119,7 +491,15 @@ fn push(
         detail: parts.join(", "),
         uuid,
         label,
+        created: 0,
     });
+}
+
+/// Sets the creation time of the signature just pushed.
+fn set_created(found: &mut [Signature], created: u32) {
+    if let Some(s) = found.last_mut() {
+        s.created = created;
+    }
 }
 
 /// A 16-byte binary UUID as 8-4-4-4-12 lowercase hex, or "" when it is all zeroes (blkid
@@ -241,6 +621,9 @@ fn md(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockErro
     for (at, major, version) in places {
         if let Some(b) = read::<8>(dev, at)? {
             let le = u32_le(&b, 0) == MD_MAGIC && u32_le(&b, 4) == major;
+            // ctime: a 32-bit word at 24 in 0.90 (in the superblock's byte order), the
+            // low 40 bits of a 64-bit field at 144 in 1.x.
+            let ctime_at = if major == 0 { 24 } else { 144 };
             let be = major == 0
                 && u32::from_be_bytes([b[0], b[1], b[2], b[3]]) == MD_MAGIC
                 && b[4..8] == [0; 4];
@@ -253,6 +636,14 @@ fn md(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockErro
                     String::new(),
                     String::new(),
                 );
+                if let Some(t) = read::<4>(dev, at + ctime_at)? {
+                    let created = if be {
+                        u32::from_be_bytes(t)
+                    } else {
+                        u32::from_le_bytes(t)
+                    };
+                    set_created(found, created);
+                }
             }
         }
     }
@@ -322,81 +713,20 @@ fn btrfs_and_swap(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(
     Ok(())
 }
 
-/// A FAT boot sector: 0x55AA at 510, a FAT type name (at 54 for FAT12/16, 82 for FAT32) or
-/// an OEM name that the usual formatters write, and a BIOS parameter block whose numbers
-/// are sane, so that a partition table's boot code is not taken for one.
-fn vfat(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
-    let Some(bs) = read::<512>(dev, 0)? else {
+/// FAT12/16/32, NTFS and exFAT in sector 0, by blkid's own checks (see
+/// [`bootsector`]), so a partition table is not taken for one and the reverse.
+fn boot_filesystems(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockError> {
+    let Some(fs) = bootsector::probe(&DeviceBytes(dev)) else {
         return Ok(());
     };
-    if bs[510..512] != [0x55, 0xaa] {
-        return Ok(());
-    }
-    let magic_at = if [&b"FAT12   "[..], b"FAT16   ", b"FAT     "].contains(&&bs[54..62])
-        || bs[54..59] == *b"MSDOS"
-    {
-        54
-    } else if bs[82..90] == *b"FAT32   " || bs[82..87] == *b"MSWIN" {
-        82
-    } else if [&b"MSWIN"[..], b"MSDOS", b"mkfs.", b"mkdos"]
-        .iter()
-        .any(|oem| bs[3..8] == **oem)
-    {
-        3
-    } else {
-        return Ok(());
-    };
-    let bytes_per_sector = u16_le(&bs, 11);
-    let sectors_per_cluster = bs[13];
-    let reserved = u16_le(&bs, 14);
-    let fats = bs[16];
-    let media = bs[21];
-    let sane = matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
-        && sectors_per_cluster.is_power_of_two()
-        && reserved > 0
-        && (1..=4).contains(&fats)
-        && (media == 0xf0 || media >= 0xf8);
-    if !sane {
-        return Ok(());
-    }
-    let fat16_size = u16_le(&bs, 22);
-    let version = if fat16_size == 0 {
-        "FAT32"
-    } else {
-        // FAT12 and FAT16 differ only in the cluster count.
-        let total = match u16_le(&bs, 19) {
-            0 => u64::from(u32_le(&bs, 32)),
-            n => u64::from(n),
-        };
-        let bps = u64::from(bytes_per_sector);
-        let root_sectors = (u64::from(u16_le(&bs, 17)) * 32).div_ceil(bps);
-        let meta = u64::from(reserved) + u64::from(fats) * u64::from(fat16_size) + root_sectors;
-        let clusters = total.saturating_sub(meta) / u64::from(sectors_per_cluster);
-        if clusters < 4085 {
-            "FAT12"
-        } else {
-            "FAT16"
+    let mut what = fs.version.clone();
+    if !fs.boot_label.is_empty() && fs.boot_label != fs.label {
+        if !what.is_empty() {
+            what.push_str(", ");
         }
-    };
-    // The extended boot record (signature 0x29) holds the serial and label, at 39/43 for
-    // FAT12/16 and 67/71 for FAT32.
-    let ebr = if version == "FAT32" { 64 } else { 36 };
-    let (label, uuid) = if bs[ebr + 2] == 0x29 {
-        let serial = u32_le(&bs, ebr + 3);
-        let label = name_field(&bs[ebr + 7..ebr + 18]);
-        let label = if label == "NO NAME" {
-            String::new()
-        } else {
-            label
-        };
-        (
-            label,
-            format!("{:04X}-{:04X}", serial >> 16, serial & 0xffff),
-        )
-    } else {
-        (String::new(), String::new())
-    };
-    push(found, "vfat", magic_at, version.into(), label, uuid);
+        what.push_str(&format!("boot sector label '{}'", fs.boot_label));
+    }
+    push(found, fs.kind, fs.magic_offset, what, fs.label, fs.uuid);
     Ok(())
 }
 
@@ -431,31 +761,30 @@ fn partition_tables(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result
     let Some(mbr) = read::<512>(dev, 0)? else {
         return Ok(());
     };
-    // A FAT boot sector also ends in 0x55AA; it is not a partition table.
-    let fat = found.iter().any(|s| s.kind == "vfat");
-    if mbr[510..512] != [0x55, 0xaa] || gpt || fat {
+    if mbr[510..512] != [0x55, 0xaa] || gpt || mbr[..4] == [0xc9, 0xc2, 0xd4, 0xc1] {
         return Ok(());
     }
+    // blkid's DOS probe: every boot flag 0 or 0x80, a protective entry is GPT's, and the
+    // boot sector of a FAT, exFAT or NTFS filesystem also ends in 0x55AA.
     let entries: Vec<&[u8]> = mbr[446..510].chunks_exact(16).collect();
-    let flags_ok = entries.iter().all(|e| e[0] == 0 || e[0] == 0x80);
-    let used = entries
-        .iter()
-        .filter(|e| e[4] != 0 && u32_le(e, 12) != 0)
-        .count();
-    let fs_boot_sector = &mbr[3..11] == b"NTFS    "
-        || &mbr[3..11] == b"EXFAT   "
-        || &mbr[54..62] == b"FAT12   "
-        || &mbr[54..62] == b"FAT16   "
-        || &mbr[82..90] == b"FAT32   ";
-    if flags_ok && used > 0 && !fs_boot_sector {
-        let protective = entries.iter().any(|e| e[4] == 0xee);
-        let (kind, detail) = if protective {
-            ("gpt", "protective MBR".to_string())
-        } else {
-            ("dos", format!("{used} partition(s)"))
-        };
-        push(found, kind, 510, detail, String::new(), String::new());
+    if !entries.iter().all(|e| e[0] == 0 || e[0] == 0x80) {
+        return Ok(());
     }
+    let protective = entries.iter().any(|e| e[4] == 0xee);
+    if !protective && bootsector::not_a_partition_table(&DeviceBytes(dev)).is_some() {
+        return Ok(());
+    }
+    let used = entries.iter().filter(|e| u32_le(e, 12) != 0).count();
+    // An MBR without partitions on a PV is boot code for booting from LVM, not a table.
+    if used == 0 && found.iter().any(|s| s.kind == "LVM2_member") {
+        return Ok(());
+    }
+    let (kind, detail) = if protective {
+        ("gpt", "protective MBR".to_string())
+    } else {
+        ("dos", format!("{used} partition(s)"))
+    };
+    push(found, kind, 510, detail, String::new(), String::new());
     Ok(())
 }
 
@@ -558,11 +887,16 @@ mod tests {
         sb[56..58].copy_from_slice(&0xef53u16.to_le_bytes());
         sb[24] = 40;
         assert!(kinds(&with(1024, &sb)).is_empty());
-        // 0x55AA without partitions, with a bad boot flag, or on a FAT boot sector.
-        assert!(kinds(&mbr(&[], &[])).is_empty());
+        // 0x55AA without partitions is an empty DOS table (blkid's PTTYPE=dos); with a bad
+        // boot flag, or on a FAT boot sector, it is no table.
+        assert_eq!(kinds(&mbr(&[], &[])), vec![("dos", 510)]);
         assert!(kinds(&mbr(&[(0x80, 0x83, 100), (0x12, 0, 0)], &[])).is_empty());
-        assert!(kinds(&mbr(&[(0, 0x83, 100)], &[(82, b"FAT32   ")])).is_empty());
-        assert!(kinds(&mbr(&[(0, 0x83, 100)], &[(3, b"NTFS    ")])).is_empty());
+        // A filesystem's name without a boot sector whose numbers add up does not hide
+        // the table (blkid checks the BPB, not the name).
+        for (at, name) in [(82, b"FAT32   "), (3, b"NTFS    "), (3, b"EXFAT   ")] {
+            let d = mbr(&[(0, 0x83, 100)], &[(at, name)]);
+            assert_eq!(kinds(&d), vec![("dos", 510)], "{at}");
+        }
         // A GPT disk reports its header, not its protective MBR as well.
         let d = mbr(&[(0, 0xee, u32::MAX)], &[]);
         d.write_at(b"EFI PART", 512).unwrap();
@@ -707,60 +1041,73 @@ mod tests {
 
     #[test]
     fn vfat_boot_sectors() {
+        // blkid's LABEL is the root directory's label entry (none here); the boot
+        // sector's own label is its LABEL_FATBOOT, kept in the detail.
         let cases = [
             (
                 fat_boot_sector(false, 8192, 12, b"NO NAME    "),
-                "FAT12",
                 54,
-                "",
+                "FAT12, uuid F03A-B858",
             ),
             (
-                fat_boot_sector(false, 614400, 600, b"BOOTPART   "),
-                "FAT16",
+                fat_boot_sector(false, 200000, 200, b"BOOTPART   "),
                 54,
-                "BOOTPART",
+                "FAT16, boot sector label 'BOOTPART', uuid F03A-B858",
             ),
             (
                 fat_boot_sector(true, 614400, 1200, b"EFI        "),
-                "FAT32",
                 82,
-                "EFI",
+                "FAT32, boot sector label 'EFI', uuid F03A-B858",
             ),
         ];
-        for (bs, version, offset, label) in cases {
+        for (bs, offset, detail) in cases {
             let s = only(&with(0, &bs));
-            assert_eq!(names(&s), ("vfat", label, "F03A-B858"), "{version}");
-            assert_eq!(
-                (s.offset, s.detail.split(',').next()),
-                (offset, Some(version))
-            );
+            assert_eq!(names(&s), ("vfat", "", "F03A-B858"), "{detail}");
+            assert_eq!((s.offset, s.detail.as_str()), (offset, detail));
         }
-        // No type name but a formatter's OEM name, and a sane BPB: still FAT (16 by its
-        // cluster count), found at the OEM name.
-        let mut bs = fat_boot_sector(false, 614400, 600, b"NO NAME    ");
+        // No type name but a jump at byte 0 and a BPB whose numbers add up: still FAT (16
+        // by its cluster count), found by that jump.
+        let mut bs = fat_boot_sector(false, 200000, 200, b"NO NAME    ");
         bs[54..62].fill(b' ');
         let s = only(&with(0, &bs));
         assert_eq!(
             (s.kind, s.offset, s.detail.as_str()),
-            ("vfat", 3, "FAT16, uuid F03A-B858")
+            ("vfat", 0, "FAT16, uuid F03A-B858")
         );
-        // Without the extended boot record there is no serial or label.
+        // FAT32 without the extended boot record: blkid still reads the serial there, but
+        // no boot sector label.
         let mut bs = fat_boot_sector(true, 614400, 1200, b"EFI        ");
         bs[66] = 0;
+        let s = only(&with(0, &bs));
+        assert_eq!(
+            (names(&s), s.detail.as_str()),
+            (("vfat", "", "F03A-B858"), "FAT32, uuid F03A-B858")
+        );
+        // FAT16 without it: neither serial nor label.
+        let mut bs = fat_boot_sector(false, 200000, 200, b"BOOTPART   ");
+        bs[38] = 0;
         assert_eq!(names(&only(&with(0, &bs))), ("vfat", "", ""));
-        // A FAT name on a sector whose BPB is nonsense is not a filesystem.
+        // A FAT name on a sector whose BPB is nonsense is not a filesystem, and with
+        // partition entries all zero it is an empty DOS table, as blkid says.
         for (at, value) in [(11, 100u8), (13, 3), (16, 0), (21, 0x12)] {
-            let mut bs = fat_boot_sector(false, 614400, 600, b"X          ");
+            let mut bs = fat_boot_sector(false, 200000, 200, b"X          ");
             bs[at] = value;
             if at == 11 {
                 bs[12] = 0;
             }
-            assert!(kinds(&with(0, &bs)).is_empty(), "byte {at}");
+            assert_eq!(kinds(&with(0, &bs)), vec![("dos", 510)], "byte {at}");
         }
+        // Too many clusters for FAT16: blkid rejects it.
+        let bs = fat_boot_sector(false, 614400, 600, b"X          ");
+        assert_eq!(kinds(&with(0, &bs)), vec![("dos", 510)]);
         // A DOS partition table with a FAT-looking OEM name stays a partition table when
         // its BPB is not sane.
         let d = mbr(&[(0x80, 0x83, 100)], &[(3, b"MSDOS5.0")]);
         assert_eq!(kinds(&d), vec![("dos", 510)]);
+        // An empty MBR on a PV is boot code for booting from LVM, not a table.
+        let d = mbr(&[], &[]);
+        d.write_at(b"LABELONE", 512).unwrap();
+        assert_eq!(kinds(&d), vec![("LVM2_member", 512)]);
     }
 
     #[test]
