@@ -16,7 +16,11 @@
 //! All sector numbers are `dev`'s own (not the row's), as dm-bbr's. The areas must lie
 //! inside `dev` and must not overlap each other or the data.
 //!
-//! A write that fails with a media error is retried sector by sector; each sector that still
+//! Every write is flushed before it is answered, and writes run one at a time: a file or a
+//! block device opened without O_DIRECT takes writes into the page cache and reports a bad
+//! sector only at writeback, which the flush waits for (this costs a flush per write: BBR
+//! trades speed for knowing). A write that fails with a media error, at once or at its
+//! flush, is retried sector by sector (each flushed); each sector that still
 //! fails is written to the next replacement sector, which is flushed, and the table sector
 //! recording it is committed (copy 1 written and flushed, then copy 2) before the write
 //! returns. Reads and writes of relocated sectors go to their replacements. A replacement that

@@ -65,6 +65,7 @@ pub(crate) fn construct(
         map: RwLock::new(map),
         store: Mutex::new(store),
         exhausted: AtomicBool::new(false),
+        writing: Mutex::new(()),
     }))
 }
 
@@ -83,6 +84,8 @@ struct Bbr {
     store: Mutex<BbrStore>,
     /// A write failed because the pool was used up.
     exhausted: AtomicBool,
+    /// Held by a write from its first byte to its flush.
+    writing: Mutex<()>,
 }
 
 /// A piece of a request: `count` sectors from request sector `first`, at device sector
@@ -97,7 +100,10 @@ struct Piece {
 /// Errors that a bad sector gives, which relocation can cure; others (power cut, read-only,
 /// out of range) are returned as they are.
 fn is_media_error(e: &BlockError) -> bool {
-    matches!(e, BlockError::Io { .. } | BlockError::Injected { .. })
+    matches!(
+        e,
+        BlockError::Io { .. } | BlockError::Injected { .. } | BlockError::Flush { .. }
+    )
 }
 
 impl Bbr {
@@ -176,7 +182,12 @@ impl Bbr {
                     return Err(self.bbr_failed(row_sector, e));
                 }
             };
-            match self.dev.write_at(data, rep * SECTOR_BYTES) {
+            // The data is durable before the table points at it.
+            let written = self
+                .dev
+                .write_at(data, rep * SECTOR_BYTES)
+                .and_then(|_| self.dev.flush());
+            match written {
                 Ok(()) => {}
                 Err(e) if is_media_error(&e) => {
                     tracing::warn!(device = %self.mapped, replacement = rep, "bbr: replacement sector failed too; skipping it");
@@ -187,8 +198,6 @@ impl Bbr {
                 }
                 Err(e) => return Err(e),
             }
-            // The data is durable before the table points at it.
-            self.dev.flush()?;
             let entry = store
                 .commit(bad)
                 .map_err(|e| self.bbr_failed(row_sector, e))?;
@@ -248,10 +257,40 @@ impl Target for Bbr {
         Ok(())
     }
 
+    /// Writes, then flushes before answering: a file or block device opened without
+    /// O_DIRECT takes a write into the page cache and reports a bad sector only when the
+    /// page is written back, which the flush waits for. Writes are serialized, so a flush
+    /// error belongs to the write that waits for it; on one, each sector is written and
+    /// flushed again on its own, and those that fail are relocated.
     fn write(&self, sector: u64, buf: &[u8]) -> Result<()> {
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let count = buf.len() as u64 / SECTOR_BYTES;
         for p in self.pieces(sector, count) {
             self.write_piece(sector, &p, buf)?;
+        }
+        match self.dev.flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if is_media_error(&e) => {
+                tracing::warn!(device = %self.mapped, sector, "bbr: a write failed when flushed; finding the bad sectors");
+            }
+            Err(e) => return Err(e),
+        }
+        for i in 0..count {
+            let data = &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize];
+            let s = sector + i;
+            let at = match self.pieces(s, 1).first() {
+                Some(p) => p.at,
+                None => continue,
+            };
+            let written = self
+                .dev
+                .write_at(data, at * SECTOR_BYTES)
+                .and_then(|_| self.dev.flush());
+            match written {
+                Ok(()) => {}
+                Err(e) if is_media_error(&e) => self.relocate(s, data)?,
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -272,24 +311,17 @@ impl Target for Bbr {
         Ok(())
     }
 
-    /// Zeroes runs on the data area; relocated sectors, and runs that fail, are written
-    /// with zero sectors through the relocating write.
+    /// Writes zero sectors through the relocating write, a piece at a time: a
+    /// write-zeroes passed down would report a bad sector only at writeback, too late to
+    /// relocate it.
     fn write_zeroes(&self, sector: u64, len_sectors: u64) -> Result<()> {
-        let zero = vec![0u8; SECTOR_BYTES as usize];
-        for p in self.pieces(sector, len_sectors) {
-            if !p.relocated {
-                match self
-                    .dev
-                    .write_zeroes(p.at * SECTOR_BYTES, p.count * SECTOR_BYTES)
-                {
-                    Ok(()) => continue,
-                    Err(e) if is_media_error(&e) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            for i in 0..p.count {
-                self.write(sector + p.first + i, &zero)?;
-            }
+        const PIECE_SECTORS: u64 = 2048;
+        let zero = vec![0u8; (PIECE_SECTORS.min(len_sectors) * SECTOR_BYTES) as usize];
+        let mut done = 0;
+        while done < len_sectors {
+            let n = PIECE_SECTORS.min(len_sectors - done);
+            self.write(sector + done, &zero[..(n * SECTOR_BYTES) as usize])?;
+            done += n;
         }
         Ok(())
     }
