@@ -197,6 +197,14 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
             device,
             force,
         } => {
+            // An IMSM container takes a spare as mdadm --add does: its own spare record.
+            if let Some(container) = engine.imsm_add_spare(&name, &device, force)? {
+                println!(
+                    "{device} added to IMSM container {container} as a spare \
+                     (its volumes take it when next started)."
+                );
+                return Ok(true);
+            }
             engine.md_add(&name, &device, force)?;
             println!("{device} added to {name} as a spare.");
             reload_if_served(socket, &name)

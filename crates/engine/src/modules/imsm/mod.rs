@@ -15,6 +15,7 @@
 //! Volumes in the middle of another migration (initialization, reshape) run read-only only.
 
 pub mod external;
+pub mod ops;
 pub mod records;
 
 use std::collections::BTreeMap;
@@ -454,8 +455,8 @@ impl Container {
                 problems.push(format!(
                     "{name}: slot {slot}: disk {idx} ({}) is being rebuilt, {} of {} sectors done",
                     self.mpb.disks[idx].serial_string(),
-                    dev.rebuild_done_sectors().min(map.blocks_per_member),
-                    map.blocks_per_member
+                    dev.rebuild_done_sectors().min(member_data_sectors(dev)),
+                    member_data_sectors(dev)
                 ));
                 rebuilding = Some((slot, f));
                 slots.push(None);
@@ -570,13 +571,14 @@ impl Container {
         }
         let chunk = u64::from(map.blocks_per_strip) * 512;
         let rebuild_shown = rebuilding.map(|(slot, f)| {
-            let done = dev.rebuild_done_sectors().min(map.blocks_per_member);
+            let total = member_data_sectors(dev);
+            let done = dev.rebuild_done_sectors().min(total);
             serde_json::json!({
                 "slot": slot,
                 "device": f.path,
                 "done_sectors": done,
-                "total_sectors": map.blocks_per_member,
-                "percent": (done * 1000 / map.blocks_per_member.max(1)) as f64 / 10.0,
+                "total_sectors": total,
+                "percent": (done * 1000 / total.max(1)) as f64 / 10.0,
             })
         });
         let summary = format!(
@@ -922,6 +924,27 @@ impl Container {
             volumes: out,
         }
     }
+}
+
+/// Sectors of each member holding the volume's data (whole chunks), as the raid set
+/// rebuilds them.
+fn member_data_sectors(dev: &Dev) -> u64 {
+    let map = &dev.maps[0];
+    let n = map.disk_ord_tbl.len() as u64;
+    let data = match map.level() {
+        0 => n,
+        5 => n.saturating_sub(1),
+        10 => n / 2,
+        _ => 1,
+    };
+    let chunk = match map.level() {
+        1 => 128,
+        _ => u64::from(map.blocks_per_strip).max(1),
+    };
+    dev.size
+        .div_ceil(data.max(1))
+        .next_multiple_of(chunk)
+        .min(map.blocks_per_member)
 }
 
 fn n_u64(slots: &[Option<&Found>]) -> u64 {
