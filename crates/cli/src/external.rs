@@ -1,5 +1,5 @@
-//! IMSM containers in the kernel's md through its external-metadata interface, as mdadm
-//! assembles them, and `tessera monitor`, which keeps their records while md runs them, as
+//! IMSM and DDF containers in the kernel's md through its external-metadata interface, as
+//! mdadm assembles them, and `tessera monitor`, which keeps their records while md runs them, as
 //! mdmon does.
 //!
 //! Activation makes the container an inactive array holding the member disks
@@ -15,6 +15,9 @@
 //! clean once md reports it idle (`active-idle`, then `clean`, resync done), records a
 //! member md failed then unblocks and removes it, and records the volume clean when it is
 //! stopped. It exits once the container has no running volume left.
+//!
+//! DDF volumes start read-only (`external:-mdC/N`, which no monitor makes writable) until
+//! tessera keeps DDF's records while md writes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tessera_block::{FileDevice, OpenOptions, SharedDevice};
-use tessera_engine::modules::imsm::external::{kernel_containers, KernelContainer};
+use tessera_engine::modules::imsm::external::{kernel_containers, KernelContainer, KernelVolume};
 use tessera_engine::Engine;
 use tessera_kernel::md::{self as kmd, ContainerMember, External, Member, SubarrayStart};
 
@@ -44,8 +47,11 @@ fn devno(path: &str) -> Result<(u32, u32), String> {
     ))
 }
 
-/// The external-metadata containers md runs: kernel name, kind, member device numbers.
-fn running_containers() -> Vec<(String, String, Vec<(u32, u32)>)> {
+/// A container md runs: kernel name, kind, member device numbers.
+type RunningContainer = (String, String, Vec<(u32, u32)>);
+
+/// The external-metadata containers md runs.
+fn running_containers() -> Vec<RunningContainer> {
     kmd::arrays()
         .into_iter()
         .filter_map(|(dev, version)| match kmd::parse_external(&version)? {
@@ -120,11 +126,12 @@ fn make_nodes(device: &str, link: &str, major: u32, minor: u32) {
     let _ = std::os::unix::fs::symlink(format!("../{device}"), link);
 }
 
-/// The first `/dev/md/imsmN` name free for container `device`, as mdadm names containers:
+/// The first `/dev/md/imsmN` (`ddfN`) name free for container `device`, as mdadm names
+/// containers:
 /// one that is not there, dangles (left by an array stopped without udev) or names it.
-fn container_link(device: &str) -> String {
+fn container_link(kind: &str, device: &str) -> String {
     (0..)
-        .map(|n| format!("/dev/md/imsm{n}"))
+        .map(|n| format!("/dev/md/{kind}{n}"))
         .find(|l| {
             let Ok(target) = std::fs::read_link(l) else {
                 return std::fs::symlink_metadata(l).is_err();
@@ -135,20 +142,53 @@ fn container_link(device: &str) -> String {
         .expect("a free name")
 }
 
-/// Starts IMSM volume `md/NAME` in the kernel (its container first, if md does not hold
-/// it yet) with a monitor keeping its records. `Ok(None)` if no IMSM volume is called so.
+/// A container found on the devices, of either kind, as activation needs it.
+struct Found<'a> {
+    kind: &'static str,
+    label: &'a str,
+    /// Each member: path, and where its metadata lies (sectors: offset, length).
+    members: Vec<(String, u64, u64)>,
+    left_out: &'a [(String, String)],
+    volumes: &'a [KernelVolume],
+}
+
+/// Starts IMSM or DDF volume `md/NAME` in the kernel (its container first, if md does not
+/// hold it yet); an IMSM volume with a monitor keeping its records, a DDF one read-only.
+/// `Ok(None)` if no such volume is on the devices.
 pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
-    let containers = engine.imsm_kernel_containers()?;
+    let imsm = engine.imsm_kernel_containers()?;
+    let ddf = engine.ddf_kernel_containers()?;
+    let mut found: Vec<Found> = Vec::new();
+    for c in &imsm {
+        found.push(Found {
+            kind: "imsm",
+            label: &c.label,
+            members: c
+                .members
+                .iter()
+                .map(|(_, p, o, s)| (p.clone(), *o, *s))
+                .collect(),
+            left_out: &c.left_out,
+            volumes: &c.volumes,
+        });
+    }
+    for c in &ddf {
+        found.push(Found {
+            kind: "ddf",
+            label: &c.label,
+            members: c.members.clone(),
+            left_out: &c.left_out,
+            volumes: &c.volumes,
+        });
+    }
     let wanted = format!("md/{name}");
-    let Some((c, v)) = containers.iter().find_map(|c| {
-        c.volumes
-            .iter()
-            .find(|v| v.name == wanted || c.label == name)
-            .map(|v| (c, v))
-    }) else {
+    let Some((c, v)) = found
+        .iter()
+        .find_map(|c| c.volumes.iter().find(|v| v.name == wanted).map(|v| (c, v)))
+    else {
         return Ok(None);
     };
-    for (path, why) in &c.left_out {
+    for (path, why) in c.left_out {
         eprintln!("tessera: warning: {}: leaving out {path}: {why}", c.label);
     }
     let array = v
@@ -173,8 +213,7 @@ pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
         }
         None => SubarrayStart::ReadonlyForMonitor,
     };
-    let taken: Vec<u32> = Vec::new();
-    let number = kmd::free_number(&taken).context("no free md device number")?;
+    let number = kmd::free_number(&[]).context("no free md device number")?;
     let device = kmd::numbered_name(number);
     let made = kmd::assemble_subarray(&device, &container, v.index, &subarray, start)
         .with_context(|| format!("{}: starting it in the kernel", v.name))?;
@@ -200,8 +239,9 @@ pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
         }
     }
     println!(
-        "  {}: IMSM raid{} active as /dev/{} ({}:{}) in container /dev/{container}, {} of {} members, state {state}",
+        "  {}: {} raid{} active as /dev/{} ({}:{}) in container /dev/{container}, {} of {} members, state {state}",
         v.name,
+        c.kind.to_uppercase(),
         array.level,
         made.device,
         made.major,
@@ -213,9 +253,9 @@ pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
 }
 
 /// The container's md device, made if md does not hold its disks yet.
-fn start_container(c: &KernelContainer) -> Result<String> {
+fn start_container(c: &Found) -> Result<String> {
     let mut list = Vec::new();
-    for (_, path, offset, size) in &c.members {
+    for (path, offset, size) in &c.members {
         let (major, minor) = devno(path).map_err(|e| anyhow::anyhow!("{}: {e}", c.label))?;
         list.push(ContainerMember {
             disk: Member { major, minor },
@@ -225,7 +265,7 @@ fn start_container(c: &KernelContainer) -> Result<String> {
     }
     let members: Vec<(u32, u32)> = list.iter().map(|m| (m.disk.major, m.disk.minor)).collect();
     for (dev, kind, held) in running_containers() {
-        if kind == "imsm" && members.iter().any(|m| held.contains(m)) {
+        if kind == c.kind && members.iter().any(|m| held.contains(m)) {
             if members.iter().all(|m| held.contains(m)) {
                 return Ok(dev);
             }
@@ -237,13 +277,14 @@ fn start_container(c: &KernelContainer) -> Result<String> {
     }
     let number = kmd::free_number(&[]).context("no free md device number")?;
     let device = kmd::numbered_name(number);
-    let made = kmd::assemble_container(&device, "imsm", &list)
+    let made = kmd::assemble_container(&device, c.kind, &list)
         .with_context(|| format!("{}: making the container in the kernel", c.label))?;
-    let link = container_link(&made.device);
+    let link = container_link(c.kind, &made.device);
     make_nodes(&made.device, &link, made.major, made.minor);
     println!(
-        "  {}: IMSM container as /dev/{} ({link}), {} disks",
+        "  {}: {} container as /dev/{} ({link}), {} disks",
         c.label,
+        c.kind.to_uppercase(),
         made.device,
         list.len()
     );
@@ -487,7 +528,8 @@ fn step(records: &KernelContainer, w: &mut Watched) -> bool {
         w.files.push(f);
     }
     // raid0 has nothing to resync (md leaves its resync_start at 0).
-    if kmd::read_attr(&dev, "level").as_deref() == Some("raid0") {
+    let raid0 = kmd::read_attr(&dev, "level").as_deref() == Some("raid0");
+    if raid0 {
         w.in_sync = true;
     } else if let Some(r) = kmd::read_attr(&dev, "resync_start") {
         w.in_sync = r == "none";
@@ -517,8 +559,9 @@ fn step(records: &KernelContainer, w: &mut Watched) -> bool {
             return false;
         }
         "readonly" => {
-            // Ready to run it: read-auto, or active at once when it must resync.
-            if w.in_sync {
+            // Ready to run it: read-auto, or active at once when it must resync. raid0
+            // goes active as mdmon takes it (md never reports it in sync).
+            if w.in_sync && !raid0 {
                 let _ = kmd::write_array_attr(&dev, "array_state", "read-auto");
             } else {
                 record(records, w, false);

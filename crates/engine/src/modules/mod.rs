@@ -2,6 +2,7 @@
 //! and registered in [`registry`].
 
 pub mod ddf;
+pub mod ddf_kernel;
 pub mod imsm;
 pub mod luks;
 pub mod lvm2;

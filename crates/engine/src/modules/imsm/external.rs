@@ -47,7 +47,8 @@ pub struct KernelArray {
     pub chunk_bytes: u64,
     pub layout: u32,
     pub component_sectors: u64,
-    pub array_sectors: u64,
+    /// The array's size when the metadata gives it apart from the members' (IMSM).
+    pub array_sectors: Option<u64>,
     pub resync_start: Option<u64>,
     /// Each member present: path, slot, offset, size (sectors).
     pub members: Vec<(String, u32, u64, u64)>,
@@ -78,7 +79,7 @@ impl KernelArray {
             chunk_bytes: self.chunk_bytes,
             layout: self.layout,
             component_sectors: self.component_sectors,
-            array_sectors: Some(self.array_sectors),
+            array_sectors: self.array_sectors,
             resync_start: self.resync_start,
             safe_mode_delay_ms: Some(SAFE_MODE_DELAY_MS),
             members,
@@ -253,7 +254,7 @@ impl Container {
                             chunk_bytes: u64::from(map.blocks_per_strip) * 512,
                             layout: layout(map.level()),
                             component_sectors: component,
-                            array_sectors: dev.size,
+                            array_sectors: Some(dev.size),
                             resync_start: resync_start(dev),
                             members,
                             slots: plan.slots.clone(),
