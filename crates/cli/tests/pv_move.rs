@@ -293,6 +293,24 @@ fn a_killed_move_aborted_leaves_the_data_whole_and_no_pvmove() {
     let list = loops.list();
     let state = loops.state_dir();
     let before = sums(&loops);
+    // A destination in use: refused before anything is written.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&loops.devices[2])
+            .unwrap();
+        let out = tessera_output(
+            &list,
+            &state,
+            &["pv", "move", &loops.devices[0], &loops.devices[2]],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("in use"), "{err}");
+        let lvs = lv_names(&loops);
+        assert!(!lvs.contains("pvmove"), "{lvs}");
+    }
     // Only the striped LV.
     move_killed(
         &loops,

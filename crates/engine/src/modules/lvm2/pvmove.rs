@@ -609,6 +609,10 @@ impl Engine {
             only_set.as_ref(),
             &self.hostname,
         )?;
+        // Refused before anything is written when the PVs are in use.
+        let mut involved: BTreeSet<String> = dest_keys.iter().cloned().collect();
+        involved.insert(source_key.clone());
+        let _claims = claim_pvs(&scan, state, &involved)?;
         self.commit(&scan, Some(state), planned, &[])?;
         Ok(vg_name)
     }
@@ -677,26 +681,12 @@ impl Engine {
             .iter()
             .map(|pv| &scan.pvs[state.present[&pv.key]])
             .collect();
-        // The copy bypasses every mapped device: nothing else may use the PVs meanwhile (a
-        // daemon serving the LVs claims them, the kernel holds them while they are active).
+        // Nothing else may use the PVs while the copy runs.
         let mut involved = BTreeSet::new();
         for s in &pvmove.segments {
             involved.extend(mirror(s, &at)?.areas.into_iter().map(|a| a.pv));
         }
-        let mut _claims = Vec::new();
-        for key in &involved {
-            if let Some(&i) = state.present.get(key) {
-                let claimed =
-                    crate::claim::claim(&scan.pvs[i].path).map_err(|e| EngineError::Refused {
-                        vg: vg_name.into(),
-                        why: format!(
-                            "{e}; the move runs offline (stop serving the VG's LVs and deactivate \
-                             them first)"
-                        ),
-                    })?;
-                _claims.push(claimed);
-            }
-        }
+        let _claims = claim_pvs(&scan, state, &involved)?;
         let extent_bytes = vg.extent_size_bytes();
         let mut pace = Pace {
             started: Instant::now(),
@@ -807,6 +797,30 @@ impl Engine {
         let back = settled(&state.vg)?;
         self.commit(&scan, Some(state), back, &[])
     }
+}
+
+/// Claims the PVs `keys` of `state` for the copy, which bypasses every mapped device: a
+/// daemon serving the LVs claims them, and the kernel holds them while they are active.
+fn claim_pvs(
+    scan: &Scan,
+    state: &VgState,
+    keys: &BTreeSet<String>,
+) -> Result<Vec<crate::claim::Claim>> {
+    let mut claims = Vec::new();
+    for key in keys {
+        if let Some(&i) = state.present.get(key) {
+            let claimed =
+                crate::claim::claim(&scan.pvs[i].path).map_err(|e| EngineError::Refused {
+                    vg: state.vg.name.clone(),
+                    why: format!(
+                        "{e}; the move runs offline (stop serving the VG's LVs and deactivate \
+                         them first)"
+                    ),
+                })?;
+            claims.push(claimed);
+        }
+    }
+    Ok(claims)
 }
 
 /// A VG state as its data lies now (see [`settled`]), for activation and reports.
