@@ -3,7 +3,8 @@
 //! over two, with ext4 on it), each filled and checksummed through the kernel's md with
 //! mdmon running, then stopped. Back on this machine tessera shows the container and its
 //! subarrays (names, levels, sizes, what lies inside) and serves every subarray over NBD
-//! byte for byte as the kernel wrote it, whole and with a member missing.
+//! byte for byte as the kernel wrote it, whole and with a member missing; served writable
+//! with a member missing, the raid5 takes writes degraded and its records say so.
 
 mod common;
 
@@ -63,16 +64,14 @@ fn images(dir: &Path, which: &[usize]) -> String {
 fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
-    let out = common::lab_script(
-        d,
-        &format!("DIR={}\n{SCRIPT}", d.display()),
-        600,
-    );
+    let out = common::lab_script(d, &format!("DIR={}\n{SCRIPT}", d.display()), 600);
     assert!(out.contains("LAB-DONE"), "the lab run failed:\n{out}");
     assert!(out.contains("mdmon"), "mdmon was not running:\n{out}");
     let mut want: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for a in ["r5", "r10", "r1"] {
-        let size: u64 = common::lab_line(&out, &format!("SIZE {a} ")).parse().unwrap();
+        let size: u64 = common::lab_line(&out, &format!("SIZE {a} "))
+            .parse()
+            .unwrap();
         let sha = common::lab_line(&out, &format!("SHA {a} ")).to_string();
         want.insert(a.to_string(), (size, sha));
     }
@@ -120,7 +119,10 @@ fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
         .unwrap();
     assert_eq!(r1["format"], "ext4", "{r1}");
     let text = common::tessera(&all, &state, &["show"]);
-    assert!(text.contains("DDF container, 4 disk(s), 3 virtual disk(s)"), "{text}");
+    assert!(
+        text.contains("DDF container, 4 disk(s), 3 virtual disk(s)"),
+        "{text}"
+    );
 
     // Every subarray through NBD, byte for byte.
     {
@@ -130,8 +132,8 @@ fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
             assert_eq!(&got, sha, "md/{name} served whole");
         }
     }
-    // Writable serving is refused for DDF (tessera does not keep its records yet), and
-    // says so; the subarrays are not exported.
+    // Served writable (tessera keeps the DDF records as mdmon does; see
+    // ddf_rebuild_lab.rs), every subarray is exported, and reading changes nothing.
     {
         let server = common::serve(&all, &state, &[]);
         let list = std::process::Command::new("nbdinfo")
@@ -139,7 +141,11 @@ fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&list.stdout);
-        assert!(!text.contains("md/r5"), "{text}");
+        for name in want.keys() {
+            assert!(text.contains(&format!("md/{name}")), "{text}");
+        }
+        let got = common::export_sum(&server.addr, "md/r1", d);
+        assert_eq!(got, want["r1"].1, "md/r1 served writable");
     }
     // Disk 0 missing: raid5 and raid10 run degraded, raid1 lies on two others or on it.
     let three = images(d, &[1, 2, 3]);
@@ -159,9 +165,42 @@ fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
         problems.contains("md/r5: degraded: slot(s)") && problems.contains("is present"),
         "{problems}"
     );
-    let server = common::serve(&three, &state, &["--read-only"]);
-    for (name, (_, sha)) in &want {
-        let got = common::export_sum(&server.addr, &format!("md/{name}"), d);
-        assert_eq!(&got, sha, "md/{name} served without disk 0");
+    {
+        let server = common::serve(&three, &state, &["--read-only"]);
+        for (name, (_, sha)) in &want {
+            let got = common::export_sum(&server.addr, &format!("md/{name}"), d);
+            assert_eq!(&got, sha, "md/{name} served without disk 0");
+        }
     }
+    // Disk 0 missing and served writable (no spare to rebuild onto): the raid5 takes a
+    // write degraded, and the records say so as mdmon would: disk 0 failed and missing,
+    // the raid5 degraded, consistent once the serve stops.
+    let patch = common::random(100_000, 3);
+    {
+        let server = common::serve(&three, &state, &[]);
+        common::patch(&server.addr, "md/r5", d, 4096, &patch);
+        let status = server.stop();
+        assert!(status.success(), "serve stopped with {status}");
+    }
+    let all_json: Value =
+        serde_json::from_str(&common::tessera(&all, &state, &["show", "--json"])).unwrap();
+    let c = container(&all_json);
+    let disk0 = c["detail"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["device"] == d.join("d0.img").display().to_string())
+        .unwrap_or_else(|| panic!("{c:#}"));
+    assert_eq!(disk0["state"], "Failed", "{c:#}");
+    let r5 = c["detail"]["subarrays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "r5")
+        .unwrap();
+    assert_eq!(r5["ddf_state"], "degraded, consistent", "{r5:#}");
+    assert_eq!(r5["state"], "degraded", "{r5:#}");
+    let server = common::serve(&all, &state, &["--read-only"]);
+    let bytes = common::read_export(&server.addr, "md/r5", d);
+    assert_eq!(&bytes[4096..4096 + patch.len()], &patch[..]);
 }
