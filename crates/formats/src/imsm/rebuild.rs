@@ -261,6 +261,17 @@ impl Mpb {
                 i
             }
             SpareDisk::New(disk) => {
+                // num_disks is a byte.
+                if self.disks.len() >= usize::from(u8::MAX) {
+                    return Err(damaged(
+                        "container",
+                        "num_disks",
+                        format!(
+                            "{} disks: the table has no room for a spare",
+                            self.disks.len()
+                        ),
+                    ));
+                }
                 self.disks.push(disk);
                 (self.disks.len() - 1) as u32
             }
