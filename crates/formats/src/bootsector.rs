@@ -144,7 +144,7 @@ fn fat_valid(bs: &[u8], magic_len: usize) -> Option<(u32, u32)> {
         u32::from(fat16_length)
     };
     let fat_size = fat_length.wrapping_mul(u32::from(fats));
-    let dir_size = (dir_entries * 32 + u32::from(sector_size) - 1) / u32::from(sector_size);
+    let dir_size = (dir_entries * 32).div_ceil(u32::from(sector_size));
     let cluster_count = sect_count.wrapping_sub(
         u32::from(reserved)
             .wrapping_add(fat_size)

@@ -622,8 +622,8 @@ fn md(dev: &dyn BlockDevice, found: &mut Vec<Signature>) -> Result<(), BlockErro
         if let Some(b) = read::<8>(dev, at)? {
             let le = u32_le(&b, 0) == MD_MAGIC && u32_le(&b, 4) == major;
             // ctime: a 32-bit word at 24 in 0.90 (in the superblock's byte order), the
-            // low 40 bits of a 64-bit field at 144 in 1.x.
-            let ctime_at = if major == 0 { 24 } else { 144 };
+            // low 40 bits of a 64-bit field at 64 in 1.x.
+            let ctime_at = if major == 0 { 24 } else { 64 };
             let be = major == 0
                 && u32::from_be_bytes([b[0], b[1], b[2], b[3]]) == MD_MAGIC
                 && b[4..8] == [0; 4];
@@ -1136,5 +1136,80 @@ mod tests {
         let d = MemoryDevice::new("t", 1024);
         d.write_at(b"LABELONE", 512).unwrap();
         assert_eq!(kinds(&d), vec![("LVM2_member", 512)]);
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    fn sig(kind: &'static str, offset: u64, detail: &str, created: u32) -> Signature {
+        Signature {
+            kind,
+            offset,
+            detail: detail.into(),
+            uuid: String::new(),
+            label: String::new(),
+            created,
+        }
+    }
+
+    const NOWHERE: &dyn Fn(u64) -> bool = &|_| false;
+
+    #[test]
+    fn raid_superblocks_are_decided_as_mdadm_decides() {
+        let md = sig(
+            "linux_raid_member",
+            4096,
+            "MD superblock 1.2",
+            1_700_000_000,
+        );
+        let imsm = sig("isw_raid_member", 1 << 30, "IMSM 1.3.00", 1_800_000_000);
+        // A newer IMSM creation time: mdadm takes IMSM, blkid MD; the reason says both.
+        let c = decide(&[md.clone(), imsm.clone()], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), Some("isw_raid_member"));
+        assert!(
+            c.why.contains("blkid -p reports linux_raid_member"),
+            "{}",
+            c.why
+        );
+        assert_eq!(c.clear_commands("d"), ["wipefs --offset 0x1000 d"]);
+        // An older one (or none, as older mdadm writes it): MD, as blkid too.
+        let old = sig("isw_raid_member", 1 << 30, "IMSM 1.3.00", 0);
+        let c = decide(&[md.clone(), old], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), Some("linux_raid_member"));
+        assert!(c.why.contains("blkid -p also reports it"), "{}", c.why);
+        // One format alone, or the same format twice, is no conflict.
+        assert!(decide(std::slice::from_ref(&md), NOWHERE).is_none());
+        let luks = sig("crypto_LUKS", 0, "LUKS2", 0);
+        let luks2 = sig("crypto_LUKS", 0x4000, "LUKS2 secondary header", 0);
+        assert!(decide(&[luks, luks2], NOWHERE).is_none());
+    }
+
+    #[test]
+    fn tables_filesystems_and_members() {
+        let dos = sig("dos", 510, "1 partition(s)", 0);
+        let ext4 = sig("ext4", 1080, "", 0);
+        let vfat = sig("vfat", 82, "FAT32", 0);
+        // A table and a filesystem: the table, as the kernel reads it.
+        let c = decide(&[ext4.clone(), dos.clone()], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), Some("dos"));
+        // Two filesystems: none.
+        let c = decide(&[ext4.clone(), vfat], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), None);
+        assert_eq!(c.others.len(), 2);
+        // An MD 0.90 member at the end of a whole disk: the member, the table inside it
+        // is its array's; unless a partition holds that superblock.
+        let md = sig("linux_raid_member", 1 << 20, "MD superblock 0.90", 5);
+        let c = decide(&[md.clone(), dos.clone()], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), Some("linux_raid_member"));
+        assert!(c.in_data_area());
+        let inside = |at: u64| (2048 * 512..4 << 20).contains(&at);
+        assert!(decide(&[md, dos], &inside).is_none());
+        // LUKS wins over a filesystem.
+        let luks = sig("crypto_LUKS", 0, "LUKS1", 0);
+        let c = decide(&[luks, ext4], NOWHERE).unwrap();
+        assert_eq!(c.taken_kind(), Some("crypto_LUKS"));
+        assert!(!c.in_data_area());
     }
 }
