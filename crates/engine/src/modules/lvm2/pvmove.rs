@@ -676,11 +676,6 @@ impl Engine {
             resumed_at_extents: done,
             ..MoveReport::default()
         };
-        let pvs: Vec<&PvInfo> = vg
-            .pvs
-            .iter()
-            .map(|pv| &scan.pvs[state.present[&pv.key]])
-            .collect();
         // Nothing else may use the PVs while the copy runs.
         let mut involved = BTreeSet::new();
         for s in &pvmove.segments {
@@ -764,7 +759,7 @@ impl Engine {
                     lv.segments[si] = m.to_segment(seg.start_extent, seg.extent_count);
                     vg.seqno += 1;
                     vg.validate()?;
-                    commit::write_vg(&pvs, &vg, &self.text_info())?;
+                    self.checkpoint(vg_name, &vg)?;
                     report.checkpoints += 1;
                     last_checkpoint = Instant::now();
                     tracing::debug!(
@@ -775,11 +770,45 @@ impl Engine {
         }
         // Every segment is moved: the LVs go to the destinations, pvmove0 away.
         let finished = settle(&vg, &|_, _| true)?;
-        let mut current = state.clone();
-        current.vg = vg;
-        self.commit(&scan, Some(&current), finished, &[])?;
+        let fresh = self.scan_with(true)?;
+        let current = Self::vg_for_change(&fresh, vg_name)?;
+        if current.vg.seqno != vg.seqno {
+            return Err(EngineError::Refused {
+                vg: vg_name.into(),
+                why: format!(
+                    "its metadata changed under the move (seqno {}, expected {})",
+                    current.vg.seqno, vg.seqno
+                ),
+            });
+        }
+        self.commit(&fresh, Some(current), finished, &[])?;
         report.finished = true;
         Ok(report)
+    }
+
+    /// Commits `vg` (its seqno raised) as a checkpoint, without archiving it. The PVs'
+    /// metadata areas are read afresh each time, so the new text goes after the current one
+    /// and never over it: a crash in the middle leaves the last checkpoint readable.
+    fn checkpoint(&self, vg_name: &str, vg: &VolumeGroup) -> Result<()> {
+        let scan = self.scan_with(true)?;
+        let state = Self::vg_for_change(&scan, vg_name)?;
+        if state.vg.seqno + 1 != vg.seqno {
+            return Err(EngineError::Refused {
+                vg: vg_name.into(),
+                why: format!(
+                    "its metadata changed under the move (seqno {}, expected {})",
+                    state.vg.seqno,
+                    vg.seqno - 1
+                ),
+            });
+        }
+        vg.validate()?;
+        let pvs: Vec<&PvInfo> = vg
+            .pvs
+            .iter()
+            .map(|pv| &scan.pvs[state.present[&pv.key]])
+            .collect();
+        commit::write_vg(&pvs, vg, &self.text_info())
     }
 
     /// Undoes the move in progress in VG `vg_name` as lvm2's `pvmove --abort` does: the
