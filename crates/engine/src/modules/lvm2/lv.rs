@@ -348,7 +348,19 @@ impl Engine {
         // load); nothing else used by another LV changes size.
         let lv = match vg.lv(lv_name) {
             Some(lv) if grow && lv.is_plain() && vg.is_cow(lv_name) => lv,
-            _ => Self::plain_lv(&vg, lv_name, if grow { "extend" } else { "reduce" })?,
+            _ => {
+                let lv = Self::plain_lv(&vg, lv_name, if grow { "extend" } else { "reduce" })?;
+                // The pool and the tables sit at the LV's end: cutting it loses them.
+                if !grow && super::bbr::is_bbr(lv) {
+                    return Err(EngineError::Refused {
+                        vg: vg.name.clone(),
+                        why: format!(
+                            "LV '{lv_name}' keeps its bad block relocation pool and tables at its end; reducing it would cut them off"
+                        ),
+                    });
+                }
+                lv
+            }
         };
         let current = lv.extent_count();
         let allowed = Self::allowed_keys(&scan, &vg, pvs)?;
