@@ -183,7 +183,8 @@ fn disk_role(c: &Container, m: &DdfMetadata) -> String {
 /// offers it: on each spare disk, the subarrays' extents laid one after another from the
 /// first sector free of other extents, as far as the disk's usable size reaches (mdmon
 /// takes the first free space of the size the subarray needs).
-fn spare_extents(c: &Container) -> Vec<Vec<records::SpareExtent>> {
+/// Indexed like `c.subarrays`; what [`records::VolumeRecords::new`] takes as `spares`.
+pub fn spare_extents(c: &Container) -> Vec<Vec<records::SpareExtent>> {
     let mut plan: Vec<Vec<records::SpareExtent>> = vec![Vec::new(); c.subarrays.len()];
     for &d in &c.spares {
         let (path, m) = &c.disks[d];
