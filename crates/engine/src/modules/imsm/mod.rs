@@ -118,7 +118,10 @@ impl FormatModule for ImsmMembers {
         for c in containers(read) {
             for v in c.volumes(&mut used) {
                 let Ok(run) = v.plan else { continue };
-                if devs.iter().any(|(n, _)| *n == v.name) || (write && !run.writable()) {
+                // Stacked for writing, a volume runs without records: only a whole one.
+                if devs.iter().any(|(n, _)| *n == v.name)
+                    || (write && (run.degraded || run.migrating))
+                {
                     continue;
                 }
                 match run.activate(&v.name, registry.clone(), None) {
