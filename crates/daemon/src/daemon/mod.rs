@@ -11,7 +11,7 @@ use serde_json::json;
 use tessera_block::{BlockError, FileDevice, OpenOptions, SharedDevice};
 use tessera_engine::format::Volume as FormatVolume;
 use tessera_engine::md::{Health, MdArray};
-use tessera_engine::md_records::MdRecords;
+use tessera_engine::md_records::{BadBlockLogs, MdRecords};
 use tessera_engine::{activate, Engine, EngineError, Scan, VgState};
 use tessera_export::{Export, ExportSet};
 use tessera_mapper::{MappedDevice, Table, TargetRegistry};
@@ -316,13 +316,14 @@ impl Daemon {
         } else {
             Some(Arc::new(MdRecords::new(&array).map_err(EngineError::from)?))
         };
+        let set_metadata = match &records {
+            Some(r) => Some(r.clone() as _),
+            // Read-only, the set still reads around the ranges the members' logs record.
+            None => Some(Arc::new(BadBlockLogs::new(&array).map_err(EngineError::from)?) as _),
+        };
         let device = Arc::new(
             array
-                .activate(
-                    &name,
-                    self.registry.clone(),
-                    records.clone().map(|r| r as _),
-                )
+                .activate(&name, self.registry.clone(), set_metadata)
                 .map_err(DaemonError::Refused)?,
         );
         let export = format!("md/{}", array.name);

@@ -267,7 +267,10 @@ impl Volume for MdVolume {
                 records::MdRecords::new(&array).map_err(|e| e.to_string())?,
             ))
         } else {
-            None
+            // Read-only, the set still reads around the ranges the members' logs record.
+            Some(Arc::new(
+                records::BadBlockLogs::new(&array).map_err(|e| e.to_string())?,
+            ))
         };
         let device = array.activate(&self.dm_name(), registry, records)?;
         // Members left out are problems of the set's node already.

@@ -123,6 +123,40 @@ impl MdRecords {
     }
 }
 
+/// What a read-only array's raid set is given: its members' bad-block logs, so that reads
+/// of a recorded range come from the other members, as md reads a read-only array. Nothing
+/// is ever written: state changes live in memory only, as md keeps a read-only array's,
+/// and a write error fails the member (the logs are not written either).
+pub struct BadBlockLogs {
+    bad: std::collections::HashMap<String, BadBlocks>,
+}
+
+impl BadBlockLogs {
+    /// The logs of `array`'s members and spares that keep one; an error names a member
+    /// whose log cannot be read, which md would not load either.
+    pub fn new(array: &MdArray) -> Result<BadBlockLogs, md::MdError> {
+        let mut bad = std::collections::HashMap::new();
+        for m in array.slots.iter().flatten().chain(&array.spares) {
+            if let Some(t) = read_log(m)? {
+                bad.insert(m.path.clone(), t);
+            }
+        }
+        Ok(BadBlockLogs { bad })
+    }
+}
+
+impl SetMetadata for BadBlockLogs {
+    fn start(&self) -> SetStart {
+        SetStart::default()
+    }
+    fn record(&self, _record: &SetRecord) -> Result<(), MetadataError> {
+        Ok(())
+    }
+    fn bad_blocks(&self, device: &str) -> Option<BadBlocks> {
+        self.bad.get(device).cloned()
+    }
+}
+
 /// The bad-block log of member `m`, if it keeps one.
 fn read_log(m: &MdMember) -> Result<Option<BadBlocks>, md::MdError> {
     match &m.sb {
