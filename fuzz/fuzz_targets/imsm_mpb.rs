@@ -1,5 +1,7 @@
 //! The IMSM MPB reader over arbitrary metadata: never panics, and an MPB it accepts is
-//! written back by tessera where it reads back the same.
+//! written back by tessera where it reads back the same. On an accepted MPB, the records
+//! of a rebuild (a member failed, a spare taking its slot, a checkpoint, the end) never
+//! panic either, and what they leave reads back the same.
 //!
 //! The input is the MPB as mdadm lays it out: its first 512 bytes the anchor (the
 //! second-to-last sector), the rest the sectors before it. An input of odd length has its
@@ -8,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tessera_block::{BlockDevice, MemoryDevice};
-use tessera_formats::imsm::{checksum, read, write};
+use tessera_formats::imsm::{checksum, read, write, Disk, Mpb, SpareDisk, SPARE_DISK};
 
 const SIZE: u64 = 4 << 20;
 
@@ -30,6 +32,36 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(m)) = read(&dev) {
         let copy = MemoryDevice::new("fuzz", SIZE);
         write(&copy, &m).expect("an accepted MPB is written");
-        assert_eq!(read(&copy).unwrap(), Some(m));
+        assert_eq!(read(&copy).unwrap(), Some(m.clone()));
+        rebuild(m, data.len());
     }
 });
+
+/// A rebuild recorded on `m`: the first volume's slot picked by `seed` loses its member and
+/// a new spare takes it (refused for a volume already migrating), a checkpoint, the end.
+fn rebuild(mut m: Mpb, seed: usize) {
+    if m.devs.is_empty() {
+        return;
+    }
+    let slot = seed % m.devs[0].maps[0].disk_ord_tbl.len().max(1);
+    if let Some(idx) = m.devs[0].maps[0].disk_index(slot) {
+        m.mark_failed(idx as usize);
+    }
+    let spare = SpareDisk::New(Disk::new("/dev/fuzz-spare", 1 << 20, SPARE_DISK));
+    if m.activate_spare(0, slot, spare, seed as u32).is_ok() {
+        assert!(m.devs[0].is_rebuilding());
+        m.rebuild_checkpoint(0, seed as u64 * 977);
+        let _ = m.devs[0].rebuild_done_sectors();
+    }
+    let dev = MemoryDevice::new("fuzz", SIZE);
+    if write(&dev, &m).is_ok() {
+        let back = read(&dev).unwrap().expect("an MPB written reads back");
+        assert_eq!((back.disks, back.devs), (m.disks.clone(), m.devs.clone()));
+    }
+    m.end_rebuild(0);
+    let dev = MemoryDevice::new("fuzz", SIZE);
+    if write(&dev, &m).is_ok() {
+        let back = read(&dev).unwrap().expect("an MPB written reads back");
+        assert_eq!((back.disks, back.devs), (m.disks.clone(), m.devs.clone()));
+    }
+}
