@@ -113,11 +113,10 @@ impl fmt::Debug for Guid {
 
 /// A space-padded string field, trimmed.
 pub fn text(bytes: &[u8]) -> String {
-    let end = bytes
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).trim_end().to_string()
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+        .trim_end()
+        .to_string()
 }
 
 /// What a header is.
