@@ -84,11 +84,15 @@ fn health(dev: &MappedDevice) -> String {
     dev.status().split_whitespace().nth(5).unwrap().to_string()
 }
 
-fn fio_while_failing(addr: &str, fault: &FaultDevice, data_offset: u64, size: u64) {
+fn fio_while_failing(addr: &str, fault: &FaultDevice, data_offset: u64, size: u64, on: ErrorOn) {
     let child = std::process::Command::new("fio")
         .args(["--output-format=json", "--ioengine=nbd", "--rw=randwrite"])
         .args(["--iodepth=16", "--verify=crc32c", "--verify_fatal=1"])
-        .args(["--verify_state_save=0", "--bsrange=4k-64k", "--bs_unaligned=0"])
+        .args([
+            "--verify_state_save=0",
+            "--bsrange=4k-64k",
+            "--bs_unaligned=0",
+        ])
         .args(["--fsync=64", "--name=md", "--time_based", "--runtime=3"])
         .args(["--verify_backlog=256"])
         .arg(format!("--size={size}"))
@@ -99,7 +103,7 @@ fn fio_while_failing(addr: &str, fault: &FaultDevice, data_offset: u64, size: u6
         .expect("fio runs");
     std::thread::sleep(Duration::from_millis(1000));
     for (s, n) in BAD {
-        fault.add_error_range((data_offset + s) * 512, n * 512, ErrorOn::Write);
+        fault.add_error_range((data_offset + s) * 512, n * 512, on);
     }
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -111,7 +115,10 @@ fn fio_while_failing(addr: &str, fault: &FaultDevice, data_offset: u64, size: u6
     let json: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
     let job = &json["jobs"][0];
     assert_eq!(job["error"], 0, "{job}");
-    assert!(job["read"]["io_bytes"].as_u64().unwrap() > 0, "verified: {job}");
+    assert!(
+        job["read"]["io_bytes"].as_u64().unwrap() > 0,
+        "verified: {job}"
+    );
     eprintln!(
         "fio wrote {} MiB and verified {} MiB with 0 errors",
         job["write"]["io_bytes"].as_u64().unwrap() >> 20,
@@ -144,7 +151,10 @@ fn wait_idle(dev: &MappedDevice, action: &str) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{action} never finished: {report}");
+        assert!(
+            Instant::now() < deadline,
+            "{action} never finished: {report}"
+        );
     }
 }
 
@@ -152,7 +162,14 @@ fn wait_idle(dev: &MappedDevice, action: &str) {
 fn write_errors_land_in_the_bad_block_log_which_mdadm_reads_and_repair_clears() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
-    for (name, level, n) in [("bb-r5", "5", 3usize), ("bb-r1", "1", 2)] {
+    // Write errors only, and bad sectors as disks have them (reads fail too: a raid5 write
+    // that must read old data there rebuilds it from the others instead of failing the
+    // member, as md does).
+    for (name, level, n, on) in [
+        ("bb-r5", "5", 3usize, ErrorOn::Write),
+        ("bb-r1", "1", 2, ErrorOn::Write),
+        ("bb-r5rw", "5", 3, ErrorOn::Both),
+    ] {
         let paths = common::image_files(d, name, n, MEMBER_MIB << 20);
         let mut args = vec!["md", "create", name, "-l", level, "-c", "64k"];
         args.extend(paths.iter().map(String::as_str));
@@ -178,7 +195,13 @@ fn write_errors_land_in_the_bad_block_log_which_mdadm_reads_and_repair_clears() 
         let r = run_array(&paths);
         let array_bytes = r.device.size_sectors() * 512;
         let span = 24u64 << 20;
-        fio_while_failing(&r.addr, &r.faults[1], data_offset, span.min(array_bytes / 2));
+        fio_while_failing(
+            &r.addr,
+            &r.faults[1],
+            data_offset,
+            span.min(array_bytes / 2),
+            on,
+        );
         // Then a known pattern over the whole span through the mapper, so that every
         // sector of the bad ranges is written at least once since they went bad.
         let want = pattern(span as usize, 7);
@@ -190,7 +213,11 @@ fn write_errors_land_in_the_bad_block_log_which_mdadm_reads_and_repair_clears() 
         r.device.read_at(&mut got, 0).unwrap();
         assert!(got == want, "{name}: data read back differs");
         assert_eq!(report_value(&r.device, "member_failures"), ["0"], "{name}");
-        assert!(!health(&r.device).contains(['D', 'a']), "{name}: {}", r.device.status());
+        assert!(
+            !health(&r.device).contains(['D', 'a']),
+            "{name}: {}",
+            r.device.status()
+        );
         let entries = report_value(&r.device, "bad_blocks");
         assert!(
             entries.contains(&format!("{victim} {}", BAD.len())),
@@ -214,11 +241,16 @@ fn write_errors_land_in_the_bad_block_log_which_mdadm_reads_and_repair_clears() 
         let mut got = vec![0u8; span as usize];
         r.device.read_at(&mut got, 0).unwrap();
         assert!(got == want, "{name}: data read back after restart differs");
-        r.device.message(0, &["speed", "500000", "2000000"]).unwrap();
+        r.device
+            .message(0, &["speed", "500000", "2000000"])
+            .unwrap();
         r.device.message(0, &["repair"]).unwrap();
         wait_idle(&r.device, "repair");
         let entries = report_value(&r.device, "bad_blocks");
-        assert!(entries.contains(&format!("{victim} 0")), "{name}: {entries:?}");
+        assert!(
+            entries.contains(&format!("{victim} 0")),
+            "{name}: {entries:?}"
+        );
         r.device.message(0, &["check"]).unwrap();
         wait_idle(&r.device, "check");
         assert_eq!(report_value(&r.device, "last_mismatches"), ["0"], "{name}");

@@ -130,7 +130,9 @@ impl View {
     pub(crate) fn readable(&self, m: usize, member_sector: u64, len: u64) -> bool {
         self.devs[m].is_some()
             && member_sector.saturating_add(len) <= self.synced[m]
-            && !self.bad[m].as_ref().is_some_and(|b| b.hits(member_sector, len))
+            && !self.bad[m]
+                .as_ref()
+                .is_some_and(|b| b.hits(member_sector, len))
     }
 
     /// Present and in sync there, whatever its bad blocks.
@@ -160,6 +162,9 @@ pub(crate) struct Spares {
 pub(crate) enum Step {
     Done,
     Retry,
+    /// A member failed to read a row the write needs: go round again with the row
+    /// rebuilt from the others and written back over it, as md fixes a read error.
+    Unreadable(usize),
 }
 
 pub(crate) struct Core {
@@ -871,7 +876,10 @@ impl Core {
             piece.copy_from_slice(rows[member].as_deref().expect("rebuilt"));
             if let Some(dev) = bad {
                 // Answered from parity; write the data back over the bad sectors.
-                if v.devs[member].as_ref().is_some_and(|d| Arc::ptr_eq(d, &dev)) {
+                if v.devs[member]
+                    .as_ref()
+                    .is_some_and(|d| Arc::ptr_eq(d, &dev))
+                {
                     let failures = self.member_failures.load(Ordering::SeqCst);
                     self.write_to(&v, member, piece, ms, true)?;
                     if self.member_failures.load(Ordering::SeqCst) == failures {
@@ -899,27 +907,60 @@ impl Core {
                 k += 1;
             }
             let _stripe = self.rows.lock(vec![info.stripe]);
-            // A member failing under the write sends it round again, degraded.
+            // A member failing under the write sends it round again, degraded; one that
+            // only failed a read goes round with its rows rebuilt and rewritten.
             let mut tries = 0;
+            let mut unreadable = Vec::new();
             loop {
                 let v = self.view();
-                match self.write_stripe(&v, &info, &group, buf)? {
+                match self.write_stripe(&v, &info, &group, buf, &unreadable)? {
                     Step::Done => break,
-                    Step::Retry if tries < v.devs.len() => tries += 1,
-                    Step::Retry => return Err(self.missing("raid set")),
+                    Step::Unreadable(m) if !unreadable.contains(&m) => unreadable.push(m),
+                    _ if tries < v.devs.len() => tries += 1,
+                    _ => return Err(self.missing("raid set")),
                 }
             }
         }
         Ok(())
     }
 
-    /// Writes the pieces of one stripe and its new parity.
+    /// A read of member `m` failed during a write: rebuild its rows from the others if
+    /// the stripe still has the redundancy for it (then the member stays, and the rewrite
+    /// fixes the sectors or records them in its bad-block log), else fail it.
+    fn read_failed(
+        &self,
+        v: &View,
+        info: &StripeInfo,
+        unreadable: &[usize],
+        m: usize,
+        range: (u64, u64),
+        error: BlockError,
+    ) -> BlockResult<Step> {
+        let redundancy = 1 + usize::from(info.q.is_some());
+        let missing = (0..v.devs.len())
+            .filter(|&k| {
+                k != m
+                    && (unreadable.contains(&k)
+                        || !v.readable(k, info.member_sector + range.0, range.1))
+            })
+            .count();
+        if missing < redundancy {
+            return Ok(Step::Unreadable(m));
+        }
+        let dev = v.devs[m].as_ref().expect("read from");
+        self.fail(m, dev, error)?;
+        Ok(Step::Retry)
+    }
+
+    /// Writes the pieces of one stripe and its new parity. Members in `unreadable` failed
+    /// to read rows of this stripe: their rows are rebuilt and written back.
     fn write_stripe(
         &self,
         v: &View,
         info: &StripeInfo,
         group: &[(u64, u64, usize)],
         buf: &[u8],
+        unreadable: &[usize],
     ) -> BlockResult<Step> {
         let ndata = info.data.len() as u64;
         let touched: Vec<(usize, u64, u64, usize)> = group
@@ -935,7 +976,8 @@ impl Core {
             .collect();
         let lo = touched.iter().map(|t| t.1).min().unwrap_or(0);
         let hi = touched.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
-        let degraded = (0..v.devs.len()).any(|m| !v.readable(m, info.member_sector + lo, hi - lo));
+        let degraded = !unreadable.is_empty()
+            || (0..v.devs.len()).any(|m| !v.readable(m, info.member_sector + lo, hi - lo));
         if !degraded && info.q.is_none() && touched.len() * 2 < info.data.len() {
             return self.read_modify_write(v, info, &touched, buf);
         }
@@ -945,7 +987,10 @@ impl Core {
         // with the missing ones rebuilt, when degraded).
         let mut rows = if degraded {
             let before = self.member_failures.load(Ordering::SeqCst);
-            let mut rows = self.read_rows(v, info, lo, hi - lo)?;
+            let read_view = unreadable
+                .iter()
+                .fold(v.clone(), |view, &m| view.without(m));
+            let mut rows = self.read_rows(&read_view, info, lo, hi - lo)?;
             if self.member_failures.load(Ordering::SeqCst) != before {
                 return Ok(Step::Retry);
             }
@@ -962,8 +1007,7 @@ impl Core {
                 if !covered {
                     let dev = v.devs[m].as_ref().expect("not degraded");
                     if let Err(e) = dev.read_at(&mut row, self.at(info.member_sector + lo)) {
-                        self.fail(m, dev, e)?;
-                        return Ok(Step::Retry);
+                        return self.read_failed(v, info, unreadable, m, (lo, hi - lo), e);
                     }
                 }
                 rows[m] = Some(row);
@@ -978,12 +1022,24 @@ impl Core {
         }
         let (p, q) = compute_parity(info, &rows, ((hi - lo) * SECTOR) as usize);
         for &(i, off, n, at) in &touched {
+            if unreadable.contains(&info.data[i]) {
+                continue;
+            }
             self.write_member(
                 v,
                 info.data[i],
                 &buf[at..at + (n * SECTOR) as usize],
                 info.member_sector + off,
             )?;
+        }
+        // The rows that failed to read, whole: rewritten, or recorded bad if they fail.
+        for &m in unreadable {
+            if m == info.p || Some(m) == info.q {
+                continue;
+            }
+            if let Some(row) = rows[m].as_ref() {
+                self.write_to(v, m, row, info.member_sector + lo, true)?;
+            }
         }
         self.write_member(v, info.p, &p, info.member_sector + lo)?;
         if let (Some(qi), Some(q)) = (info.q, q) {
@@ -1009,13 +1065,11 @@ impl Core {
             let ms = info.member_sector + off;
             let mut old = vec![0u8; bytes];
             if let Err(e) = dev.read_at(&mut old, self.at(ms)) {
-                self.fail(m, dev, e)?;
-                return Ok(Step::Retry);
+                return self.read_failed(v, info, &[], m, (off, n), e);
             }
             let mut p = vec![0u8; bytes];
             if let Err(e) = pdev.read_at(&mut p, self.at(ms)) {
-                self.fail(info.p, pdev, e)?;
-                return Ok(Step::Retry);
+                return self.read_failed(v, info, &[], info.p, (off, n), e);
             }
             let new = &buf[at..at + bytes];
             parity::xor_into(&mut p, &old);
