@@ -384,6 +384,7 @@ fn imsm_volumes_run_in_the_kernel_with_tessera_as_monitor() {
                     // mdadm's runs read-auto, tessera's read-only: the rest must agree.
                     l.replace("(auto-read-only) ", "")
                         .replace("(read-only) ", "")
+                        .replace("external:-mdN/", "external:/mdN/")
                 })
                 .collect()
         };
