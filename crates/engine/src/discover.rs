@@ -59,13 +59,13 @@ fn probe_one(
     let mut inner = Vec::new();
     // Leftover metadata: two formats on one device. The one blkid and mdadm take is the
     // one claimed, though a module tried earlier also answers; the others are named.
-    let conflict = crate::modules::signature::conflict_on(name, &device);
+    let conflict = crate::conflict::conflict_on(name, &device);
     for (index, module) in modules.iter().enumerate() {
         if let Some((mut finding, mut devices)) = module.probe(name, &device) {
             let mut index = index;
             if let Some(c) = &conflict {
                 let Some(taken) = c.taken_kind() else {
-                    found = Some(crate::modules::signature::ambivalent(name, c));
+                    found = Some(crate::conflict::ambivalent(name, c));
                     break;
                 };
                 if finding.format != taken {
@@ -79,7 +79,7 @@ fn probe_one(
                         }
                     }
                 }
-                crate::modules::signature::note_conflict(name, c, &mut finding);
+                crate::conflict::note_conflict(name, c, &mut finding);
             }
             let module = &modules[index];
             tracing::debug!(device = name, module = module.name(), "{}", finding.summary);

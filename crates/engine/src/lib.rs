@@ -8,6 +8,7 @@
 //! never touches data bytes except through mapped devices.
 
 pub mod claim;
+pub mod conflict;
 pub mod devices;
 pub mod discover;
 mod engine;

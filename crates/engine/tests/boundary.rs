@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-const CORE: [&str; 7] = [
+const CORE: [&str; 8] = [
     "engine.rs",
+    "conflict.rs",
     "discover.rs",
     "format.rs",
     "devices.rs",
