@@ -315,15 +315,20 @@ fn ddf_served_writable_rebuilds_onto_the_spare_and_mdadm_reads_the_records() {
         let server = common::serve(&kill_all, &kstate, &[]);
         let big = d.join("big.bin");
         std::fs::write(&big, common::random(R5_BYTES, 21)).unwrap();
-        let mut copy = Command::new("nbdcopy")
-            .arg(&big)
-            .arg(format!("{}/md/r5", server.addr))
+        // Writes go on until the serve dies, however fast one copy is on this machine.
+        let mut copy = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while nbdcopy '{}' '{}/md/r5'; do :; done",
+                big.display(),
+                server.addr
+            ))
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(400));
         assert!(
             copy.try_wait().unwrap().is_none(),
-            "the write finished before the serve was killed"
+            "the writes stopped before the serve was killed"
         );
         drop(server); // SIGKILL
         let _ = copy.kill();
