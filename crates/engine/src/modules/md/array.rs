@@ -45,6 +45,9 @@ pub enum LeftOut {
         events: u64,
         array_events: u64,
         recorded_faulty: bool,
+        /// The freshest superblock lists it as a spare while its own claims a slot: it was
+        /// removed after failing.
+        recorded_removed: bool,
     },
     /// The array's superblocks mark it faulty.
     Faulty,
@@ -63,6 +66,7 @@ impl fmt::Display for LeftOut {
                 events,
                 array_events,
                 recorded_faulty,
+                recorded_removed,
             } => {
                 write!(
                     f,
@@ -70,6 +74,9 @@ impl fmt::Display for LeftOut {
                 )?;
                 if *recorded_faulty {
                     write!(f, "; recorded faulty by the others")?;
+                }
+                if *recorded_removed {
+                    write!(f, "; the others record it removed")?;
                 }
                 Ok(())
             }
@@ -296,6 +303,8 @@ fn assemble_one(members: Vec<MdMember>) -> MdArray {
                 events: s.events(),
                 array_events: array.events,
                 recorded_faulty: sb.role_of(s) == Role::Faulty,
+                recorded_removed: sb.role_of(s) == Role::Spare
+                    && matches!(s.role(), Role::Active(_)),
             };
             array.left_out.push((m, why));
             continue;
