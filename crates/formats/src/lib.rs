@@ -1,6 +1,7 @@
 //! tessera's on-disk metadata formats. Each format module knows how to find, read and write
 //! its own structures on a `BlockDevice`, and nothing about I/O scheduling or activation.
 
+pub mod ataraid;
 pub mod bbr;
 pub mod bootsector;
 pub mod ddf;

@@ -1,0 +1,369 @@
+//! Firmware ("fake") RAID metadata of the ATA RAID controllers the field still meets: Adaptec
+//! HostRAID (ASR), LSI MegaRAID (software), NVIDIA MediaShield, Promise FastTrak, Silicon
+//! Image Medley, VIA, JMicron JMB, HighPoint 37x and 45x. The BIOS writes a small record on
+//! each member (mostly near the end of the disk); the operating system assembles the set.
+//!
+//! Each format module reads one device's record into a [`Member`]: the one model every format
+//! maps to, so discovery, `show` and assembly are written once. dmraid is the reference
+//! reader: set names are built as dmraid builds them and levels carry dmraid's type names.
+//!
+//! Member order within a set ([`Member::index`]), normalised by each reader:
+//! - raid0, raid5, jbod: the position of the member in the stripe (or concatenation).
+//! - raid1: the copy number.
+//! - raid10 (a stripe over mirrors): mirror pair `index / 2`, copy `index % 2`.
+//! - raid01 (a mirror of stripes): stripe `index / (member_count / 2)`, position
+//!   `index % (member_count / 2)` in it.
+
+use thiserror::Error;
+
+use tessera_block::{BlockDevice, BlockError};
+
+/// The vendors whose metadata tessera reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Vendor {
+    Asr,
+    Lsi,
+    Nvidia,
+    Promise,
+    Sil,
+    Via,
+    Jmicron,
+    Hpt37x,
+    Hpt45x,
+}
+
+impl Vendor {
+    pub const ALL: [Vendor; 9] = [
+        Vendor::Asr,
+        Vendor::Lsi,
+        Vendor::Nvidia,
+        Vendor::Promise,
+        Vendor::Sil,
+        Vendor::Via,
+        Vendor::Jmicron,
+        Vendor::Hpt37x,
+        Vendor::Hpt45x,
+    ];
+
+    /// The TYPE blkid (util-linux) reports for a member.
+    pub fn blkid_type(self) -> &'static str {
+        match self {
+            Vendor::Asr => "adaptec_raid_member",
+            Vendor::Lsi => "lsi_mega_raid_member",
+            Vendor::Nvidia => "nvidia_raid_member",
+            Vendor::Promise => "promise_fasttrack_raid_member",
+            Vendor::Sil => "silicon_medley_raid_member",
+            Vendor::Via => "via_raid_member",
+            Vendor::Jmicron => "jmicron_raid_member",
+            Vendor::Hpt37x => "hpt37x_raid_member",
+            Vendor::Hpt45x => "hpt45x_raid_member",
+        }
+    }
+
+    /// The format name dmraid uses (`dmraid -l`, `-f NAME`, the first column of `-r`).
+    pub fn dmraid_name(self) -> &'static str {
+        match self {
+            Vendor::Asr => "asr",
+            Vendor::Lsi => "lsi",
+            Vendor::Nvidia => "nvidia",
+            Vendor::Promise => "pdc",
+            Vendor::Sil => "sil",
+            Vendor::Via => "via",
+            Vendor::Jmicron => "jmicron",
+            Vendor::Hpt37x => "hpt37x",
+            Vendor::Hpt45x => "hpt45x",
+        }
+    }
+
+    /// What to call the format in messages.
+    pub fn description(self) -> &'static str {
+        match self {
+            Vendor::Asr => "Adaptec HostRAID ASR",
+            Vendor::Lsi => "LSI MegaRAID",
+            Vendor::Nvidia => "NVIDIA MediaShield",
+            Vendor::Promise => "Promise FastTrak",
+            Vendor::Sil => "Silicon Image Medley",
+            Vendor::Via => "VIA Software RAID",
+            Vendor::Jmicron => "JMicron JMB",
+            Vendor::Hpt37x => "HighPoint HPT37x",
+            Vendor::Hpt45x => "HighPoint HPT45x",
+        }
+    }
+
+    pub fn from_dmraid_name(name: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.dmraid_name() == name)
+    }
+
+    pub fn from_blkid_type(name: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.blkid_type() == name)
+    }
+}
+
+impl std::fmt::Display for Vendor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dmraid_name())
+    }
+}
+
+/// Where parity sits and in which order data follows it, in dmraid's (and MD's) terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Raid5Layout {
+    LeftAsymmetric,
+    LeftSymmetric,
+    RightAsymmetric,
+    RightSymmetric,
+}
+
+impl Raid5Layout {
+    /// MD's layout number (ALGORITHM_*), which tessera's raid layer takes.
+    pub fn md_layout(self) -> u32 {
+        match self {
+            Raid5Layout::LeftAsymmetric => 0,
+            Raid5Layout::RightAsymmetric => 1,
+            Raid5Layout::LeftSymmetric => 2,
+            Raid5Layout::RightSymmetric => 3,
+        }
+    }
+}
+
+/// The set's RAID level, as the metadata states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Raid0,
+    Raid1,
+    /// A stripe over mirror pairs.
+    Raid10,
+    /// A mirror of two stripes.
+    Raid01,
+    Raid5 {
+        layout: Raid5Layout,
+    },
+    /// Concatenation ("JBOD", "span"), dmraid's `linear`.
+    Jbod,
+    /// A hot spare not (yet) part of a set.
+    Spare,
+}
+
+impl Level {
+    /// The type dmraid prints for a set of this level (`dmraid -s`, `-r`).
+    pub fn dmraid_type(self) -> &'static str {
+        match self {
+            Level::Raid0 => "stripe",
+            Level::Raid1 => "mirror",
+            Level::Raid10 => "raid10",
+            Level::Raid01 => "raid01",
+            Level::Raid5 { layout } => match layout {
+                Raid5Layout::LeftAsymmetric => "raid5_la",
+                Raid5Layout::LeftSymmetric => "raid5_ls",
+                Raid5Layout::RightAsymmetric => "raid5_ra",
+                Raid5Layout::RightSymmetric => "raid5_rs",
+            },
+            Level::Jbod => "linear",
+            Level::Spare => "spare",
+        }
+    }
+
+    /// Members the set can lose and still be read, for a set of `members`.
+    pub fn redundancy(self, members: u32) -> u32 {
+        match self {
+            Level::Raid1 => members.saturating_sub(1),
+            Level::Raid10 | Level::Raid01 | Level::Raid5 { .. } => 1,
+            Level::Raid0 | Level::Jbod | Level::Spare => 0,
+        }
+    }
+}
+
+/// What the metadata says about one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    Ok,
+    Failed,
+    Rebuilding,
+    Spare,
+    Unknown,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Ok => "ok",
+            MemberState::Failed => "failed",
+            MemberState::Rebuilding => "rebuilding",
+            MemberState::Spare => "spare",
+            MemberState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What one device's metadata says about the device and its set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub vendor: Vendor,
+    /// The name `dmraid -s` prints for the set, built as dmraid builds it.
+    pub set_name: String,
+    /// What groups the members of one set (the vendor's array id or magic).
+    pub set_id: u64,
+    pub level: Level,
+    /// Sectors per stripe unit (chunk); 0 where the level has no stripe.
+    pub stripe_sectors: u32,
+    /// This member's place in the set (see the module documentation for raid10/raid01).
+    pub index: u32,
+    pub member_count: u32,
+    /// Sectors: where this member's data starts.
+    pub data_offset: u64,
+    /// Sectors of this member used for the set.
+    pub data_sectors: u64,
+    /// Sectors: where the metadata sits (for show).
+    pub metadata_offset: u64,
+    pub state: MemberState,
+}
+
+#[derive(Debug, Error)]
+pub enum AtaraidError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("{device}: too small for {vendor} metadata: {size_bytes} bytes, the metadata needs {needed_bytes}", vendor = .vendor.description())]
+    Truncated {
+        device: String,
+        vendor: Vendor,
+        size_bytes: u64,
+        needed_bytes: u64,
+    },
+    #[error("{device}: {vendor} metadata checksum {stored:#x} does not match its contents ({computed:#x})", vendor = .vendor.description())]
+    Checksum {
+        device: String,
+        vendor: Vendor,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("{device}: {vendor} metadata: {why}", vendor = .vendor.description())]
+    Malformed {
+        device: String,
+        vendor: Vendor,
+        why: String,
+    },
+    #[error("{device}: {vendor} metadata: {what} is not supported by tessera", vendor = .vendor.description())]
+    Unsupported {
+        device: String,
+        vendor: Vendor,
+        what: String,
+    },
+}
+
+impl AtaraidError {
+    pub fn malformed(device: &dyn BlockDevice, vendor: Vendor, why: impl Into<String>) -> Self {
+        AtaraidError::Malformed {
+            device: device.name().to_string(),
+            vendor,
+            why: why.into(),
+        }
+    }
+
+    pub fn unsupported(device: &dyn BlockDevice, vendor: Vendor, what: impl Into<String>) -> Self {
+        AtaraidError::Unsupported {
+            device: device.name().to_string(),
+            vendor,
+            what: what.into(),
+        }
+    }
+
+    pub fn checksum(device: &dyn BlockDevice, vendor: Vendor, stored: u64, computed: u64) -> Self {
+        AtaraidError::Checksum {
+            device: device.name().to_string(),
+            vendor,
+            stored,
+            computed,
+        }
+    }
+}
+
+/// Reads one device's metadata of one format: `Ok(None)` when the device holds none (no
+/// magic), an error when it holds damaged metadata.
+pub type ProbeFn = fn(&dyn BlockDevice) -> Result<Option<Member>, AtaraidError>;
+
+/// Every format's reader, in the order dmraid tries them.
+pub fn probers() -> &'static [(Vendor, ProbeFn)] {
+    &[]
+}
+
+/// Bytes in a sector: every offset in these formats counts 512-byte sectors.
+pub const SECTOR_BYTES: u64 = 512;
+
+/// Reads `len` bytes at `offset`, or names the device too small for `vendor`'s metadata.
+pub fn read_bytes(
+    device: &dyn BlockDevice,
+    vendor: Vendor,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, AtaraidError> {
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|end| end > device.size_bytes()) {
+        return Err(AtaraidError::Truncated {
+            device: device.name().to_string(),
+            vendor,
+            size_bytes: device.size_bytes(),
+            needed_bytes: end.unwrap_or(u64::MAX),
+        });
+    }
+    let mut buf = vec![0u8; len];
+    device.read_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// The whole sectors of `device`.
+pub fn device_sectors(device: &dyn BlockDevice) -> u64 {
+    device.size_bytes() / SECTOR_BYTES
+}
+
+/// The sector `back` sectors before the end of the device (1: the last sector), or `None`
+/// if the device has fewer sectors.
+pub fn sector_from_end(device: &dyn BlockDevice, back: u64) -> Option<u64> {
+    device_sectors(device).checked_sub(back)
+}
+
+pub fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+pub fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+pub fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub fn put_le16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+pub fn put_le32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+pub fn put_le64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+pub fn put_be16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+pub fn put_be32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// A fixed-size, NUL-padded text field as a string (stops at the first NUL, drops
+/// trailing blanks; bytes that are not UTF-8 become U+FFFD).
+pub fn text_field(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).trim_end().to_string()
+}
