@@ -349,10 +349,7 @@ impl RaidSegment {
                 key: "stripe_size".into(),
             });
         }
-        let data_copies = match s.get("data_copies") {
-            Some(_) => Some(get_u64(s, at, "data_copies")?),
-            None => None,
-        };
+        let data_copies = get_u64_opt(s, at, "data_copies")?;
         if let Some(copies) = data_copies {
             if copies == 0 || copies > count {
                 return Err(out_of_range(
@@ -363,10 +360,7 @@ impl RaidSegment {
                 ));
             }
         }
-        let data_offset_sectors = match s.get("data_offset") {
-            Some(_) => Some(get_u64(s, at, "data_offset")?),
-            None => None,
-        };
+        let data_offset_sectors = get_u64_opt(s, at, "data_offset")?;
         Ok(RaidSegment {
             segtype: segtype.to_string(),
             level,
@@ -1496,35 +1490,8 @@ impl Segment {
             .get_str("type")
             .ok_or_else(|| missing_or_wrong(s, at, "type", "a string"))?;
         let kind = if segtype == "striped" {
-            let count = get_u64(s, at, "stripe_count")?;
-            let items = s
-                .get_array("stripes")
-                .ok_or_else(|| missing_or_wrong(s, at, "stripes", "an array"))?;
-            if count == 0 || count > 128 || items.len() as u64 != count * 2 {
-                return Err(VgError::Inconsistent {
-                    at: at.to_string(),
-                    why: format!(
-                        "stripe_count is {count} but 'stripes' has {} entries",
-                        items.len()
-                    ),
-                });
-            }
-            let mut stripes = Vec::new();
-            for pair in items.chunks(2) {
-                match pair {
-                    [Value::Str(pv), Value::Int(pe)] if *pe >= 0 => stripes.push(Stripe {
-                        pv: pv.clone(),
-                        start_pe: *pe as u64,
-                    }),
-                    _ => {
-                        return Err(VgError::WrongType {
-                            at: at.to_string(),
-                            key: "stripes".into(),
-                            expected: "pairs of PV name and start extent",
-                        })
-                    }
-                }
-            }
+            let stripes = get_areas(s, at, "stripe_count", "stripes", 128)?;
+            let count = stripes.len();
             let stripe_size_sectors = if count > 1 {
                 get_u64(s, at, "stripe_size")?
             } else {
@@ -1586,11 +1553,7 @@ impl Segment {
                 if stripes.len() > 1 {
                     s.set_value("stripe_size", int(*stripe_size_sectors));
                 }
-                let items = stripes
-                    .iter()
-                    .flat_map(|st| [Value::Str(st.pv.clone()), int(st.start_pe)])
-                    .collect();
-                s.set_value("stripes", Value::Array(items));
+                s.set_value("stripes", areas_value(stripes));
             }
             SegmentKind::Raid { raid, body } => {
                 s.set_value("type", Value::Str(raid.segtype.clone()));
@@ -1729,6 +1692,63 @@ fn get_u64_or(s: &Section, at: &str, key: &str, default: u64) -> Result<u64, VgE
     } else {
         get_u64(s, at, key)
     }
+}
+
+/// An integer that may be left out.
+fn get_u64_opt(s: &Section, at: &str, key: &str) -> Result<Option<u64>, VgError> {
+    match s.get(key) {
+        None => Ok(None),
+        Some(_) => get_u64(s, at, key).map(Some),
+    }
+}
+
+/// The areas of a segment as lvm2 writes them for `striped` and `mirror` segments: a count
+/// (`count_key`, 1 to `max`) and an array (`array_key`) of that many pairs of a PV or LV
+/// name and its first extent.
+fn get_areas(
+    s: &Section,
+    at: &str,
+    count_key: &str,
+    array_key: &str,
+    max: u64,
+) -> Result<Vec<Stripe>, VgError> {
+    let count = get_u64(s, at, count_key)?;
+    let items = s
+        .get_array(array_key)
+        .ok_or_else(|| missing_or_wrong(s, at, array_key, "an array"))?;
+    if count == 0 || count > max || items.len() as u64 != count * 2 {
+        return Err(VgError::Inconsistent {
+            at: at.to_string(),
+            why: format!(
+                "{count_key} is {count} but '{array_key}' has {} entries",
+                items.len()
+            ),
+        });
+    }
+    items
+        .chunks(2)
+        .map(|pair| match pair {
+            [Value::Str(name), Value::Int(pe)] if *pe >= 0 => Ok(Stripe {
+                pv: name.clone(),
+                start_pe: *pe as u64,
+            }),
+            _ => Err(VgError::WrongType {
+                at: at.to_string(),
+                key: array_key.into(),
+                expected: "pairs of PV or LV name and start extent",
+            }),
+        })
+        .collect()
+}
+
+/// `areas` as the array [`get_areas`] reads.
+fn areas_value(areas: &[Stripe]) -> Value {
+    Value::Array(
+        areas
+            .iter()
+            .flat_map(|a| [Value::Str(a.pv.clone()), int(a.start_pe)])
+            .collect(),
+    )
 }
 
 fn get_strings(s: &Section, at: &str, key: &str) -> Result<Vec<String>, VgError> {
@@ -2224,7 +2244,8 @@ creation_time = 1795387712	# Sun Nov 22 22:48:32 2026
     /// (`lvcreate -s -L 8M` and `-L 6M -c 16k`).
     const SNAPSHOT_VG: &str = include_str!("testdata/snapshot_vg.txt");
 
-    fn lv_section(text: &str, name: &str) -> Section {
+    /// The section of LV `name` in VG text `text`.
+    pub(super) fn lv_section(text: &str, name: &str) -> Section {
         let root = config::parse(text.as_bytes()).unwrap();
         let vg = root.sections().next().unwrap().1.clone();
         let Some(Node::Section(lvs)) = vg.get("logical_volumes").cloned() else {

@@ -10,7 +10,10 @@
 //! read through the same type.
 
 use super::config::{Section, Value};
-use super::{get_u64, int, missing_or_wrong, out_of_range, Segment, SegmentKind, Stripe, VgError};
+use super::{
+    areas_value, get_areas, get_u64_opt, int, missing_or_wrong, out_of_range, Segment, SegmentKind,
+    Stripe, VgError,
+};
 
 /// The status flag of lvm2's pvmove LV.
 pub const PVMOVE: &str = "PVMOVE";
@@ -46,39 +49,8 @@ impl MirrorSegment {
     }
 
     fn from_body(s: &Section, extent_count: u64, at: &str) -> Result<MirrorSegment, VgError> {
-        let count = get_u64(s, at, "mirror_count")?;
-        let items = s
-            .get_array("mirrors")
-            .ok_or_else(|| missing_or_wrong(s, at, "mirrors", "an array"))?;
-        if count == 0 || count > 32 || items.len() as u64 != count * 2 {
-            return Err(VgError::Inconsistent {
-                at: at.to_string(),
-                why: format!(
-                    "mirror_count is {count} but 'mirrors' has {} entries",
-                    items.len()
-                ),
-            });
-        }
-        let mut areas = Vec::new();
-        for pair in items.chunks(2) {
-            match pair {
-                [Value::Str(name), Value::Int(pe)] if *pe >= 0 => areas.push(Stripe {
-                    pv: name.clone(),
-                    start_pe: *pe as u64,
-                }),
-                _ => {
-                    return Err(VgError::WrongType {
-                        at: at.to_string(),
-                        key: "mirrors".into(),
-                        expected: "pairs of PV or LV name and start extent",
-                    })
-                }
-            }
-        }
-        let extents_moved = match s.get("extents_moved") {
-            None => None,
-            Some(_) => Some(get_u64(s, at, "extents_moved")?),
-        };
+        let areas = get_areas(s, at, "mirror_count", "mirrors", 32)?;
+        let extents_moved = get_u64_opt(s, at, "extents_moved")?;
         if let Some(moved) = extents_moved.filter(|m| *m > extent_count) {
             return Err(out_of_range(
                 at,
@@ -87,10 +59,7 @@ impl MirrorSegment {
                 &format!("at most the segment's {extent_count} extents"),
             ));
         }
-        let region_size_sectors = match s.get("region_size") {
-            None => None,
-            Some(_) => Some(get_u64(s, at, "region_size")?),
-        };
+        let region_size_sectors = get_u64_opt(s, at, "region_size")?;
         let log = match s.get("mirror_log") {
             None => None,
             Some(_) => Some(
@@ -130,12 +99,7 @@ impl MirrorSegment {
         if let Some(region) = self.region_size_sectors {
             body.set_value("region_size", int(region));
         }
-        let items = self
-            .areas
-            .iter()
-            .flat_map(|a| [Value::Str(a.pv.clone()), int(a.start_pe)])
-            .collect();
-        body.set_value("mirrors", Value::Array(items));
+        body.set_value("mirrors", areas_value(&self.areas));
         Segment {
             start_extent,
             extent_count,
@@ -220,7 +184,8 @@ impl super::VolumeGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::super::config::{self, Node, Style};
+    use super::super::config::Style;
+    use super::super::tests::lv_section;
     use super::super::{LogicalVolume, VolumeGroup};
     use super::*;
 
@@ -232,19 +197,6 @@ mod tests {
     /// The same VG before the move and after lvm2 finished it.
     const BEFORE: &str = include_str!("../testdata/pvmove_before_vg.txt");
     const DONE: &str = include_str!("../testdata/pvmove_done_vg.txt");
-
-    fn lv_text(text: &str, name: &str) -> Section {
-        let root = config::parse(text.as_bytes()).unwrap();
-        let vg = root.sections().next().unwrap().1.clone();
-        let Some(Node::Section(lvs)) = vg.get("logical_volumes").cloned() else {
-            panic!("no LVs")
-        };
-        let found = lvs
-            .sections()
-            .find(|(k, _)| *k == name)
-            .map(|(_, s)| s.clone());
-        found.unwrap_or_else(|| panic!("no LV {name}"))
-    }
 
     fn mirrors(lv: &LogicalVolume) -> Vec<(u64, u64, MirrorSegment)> {
         lv.segments
@@ -309,7 +261,7 @@ mod tests {
         // Written back, pvmove0 and the moved LVs are lvm2's sections key for key.
         let text = vg.to_text(&info, Style::File);
         for name in [PVMOVE_LV, "lin", "gap", "str", "r1_rimage_0", "r1_rmeta_0"] {
-            assert_eq!(lv_text(&text, name), lv_text(MID, name), "LV {name}");
+            assert_eq!(lv_section(&text, name), lv_section(MID, name), "LV {name}");
         }
         let (again, _) = VolumeGroup::from_text(text.as_bytes()).unwrap();
         assert_eq!(again, vg);
