@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# Benchmarks `tessera serve` against nbdkit's file plugin and qemu-nbd in one run, with fio's
-# nbd engine (one connection per job): 4 KiB random read and random write at QD16, 1 MiB
-# sequential read at QD8. tessera serves a linear LV on one 1 GiB image file and a 2-way
-# striped LV on two more; nbdkit and qemu-nbd serve the linear LV's image file itself. All
-# use the page cache. Then the daemon's resident memory while it serves 100 LVs to 8
-# clients. Not a test: absolute figures are noisy, compare the columns side by side.
+# Benchmarks `tessera serve` against nbdkit's file plugin and qemu-nbd with fio's nbd engine
+# (one connection per fio job). tessera serves a linear LV on one 1 GiB image file and a 2-way
+# striped LV on two more; nbdkit and qemu-nbd serve the linear LV's image file itself. All use
+# the page cache. The servers run side by side and take turns, workload by workload
+# (tessera-linear, tessera-striped, nbdkit, qemu-nbd, tessera-linear, ...), for ROUNDS rounds;
+# each round gives a ratio tessera/nbdkit and tessera/qemu-nbd per workload, and the table
+# shows the median of those ratios with their range, so one noisy run (the machine is shared)
+# does not decide. Then the daemon's resident memory while it serves 100 LVs to 8 clients.
 #
-#   bench/nbd.sh                 # needs fio, nbdkit, qemu-utils, libnbd-bin, jq, awk
-#   RUNTIME=30 bench/nbd.sh      # longer runs
+#   bench/nbd.sh                          # needs fio, nbdkit, qemu-utils, libnbd-bin, jq, awk
+#   RUNTIME=3 ROUNDS=5 bench/nbd.sh       # a short run
+#   WORKLOADS="randread randwrite" bench/nbd.sh
+#   MEMORY=0 bench/nbd.sh                 # skip the 100-LV memory figure
+#   TESSERA=path/to/tessera bench/nbd.sh  # that binary instead of building one
+#
+# Workloads: randread, randwrite (4 KiB, QD16), seqread (1 MiB, QD8), randread-qd1,
+# randwrite-qd1 (4 KiB, QD1: latency), randread-4jobs, randwrite-4jobs (4 KiB, 4 jobs at QD16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNTIME=${RUNTIME:-10}
+ROUNDS=${ROUNDS:-5}
+MEMORY=${MEMORY:-1}
+WORKLOADS=${WORKLOADS:-randread randwrite seqread randread-qd1 randwrite-qd1 randread-4jobs randwrite-4jobs}
 DIR=${BENCH_DIR:-target/nbd-bench}
 PORT=${PORT:-10850}
-for tool in fio nbdkit qemu-nbd nbdinfo jq; do
+for tool in fio nbdkit qemu-nbd nbdinfo jq awk; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
-cargo build --release -q -p tessera-cli
-T=$PWD/target/release/tessera
+if [ -n "${TESSERA:-}" ]; then
+    T=$(realpath "$TESSERA") # a tessera binary built beforehand
+else
+    cargo build --release -q -p tessera-cli
+    T=$PWD/target/release/tessera
+fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 for img in a b c; do
@@ -40,13 +55,13 @@ if ! tess lv list bench >/dev/null 2>&1; then
 fi
 cat "$DIR"/*.img >/dev/null # warm the page cache
 
-pid=
+pids=()
 stop() {
-    if [ -n "$pid" ]; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    pid=
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    pids=()
 }
 trap stop EXIT
 
@@ -59,46 +74,98 @@ wait_for() {
     exit 1
 }
 
-# fio JOB URI -> prints "IOPS MiB/s" for the job's direction.
+# All three servers at once, each on its own port, so that the turns need no restarts.
+"$T" --devices "$DEVICES" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
+pids+=($!)
+nbdkit -f -i 127.0.0.1 -p "$((PORT + 1))" file "$DIR/a.img" &
+pids+=($!)
+qemu-nbd -f raw -t -b 127.0.0.1 -p "$((PORT + 2))" -x bench --aio=threads "$DIR/a.img" &
+pids+=($!)
+declare -A URI=(
+    [tessera-linear]="nbd://127.0.0.1:$PORT/bench/lin"
+    [tessera-striped]="nbd://127.0.0.1:$PORT/bench/st"
+    [nbdkit]="nbd://127.0.0.1:$((PORT + 1))"
+    [qemu-nbd]="nbd://127.0.0.1:$((PORT + 2))/bench"
+)
+SERVERS="tessera-linear tessera-striped nbdkit qemu-nbd"
+for s in $SERVERS; do wait_for "${URI[$s]}"; done
+
+# fio WORKLOAD URI -> prints "IOPS MiB/s" for the workload's direction, summed over its jobs.
 run_fio() {
-    local name=$1 uri=$2 rw bs qd dir
+    local name=$1 uri=$2 rw bs qd jobs=1 dir
     case $name in
         randread) rw=randread bs=4k qd=16 dir=read ;;
         randwrite) rw=randwrite bs=4k qd=16 dir=write ;;
         seqread) rw=read bs=1M qd=8 dir=read ;;
+        randread-qd1) rw=randread bs=4k qd=1 dir=read ;;
+        randwrite-qd1) rw=randwrite bs=4k qd=1 dir=write ;;
+        randread-4jobs) rw=randread bs=4k qd=16 jobs=4 dir=read ;;
+        randwrite-4jobs) rw=randwrite bs=4k qd=16 jobs=4 dir=write ;;
+        *) echo "unknown workload $name" >&2; exit 1 ;;
     esac
     fio --name="$name" --ioengine=nbd --uri="$uri" --rw=$rw --bs=$bs --iodepth=$qd \
-        --size=1000M --runtime="$RUNTIME" --time_based --output-format=json \
-        --output="$DIR/$name.json" >/dev/null
-    jq -r ".jobs[0].$dir | \"\(.iops) \(.bw / 1024)\"" "$DIR/$name.json"
+        --numjobs=$jobs --group_reporting --size=1000M --runtime="$RUNTIME" --time_based \
+        --output-format=json --output="$DIR/fio.json" >/dev/null
+    jq -r ".jobs[0].$dir | \"\(.iops) \(.bw / 1024)\"" "$DIR/fio.json"
 }
 
 RESULTS=$DIR/results.txt
 : >"$RESULTS"
-bench() {
-    local server=$1 uri=$2
-    wait_for "$uri"
-    for job in randread randwrite seqread; do
-        echo "$server $job $(run_fio "$job" "$uri")" >>"$RESULTS"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+for round in $(seq "$ROUNDS"); do
+    for w in $WORKLOADS; do
+        for s in $SERVERS; do
+            echo "$round $w $s $(run_fio "$w" "${URI[$s]}")" >>"$RESULTS"
+        done
     done
-}
-
-"$T" --devices "$DEVICES" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
-pid=$!
-bench tessera-linear "nbd://127.0.0.1:$PORT/bench/lin"
-bench tessera-striped "nbd://127.0.0.1:$PORT/bench/st"
+    echo "round $round of $ROUNDS done (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+done
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 stop
 
-nbdkit -f -i 127.0.0.1 -p "$PORT" file "$DIR/a.img" &
-pid=$!
-bench nbdkit "nbd://127.0.0.1:$PORT"
-stop
+echo
+echo "fio nbd engine, 1 GiB image files in the page cache, ${RUNTIME} s per run, $ROUNDS rounds" \
+    "interleaved, $(nproc) cores, load average $load_start at the start, $load_end at the end"
+echo "figures: median over the rounds; ratios: median of the per-round ratios [lowest-highest]"
+awk -v workloads="$WORKLOADS" '
+    function median(a, n,    i, j, t) {
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    # The figure that matters: MiB/s for sequential reads, IOPS for the rest.
+    { v[$1, $2, $3] = ($2 == "seqread") ? $5 : $4; if ($1 > rounds) rounds = $1 }
+    END {
+        nw = split(workloads, w, " ")
+        ns = split("tessera-linear tessera-striped nbdkit qemu-nbd", s, " ")
+        printf "%-16s", "workload"
+        for (i = 1; i <= ns; i++) printf " %15s", s[i]
+        printf " %21s %21s %21s\n", "linear/nbdkit", "striped/nbdkit", "linear/qemu-nbd"
+        for (k = 1; k <= nw; k++) {
+            unit = (w[k] == "seqread") ? "MiB/s" : "kIOPS"
+            printf "%-16s", w[k]
+            for (i = 1; i <= ns; i++) {
+                for (r = 1; r <= rounds; r++) a[r] = v[r, w[k], s[i]]
+                m = median(a, rounds)
+                if (unit == "kIOPS") printf " %9.1f %5s", m / 1000, unit
+                else printf " %9.0f %5s", m, unit
+            }
+            split("tessera-linear/nbdkit tessera-striped/nbdkit tessera-linear/qemu-nbd", p, " ")
+            for (q = 1; q <= 3; q++) {
+                split(p[q], ab, "/")
+                lo = 1e18; hi = 0
+                for (r = 1; r <= rounds; r++) {
+                    a[r] = v[r, w[k], ab[1]] / v[r, w[k], ab[2]]
+                    if (a[r] < lo) lo = a[r]
+                    if (a[r] > hi) hi = a[r]
+                }
+                printf "  %5.2fx [%5.2f-%5.2f]", median(a, rounds), lo, hi
+            }
+            printf "\n"
+        }
+    }' "$RESULTS"
 
-qemu-nbd -f raw -t -b 127.0.0.1 -p "$PORT" -x bench --aio=threads "$DIR/a.img" &
-pid=$!
-bench qemu-nbd "nbd://127.0.0.1:$PORT/bench"
-stop
-
+[ "$MEMORY" = 0 ] && exit 0
 # Memory: 100 LVs served, 8 clients reading 8 of them at once.
 MANY=$DIR/many.img
 MSTATE=$DIR/many-state
@@ -111,6 +178,7 @@ if ! many lv list many 2>/dev/null | grep -q lv99; then
 fi
 "$T" --devices "$MANY" --state-dir "$MSTATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 pid=$!
+pids+=("$pid")
 wait_for "nbd://127.0.0.1:$PORT/many/lv0"
 jobs=()
 for i in $(seq 0 7); do
@@ -130,27 +198,6 @@ hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 clients=$(jq '[.jobs[] | select(.error == 0)] | length' "$DIR/many.json")
 stop
 
-echo
-echo "fio nbd engine, 1 GiB image files in the page cache, ${RUNTIME} s per job, $(nproc) cores"
-awk '
-    { iops[$1, $2] = $3; mib[$1, $2] = $4 }
-    END {
-        printf "%-26s %18s %18s %16s\n", "server", "4k randread QD16", "4k randwrite QD16", "1M seq read QD8"
-        n = split("tessera-linear tessera-striped nbdkit qemu-nbd", s, " ")
-        for (i = 1; i <= n; i++)
-            printf "%-26s %12.1fk IOPS %12.1fk IOPS %10.0f MiB/s\n", s[i],
-                iops[s[i], "randread"] / 1000, iops[s[i], "randwrite"] / 1000, mib[s[i], "seqread"]
-        n = split("tessera-linear tessera-striped", t, " ")
-        for (i = 1; i <= n; i++)
-            printf "%-26s %17.2fx %17.2fx %15.2fx\n", t[i] "/nbdkit",
-                iops[t[i], "randread"] / iops["nbdkit", "randread"],
-                iops[t[i], "randwrite"] / iops["nbdkit", "randwrite"],
-                mib[t[i], "seqread"] / mib["nbdkit", "seqread"]
-        printf "%-26s %17.2fx %17.2fx %15.2fx\n", "tessera-linear/qemu-nbd",
-            iops["tessera-linear", "randread"] / iops["qemu-nbd", "randread"],
-            iops["tessera-linear", "randwrite"] / iops["qemu-nbd", "randwrite"],
-            mib["tessera-linear", "seqread"] / mib["qemu-nbd", "seqread"]
-    }' "$RESULTS"
 echo
 echo "tessera serve with 100 LVs, 8 clients (4k randrw QD16, 5 s, $clients finished without error):"
 echo "  resident memory peak $((peak / 1024)) MiB sampled, VmHWM $((hwm / 1024)) MiB"
