@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use tessera_block::{BlockError, SharedDevice, SliceDevice};
 use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, Subarray};
-use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
 use tessera_raid::metadata::SetMetadata;
-use tessera_raid::target::type_name as raid_type_name;
+
+use super::md::row::{not_a_member, run_raid_table, RaidRow};
 
 use crate::devices::NamedDevices;
 use crate::format::{
@@ -442,65 +443,40 @@ impl DdfVolume {
     fn table(&self, writable: bool) -> Result<String, String> {
         let (level, layout) = self.sub.md.clone()?;
         let (_, sectors) = self.geometry()?;
-        let type_name = raid_type_name(level, layout).ok_or_else(|| {
-            format!(
-                "{} layout {layout} has no raid target type",
-                self.sub.level_name()
-            )
-        })?;
         let chunk = if level == 1 {
             self.sub.chunk_sectors.max(8)
         } else {
             self.sub.chunk_sectors
         };
-        let mut params = vec![chunk.to_string()];
-        if level == 10 {
-            let near = layout & 0xff;
-            let far = (layout >> 8) & 0xff;
-            let (copies, format) = if far > 1 {
-                (far, "far")
-            } else {
-                (near, "near")
-            };
-            params.extend([
-                "raid10_copies".to_string(),
-                copies.to_string(),
-                "raid10_format".to_string(),
-                format.to_string(),
-            ]);
-        }
         let mut spares = self.spares.iter().filter(|_| writable);
         let mut rebuild = Vec::new();
-        let devs: Vec<String> = (0..self.sub.slots.len())
+        let slots: Vec<Option<String>> = (0..self.sub.slots.len())
             .map(|i| match self.extents.iter().find(|e| e.slot == Some(i)) {
-                Some(e) if !self.sub.slots[i].rebuilding => format!("- {}", escape_arg(&e.path)),
+                Some(e) if !self.sub.slots[i].rebuilding => Some(e.path.clone()),
                 Some(e) if writable => {
                     rebuild.push(i);
-                    format!("- {}", escape_arg(&e.path))
+                    Some(e.path.clone())
                 }
-                Some(_) => "- -".to_string(),
-                None => match spares.next() {
-                    Some(sp) => {
-                        rebuild.push(i);
-                        format!("- {}", escape_arg(&sp.path))
-                    }
-                    None => "- -".to_string(),
-                },
+                Some(_) => None,
+                None => spares.next().map(|sp| {
+                    rebuild.push(i);
+                    sp.path.clone()
+                }),
             })
             .collect();
-        for i in rebuild {
-            params.extend(["rebuild".to_string(), i.to_string()]);
+        let waiting: Vec<String> = spares.map(|sp| sp.path.clone()).collect();
+        RaidRow {
+            level,
+            layout,
+            sectors,
+            chunk_sectors: chunk,
+            // Each member is a slice of its disk starting at its extent.
+            data_offset_sectors: 0,
+            slots: &slots,
+            rebuild: &rebuild,
+            spares: &waiting,
         }
-        for sp in spares {
-            params.extend(["spare".to_string(), escape_arg(&sp.path)]);
-        }
-        Ok(format!(
-            "0 {sectors} raid {type_name} {} {} {} {}\n",
-            params.len(),
-            params.join(" "),
-            devs.len(),
-            devs.join(" ")
-        ))
+        .text()
     }
 
     /// Runs the subarray in user space; with `records`, writable, the set keeps them.
@@ -510,19 +486,6 @@ impl DdfVolume {
         records: Option<Arc<dyn SetMetadata>>,
     ) -> Result<MappedDevice, String> {
         let text = self.table(records.is_some())?;
-        let table = Table::parse(&text).map_err(|e| e.to_string())?;
-        let registry = match records {
-            Some(records) => {
-                let mut own = (*registry).clone();
-                own.set("raid", move |args| {
-                    tessera_raid::target::construct_with(args, Some(records.clone()))
-                })
-                .map_err(|e| e.to_string())?;
-                Arc::new(own)
-            }
-            None => registry,
-        };
-        let device = MappedDevice::new(self.dm_name(), registry);
         let blocks = self.sub.blocks;
         let resolve = |path: &str| -> Result<SharedDevice, BlockError> {
             let e = self
@@ -530,13 +493,7 @@ impl DdfVolume {
                 .iter()
                 .chain(&self.spares)
                 .find(|e| e.path == path)
-                .ok_or_else(|| BlockError::Open {
-                    device: path.to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not a member of the subarray",
-                    ),
-                })?;
+                .ok_or_else(|| not_a_member(path, "the subarray"))?;
             // The member's extent as a device of its own: I/O cannot leave it.
             let start = e.offset_sectors.saturating_mul(512);
             let len = blocks.saturating_mul(512);
@@ -558,9 +515,7 @@ impl DdfVolume {
                 ),
             })
         };
-        device.load(&table, &resolve).map_err(|e| e.to_string())?;
-        device.resume().map_err(|e| e.to_string())?;
-        Ok(device)
+        run_raid_table(&self.dm_name(), &text, registry, records, &resolve)
     }
 
     /// The kernel's md device running this subarray's members, when it runs them.

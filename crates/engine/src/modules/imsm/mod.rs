@@ -21,11 +21,12 @@ pub mod records;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tessera_block::{BlockError, SharedDevice};
+use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Mpb};
-use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::metadata::SetMetadata;
 
+use super::md::row::{not_a_member, run_raid_table, RaidRow};
 use crate::devices::NamedDevices;
 use crate::format::{
     Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
@@ -368,35 +369,14 @@ impl Plan {
         } else {
             &self.table
         };
-        let table = Table::parse(text).map_err(|e| e.to_string())?;
-        let registry = match records {
-            Some(records) => {
-                let mut own = (*registry).clone();
-                own.set("raid", move |args| {
-                    tessera_raid::target::construct_with(args, Some(records.clone()))
-                })
-                .map_err(|e| e.to_string())?;
-                Arc::new(own)
-            }
-            None => registry,
-        };
-        let device = MappedDevice::new(name.replace('/', "-"), registry);
         let resolve = |path: &str| {
             self.devices
                 .iter()
                 .find(|(p, _)| p == path)
                 .map(|(_, d)| d.clone())
-                .ok_or_else(|| BlockError::Open {
-                    device: path.to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not a member of the volume",
-                    ),
-                })
+                .ok_or_else(|| not_a_member(path, "the volume"))
         };
-        device.load(&table, &resolve).map_err(|e| e.to_string())?;
-        device.resume().map_err(|e| e.to_string())?;
-        Ok(device)
+        run_raid_table(&name.replace('/', "-"), text, registry, records, &resolve)
     }
 }
 
@@ -680,13 +660,7 @@ impl Container {
         let map = &dev.maps[0];
         let level = map.level();
         let strip = u64::from(map.blocks_per_strip);
-        let (type_name, chunk) = match level {
-            0 => ("raid0", strip),
-            1 => ("raid1", 0),
-            // IMSM's raid5 is md's left-asymmetric layout.
-            5 => ("raid5_la", strip),
-            _ => ("raid10", strip),
-        };
+        let chunk = if level == 1 { 0 } else { strip };
         if level != 1 && (strip < 8 || !strip.is_power_of_two()) {
             return Err(format!(
                 "blocks_per_strip {strip}: not a chunk size md runs (a power of two of 8 sectors or more)"
@@ -718,51 +692,44 @@ impl Container {
                 ));
             }
         }
-        let mut params = vec![chunk.to_string()];
-        if map.pba_of_lba0 > 0 {
-            params.extend(["data_offset".to_string(), map.pba_of_lba0.to_string()]);
-        }
-        if level == 10 {
-            params.extend(["raid10_copies", "2", "raid10_format", "near"].map(String::from));
-        }
-        let row = |params: &[String], devs: &[String]| {
-            format!(
-                "0 {} raid {type_name} {} {} {} {}\n",
-                dev.size,
-                params.len(),
-                params.join(" "),
-                devs.len(),
-                devs.join(" ")
-            )
+        let read_slots: Vec<Option<String>> =
+            slots.iter().map(|s| s.map(|f| f.path.clone())).collect();
+        let mut write_slots = read_slots.clone();
+        let row = |slots: &[Option<String>], rebuild: &[usize], spares: &[String]| {
+            RaidRow {
+                level: level as i32,
+                // IMSM's raid5 is md's left-asymmetric layout, its raid10 two near copies.
+                layout: if level == 10 { 0x102 } else { 0 },
+                sectors: dev.size,
+                chunk_sectors: chunk,
+                data_offset_sectors: map.pba_of_lba0,
+                slots,
+                rebuild,
+                spares,
+            }
+            .text()
         };
-        let devs: Vec<String> = slots
-            .iter()
-            .map(|s| match s {
-                Some(f) => format!("- {}", escape_arg(&f.path)),
-                None => "- -".into(),
-            })
-            .collect();
-        let mut write_params = params.clone();
-        let mut write_devs = devs.clone();
         let mut devices: Vec<(String, SharedDevice)> = slots
             .iter()
             .flatten()
             .map(|f| (f.path.clone(), f.device.clone()))
             .collect();
+        let mut rebuilt = Vec::new();
         if let Some((slot, path, device)) = rebuild {
-            write_params.extend(["rebuild".to_string(), slot.to_string()]);
-            write_devs[*slot] = format!("- {}", escape_arg(path));
+            rebuilt.push(*slot);
+            write_slots[*slot] = Some(path.clone());
             devices.push((path.clone(), device.clone()));
         }
+        let mut waiting = Vec::new();
         for (path, device) in spares {
-            write_params.extend(["spare".to_string(), escape_arg(path)]);
+            waiting.push(path.clone());
             devices.push((path.clone(), device.clone()));
         }
         Ok(Plan {
-            table: row(&params, &devs),
-            write_table: row(&write_params, &write_devs),
+            table: row(&read_slots, &[], &[])?,
+            write_table: row(&write_slots, &rebuilt, &waiting)?,
             devices,
-            slots: slots.iter().map(|s| s.map(|f| f.path.clone())).collect(),
+            slots: read_slots,
             degraded: false,
             migrating: false,
             rebuild: rebuild.map(|(s, p, _)| (*s, p.clone())),

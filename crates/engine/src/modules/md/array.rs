@@ -7,12 +7,11 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use tessera_block::{BlockError, SharedDevice};
+use tessera_block::SharedDevice;
 use tessera_formats::md::{self, ArrayState, MdSuperblock, MdVersion, Role};
-use tessera_mapper::{escape_arg, MappedDevice, Table, TargetRegistry};
+use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
 use tessera_raid::metadata::SetMetadata;
-use tessera_raid::target::type_name as raid_type_name;
 
 pub use super::force::{ForcePlan, ForceRefused, Forced};
 
@@ -441,57 +440,23 @@ impl MdArray {
     /// (`-` for the missing ones).
     pub fn table(&self) -> std::result::Result<String, String> {
         let (geo, offset) = self.geometry()?;
-        let type_name = raid_type_name(self.level, self.layout).ok_or_else(|| {
-            format!(
-                "{} layout {} has no raid target type",
-                self.level_name(),
-                self.layout
-            )
-        })?;
-        let mut params = vec![(self.chunk_bytes / 512).to_string()];
-        if offset > 0 {
-            params.extend(["data_offset".to_string(), offset.to_string()]);
-        }
-        if self.level == 10 {
-            let near = self.layout & 0xff;
-            let far = (self.layout >> 8) & 0xff;
-            let (copies, format) = match (near, far, self.layout & (1 << 16) != 0) {
-                (n, 1, _) => (n, "near"),
-                (1, f, true) => (f, "offset"),
-                (1, f, false) => (f, "far"),
-                _ => {
-                    return Err(format!(
-                    "raid10 layout {:#x} mixes near and far copies, which tessera cannot run yet",
-                    self.layout
-                ))
-                }
-            };
-            params.extend([
-                "raid10_copies".to_string(),
-                copies.to_string(),
-                "raid10_format".to_string(),
-                format.to_string(),
-            ]);
-        }
-        for spare in &self.spares {
-            params.extend(["spare".to_string(), escape_arg(&spare.path)]);
-        }
-        let devs: Vec<String> = self
+        let slots: Vec<Option<String>> = self
             .slots
             .iter()
-            .map(|m| match m {
-                Some(m) => format!("- {}", escape_arg(&m.path)),
-                None => "- -".to_string(),
-            })
+            .map(|m| m.as_ref().map(|m| m.path.clone()))
             .collect();
-        Ok(format!(
-            "0 {} raid {type_name} {} {} {} {}\n",
-            geo.array_sectors(),
-            params.len(),
-            params.join(" "),
-            devs.len(),
-            devs.join(" ")
-        ))
+        let spares: Vec<String> = self.spares.iter().map(|m| m.path.clone()).collect();
+        super::row::RaidRow {
+            level: self.level,
+            layout: self.layout,
+            sectors: geo.array_sectors(),
+            chunk_sectors: self.chunk_bytes / 512,
+            data_offset_sectors: offset,
+            slots: &slots,
+            rebuild: &[],
+            spares: &spares,
+        }
+        .text()
     }
 
     /// Runs the array in user space: a live mapped device named `name` over its members.
@@ -504,37 +469,15 @@ impl MdArray {
         registry: Arc<TargetRegistry>,
         records: Option<Arc<dyn SetMetadata>>,
     ) -> std::result::Result<MappedDevice, String> {
-        let text = self.table()?;
-        let table = Table::parse(&text).map_err(|e| e.to_string())?;
-        let registry = match records {
-            Some(records) => {
-                let mut own = (*registry).clone();
-                own.set("raid", move |args| {
-                    tessera_raid::target::construct_with(args, Some(records.clone()))
-                })
-                .map_err(|e| e.to_string())?;
-                Arc::new(own)
-            }
-            None => registry,
-        };
-        let device = MappedDevice::new(name, registry);
         let resolve = |path: &str| {
             self.present()
                 .map(|(_, m)| m)
                 .chain(&self.spares)
                 .find(|m| m.path == path)
                 .map(|m| m.device.clone())
-                .ok_or_else(|| BlockError::Open {
-                    device: path.to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not a member of the array",
-                    ),
-                })
+                .ok_or_else(|| super::row::not_a_member(path, "the array"))
         };
-        device.load(&table, &resolve).map_err(|e| e.to_string())?;
-        device.resume().map_err(|e| e.to_string())?;
-        Ok(device)
+        super::row::run_raid_table(name, &self.table()?, registry, records, &resolve)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod array;
 pub mod force;
 pub mod ops;
 pub mod records;
+pub mod row;
 
 use std::sync::Arc;
 
