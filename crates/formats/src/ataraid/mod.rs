@@ -14,6 +14,18 @@
 //! - raid01 (a mirror of stripes): stripe `index / (member_count / 2)`, position
 //!   `index % (member_count / 2)` in it.
 
+pub mod asr;
+pub mod hpt37x;
+pub mod hpt45x;
+pub mod jmicron;
+pub mod lsi;
+pub mod nvidia;
+pub mod promise;
+pub mod sil;
+#[cfg(test)]
+mod tests;
+pub mod via;
+
 use thiserror::Error;
 
 use tessera_block::{BlockDevice, BlockError};
@@ -283,7 +295,17 @@ pub type ProbeFn = fn(&dyn BlockDevice) -> Result<Option<Member>, AtaraidError>;
 
 /// Every format's reader, in the order dmraid tries them.
 pub fn probers() -> &'static [(Vendor, ProbeFn)] {
-    &[]
+    &[
+        (Vendor::Asr, asr::probe),
+        (Vendor::Lsi, lsi::probe),
+        (Vendor::Nvidia, nvidia::probe),
+        (Vendor::Promise, promise::probe),
+        (Vendor::Sil, sil::probe),
+        (Vendor::Via, via::probe),
+        (Vendor::Jmicron, jmicron::probe),
+        (Vendor::Hpt37x, hpt37x::probe),
+        (Vendor::Hpt45x, hpt45x::probe),
+    ]
 }
 
 /// Bytes in a sector: every offset in these formats counts 512-byte sectors.
@@ -366,4 +388,51 @@ pub fn put_be32(b: &mut [u8], at: usize, v: u32) {
 pub fn text_field(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).trim_end().to_string()
+}
+
+/// A set to write test images of: each format's `write_member` lays its metadata for member
+/// `index` of this set onto a device, where the firmware would have put it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub level: Level,
+    pub member_count: u32,
+    /// Sectors per stripe unit; 0 where the level has none.
+    pub stripe_sectors: u32,
+    /// Sectors of each member's data area the set uses.
+    pub member_data_sectors: u64,
+    /// The vendor's array id or magic (a format keeps as many bits as it holds).
+    pub id: u32,
+    /// The array's name, where the format stores one.
+    pub name: String,
+}
+
+/// Replaces each decimal digit by a letter ('0' -> 'a' ... '9' -> 'j'), as dmraid does
+/// to the numbers in the set names it makes up.
+pub fn digits_to_letters(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.to_digit(10) {
+            Some(d) => (b'a' + d as u8) as char,
+            None => c,
+        })
+        .collect()
+}
+
+/// Writes `bytes` at `offset`, naming the device if it is too small.
+pub fn write_bytes(
+    device: &dyn BlockDevice,
+    vendor: Vendor,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), AtaraidError> {
+    let end = offset.checked_add(bytes.len() as u64);
+    if end.is_none_or(|end| end > device.size_bytes()) {
+        return Err(AtaraidError::Truncated {
+            device: device.name().to_string(),
+            vendor,
+            size_bytes: device.size_bytes(),
+            needed_bytes: end.unwrap_or(u64::MAX),
+        });
+    }
+    device.write_at(bytes, offset)?;
+    Ok(())
 }
