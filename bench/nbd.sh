@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks `tessera serve` against nbdkit's file plugin and qemu-nbd with fio's nbd engine
 # (one connection per fio job). tessera serves a linear LV on one 1 GiB image file and a 2-way
-# striped LV on two more; nbdkit and qemu-nbd serve the linear LV's image file itself. All use
-# the page cache. The servers run side by side and take turns, workload by workload
+# striped LV on two more; nbdkit (offset filter) and qemu-nbd (raw offset and size) serve the
+# linear LV's extents of its image file, the same bytes, so their writes leave the metadata
+# alone. All use the page cache. The servers run side by side and take turns, workload by workload
 # (tessera-linear, tessera-striped, nbdkit, qemu-nbd, tessera-linear, ...), for ROUNDS rounds;
 # each round gives a ratio tessera/nbdkit and tessera/qemu-nbd per workload, and the table
 # shows the median of those ratios with their range, so one noisy run (the machine is shared)
@@ -47,13 +48,21 @@ done
 DEVICES=$DIR/a.img,$DIR/b.img,$DIR/c.img
 STATE=$DIR/state
 tess() { "$T" --devices "$DEVICES" --state-dir "$STATE" "$@"; }
-if ! tess lv list bench >/dev/null 2>&1; then
+# Made anew when absent or damaged (a PV missing).
+if ! listed=$(tess lv list bench 2>&1) || grep -q missing <<<"$listed"; then
     rm -rf "$STATE"
+    for img in a b c; do dd if=/dev/zero of="$DIR/$img.img" bs=1M count=1 conv=notrunc status=none; done
     tess vg create bench --force "$DIR/a.img" "$DIR/b.img" "$DIR/c.img" >/dev/null
     tess lv create bench/lin -L 1020M --pv "$DIR/a.img" >/dev/null
     tess lv create bench/st -L 2040M -i 2 -I 64k --pv "$DIR/b.img" --pv "$DIR/c.img" >/dev/null
 fi
 cat "$DIR"/*.img >/dev/null # warm the page cache
+# Where bench/lin lies in a.img: from the first extent, its size.
+LIN_OFFSET=$(tess pv list -o pv_name,pe_start --units b --nosuffix --noheadings |
+    awk -v f="$DIR/a.img" '$1 == f { print $2 }')
+LIN_BYTES=$(tess lv list bench -o lv_name,lv_size --units b --nosuffix --noheadings |
+    awk '$1 == "lin" { print $2 }')
+[ -n "$LIN_OFFSET" ] && [ -n "$LIN_BYTES" ] || { echo "cannot find bench/lin in a.img" >&2; exit 1; }
 
 pids=()
 stop() {
@@ -77,9 +86,11 @@ wait_for() {
 # All three servers at once, each on its own port, so that the turns need no restarts.
 "$T" --devices "$DEVICES" --state-dir "$STATE" serve --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 pids+=($!)
-nbdkit -f -i 127.0.0.1 -p "$((PORT + 1))" file "$DIR/a.img" &
+nbdkit -f -i 127.0.0.1 -p "$((PORT + 1))" --filter=offset file "$DIR/a.img" \
+    offset="$LIN_OFFSET" range="$LIN_BYTES" &
 pids+=($!)
-qemu-nbd -f raw -t -b 127.0.0.1 -p "$((PORT + 2))" -x bench --aio=threads "$DIR/a.img" &
+qemu-nbd -t -b 127.0.0.1 -p "$((PORT + 2))" -x bench --aio=threads --image-opts \
+    "driver=raw,offset=$LIN_OFFSET,size=$LIN_BYTES,file.driver=file,file.filename=$DIR/a.img" &
 pids+=($!)
 declare -A URI=(
     [tessera-linear]="nbd://127.0.0.1:$PORT/bench/lin"
