@@ -16,8 +16,8 @@ use tessera_block::{BlockError, SharedDevice, SliceDevice};
 use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, Subarray};
 use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
-use tessera_raid::metadata::SetMetadata;
 
+use super::md::container::SubarraySets;
 use super::md::row::{not_a_member, run_raid_table, RaidRow};
 
 use crate::devices::NamedDevices;
@@ -119,7 +119,7 @@ impl FormatModule for DdfMembers {
                     Health::Degraded { .. } if !write => {}
                     _ => continue,
                 }
-                match v.run(registry.clone(), None) {
+                match v.run(registry.clone(), false) {
                     Ok(device) => out.push((name, Arc::new(device))),
                     Err(e) => problems.push(format!("{name}: cannot be put together: {e}")),
                 }
@@ -257,9 +257,16 @@ fn assembly(c: Container, devices: Vec<SharedDevice>) -> Assembly {
     let mut subarrays: Vec<serde_json::Value> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let shared = records::ContainerRecords::new(&c, &devices);
+    let sets = SubarraySets::new();
     let spare_plan = spare_extents(&c);
     for (k, s) in c.subarrays.iter().enumerate() {
-        let v = DdfVolume::new(&c, s, &devices, Some(shared.clone()), spare_plan[k].clone());
+        let v = DdfVolume::new(
+            &c,
+            s,
+            &devices,
+            Some((shared.clone(), sets.clone())),
+            spare_plan[k].clone(),
+        );
         // Two virtual disks of one name: the second is shown by its GUID.
         let v = if names.contains(&v.name) {
             DdfVolume {
@@ -344,8 +351,9 @@ pub struct DdfVolume {
     spares: Vec<Extent>,
     /// Each slot's physical disk state in the newest records, in words.
     member_states: Vec<Option<String>>,
-    /// The container's records, kept while the subarray runs writable.
-    records: Option<Arc<records::ContainerRecords>>,
+    /// The container's records, kept while the subarray runs writable, and its
+    /// subarrays running writable (a disk failing in one fails in all).
+    records: Option<(Arc<records::ContainerRecords>, Arc<SubarraySets>)>,
 }
 
 impl DdfVolume {
@@ -353,7 +361,7 @@ impl DdfVolume {
         c: &Container,
         s: &Subarray,
         devices: &[SharedDevice],
-        records: Option<Arc<records::ContainerRecords>>,
+        records: Option<(Arc<records::ContainerRecords>, Arc<SubarraySets>)>,
         spares: Vec<records::SpareExtent>,
     ) -> DdfVolume {
         let extents = s
@@ -479,13 +487,10 @@ impl DdfVolume {
         .text()
     }
 
-    /// Runs the subarray in user space; with `records`, writable, the set keeps them.
-    fn run(
-        &self,
-        registry: Arc<TargetRegistry>,
-        records: Option<Arc<dyn SetMetadata>>,
-    ) -> Result<MappedDevice, String> {
-        let text = self.table(records.is_some())?;
+    /// Runs the subarray in user space; `writable`, with a registry whose sets keep the
+    /// records.
+    fn run(&self, registry: Arc<TargetRegistry>, writable: bool) -> Result<MappedDevice, String> {
+        let text = self.table(writable)?;
         let blocks = self.sub.blocks;
         let resolve = |path: &str| -> Result<SharedDevice, BlockError> {
             let e = self
@@ -515,7 +520,7 @@ impl DdfVolume {
                 ),
             })
         };
-        run_raid_table(&self.dm_name(), &text, registry, records, &resolve)
+        run_raid_table(&self.dm_name(), &text, registry, &resolve)
     }
 
     /// The kernel's md device running this subarray's members, when it runs them.
@@ -689,27 +694,30 @@ impl Volume for DdfVolume {
                 self.sub.level_name()
             ));
         }
-        let records: Option<Arc<dyn SetMetadata>> = match (&self.records, writable) {
-            (Some(shared), true) => Some(Arc::new(records::VolumeRecords::new(
-                shared.clone(),
-                self.sub.index,
-                self.spares
-                    .iter()
-                    .map(|e| records::SpareExtent {
-                        path: e.path.clone(),
-                        lba_offset: e.offset_sectors,
-                    })
-                    .collect(),
-            ))),
+        let registry = match (&self.records, writable) {
+            (Some((shared, sets)), true) => {
+                let records = records::VolumeRecords::new(
+                    shared.clone(),
+                    self.sub.index,
+                    self.spares
+                        .iter()
+                        .map(|e| records::SpareExtent {
+                            path: e.path.clone(),
+                            lba_offset: e.offset_sectors,
+                        })
+                        .collect(),
+                );
+                sets.registry(&registry, self.sub.index, Arc::new(records))?
+            }
             (None, true) => {
                 return Err(format!(
                     "{}: the container's records are not at hand, so it is served read-only only",
                     self.name()
                 ))
             }
-            (_, false) => None,
+            (_, false) => registry,
         };
-        let device = self.run(registry, records)?;
+        let device = self.run(registry, writable)?;
         let mut spares = self.spares.iter().filter(|_| writable);
         let mut notes = Vec::new();
         for (i, s) in self.sub.slots.iter().enumerate() {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Mpb};
 use tessera_mapper::{MappedDevice, TargetRegistry};
-use tessera_raid::metadata::SetMetadata;
 
+use super::md::container::SubarraySets;
 use super::md::row::{not_a_member, run_raid_table, RaidRow};
 use crate::devices::NamedDevices;
 use crate::format::{
@@ -125,7 +125,7 @@ impl FormatModule for ImsmMembers {
                 {
                     continue;
                 }
-                match run.activate(&v.name, registry.clone(), None) {
+                match run.activate(&v.name, registry.clone(), false) {
                     Ok(device) => out.push((v.name.clone(), Arc::new(device))),
                     Err(e) => problems.push(format!("{}: cannot be put together: {e}", v.name)),
                 }
@@ -356,15 +356,15 @@ impl Plan {
         slots
     }
 
-    /// Runs the volume; with `records`, the set keeps them while it runs (and runs the
-    /// writable row, spares and rebuild included).
+    /// Runs the volume: `writable`, the writable row (spares and rebuild included), built
+    /// with a registry whose sets keep the records.
     fn activate(
         &self,
         name: &str,
         registry: Arc<TargetRegistry>,
-        records: Option<Arc<dyn SetMetadata>>,
+        writable: bool,
     ) -> Result<MappedDevice, String> {
-        let text = if records.is_some() {
+        let text = if writable {
             &self.write_table
         } else {
             &self.table
@@ -376,7 +376,7 @@ impl Plan {
                 .map(|(_, d)| d.clone())
                 .ok_or_else(|| not_a_member(path, "the volume"))
         };
-        run_raid_table(&name.replace('/', "-"), text, registry, records, &resolve)
+        run_raid_table(&name.replace('/', "-"), text, registry, &resolve)
     }
 }
 
@@ -874,6 +874,7 @@ impl Container {
         for s in &self.spares {
             shared.add_spare(s.path.clone(), s.device.clone(), s.disk.clone());
         }
+        let sets = SubarraySets::new();
         let mut out: Vec<Box<dyn Volume>> = Vec::new();
         for v in volumes {
             match v.plan {
@@ -883,6 +884,7 @@ impl Container {
                     node: v.node,
                     plan,
                     records: shared.clone(),
+                    sets: sets.clone(),
                 })),
                 // A volume that cannot run is shown all the same.
                 Err(_) => node.children.push(v.node),
@@ -929,6 +931,8 @@ pub struct ImsmVolume {
     plan: Plan,
     /// The container's MPB, shared with its other volumes, for running writable.
     records: Arc<records::ContainerRecords>,
+    /// The container's volumes running writable: a disk failing in one fails in all.
+    sets: Arc<SubarraySets>,
 }
 
 impl Volume for ImsmVolume {
@@ -959,7 +963,7 @@ impl Volume for ImsmVolume {
             );
         }
         let mut notes = Vec::new();
-        let records: Option<Arc<dyn SetMetadata>> = if writable {
+        let registry = if writable {
             let records = records::VolumeRecords::new(
                 self.records.clone(),
                 self.index,
@@ -974,14 +978,15 @@ impl Volume for ImsmVolume {
             } else if self.plan.degraded {
                 notes.push("running degraded: no spare to rebuild onto".to_string());
             }
-            Some(Arc::new(records) as Arc<dyn SetMetadata>)
+            self.sets
+                .registry(&registry, self.index, Arc::new(records))?
         } else {
             if self.plan.degraded {
                 notes.push("running degraded".to_string());
             }
-            None
+            registry
         };
-        let device = self.plan.activate(&self.name, registry, records)?;
+        let device = self.plan.activate(&self.name, registry, writable)?;
         Ok(Activated { device, notes })
     }
 }

@@ -277,3 +277,62 @@ fn damaged_metadata_is_a_finding() {
         f.problems
     );
 }
+
+#[test]
+fn a_disk_failed_in_one_volume_is_rebuilt_in_every_volume_onto_the_one_spare() {
+    // mdmon fails a disk in all the container's volumes at once, and the spare takes a
+    // slot in each.
+    let devs = vec![
+        Dev::new("r5", 3 * 4096, Map::new(5, vec![0, 1, 2, 3], 0, 4096, 128)),
+        Dev::new(
+            "r10",
+            2 * 4096,
+            Map::new(10, vec![0, 1, 2, 3], 8192, 4096, 64),
+        ),
+    ];
+    let (all, spare) = with_spare(devs, OK);
+    let sets = ImsmMembers.assemble(all);
+    let set = &sets[0];
+    let reg = crate::format::target_registry();
+    let r5 = set.volumes[0].activate(reg.clone(), true).unwrap();
+    let r10 = set.volumes[1].activate(reg, true).unwrap();
+    assert!(r5.notes.is_empty() && r10.notes.is_empty(), "both whole");
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 11 / 5) as u8).collect();
+    r5.device.write_at(&data, 1 << 20).unwrap();
+    r10.device.write_at(&data, 1 << 20).unwrap();
+    // Failed in r5 only, as `mdadm --fail` fails it in one array.
+    r5.device.message(0, &["fail", "/dev/loop1"]).unwrap();
+    // The spare's disk in slot 1 of both, each map whole again.
+    let both_rebuilt = |m: &Mpb| {
+        m.devs.iter().all(|d| {
+            let idx = d.maps[0].disk_ord_tbl[1] as usize;
+            !d.is_migrating()
+                && m.disks.get(idx).map(|k| k.serial_string()).as_deref() == Some("/dev/loop4")
+        })
+    };
+    wait_for("both volumes rebuilt onto the spare", || {
+        imsm::read(spare.as_ref())
+            .unwrap()
+            .is_some_and(|m| both_rebuilt(&m))
+    });
+    let mpb = imsm::read(spare.as_ref()).unwrap().unwrap();
+    // No volume names the failed disk any more: it left the table, the others moved up.
+    let serials: Vec<String> = mpb.disks.iter().map(|d| d.serial_string()).collect();
+    assert_eq!(
+        serials,
+        ["/dev/loop0", "/dev/loop2", "/dev/loop3", "/dev/loop4"]
+    );
+    assert_eq!(mpb.devs[0].maps[0].disk_ord_tbl, [0, 3, 1, 2]);
+    assert_eq!(mpb.devs[1].maps[0].disk_ord_tbl, [0, 3, 1, 2]);
+    for d in &mpb.devs {
+        assert_eq!(d.maps[0].map_state, imsm::MAP_NORMAL, "{}", d.name());
+    }
+    // r10 stopped using the failed disk: its set names it faulty.
+    let report = r10.device.message(0, &["report"]).unwrap();
+    assert!(report.contains("faulty=/dev/loop1"), "{report}");
+    for v in [&r5, &r10] {
+        let mut back = vec![0u8; data.len()];
+        v.device.read_at(&mut back, 1 << 20).unwrap();
+        assert!(back == data);
+    }
+}

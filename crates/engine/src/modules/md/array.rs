@@ -477,7 +477,8 @@ impl MdArray {
                 .map(|m| m.device.clone())
                 .ok_or_else(|| super::row::not_a_member(path, "the array"))
         };
-        super::row::run_raid_table(name, &self.table()?, registry, records, &resolve)
+        let registry = super::row::with_records(registry, records)?;
+        super::row::run_raid_table(name, &self.table()?, registry, &resolve)
     }
 }
 

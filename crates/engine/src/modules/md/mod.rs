@@ -4,6 +4,7 @@
 //! writable are in [`records`]; the verbs that write arrays in [`ops`].
 
 pub mod array;
+pub mod container;
 pub mod force;
 pub mod ops;
 pub mod records;

@@ -91,28 +91,32 @@ impl RaidRow<'_> {
     }
 }
 
-/// Runs `text` (a `raid` row) as a live mapped device `name`, the row's devices found by
-/// `resolve`. With `records`, the set keeps them while it runs; without, it writes nothing
-/// but data.
+/// `registry` with its `raid` type keeping `records` in the sets it builds (as it is
+/// without records: sets that write nothing but data).
+pub fn with_records(
+    registry: Arc<TargetRegistry>,
+    records: Option<Arc<dyn SetMetadata>>,
+) -> Result<Arc<TargetRegistry>, String> {
+    let Some(records) = records else {
+        return Ok(registry);
+    };
+    let mut own = (*registry).clone();
+    own.set("raid", move |args| {
+        tessera_raid::target::construct_with(args, Some(records.clone()))
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(own))
+}
+
+/// Runs `text` (a `raid` row) as a live mapped device `name` built with `registry`, the
+/// row's devices found by `resolve`.
 pub fn run_raid_table(
     name: &str,
     text: &str,
     registry: Arc<TargetRegistry>,
-    records: Option<Arc<dyn SetMetadata>>,
     resolve: &dyn Fn(&str) -> Result<SharedDevice, BlockError>,
 ) -> Result<MappedDevice, String> {
     let table = Table::parse(text).map_err(|e| e.to_string())?;
-    let registry = match records {
-        Some(records) => {
-            let mut own = (*registry).clone();
-            own.set("raid", move |args| {
-                tessera_raid::target::construct_with(args, Some(records.clone()))
-            })
-            .map_err(|e| e.to_string())?;
-            Arc::new(own)
-        }
-        None => registry,
-    };
     let device = MappedDevice::new(name, registry);
     device.load(&table, resolve).map_err(|e| e.to_string())?;
     device.resume().map_err(|e| e.to_string())?;
