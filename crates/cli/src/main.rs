@@ -7,6 +7,7 @@ mod demo;
 mod dm;
 mod external;
 mod kdm;
+mod lock;
 mod luks;
 mod md;
 mod pvmove;
@@ -52,6 +53,10 @@ struct Cli {
     /// daemon listens there, `lv` changes and `dm` commands go through it.
     #[arg(long, global = true, env = "TESSERA_CONTROL")]
     control: Option<PathBuf>,
+    /// This host's id in the lockspaces of shared VGs (lvmlockd's host_id, 1-2000); the
+    /// sanlock daemon is the one SANLOCK_RUN_DIR names.
+    #[arg(long, global = true, env = "TESSERA_HOST_ID")]
+    host_id: Option<u64>,
     /// More log output (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -113,6 +118,9 @@ enum Command {
     /// each holds, one line per device, array and LV (reads only).
     #[command(after_help = show::SHOW_ABOUT)]
     Scan(show::ShowArgs),
+    /// Locks of shared VGs (lvmlockd with sanlock): status, start, stop.
+    #[command(subcommand, after_help = lock::ABOUT)]
+    Lock(lock::LockCommand),
 }
 
 #[derive(Args, Clone)]
@@ -175,6 +183,15 @@ enum VgCommand {
         /// Overwrite other formats' signatures on devices that become PVs.
         #[arg(short, long)]
         force: bool,
+        /// A VG shared by hosts, locked as lvmlockd does (needs the sanlock daemon).
+        #[arg(long)]
+        shared: bool,
+        /// The lock manager of a shared VG; tessera speaks sanlock.
+        #[arg(long, value_name = "TYPE", requires = "shared", default_value = "sanlock")]
+        lock_type: String,
+        /// sanlock's io timeout written into the lockspace, in seconds (lvmlockd's 10).
+        #[arg(long, requires = "shared")]
+        io_timeout: Option<u32>,
     },
     /// Add PVs to a VG.
     Extend {
@@ -609,6 +626,9 @@ fn run(cli: Cli) -> Result<bool> {
         "Write from tessera {}.",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     ));
+    engine.provide(std::sync::Arc::new(
+        tessera_engine::modules::lvm2::shared::HostLocking::from_env(cli.host_id),
+    ));
     let socket = tessera_daemon::socket_path(cli.control.as_deref(), engine.state_dir());
     // PVs on MD arrays are seen by the PV, VG and LV commands, which put the arrays
     // together for themselves; the daemon runs its own, and the kernel path uses the
@@ -645,6 +665,7 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Mount(args) => return serve::run(engine, &socket, &args.serve_args(), false),
         Command::Md(cmd) => return md::run(&engine, &socket, cmd),
         Command::Thin(cmd) => return thin::run(&engine, cmd),
+        Command::Lock(cmd) => return lock::run(&engine, cmd),
         Command::Pv(cmd) => match cmd {
             PvCommand::Create {
                 targets,
@@ -679,14 +700,36 @@ fn run(cli: Cli) -> Result<bool> {
                 targets,
                 extent_size,
                 force,
+                shared,
+                lock_type,
+                io_timeout,
             } => {
-                engine.vg_create(
-                    &name,
-                    &targets,
-                    opt_size(&extent_size, "extent-size")?,
-                    force,
-                )?;
-                println!("Volume group \"{name}\" successfully created");
+                if shared {
+                    if lock_type != "sanlock" {
+                        bail!("--lock-type {lock_type}: tessera locks shared VGs through sanlock only");
+                    }
+                    let opts = tessera_engine::modules::lvm2::shared::SharedVgOptions {
+                        io_timeout: io_timeout.unwrap_or(
+                            tessera_engine::modules::lvm2::shared::DEFAULT_IO_TIMEOUT,
+                        ),
+                    };
+                    engine.vg_create_shared(
+                        &name,
+                        &targets,
+                        opt_size(&extent_size, "extent-size")?,
+                        force,
+                        &opts,
+                    )?;
+                    println!("Volume group \"{name}\" successfully created for sanlock (lockspace lvm_{name})");
+                } else {
+                    engine.vg_create(
+                        &name,
+                        &targets,
+                        opt_size(&extent_size, "extent-size")?,
+                        force,
+                    )?;
+                    println!("Volume group \"{name}\" successfully created");
+                }
             }
             VgCommand::Extend {
                 name,

@@ -94,6 +94,14 @@ impl ServeArgs {
 /// Runs the daemon until it is killed. With `hints`, it also prints how to reach the LVs
 /// with the usual clients (the demo does).
 pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -> Result<bool> {
+    // Shared VGs: their LVs' leases, held until this process ends.
+    if let Some(leases) = engine.take_lv_leases(&engine.scan()?, args.read_only)? {
+        for l in &leases.held {
+            let mode = if l.shared { "shared" } else { "exclusive" };
+            eprintln!("tessera: holding the {mode} lease of {}/{}", l.vg, l.lv);
+        }
+        tessera_engine::modules::lvm2::shared::hold_for_process(leases);
+    }
     let (daemon, warnings) = Daemon::start_forced(engine, args.read_only, args.degraded, args.force)?;
     for w in &warnings {
         eprintln!("tessera: warning: {w}");
@@ -118,6 +126,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
         if let Some(signal) = signals.forever().next() {
             eprintln!("tessera: signal {signal}: stopping, arrays recorded clean");
             stopping.shutdown();
+            tessera_engine::modules::lvm2::shared::release_held();
             std::process::exit(0);
         }
     });

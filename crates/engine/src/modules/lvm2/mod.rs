@@ -18,6 +18,7 @@ pub mod pv;
 pub mod raid_create;
 pub mod raid_lv;
 pub mod scan;
+pub mod shared;
 pub mod snapshot;
 pub mod table;
 pub mod thin;

@@ -41,6 +41,8 @@ impl Engine {
         // One past the current copy; a restore may ask for more so its text is the newest.
         vg.seqno = old.map_or(1, |o| o.vg.seqno + 1).max(vg.seqno);
         vg.validate()?;
+        // A shared VG: its VG lock is held until the commit landed.
+        let shared = self.shared_commit_guard(scan, old, &mut vg)?;
         let mut pvs = Vec::new();
         for pv in &vg.pvs {
             let found = scan
@@ -67,6 +69,9 @@ impl Engine {
         commit::write_vg(&pvs, &vg, &info)?;
         commit::mark_used(&pvs)?;
         commit::release_pvs(released)?;
+        if let Some(shared) = &shared {
+            shared.committed();
+        }
         if let Err(e) = archive.store(&vg, &info) {
             tracing::warn!(
                 "could not archive the new metadata of VG '{}': {e}",
