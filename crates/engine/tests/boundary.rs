@@ -15,7 +15,16 @@ const CORE: [&str; 8] = [
     "lock.rs",
     "units.rs",
 ];
-const MODULES: [&str; 7] = ["lvm2", "md", "partition", "luks", "signature", "ddf", "imsm"];
+const MODULES: [&str; 8] = [
+    "lvm2",
+    "md",
+    "partition",
+    "luks",
+    "signature",
+    "ddf",
+    "imsm",
+    "ataraid",
+];
 
 fn source(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel);

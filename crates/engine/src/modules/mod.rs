@@ -1,6 +1,7 @@
 //! The format modules, one per on-disk format, each behind [`crate::format::FormatModule`]
 //! and registered in [`registry`].
 
+pub mod ataraid;
 pub mod ddf;
 pub mod ddf_kernel;
 pub mod imsm;
@@ -24,6 +25,8 @@ pub fn registry() -> Vec<Arc<dyn FormatModule>> {
         // hold one; the MPB at the disk's end says what the disk is.
         Arc::new(imsm::ImsmMembers),
         Arc::new(ddf::DdfMembers),
+        // Firmware RAID metadata also sits at the disk's end, below a set's partition table.
+        Arc::new(ataraid::AtaraidMembers),
         Arc::new(partition::PartitionTables),
         Arc::new(md::MdMembers),
         Arc::new(lvm2::LvmLabels),

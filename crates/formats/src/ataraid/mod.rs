@@ -436,3 +436,127 @@ pub fn write_bytes(
     device.write_at(bytes, offset)?;
     Ok(())
 }
+
+/// Every copy of a sector as (member index, sector in its data area), and raid5's parity.
+pub type Placement = (Vec<(u32, u64)>, Option<(u32, u64)>);
+
+/// Where sector `set_sector` of a set's data lies: every copy as (member index, sector in
+/// the member's data area), and for raid5 the parity of its stripe row as (member index,
+/// sector). A plain reference model of the layouts, written for tests to place data as
+/// the firmware would; tessera's own reads go through the mapper's targets instead.
+///
+/// `member_sectors` is each member's data size (a concatenation's members in order).
+pub fn locate(
+    level: Level,
+    stripe_sectors: u32,
+    member_sectors: &[u64],
+    set_sector: u64,
+) -> Placement {
+    let n = member_sectors.len() as u64;
+    let chunk = u64::from(stripe_sectors.max(1));
+    let stripe = |width: u64, s: u64| -> (u64, u64) {
+        let (c, within) = (s / chunk, s % chunk);
+        (c % width, (c / width) * chunk + within)
+    };
+    match level {
+        Level::Raid0 => {
+            let (m, at) = stripe(n, set_sector);
+            (vec![(m as u32, at)], None)
+        }
+        Level::Raid1 => ((0..n as u32).map(|m| (m, set_sector)).collect(), None),
+        Level::Raid01 => {
+            let h = n / 2;
+            let (m, at) = stripe(h, set_sector);
+            (vec![(m as u32, at), ((m + h) as u32, at)], None)
+        }
+        Level::Raid10 => {
+            let (pair, at) = stripe(n / 2, set_sector);
+            (
+                vec![((pair * 2) as u32, at), ((pair * 2 + 1) as u32, at)],
+                None,
+            )
+        }
+        Level::Raid5 { layout } => {
+            let data = n - 1;
+            let (c, within) = (set_sector / chunk, set_sector % chunk);
+            let (row, k) = (c / data, c % data);
+            let at = row * chunk + within;
+            let parity = match layout {
+                Raid5Layout::LeftAsymmetric | Raid5Layout::LeftSymmetric => (n - 1) - row % n,
+                Raid5Layout::RightAsymmetric | Raid5Layout::RightSymmetric => row % n,
+            };
+            let disk = match layout {
+                Raid5Layout::LeftSymmetric | Raid5Layout::RightSymmetric => (parity + 1 + k) % n,
+                _ if k < parity => k,
+                _ => k + 1,
+            };
+            (vec![(disk as u32, at)], Some((parity as u32, at)))
+        }
+        Level::Jbod => {
+            let mut s = set_sector;
+            for (m, &len) in member_sectors.iter().enumerate() {
+                if s < len {
+                    return (vec![(m as u32, s)], None);
+                }
+                s -= len;
+            }
+            (Vec::new(), None)
+        }
+        Level::Spare => (Vec::new(), None),
+    }
+}
+
+/// The test pattern of a set's sector: its number, repeated, with `tag` mixed in so two
+/// sets' data differ.
+pub fn pattern_sector(tag: u64, set_sector: u64) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    let word = set_sector ^ tag.rotate_left(32);
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(word.wrapping_add(i as u64)).to_le_bytes());
+    }
+    b
+}
+
+/// Writes [`pattern_sector`] for the set's sectors `0..set_sectors` onto its members where
+/// [`locate`] puts them (and raid5's parity), each member's data area starting at its
+/// `data_offset` sector. For building test images.
+pub fn write_pattern(
+    level: Level,
+    stripe_sectors: u32,
+    members: &[(&dyn BlockDevice, u64)],
+    member_sectors: &[u64],
+    set_sectors: u64,
+    tag: u64,
+) -> Result<(), BlockError> {
+    for s in 0..set_sectors {
+        let data = pattern_sector(tag, s);
+        for (m, at) in locate(level, stripe_sectors, member_sectors, s).0 {
+            let (dev, offset) = members[m as usize];
+            dev.write_at(&data, (offset + at) * SECTOR_BYTES)?;
+        }
+    }
+    if let Level::Raid5 { .. } = level {
+        let n = members.len() as u64;
+        let chunk = u64::from(stripe_sectors.max(1));
+        let rows = set_sectors.div_ceil(chunk * (n - 1));
+        for row in 0..rows {
+            for w in 0..chunk {
+                let first = (row * (n - 1)) * chunk + w;
+                let Some((p, at)) = locate(level, stripe_sectors, member_sectors, first).1 else {
+                    continue;
+                };
+                let mut parity = [0u8; 512];
+                let mut buf = [0u8; 512];
+                for (m, (dev, offset)) in members.iter().enumerate() {
+                    if m as u32 != p {
+                        dev.read_at(&mut buf, (offset + at) * SECTOR_BYTES)?;
+                        parity.iter_mut().zip(buf).for_each(|(x, y)| *x ^= y);
+                    }
+                }
+                let (dev, offset) = members[p as usize];
+                dev.write_at(&parity, (offset + at) * SECTOR_BYTES)?;
+            }
+        }
+    }
+    Ok(())
+}
