@@ -157,13 +157,16 @@ pub enum Level {
 }
 
 impl Level {
-    /// The type dmraid prints for a set of this level (`dmraid -s`, `-r`).
+    /// The type `dmraid -s` prints for a set of this level.
     pub fn dmraid_type(self) -> &'static str {
         match self {
             Level::Raid0 => "stripe",
             Level::Raid1 => "mirror",
-            Level::Raid10 => "raid10",
-            Level::Raid01 => "raid01",
+            // dmraid names a stacked set by its top then its subsets the other way round
+            // from the usual words: a stripe over mirror pairs is its "raid01", a mirror of
+            // two stripes its "raid10".
+            Level::Raid10 => "raid01",
+            Level::Raid01 => "raid10",
             Level::Raid5 { layout } => match layout {
                 Raid5Layout::LeftAsymmetric => "raid5_la",
                 Raid5Layout::LeftSymmetric => "raid5_ls",
