@@ -11,12 +11,14 @@ mod error;
 mod fault;
 mod file;
 mod memory;
+pub mod nbd;
 mod slice;
 
 pub use error::{BlockError, Result};
 pub use fault::{ErrorOn, FaultDevice, PowerDomain};
 pub use file::{FileDevice, OpenOptions};
 pub use memory::MemoryDevice;
+pub use nbd::{NbdDevice, NbdOptions};
 pub use slice::SliceDevice;
 
 /// A device that stores bytes at offsets: an image file, a block device, memory, or a
