@@ -16,8 +16,16 @@
 //! member md failed then unblocks and removes it, and records the volume clean when it is
 //! stopped. It exits once the container has no running volume left.
 //!
-//! DDF volumes start read-only (`external:-mdC/N`, which no monitor makes writable) until
-//! tessera keeps DDF's records while md writes.
+//! When md fails a member and the container holds a spare, the monitor gives md the spare
+//! in the lost slot, records the rebuild (mdmon's records, through the engine's writers),
+//! asks md to `recover`, records md's progress (`sync_completed`) as checkpoints and the
+//! end as one normal map. A volume assembled in the middle of a rebuild gets the disk with
+//! `recovery_start` at the checkpoint, and md resumes there.
+//!
+//! DDF volumes run the same way, the monitor keeping DDF's records (the virtual disk
+//! consistent or not, failed members' physical disks Failed, a global spare rebuilt into
+//! a lost member's place); DDF keeps no rebuild progress, so a rebuild cut short starts
+//! again from the beginning.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,7 +37,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tessera_block::{FileDevice, OpenOptions, SharedDevice};
-use tessera_engine::modules::imsm::external::{kernel_containers, KernelContainer, KernelVolume};
+use tessera_engine::modules::ddf_kernel;
+use tessera_engine::modules::imsm::external::{
+    kernel_containers, KernelRecords, KernelVolume, MemberRecord, MemberRole,
+};
 use tessera_engine::Engine;
 use tessera_kernel::md::{self as kmd, ContainerMember, External, Member, SubarrayStart};
 
@@ -153,7 +164,7 @@ struct Found<'a> {
 }
 
 /// Starts IMSM or DDF volume `md/NAME` in the kernel (its container first, if md does not
-/// hold it yet); an IMSM volume with a monitor keeping its records, a DDF one read-only.
+/// hold it yet), with a monitor keeping its records.
 /// `Ok(None)` if no such volume is on the devices.
 pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
     let imsm = engine.imsm_kernel_containers()?;
@@ -163,10 +174,12 @@ pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
         found.push(Found {
             kind: "imsm",
             label: &c.label,
+            // Spares sit in md's container with the members, as mdadm puts them.
             members: c
                 .members
                 .iter()
                 .map(|(_, p, o, s)| (p.clone(), *o, *s))
+                .chain(c.spares.iter().cloned())
                 .collect(),
             left_out: &c.left_out,
             volumes: &c.volumes,
@@ -219,6 +232,19 @@ pub fn activate(engine: &Engine, name: &str) -> Result<Option<String>> {
         .with_context(|| format!("{}: starting it in the kernel", v.name))?;
     let link = format!("/dev/{}", v.name);
     make_nodes(&made.device, &link, made.major, made.minor);
+    if let Some((slot, path, _, done)) = &array.recovering {
+        // What md holds before anything runs: where it resumes.
+        let entry = devno(path)
+            .ok()
+            .and_then(|(major, minor)| kmd::member_kernel_name(Member { major, minor }).ok());
+        let md_start = entry
+            .and_then(|e| kmd::read_attr(&made.device, &format!("dev-{e}/recovery_start")))
+            .unwrap_or_default();
+        println!(
+            "  {}: the rebuild of slot {slot} onto {path} resumes at sector {done} of {} (md's recovery_start {md_start})",
+            v.name, array.component_sectors
+        );
+    }
     let mut state = made.state.clone();
     if start == SubarrayStart::ReadonlyForMonitor {
         spawn_monitor(&container)?;
@@ -404,19 +430,44 @@ fn stop_container(device: &str) -> Result<()> {
     Ok(())
 }
 
+/// A rebuild md runs onto a member, as the monitor follows it.
+struct Rebuild {
+    path: String,
+    slot: u32,
+    /// Sectors recorded as done (the records' checkpoint).
+    recorded: u64,
+    /// Sectors md reported done last (`sync_completed`).
+    seen: u64,
+    /// `recover` was asked of md for it.
+    asked: bool,
+}
+
 /// What the monitor knows of one volume.
 struct Watched {
     device: String,
     index: usize,
     /// Recorded clean last time.
     clean: Option<bool>,
-    /// Slots md failed, recorded.
-    faulty: Vec<u32>,
+    /// Members md failed, by path, recorded.
+    faulty: Vec<String>,
     /// `resync_start` last read: `none` when in sync.
     in_sync: bool,
     state: String,
+    rebuild: Option<Rebuild>,
+    /// The members' roles as md held them last pass, recorded with the volume's state.
+    roles: Vec<MemberRecord>,
     /// Open attribute files, read to arm poll.
     files: Vec<File>,
+}
+
+/// A member of a running subarray, as md shows it.
+struct Live {
+    entry: String,
+    path: String,
+    slot: Option<u32>,
+    faulty: bool,
+    in_sync: bool,
+    blocked: bool,
 }
 
 fn read_fd(f: &File) -> String {
@@ -429,15 +480,16 @@ fn open_attr(device: &str, a: &str) -> Option<File> {
     File::open(kmd::attr_path(device, a)).ok()
 }
 
-/// `tessera monitor CONTAINER`: keeps the records of the IMSM volumes md runs in
+/// `tessera monitor CONTAINER`: keeps the records of the IMSM or DDF volumes md runs in
 /// container `CONTAINER` (`md127`) until none runs.
 pub fn monitor(container: &str) -> Result<bool> {
     let container = container.trim_start_matches("/dev/").to_string();
-    match kmd::read_attr(&container, "metadata_version").as_deref() {
-        Some("external:imsm") => {}
-        Some(v) => bail!("/dev/{container} is not an IMSM container (metadata {v})"),
+    let kind = match kmd::read_attr(&container, "metadata_version").as_deref() {
+        Some("external:imsm") => "IMSM",
+        Some("external:ddf") => "DDF",
+        Some(v) => bail!("/dev/{container} is not an IMSM or DDF container (metadata {v})"),
         None => bail!("/dev/{container}: no such md array"),
-    }
+    };
     // The members as the container holds them, opened for writing the records.
     let mut opened: Vec<(String, SharedDevice)> = Vec::new();
     for (_, kname) in member_dirs(&container) {
@@ -449,11 +501,22 @@ pub fn monitor(container: &str) -> Result<bool> {
         let d = FileDevice::open(&path, rw).with_context(|| format!("{path}: opening it"))?;
         opened.push((path, Arc::new(d)));
     }
-    let found = kernel_containers(&opened);
-    let Some(records) = found.into_iter().next() else {
-        bail!("/dev/{container}: its disks hold no IMSM container tessera can read");
+    let found: Option<Box<dyn KernelRecords>> = if kind == "IMSM" {
+        kernel_containers(&opened)
+            .into_iter()
+            .next()
+            .map(|c| Box::new(c) as Box<dyn KernelRecords>)
+    } else {
+        ddf_kernel::kernel_containers(&opened, true)
+            .into_iter()
+            .next()
+            .map(|c| Box::new(c) as Box<dyn KernelRecords>)
     };
-    eprintln!("monitoring {} in /dev/{container}", records.label);
+    let Some(records) = found else {
+        bail!("/dev/{container}: its disks hold no {kind} container tessera can read");
+    };
+    let records = records.as_ref();
+    eprintln!("monitoring {} in /dev/{container}", records.label());
     let mut watched: BTreeMap<usize, Watched> = BTreeMap::new();
     let mut empty_since: Option<Instant> = None;
     loop {
@@ -470,13 +533,15 @@ pub fn monitor(container: &str) -> Result<bool> {
                     faulty: Vec::new(),
                     in_sync: true,
                     state: String::new(),
+                    rebuild: None,
+                    roles: Vec::new(),
                     files: Vec::new(),
                 },
             );
         }
         let mut gone = Vec::new();
         for w in watched.values_mut() {
-            if !step(&records, w) {
+            if !step(records, w) {
                 gone.push(w.index);
             }
         }
@@ -511,19 +576,83 @@ pub fn monitor(container: &str) -> Result<bool> {
     }
 }
 
-/// One pass over a volume: reads its state and acts as mdmon's `read_and_act`. False
-/// once it has stopped.
-fn step(records: &KernelContainer, w: &mut Watched) -> bool {
+/// The members of subarray `dev` as md holds them; their state files are kept in `files`
+/// to wait on.
+fn live_members(dev: &str, files: &mut Vec<File>) -> Vec<Live> {
+    let mut out = Vec::new();
+    for (entry, kname) in member_dirs(dev) {
+        let Some(f) = open_attr(dev, &format!("{entry}/state")) else {
+            continue;
+        };
+        let state = read_fd(&f);
+        files.push(f);
+        let flags: Vec<&str> = state.split(',').collect();
+        out.push(Live {
+            slot: kmd::read_attr(dev, &format!("{entry}/slot")).and_then(|s| s.parse().ok()),
+            faulty: flags.contains(&"faulty"),
+            in_sync: flags.contains(&"in_sync"),
+            blocked: flags.contains(&"blocked"),
+            path: format!("/dev/{kname}"),
+            entry,
+        });
+    }
+    out
+}
+
+/// The members' roles as md holds them, for the records: failed ones (all recorded so
+/// far), those in sync in their slots, and the one being rebuilt with its sectors done.
+fn roles(w: &Watched, live: &[Live]) -> Vec<MemberRecord> {
+    let mut out: Vec<MemberRecord> = w
+        .faulty
+        .iter()
+        .map(|p| MemberRecord {
+            device: p.clone(),
+            role: MemberRole::Faulty,
+        })
+        .collect();
+    for m in live.iter().filter(|m| !m.faulty) {
+        let Some(slot) = m.slot else { continue };
+        let role = if m.in_sync {
+            MemberRole::InSync(slot as usize)
+        } else {
+            let done = w
+                .rebuild
+                .as_ref()
+                .filter(|r| r.path == m.path)
+                .map_or(0, |r| r.recorded);
+            MemberRole::Recovering {
+                slot: slot as usize,
+                done,
+            }
+        };
+        out.push(MemberRecord {
+            device: m.path.clone(),
+            role,
+        });
+    }
+    out
+}
+
+/// One pass over a volume: reads its state and acts as mdmon's `read_and_act` (and, for a
+/// lost member, managemon's spare activation). False once it has stopped.
+fn step(records: &dyn KernelRecords, w: &mut Watched) -> bool {
     let dev = w.device.clone();
     // Reopened each pass: members come and go. Reading arms poll for the next change.
     w.files.clear();
     let Some(state_file) = open_attr(&dev, "array_state") else {
-        record(records, w, true);
+        let roles = w.roles.clone();
+        record(records, w, true, roles);
         return false;
     };
     let state = read_fd(&state_file);
     w.files.push(state_file);
+    let mut action = String::new();
     if let Some(f) = open_attr(&dev, "sync_action") {
+        action = read_fd(&f);
+        w.files.push(f);
+    }
+    // md notifies each step of a sync here: the rebuild's checkpoints.
+    if let Some(f) = open_attr(&dev, "sync_completed") {
         read_fd(&f);
         w.files.push(f);
     }
@@ -534,18 +663,34 @@ fn step(records: &KernelContainer, w: &mut Watched) -> bool {
     } else if let Some(r) = kmd::read_attr(&dev, "resync_start") {
         w.in_sync = r == "none";
     }
-    let mut faulty_now = Vec::new();
-    for (entry, _) in member_dirs(&dev) {
-        let Some(f) = open_attr(&dev, &format!("{entry}/state")) else {
-            continue;
-        };
-        let s = read_fd(&f);
-        w.files.push(f);
-        if s.split(',').any(|x| x == "faulty") {
-            let slot =
-                kmd::read_attr(&dev, &format!("{entry}/slot")).and_then(|s| s.parse::<u32>().ok());
-            faulty_now.push((entry, slot, s));
-        }
+    let raid_disks: u32 = kmd::read_attr(&dev, "raid_disks")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let live = live_members(&dev, &mut w.files);
+    let held: Vec<u32> = live
+        .iter()
+        .filter(|m| !m.faulty)
+        .filter_map(|m| m.slot)
+        .collect();
+    let degraded = (0..raid_disks).any(|s| !held.contains(&s));
+    let rebuilding = live
+        .iter()
+        .find(|m| !m.faulty && m.slot.is_some() && !m.in_sync);
+    // A rebuild md runs that the monitor has not seen start: resumed at assembly.
+    if let (Some(m), None) = (rebuilding, &w.rebuild) {
+        let done = records.rebuild_checkpoint(w.index).unwrap_or(0);
+        eprintln!(
+            "{dev}: {} rebuilds slot {}, {done} sectors done as recorded",
+            m.path,
+            m.slot.unwrap_or(0)
+        );
+        w.rebuild = Some(Rebuild {
+            path: m.path.clone(),
+            slot: m.slot.unwrap_or(0),
+            recorded: done,
+            seen: done,
+            asked: false,
+        });
     }
     let prev = std::mem::replace(&mut w.state, state.clone());
     let was_running = !matches!(prev.as_str(), "" | "clear" | "inactive");
@@ -553,59 +698,256 @@ fn step(records: &KernelContainer, w: &mut Watched) -> bool {
         // Not started yet (activation is still setting it up): nothing to do.
         "clear" | "inactive" if !was_running => return true,
         "clear" | "inactive" => {
-            // Stopped: md finished its writes and left it in sync.
-            record(records, w, w.in_sync);
+            // Stopped: md finished its writes and left it in sync. A rebuild cut short
+            // keeps the last point md reported done.
+            if let Some(r) = &mut w.rebuild {
+                r.recorded = r.recorded.max(r.seen);
+            }
+            let roles = w.roles.clone();
+            let roles = roles
+                .into_iter()
+                .map(|mut m| {
+                    if let (MemberRole::Recovering { done, .. }, Some(r)) =
+                        (&mut m.role, &w.rebuild)
+                    {
+                        *done = r.recorded;
+                    }
+                    m
+                })
+                .collect();
+            record(records, w, w.in_sync, roles);
             let _ = kmd::write_array_attr(&dev, "array_state", "clear");
             return false;
         }
         "readonly" => {
-            // Ready to run it: read-auto, or active at once when it must resync. raid0
-            // goes active as mdmon takes it (md never reports it in sync).
-            if w.in_sync && !raid0 {
+            // Ready to run it: read-auto, or active at once when it must resync or
+            // rebuild (mdmon: not consistent unless in sync, normal and not migrating).
+            // raid0 goes active as mdmon takes it (md never reports it in sync).
+            if w.in_sync && !raid0 && !degraded && rebuilding.is_none() {
                 let _ = kmd::write_array_attr(&dev, "array_state", "read-auto");
             } else {
-                record(records, w, false);
+                let roles = roles(w, &live);
+                record(records, w, false, roles);
                 let _ = kmd::write_array_attr(&dev, "array_state", "active");
             }
         }
         "write-pending" => {
-            record(records, w, false);
+            let roles = roles(w, &live);
+            record(records, w, false, roles);
             let _ = kmd::write_array_attr(&dev, "array_state", "active");
         }
         "active-idle" => {
             // md first, then the records: a write after this point is seen again.
             let _ = kmd::write_array_attr(&dev, "array_state", "clean");
         }
-        "clean" => record(records, w, w.in_sync),
+        "clean" => {
+            let roles = roles(w, &live);
+            record(records, w, w.in_sync, roles);
+        }
         _ => {}
     }
-    for (entry, slot, s) in faulty_now {
-        if let Some(slot) = slot.filter(|s| !w.faulty.contains(s)) {
-            w.faulty.push(slot);
-            eprintln!("{dev}: {entry} failed (slot {slot}): recording it");
+    for m in live.iter().filter(|m| m.faulty) {
+        if !w.faulty.contains(&m.path) {
+            w.faulty.push(m.path.clone());
+            eprintln!(
+                "{dev}: {} failed (slot {}): recording it",
+                m.entry,
+                m.slot.map_or("none".into(), |s| s.to_string())
+            );
+            if w.rebuild.as_ref().is_some_and(|r| r.path == m.path) {
+                eprintln!("{dev}: the rebuild onto {} ends with it", m.path);
+                w.rebuild = None;
+            }
             let clean = w.clean.unwrap_or(false) && state == "clean";
-            record(records, w, clean);
+            let roles = roles(w, &live);
+            record(records, w, clean, roles);
         }
-        if s.split(',').any(|x| x == "blocked") {
-            let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "-blocked");
+        if m.blocked {
+            let _ = kmd::write_array_attr(&dev, &format!("{}/state", m.entry), "-blocked");
         }
         if state != "readonly" {
             // md lets go of it once its personality has; tried again next pass if not yet.
-            let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "remove");
+            let _ = kmd::write_array_attr(&dev, &format!("{}/state", m.entry), "remove");
         }
     }
     if state == "write-pending" {
         // A failure leaves md waiting too.
         let _ = kmd::write_array_attr(&dev, "array_state", "active");
     }
+    let failed_present = live.iter().any(|m| m.faulty);
+    if state == "read-auto" {
+        // A member to let go of, a rebuild to run or a spare to take a lost slot: md does
+        // none of these until the array is writable, so it is made writable (recorded
+        // dirty first), as mdmon does on a failure.
+        let spare_waits = degraded
+            && !raid0
+            && records
+                .spare_for(
+                    w.index,
+                    &live.iter().map(|m| m.path.clone()).collect::<Vec<_>>(),
+                )
+                .is_some();
+        if failed_present || rebuilding.is_some() || spare_waits {
+            let roles = roles(w, &live);
+            record(records, w, false, roles);
+            let _ = kmd::write_array_attr(&dev, "array_state", "active");
+        }
+    }
+    let writable = matches!(state.as_str(), "active" | "clean" | "active-idle");
+    follow_rebuild(records, w, &live, &action, &state);
+    if writable
+        && degraded
+        && !raid0
+        && w.in_sync
+        && w.rebuild.is_none()
+        && !failed_present
+        && action == "idle"
+    {
+        activate_spare(records, w, &live, raid_disks, &held);
+    }
+    w.roles = roles(w, &live);
     true
 }
 
-fn record(records: &KernelContainer, w: &mut Watched, clean: bool) {
-    if w.clean == Some(clean) && w.faulty.is_empty() {
+/// Follows the rebuild md runs: asks md to start it if it has not, records its progress
+/// as checkpoints (each a sixteenth of the member at least apart, as mdmon spaces them),
+/// and its end once the member is in sync.
+fn follow_rebuild(
+    records: &dyn KernelRecords,
+    w: &mut Watched,
+    live: &[Live],
+    action: &str,
+    state: &str,
+) {
+    let writable = matches!(state, "active" | "clean" | "active-idle");
+    // A checkpoint leaves the dirty flag as md has it.
+    let clean = state == "clean" && w.in_sync;
+    let dev = w.device.clone();
+    let Some(r) = &mut w.rebuild else { return };
+    let Some(m) = live.iter().find(|m| m.path == r.path && !m.faulty) else {
+        return;
+    };
+    if m.in_sync && m.slot == Some(r.slot) {
+        eprintln!("{dev}: rebuild of slot {} onto {} done", r.slot, r.path);
+        w.rebuild = None;
+        let roles = roles(w, live);
+        record(records, w, clean, roles);
         return;
     }
-    match records.record(w.index, clean, &w.faulty) {
+    if !writable {
+        return;
+    }
+    if action == "recover" {
+        let Some(done) = kmd::sync_completed(&dev) else {
+            return;
+        };
+        r.seen = r.seen.max(done);
+        let component: u64 = kmd::read_attr(&dev, "component_size")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(0, |k| k * 2);
+        let unit = records.checkpoint_unit_sectors(w.index);
+        if done > r.recorded && done - r.recorded >= (component >> 4).max(unit) {
+            r.recorded = done;
+            eprintln!(
+                "{dev}: rebuild of slot {} at sector {done}: checkpoint",
+                r.slot
+            );
+            let roles = roles(w, live);
+            record(records, w, clean, roles);
+        }
+    } else if action == "idle" && !r.asked {
+        // md leaves starting a rebuild of external metadata to user space.
+        r.asked = true;
+        if let Err(e) = kmd::write_array_attr(&dev, "sync_action", "recover") {
+            eprintln!("{dev}: starting the rebuild of slot {}: {e}", r.slot);
+        }
+    }
+}
+
+/// A lost slot of the volume taken by a spare of the container, as mdmon does: md is given
+/// the disk in the slot, the records then show it rebuilding (map 1 the degraded layout,
+/// map 0 the whole one), and md is asked to rebuild it.
+fn activate_spare(
+    records: &dyn KernelRecords,
+    w: &mut Watched,
+    live: &[Live],
+    raid_disks: u32,
+    held: &[u32],
+) {
+    let dev = w.device.clone();
+    let Some(slot) = (0..raid_disks).find(|s| !held.contains(s)) else {
+        return;
+    };
+    let taken: Vec<String> = live
+        .iter()
+        .map(|m| m.path.clone())
+        .chain(w.faulty.iter().cloned())
+        .collect();
+    let Some(spare) = records.spare_for(w.index, &taken) else {
+        return;
+    };
+    let disk = match devno(&spare.path) {
+        Ok((major, minor)) => Member { major, minor },
+        Err(e) => {
+            eprintln!("{dev}: spare {}: {e}", spare.path);
+            return;
+        }
+    };
+    let member = kmd::SubarrayMember {
+        disk,
+        slot,
+        offset_sectors: spare.offset_sectors,
+        size_sectors: spare.size_sectors,
+        recovery_start: Some(0),
+    };
+    let entry = match kmd::add_subarray_member(&dev, &member) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{dev}: giving md spare {} for slot {slot}: {e}", spare.path);
+            return;
+        }
+    };
+    eprintln!(
+        "{dev}: {} ({entry}) takes slot {slot}: rebuilding",
+        spare.path
+    );
+    w.rebuild = Some(Rebuild {
+        path: spare.path.clone(),
+        slot,
+        recorded: 0,
+        seen: 0,
+        asked: false,
+    });
+    let mut files = Vec::new();
+    let now = live_members(&dev, &mut files);
+    let roles = roles(w, &now);
+    if !record(records, w, false, roles) {
+        // Not recorded: md must not rebuild onto a disk the records do not name.
+        eprintln!(
+            "{dev}: {} let go: its rebuild could not be recorded",
+            spare.path
+        );
+        let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "faulty");
+        let _ = kmd::write_array_attr(&dev, &format!("{entry}/state"), "remove");
+        w.rebuild = None;
+        return;
+    }
+    if let Some(r) = &mut w.rebuild {
+        r.asked = true;
+    }
+    if let Err(e) = kmd::write_array_attr(&dev, "sync_action", "recover") {
+        eprintln!("{dev}: starting the rebuild of slot {slot}: {e}");
+    }
+}
+
+/// Records the volume's state; false if the records could not be written.
+fn record(
+    records: &dyn KernelRecords,
+    w: &mut Watched,
+    clean: bool,
+    roles: Vec<MemberRecord>,
+) -> bool {
+    match records.record(w.index, clean, roles) {
         Ok(()) => {
             if w.clean != Some(clean) {
                 eprintln!(
@@ -615,8 +957,12 @@ fn record(records: &KernelContainer, w: &mut Watched, clean: bool) {
                 );
             }
             w.clean = Some(clean);
+            true
         }
-        Err(e) => eprintln!("{}: cannot record its state: {e}", w.device),
+        Err(e) => {
+            eprintln!("{}: cannot record its state: {e}", w.device);
+            false
+        }
     }
 }
 

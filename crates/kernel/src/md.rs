@@ -374,6 +374,38 @@ pub fn assemble_subarray(
     })
 }
 
+/// Adds `member` to running subarray `device` as mdmon activates a spare (mdadm's
+/// `sysfs_add_disk`): `new_dev`, then its `offset`, `size` and `slot` (md's personality
+/// takes it into the slot out of sync, and leaves starting the rebuild to user space: write
+/// `recover` to `sync_action`). Returns its entry (`dev-loop3`). A member md took but
+/// would not put in the slot is let go again.
+pub fn add_subarray_member(device: &str, member: &SubarrayMember) -> Result<String> {
+    let devno = format!("{}:{}", member.disk.major, member.disk.minor);
+    write_attr(device, "new_dev", &devno)?;
+    let entry = format!("dev-{}", member_kernel_name(member.disk)?);
+    let placed = (|| {
+        let member_attr = |a: &str, v: &str| write_attr(device, &format!("{entry}/{a}"), v);
+        member_attr("offset", &member.offset_sectors.to_string())?;
+        member_attr("size", &member.size_sectors.div_ceil(2).to_string())?;
+        member_attr("slot", &member.slot.to_string())
+    })();
+    if let Err(e) = placed {
+        let _ = write_attr(device, &format!("{entry}/state"), "remove");
+        return Err(e);
+    }
+    Ok(entry)
+}
+
+/// Sectors md's running sync (`sync_completed`, `DONE / TOTAL`) has finished; `None` when
+/// none runs.
+pub fn sync_completed(device: &str) -> Option<u64> {
+    parse_sync_completed(&read_attr(device, "sync_completed")?)
+}
+
+fn parse_sync_completed(text: &str) -> Option<u64> {
+    text.split_once('/')?.0.trim().parse().ok()
+}
+
 /// The kernel's name of the block device `disk` (`loop0`), as md names its `dev-*` entry.
 pub fn member_kernel_name(disk: Member) -> Result<String> {
     let link = format!("/sys/dev/block/{}:{}", disk.major, disk.minor);
@@ -490,5 +522,12 @@ mod tests {
         assert_eq!(parse_external("1.2"), None);
         assert_eq!(parse_external("external:/md127/x"), None);
         assert_eq!(parse_external("external:"), None);
+    }
+
+    #[test]
+    fn sync_progress_is_read_from_mds_fraction() {
+        assert_eq!(parse_sync_completed("2048 / 32768"), Some(2048));
+        assert_eq!(parse_sync_completed("none"), None);
+        assert_eq!(parse_sync_completed("x / 3"), None);
     }
 }

@@ -1,13 +1,22 @@
 //! DDF containers run by the kernel's md through its external-metadata interface, as
 //! mdadm assembles them (mdadm's `container_content_ddf`): each virtual disk's level and
-//! layout, chunk, member extents and where resync starts. Read from the DDF records
-//! without changing them; they run read-only until tessera keeps DDF's records while md
-//! writes.
+//! layout, chunk, member extents and where resync starts (a disk being rebuilt into its
+//! place goes in out of sync, rebuilt from its start: DDF keeps no rebuild progress), and
+//! the records a monitor keeps while md runs them writable, through the writers the
+//! user-space path uses: the virtual disk consistent or not, failed members' physical
+//! disks Failed, a global spare taking a lost member's place (Rebuilding, then Online).
+
+use std::sync::Arc;
 
 use tessera_block::SharedDevice;
 use tessera_formats::ddf::{self, Health};
+use tessera_raid::metadata::{SetMetadata, SetRecord};
 
-use crate::modules::imsm::external::{KernelArray, KernelVolume};
+use crate::modules::ddf::records::{ContainerRecords, SpareExtent, VolumeRecords};
+use crate::modules::ddf::spare_extents;
+use crate::modules::imsm::external::{
+    KernelArray, KernelRecords, KernelVolume, MemberRecord, SpareTaking,
+};
 
 /// How long md waits after the last write before it reports a virtual disk idle: 4 s,
 /// as mdadm's DDF_SAFE_MODE_DELAY.
@@ -22,6 +31,53 @@ pub struct DdfKernelContainer {
     pub members: Vec<(String, u64, u64)>,
     pub left_out: Vec<(String, String)>,
     pub volumes: Vec<KernelVolume>,
+    /// Each virtual disk (by index): the extents global spares offer it, and its extent
+    /// size (sectors).
+    spares: Vec<(usize, Vec<SpareExtent>, u64)>,
+    records: Option<Arc<ContainerRecords>>,
+}
+
+impl KernelRecords for DdfKernelContainer {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    fn record(&self, index: usize, clean: bool, members: Vec<MemberRecord>) -> Result<(), String> {
+        let records = self
+            .records
+            .as_ref()
+            .ok_or_else(|| format!("{}: its disks are not open for writing", self.label))?;
+        let spares = self
+            .spares
+            .iter()
+            .find(|(i, _, _)| *i == index)
+            .map(|(_, s, _)| s.clone())
+            .unwrap_or_default();
+        VolumeRecords::new(records.clone(), index, spares)
+            .record(&SetRecord { clean, members })
+            .map_err(|e| format!("{} virtual disk {index}: {e}", self.label))
+    }
+
+    fn spare_for(&self, index: usize, taken: &[String]) -> Option<SpareTaking> {
+        let (_, spares, blocks) = self.spares.iter().find(|(i, _, _)| *i == index)?;
+        spares
+            .iter()
+            .find(|s| !taken.contains(&s.path))
+            .map(|s| SpareTaking {
+                path: s.path.clone(),
+                offset_sectors: s.lba_offset,
+                size_sectors: *blocks,
+            })
+    }
+
+    fn rebuild_checkpoint(&self, _index: usize) -> Option<u64> {
+        None
+    }
+
+    fn checkpoint_unit_sectors(&self, _index: usize) -> u64 {
+        // No progress is kept: nothing is worth a record before the end.
+        u64::MAX
+    }
 }
 
 fn label(guid: &ddf::Guid) -> String {
@@ -29,8 +85,12 @@ fn label(guid: &ddf::Guid) -> String {
     format!("ddf-{tail}")
 }
 
-/// The DDF containers on `devs`, as md runs them.
-pub fn kernel_containers(devs: &[(String, SharedDevice)]) -> Vec<DdfKernelContainer> {
+/// The DDF containers on `devs`, as md runs them; with `writable`, their records kept on
+/// `devs` (opened for writing) by a monitor.
+pub fn kernel_containers(
+    devs: &[(String, SharedDevice)],
+    writable: bool,
+) -> Vec<DdfKernelContainer> {
     let read: Vec<(String, ddf::DdfMetadata)> = devs
         .iter()
         .filter_map(|(n, d)| Some((n.clone(), ddf::probe(d.as_ref()).ok()??)))
@@ -41,7 +101,18 @@ pub fn kernel_containers(devs: &[(String, SharedDevice)]) -> Vec<DdfKernelContai
         .collect();
     ddf::assemble(read)
         .into_iter()
-        .map(|c| kernel_container(&c, &sizes))
+        .map(|c| {
+            let mut k = kernel_container(&c, &sizes);
+            let devices: Option<Vec<SharedDevice>> = c
+                .disks
+                .iter()
+                .map(|(p, _)| devs.iter().find(|(n, _)| n == p).map(|(_, d)| d.clone()))
+                .collect();
+            if let (true, Some(devices)) = (writable, devices) {
+                k.records = Some(ContainerRecords::new(&c, &devices));
+            }
+            k
+        })
         .collect()
 }
 
@@ -64,10 +135,7 @@ fn kernel_container(c: &ddf::Container, sizes: &[(String, u64)]) -> DdfKernelCon
         .map(|s| {
             let name = format!("md/{}", s.name());
             let array = kernel_array(c, s);
-            let read_only_because = Some(
-                "tessera does not yet keep DDF's records while md writes (it runs read-only)"
-                    .to_string(),
-            );
+            let read_only_because = None;
             KernelVolume {
                 name,
                 index: s.index,
@@ -85,6 +153,13 @@ fn kernel_container(c: &ddf::Container, sizes: &[(String, u64)]) -> DdfKernelCon
             .map(|(i, why)| (c.disks[*i].0.clone(), why.clone()))
             .collect(),
         volumes,
+        spares: c
+            .subarrays
+            .iter()
+            .zip(spare_extents(c))
+            .map(|(s, e)| (s.index, e, s.blocks))
+            .collect(),
+        records: None,
     }
 }
 
@@ -109,6 +184,11 @@ fn kernel_array(c: &ddf::Container, s: &ddf::Subarray) -> Result<KernelArray, St
             _ => None,
         })
         .collect();
+    // A disk being rebuilt into its place goes in out of sync, from its start.
+    let recovering = s.slots.iter().enumerate().find_map(|(slot, sl)| {
+        let d = sl.disk.filter(|_| sl.rebuilding)?;
+        Some((slot as u32, c.disks.get(d)?.0.clone(), sl.lba_offset, 0))
+    });
     let members = s
         .slots
         .iter()
@@ -129,6 +209,7 @@ fn kernel_array(c: &ddf::Container, s: &ddf::Subarray) -> Result<KernelArray, St
         resync_start: (!s.entry.is_consistent()).then_some(0),
         members,
         slots,
+        recovering,
     })
 }
 
@@ -136,6 +217,6 @@ impl crate::Engine {
     /// The DDF containers on the engine's devices, as md would run them.
     pub fn ddf_kernel_containers(&self) -> crate::Result<Vec<DdfKernelContainer>> {
         let (devs, _) = self.devices(false)?;
-        Ok(kernel_containers(&devs))
+        Ok(kernel_containers(&devs, false))
     }
 }

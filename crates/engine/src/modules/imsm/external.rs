@@ -1,14 +1,18 @@
 //! IMSM containers run by the kernel's md through its external-metadata interface, as
 //! mdadm assembles them: what each volume is for md (mdadm's `container_content`: level,
 //! layout, chunk, component size, each member's slot, offset and size, where resync
-//! starts), and the records a monitor keeps while md runs them writable (mdmon's part).
+//! starts), and the records a monitor keeps while md runs them writable (mdmon's part):
+//! dirty and clean, failed members, a spare taking a lost member's slot and the rebuild's
+//! checkpoints, through the same record writers the user-space path uses.
 
 use std::sync::Arc;
 
 use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Map, Mpb};
 use tessera_kernel::md::{Member, Subarray, SubarrayMember};
-use tessera_raid::metadata::{MemberRecord, MemberRole, SetMetadata, SetRecord};
+/// A member's role as a monitor records it.
+pub use tessera_raid::metadata::{MemberRecord, MemberRole};
+use tessera_raid::metadata::{SetMetadata, SetRecord};
 
 use super::records::{ContainerRecords, VolumeRecords};
 use super::{containers, Container};
@@ -23,8 +27,21 @@ pub struct KernelContainer {
     pub members: Vec<(usize, String, u64, u64)>,
     /// Devices left out, and why.
     pub left_out: Vec<(String, String)>,
+    /// Spares with their own spare records (in no volume yet): path, and where their
+    /// metadata lies (sectors: offset, length). md's container holds them with the members.
+    pub spares: Vec<(String, u64, u64)>,
     pub volumes: Vec<KernelVolume>,
+    /// Every device of the container (members and spares): path, size in bytes.
+    sizes: Vec<(String, u64)>,
     records: Arc<ContainerRecords>,
+}
+
+/// A device that takes a lost member's slot: where the volume's data goes on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareTaking {
+    pub path: String,
+    pub offset_sectors: u64,
+    pub size_sectors: u64,
 }
 
 /// A volume of a container as md runs it.
@@ -54,6 +71,10 @@ pub struct KernelArray {
     pub members: Vec<(String, u32, u64, u64)>,
     /// The member path in each slot, `None` where it is missing.
     pub slots: Vec<Option<String>>,
+    /// A rebuild under way: slot, the device rebuilt onto (not in `members`), where the
+    /// array's data starts on it, and the sectors of it already in sync (the records'
+    /// checkpoint), from which md resumes.
+    pub recovering: Option<(u32, String, u64, u64)>,
 }
 
 impl KernelArray {
@@ -71,6 +92,16 @@ impl KernelArray {
                 offset_sectors: *offset,
                 size_sectors: *size,
                 recovery_start: None,
+            });
+        }
+        if let Some((slot, path, offset, done)) = &self.recovering {
+            let (major, minor) = devno(path)?;
+            members.push(SubarrayMember {
+                disk: Member { major, minor },
+                slot: *slot,
+                offset_sectors: *offset,
+                size_sectors: self.component_sectors,
+                recovery_start: Some(*done),
             });
         }
         Ok(Subarray {
@@ -100,37 +131,123 @@ impl KernelContainer {
     }
 }
 
+/// The records a monitor keeps for the volumes of one container md runs (IMSM's MPB or
+/// DDF's records), whatever the format.
+pub trait KernelRecords {
+    /// The container as tessera shows it (`imsm-FAMILY`, `ddf-GUIDTAIL`).
+    fn label(&self) -> String;
+    /// Records volume `index` as md runs it: clean or dirty, and each member's role.
+    fn record(&self, index: usize, clean: bool, members: Vec<MemberRecord>) -> Result<(), String>;
+    /// The device that would take a lost slot of volume `index` now, not one of `taken`.
+    fn spare_for(&self, index: usize, taken: &[String]) -> Option<SpareTaking>;
+    /// Sectors of each member the records have rebuilt, while a rebuild is under way and
+    /// the format keeps its progress.
+    fn rebuild_checkpoint(&self, index: usize) -> Option<u64>;
+    /// The least progress worth a new checkpoint, in sectors.
+    fn checkpoint_unit_sectors(&self, index: usize) -> u64;
+}
+
+impl KernelRecords for KernelContainer {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+    fn record(&self, index: usize, clean: bool, members: Vec<MemberRecord>) -> Result<(), String> {
+        KernelContainer::record(self, index, clean, members)
+    }
+    fn spare_for(&self, index: usize, taken: &[String]) -> Option<SpareTaking> {
+        KernelContainer::spare_for(self, index, taken)
+    }
+    fn rebuild_checkpoint(&self, index: usize) -> Option<u64> {
+        KernelContainer::rebuild_checkpoint(self, index)
+    }
+    fn checkpoint_unit_sectors(&self, index: usize) -> u64 {
+        KernelContainer::checkpoint_unit_sectors(self, index)
+    }
+}
+
 impl KernelContainer {
-    /// Records volume `index` as md runs it, as mdmon does: dirty or clean, and the members
-    /// in `faulty_slots` failed (each failure is kept: it never comes back on its own).
-    pub fn record(&self, index: usize, clean: bool, faulty_slots: &[u32]) -> Result<(), String> {
+    /// Records volume `index` as md runs it, as mdmon does: dirty or clean, and each member
+    /// as md holds it now (`members`: in sync in its slot, failed, or rebuilding a slot with
+    /// the sectors done so far). A member in no role is left as the records have it; a
+    /// failure is kept (it never comes back on its own); a rebuilding member not yet in
+    /// the records takes its slot (the rebuild starts), and one in sync again ends it.
+    pub fn record(
+        &self,
+        index: usize,
+        clean: bool,
+        members: Vec<MemberRecord>,
+    ) -> Result<(), String> {
         let Some(volume) = self.volumes.iter().find(|v| v.index == index) else {
             return Err(format!("{}: no volume {index}", self.label));
         };
-        let array = volume
+        let slots = volume
             .array
             .as_ref()
-            .map_err(|e| format!("{}: {e}", volume.name))?;
-        let records = VolumeRecords::new(self.records.clone(), index, array.slots.clone());
-        let members = array
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, path)| {
-                let role = if faulty_slots.contains(&(slot as u32)) {
-                    MemberRole::Faulty
-                } else {
-                    MemberRole::InSync(slot)
-                };
-                Some(MemberRecord {
-                    device: path.clone()?,
-                    role,
-                })
-            })
-            .collect();
-        records
+            .map(|a| a.slots.clone())
+            .unwrap_or_default();
+        VolumeRecords::new(self.records.clone(), index, slots)
             .record(&SetRecord { clean, members })
             .map_err(|e| format!("{}: {e}", volume.name))
+    }
+
+    /// The device that would take a lost slot of volume `index` now, as mdmon picks one
+    /// (imsm_activate_spare): a disk of the table in no slot of the volume and not failed,
+    /// then a spare with its own record; large enough for the volume's area, and not one
+    /// of `taken`. None while the volume migrates (a rebuild under way included).
+    pub fn spare_for(&self, index: usize, taken: &[String]) -> Option<SpareTaking> {
+        let mpb = self.records.mpb();
+        let dev = mpb.devs.get(index)?;
+        if dev.is_migrating() {
+            return None;
+        }
+        let map = &dev.maps[0];
+        let end_bytes = (map.pba_of_lba0 + map.blocks_per_member).saturating_mul(512);
+        let loose = self.records.loose_spares();
+        let fits = |path: &str| {
+            self.sizes
+                .iter()
+                .any(|(p, size)| p == path && *size >= end_bytes)
+        };
+        let in_table = self
+            .members
+            .iter()
+            .map(|(_, p, _, _)| p.clone())
+            .filter(|p| {
+                self.records.index_of(p).is_some_and(|d| {
+                    mpb.disks.get(d).is_some_and(|disk| {
+                        !disk.is_failed() && !disk.is_journal() && map.slot_of(d as u32).is_none()
+                    })
+                })
+            });
+        in_table
+            .chain(
+                loose
+                    .into_iter()
+                    .filter(|p| self.records.index_of(p).is_none()),
+            )
+            .find(|p| fits(p) && !taken.contains(p))
+            .map(|path| SpareTaking {
+                path,
+                offset_sectors: map.pba_of_lba0,
+                size_sectors: component_sectors(dev),
+            })
+    }
+
+    /// Sectors of each member of volume `index` its records have rebuilt (the checkpoint),
+    /// while a rebuild is under way.
+    pub fn rebuild_checkpoint(&self, index: usize) -> Option<u64> {
+        let mpb = self.records.mpb();
+        let dev = mpb.devs.get(index)?;
+        dev.is_rebuilding().then(|| dev.rebuild_done_sectors())
+    }
+
+    /// Sectors a checkpoint of volume `index` stands for: md's progress is recorded in
+    /// whole units of this.
+    pub fn checkpoint_unit_sectors(&self, index: usize) -> u64 {
+        let mpb = self.records.mpb();
+        mpb.devs
+            .get(index)
+            .map_or(1, |dev| dev.rebuild_unit_sectors())
     }
 }
 
@@ -211,6 +328,9 @@ impl Container {
                 .filter_map(|f| Some((f.disk?, f.path.clone(), f.device.clone())))
                 .collect(),
         );
+        for s in &self.spares {
+            records.add_spare(s.path.clone(), s.device.clone(), s.disk.clone());
+        }
         let volumes = self
             .volumes(used)
             .into_iter()
@@ -229,16 +349,11 @@ impl Container {
                                 Some((p.clone()?, slot as u32, map.pba_of_lba0, component))
                             })
                             .collect();
-                        let why = if plan.migrating {
+                        let why = if plan.migrating && !plan.rebuilding {
                             Some(format!(
                                 "its {} is unfinished and tessera does not record migrations",
                                 dev.migration_name()
                             ))
-                        } else if plan.degraded {
-                            Some(
-                                "it is degraded and tessera does not record rebuilds yet"
-                                    .to_string(),
-                            )
                         } else if !matches!(dev.rwh_policy(), RWH_OFF | RWH_MULTIPLE_OFF) {
                             Some(format!(
                                 "its write-hole policy {} (PPL, journal or bitmap) is not one \
@@ -258,6 +373,13 @@ impl Container {
                             resync_start: resync_start(dev),
                             members,
                             slots: plan.slots.clone(),
+                            // The rebuild under way resumes from its checkpoint.
+                            recovering: plan.rebuild.as_ref().filter(|_| plan.rebuilding).map(
+                                |(slot, path)| {
+                                    let done = dev.rebuild_done_sectors();
+                                    (*slot as u32, path.clone(), map.pba_of_lba0, done)
+                                },
+                            ),
                         };
                         (Ok(array), why)
                     }
@@ -284,7 +406,26 @@ impl Container {
                 })
                 .collect(),
             left_out: self.left_out.clone(),
+            spares: self
+                .spares
+                .iter()
+                .map(|s| {
+                    let total = s.disk.total_blocks;
+                    let reserved = imsm::MPB_SECTOR_CNT.min(total);
+                    (s.path.clone(), total - reserved, reserved)
+                })
+                .collect(),
             volumes,
+            sizes: self
+                .members
+                .iter()
+                .map(|f| (f.path.clone(), f.device.size_bytes()))
+                .chain(
+                    self.spares
+                        .iter()
+                        .map(|s| (s.path.clone(), s.device.size_bytes())),
+                )
+                .collect(),
             records,
         }
     }

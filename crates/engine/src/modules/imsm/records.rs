@@ -78,8 +78,16 @@ impl ContainerRecords {
         Ok(())
     }
 
-    /// The disk index of member `path`.
-    fn index_of(&self, path: &str) -> Option<usize> {
+    /// The paths of the spares in no volume yet (their own spare records).
+    pub fn loose_spares(&self) -> Vec<String> {
+        lock(&self.spares)
+            .iter()
+            .map(|(p, _, _)| p.clone())
+            .collect()
+    }
+
+    /// The disk index of member `path` (`usize::MAX` once its disk left the table).
+    pub fn index_of(&self, path: &str) -> Option<usize> {
         lock(&self.members)
             .iter()
             .find(|(_, p, _)| p == path)

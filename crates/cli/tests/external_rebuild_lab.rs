@@ -1,0 +1,215 @@
+//! Rebuilds onto spares of IMSM and DDF containers md runs in the kernel, with tessera's
+//! monitor doing mdmon's part, against the real mdadm; one kernel lab boot per test.
+//!
+//! IMSM (external_rebuild_imsm.sh): mdadm makes a container with a raid5 volume over three
+//! disks and a spare; tessera assembles it in md, a member fails (`mdadm --fail`), the
+//! monitor gives md the spare and records the rebuild; at the end `mdadm --examine` shows
+//! one normal map, mdadm assembles the volume with the same bytes and md's check finds no
+//! mismatch. Then the failed disk comes back as a new spare, another member fails with the
+//! rebuild slowed down, the monitor is killed (SIGKILL) once it has recorded a checkpoint,
+//! the volume is stopped and assembled again: md resumes at the recorded checkpoint, and
+//! the end is as before.
+//!
+//! DDF (external_rebuild_ddf.sh): mdadm makes a container with a raid5 and a raid1 and a
+//! global spare; tessera runs both writable (the monitor recording them not consistent,
+//! then consistent), a member of the raid5 fails and the monitor rebuilds it onto the
+//! spare; `mdadm --examine` shows the spare Online and the member Failed, mdadm assembles
+//! both with the same bytes and md's check finds no mismatch.
+//!
+//! Every wait is for a state to be reached (bounded generously), never a fixed window.
+
+mod common;
+
+const IMSM_SCRIPT: &str = include_str!("external_rebuild_imsm.sh");
+const DDF_SCRIPT: &str = include_str!("external_rebuild_ddf.sh");
+
+fn run_lab(script: &str) -> String {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    // A copy: the build may replace the binary while the lab runs it.
+    let tessera = d.join("tessera");
+    std::fs::copy(common::tessera_path(), &tessera).unwrap();
+    let script = script.replace("__TESSERA__", &tessera.display().to_string());
+    let started = std::time::Instant::now();
+    let out = common::lab_script(d, &script, 1500);
+    eprintln!("the lab took {:?}:\n{out}", started.elapsed());
+    assert!(out.contains("lab-done"), "the lab did not finish:\n{out}");
+    let timeouts: Vec<&str> = out.lines().filter(|l| l.starts_with("timeout|")).collect();
+    assert!(timeouts.is_empty(), "waited in vain: {timeouts:?}\n{out}");
+    out
+}
+
+/// The lines of `out` starting with `prefix`, the prefix cut off.
+fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(str::trim)
+        .collect()
+}
+
+fn has(out: &str, prefix: &str, text: &str) -> bool {
+    lines(out, prefix).contains(&text)
+}
+
+/// `Checkpoint : N (UNIT)` from mdadm's examine line: (N, UNIT).
+fn checkpoint(line: &str) -> (u64, u64) {
+    let mut it = line.split_whitespace();
+    let n = it.next().and_then(|s| s.parse().ok());
+    let unit = it
+        .next()
+        .and_then(|s| s.trim_matches(|c| c == '(' || c == ')').parse().ok());
+    match (n, unit) {
+        (Some(n), Some(u)) => (n, u),
+        _ => panic!("not a checkpoint: {line:?}"),
+    }
+}
+
+#[test]
+fn imsm_spare_rebuilt_by_the_monitor_and_resumed_from_its_checkpoint() {
+    let out = run_lab(IMSM_SCRIPT);
+    // One: the rebuild onto the spare, recorded as mdmon records it.
+    let before = common::lab_line(&out, "one|sum-before|");
+    assert_eq!(before.len(), 64, "{out}");
+    assert_eq!(common::lab_line(&out, "one|sum-after|"), before, "{out}");
+    assert_eq!(common::lab_line(&out, "one-mdadm|sum|"), before, "{out}");
+    assert_eq!(common::lab_line(&out, "one-mdadm|mismatch|"), "0", "{out}");
+    assert_eq!(common::lab_line(&out, "one-mdadm|degraded|"), "0", "{out}");
+    let log = lines(&out, "monitor-one|").join("\n");
+    assert!(
+        log.contains("/dev/loop3 (dev-loop3) takes slot 1: rebuilding")
+            && log.contains("rebuild of slot 1 onto /dev/loop3 done"),
+        "{out}"
+    );
+    assert!(
+        log.contains(": checkpoint"),
+        "no checkpoint recorded:\n{out}"
+    );
+    for want in [
+        "Map State : normal",
+        "Migrate State : idle",
+        "Slots : [UUU]",
+        "Failed disk : none",
+        "Dirty State : clean",
+        "Disk02 Serial : /dev/loop3",
+    ] {
+        assert!(has(&out, "one|examine|", want), "no {want:?}:\n{out}");
+    }
+    assert!(
+        !lines(&out, "one|examine|")
+            .iter()
+            .any(|l| l.contains("/dev/loop1")),
+        "the failed disk is still in the table:\n{out}"
+    );
+
+    // Two: killed mid-rebuild, resumed from the checkpoint.
+    let killed = common::lab_line(&out, "two|killed-at|");
+    let (units, unit) = checkpoint(killed.split('|').next().unwrap());
+    assert!(units > 0, "{out}");
+    let stopped = common::lab_line(&out, "two|checkpoint-stopped|");
+    assert_eq!(checkpoint(stopped), (units, unit), "{out}");
+    let resumed = common::lab_line(&out, "two|activate|  md/vol5: the rebuild of slot ");
+    // "S onto PATH resumes at sector X of TOTAL (md's recovery_start Y)"
+    let words: Vec<&str> = resumed.split_whitespace().collect();
+    let at: u64 = words[words.iter().position(|w| *w == "sector").unwrap() + 1]
+        .parse()
+        .unwrap();
+    let total: u64 = words[words.iter().position(|w| *w == "of").unwrap() + 1]
+        .parse()
+        .unwrap();
+    let md_start: u64 = words.last().unwrap().trim_end_matches(')').parse().unwrap();
+    eprintln!(
+        "checkpoint when killed: {units} units of {unit} sectors; resumed at sector {at} of {total} \
+         (md's recovery_start {md_start}); md had reached {}",
+        killed
+    );
+    assert_eq!(at, units * unit, "{out}");
+    assert_eq!(
+        md_start, at,
+        "md does not resume where the records say:\n{out}"
+    );
+    assert!(at > 0 && at < total, "{out}");
+    let before = common::lab_line(&out, "two|sum-before|");
+    assert_eq!(common::lab_line(&out, "two|sum-after|"), before, "{out}");
+    assert_eq!(common::lab_line(&out, "two-mdadm|sum|"), before, "{out}");
+    assert_eq!(common::lab_line(&out, "two-mdadm|mismatch|"), "0", "{out}");
+    assert_eq!(common::lab_line(&out, "two-mdadm|degraded|"), "0", "{out}");
+    for want in [
+        "Map State : normal",
+        "Migrate State : idle",
+        "Slots : [UUU]",
+        "Failed disk : none",
+        "Dirty State : clean",
+    ] {
+        assert!(has(&out, "two|examine|", want), "no {want:?}:\n{out}");
+    }
+    let log = lines(&out, "monitor-three|").join("\n");
+    assert!(
+        log.contains("done"),
+        "the resumed rebuild did not end:\n{out}"
+    );
+}
+
+#[test]
+fn ddf_runs_writable_and_its_global_spare_is_rebuilt_by_the_monitor() {
+    let out = run_lab(DDF_SCRIPT);
+    for v in ["dvol5", "dvol1"] {
+        assert!(
+            common::lab_line(&out, &format!("run|{v}|version|")).starts_with("external:/mdN/"),
+            "{v} is not run writable:\n{out}"
+        );
+        assert_eq!(
+            common::lab_line(&out, &format!("run|{v}|write|")),
+            "0",
+            "{out}"
+        );
+        let before = common::lab_line(&out, &format!("before|{v}|sum|"));
+        assert_eq!(before.len(), 64, "{out}");
+        assert_eq!(
+            common::lab_line(&out, &format!("after|{v}|sum|")),
+            before,
+            "{v}:\n{out}"
+        );
+        assert_eq!(
+            common::lab_line(&out, &format!("mdadm|{v}|sum|")),
+            before,
+            "{v}:\n{out}"
+        );
+        assert_eq!(
+            common::lab_line(&out, &format!("mdadm|{v}|mismatch|")),
+            "0",
+            "{out}"
+        );
+    }
+    assert_eq!(
+        common::lab_line(&out, "mdadm|dvol5|degraded|"),
+        "0",
+        "{out}"
+    );
+    // Written: not consistent; idle: consistent again.
+    assert!(
+        lines(&out, "written|examine|")
+            .iter()
+            .any(|l| l.contains("Not Consistent")),
+        "{out}"
+    );
+    let log = lines(&out, "monitor|").join("\n");
+    let spare = common::lab_line(&out, "fail|spare|");
+    let failed = common::lab_line(&out, "fail|member|");
+    assert!(
+        log.contains(&format!("/dev/{spare} (dev-{spare}) takes slot")) && log.contains("done"),
+        "{out}"
+    );
+    let stopped = lines(&out, "stopped|examine|");
+    assert!(
+        stopped
+            .iter()
+            .any(|l| l.contains(failed) && l.contains("Failed")),
+        "{failed} not recorded Failed:\n{out}"
+    );
+    assert!(
+        stopped
+            .iter()
+            .any(|l| l.contains(spare) && l.contains("Online") && !l.contains("Rebuilding")),
+        "{spare} not recorded Online:\n{out}"
+    );
+}
