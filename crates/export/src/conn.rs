@@ -1,11 +1,16 @@
 //! One client connection: fixed newstyle negotiation, then the transmission phase with a
-//! small pool of workers so that a client with many requests in flight gets parallelism.
-//! The workers take turns reading the next request, perform it, and write the reply under a
-//! lock, so replies go out whole and in completion order.
+//! small pool of workers. The workers take turns at the request stream (as nbdkit's threads
+//! do, so no hand-off between a reader and the workers): while the device answers small
+//! requests fast (the page cache), a turn takes every small request already buffered and its
+//! replies leave in one write; a slow device gets one request per turn, so that a client with
+//! many requests in flight gets parallelism from a disk. Replies go out whole, in completion
+//! order.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tessera_block::{BlockError, SharedDevice};
 use tracing::{debug, trace};
@@ -21,6 +26,17 @@ const INFLIGHT_BYTES: u64 = 2 * MAX_PAYLOAD as u64;
 const PAYLOAD_STEP: u32 = 4 << 20;
 /// Zero buffer for NO_HOLE write-zeroes, written repeatedly.
 const ZERO_CHUNK: usize = 1 << 20;
+/// Bytes of requests read from the socket at once: a client's whole queue of small requests.
+const READ_BUFFER_BYTES: usize = 256 << 10;
+/// Largest READ or WRITE that joins a turn's batch when the device is fast.
+const BATCHED_MAX_BYTES: u32 = 128 << 10;
+/// Average service time of a small request under which the device counts as fast: the page
+/// cache takes a few microseconds, a disk tens to thousands.
+const FAST_NANOS: u64 = 20_000;
+/// READ and WRITE bytes of one turn's batch.
+const BATCH_BYTES: usize = 256 << 10;
+/// A reply buffer larger than this is given back after use rather than kept.
+const KEEP_BYTES: usize = 4 << 20;
 
 /// The export a connection entered transmission with, as negotiated.
 struct Session {
@@ -72,10 +88,11 @@ pub fn serve_stream<R: Read + Send, W: Write + Send>(
 pub(crate) fn serve_stream_with<R: Read + Send, W: Write + Send>(
     exports: &ExportSet,
     config: &ServerConfig,
-    mut reader: R,
+    reader: R,
     mut writer: W,
     entered: impl FnOnce(),
 ) -> Result<(), ExportError> {
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let Some(session) = negotiate(&mut reader, &mut writer, exports)? else {
         return Ok(());
     };
@@ -260,22 +277,18 @@ fn skip<R: Read>(r: &mut R, len: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// A request handed to a worker, with a WRITE's payload.
-struct Job {
-    req: Request,
-    payload: Vec<u8>,
-    /// Budget bytes to give back once answered.
-    cost: u64,
-}
-
-/// The replies side: one writer shared by the workers, one whole reply at a time. After a
-/// failed write the stream is broken, so later replies are dropped.
+/// The replies side: one writer shared by the workers, one whole reply (or a turn's replies)
+/// at a time. After a failed write the stream is broken, so later
+/// replies are dropped.
 struct Replies<W> {
     out: Mutex<(W, Option<io::Error>)>,
 }
 
 impl<W: Write> Replies<W> {
     fn send(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         let mut guard = lock(&self.out);
         let (out, failed) = &mut *guard;
         if failed.is_none() {
@@ -290,16 +303,107 @@ impl<W: Write> Replies<W> {
     }
 }
 
+/// How long the device has recently taken to serve a small READ or WRITE (a moving average).
+/// For a fast device (the page cache) a worker serves many requests per turn: the I/O costs
+/// less than waking another worker. A slow one (a disk) is served one request per worker, so
+/// that many are served at once.
+struct Pace {
+    nanos: AtomicU64,
+}
+
+impl Pace {
+    /// Starts slow: the first requests go to the workers and teach the average.
+    fn new() -> Self {
+        Pace {
+            nanos: AtomicU64::new(FAST_NANOS * 64),
+        }
+    }
+
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX / 2);
+        let old = self.nanos.load(Ordering::Relaxed);
+        // A lost update between threads only makes the average a little less exact.
+        let new = old - old / 8 + (sample / 8).min(u64::MAX / 4);
+        self.nanos.store(new, Ordering::Relaxed);
+    }
+
+    fn fast(&self) -> bool {
+        self.nanos.load(Ordering::Relaxed) < FAST_NANOS
+    }
+}
+
+/// A READ or WRITE whose service time says whether the device is fast.
+fn is_small(req: &Request) -> bool {
+    matches!(req.command, Command::Read | Command::Write)
+        && req.length <= BATCHED_MAX_BYTES
+        && req.flags & CMD_FLAG_FUA == 0
+}
+
+/// Reply bytes built in place: a READ's data is read straight into it after its header, so
+/// the reply leaves in one write without another copy. Only the growth is zero-filled, so a
+/// reused buffer costs nothing per request.
+#[derive(Default)]
+struct ReplyBuf {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl ReplyBuf {
+    /// Appends `n` bytes (contents unspecified) and returns them.
+    fn extend(&mut self, n: usize) -> &mut [u8] {
+        let start = self.len;
+        if self.bytes.len() < start + n {
+            self.bytes.resize(start + n, 0);
+        }
+        self.len += n;
+        &mut self.bytes[start..start + n]
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.extend(data.len()).copy_from_slice(data);
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties it, giving back memory a large reply took.
+    fn clear(&mut self) {
+        self.len = 0;
+        if self.bytes.len() > KEEP_BYTES {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
 /// The request stream, taken in turn by whichever worker is free (as nbdkit does): no hand-off
 /// between a reader thread and the workers.
 struct Intake<R> {
-    r: R,
+    r: BufReader<R>,
     done: bool,
     error: Option<ExportError>,
 }
 
+/// Requests a worker took from the stream in one turn, with WRITE payloads.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<(Request, Vec<u8>)>,
+    /// READ and WRITE bytes in it.
+    bytes: u64,
+    /// Budget bytes held for its first request.
+    cost: u64,
+}
+
+/// Each worker takes a turn at the request stream: the next request and, while the device
+/// answers fast, every small request already buffered behind it; then serves them and writes
+/// all their replies at once. A slow device gets one request per turn, so that the workers
+/// serve many at once.
 fn transmit<R: Read + Send, W: Write + Send>(
-    r: R,
+    r: BufReader<R>,
     w: W,
     session: &Session,
     workers: usize,
@@ -308,31 +412,43 @@ fn transmit<R: Read + Send, W: Write + Send>(
         out: Mutex::new((w, None)),
     };
     let budget = Budget::new(INFLIGHT_BYTES);
+    let pace = Pace::new();
     let intake = Mutex::new(Intake {
         r,
         done: false,
         error: None,
     });
-    let serve = || loop {
-        let job = {
-            let mut intake = lock(&intake);
-            if intake.done {
-                return;
-            }
-            match next_job(&mut intake.r, &replies, session, &budget) {
-                Ok(Some(job)) => job,
-                Ok(None) => {
-                    intake.done = true;
+    let serve = || {
+        let mut out = ReplyBuf::default();
+        let mut batch = Batch::default();
+        loop {
+            {
+                let mut intake = lock(&intake);
+                if intake.done {
                     return;
                 }
-                Err(e) => {
-                    intake.done = true;
-                    intake.error = Some(e);
-                    return;
+                let intake = &mut *intake;
+                match take_batch(&mut intake.r, session, &budget, &pace, &mut batch, &mut out) {
+                    Ok(true) => {}
+                    Ok(false) => intake.done = true,
+                    Err(e) => {
+                        intake.done = true;
+                        intake.error = Some(e);
+                    }
                 }
             }
-        };
-        answer(session, &replies, &budget, job);
+            for (req, payload) in batch.requests.drain(..) {
+                let started = Instant::now();
+                execute(session, &req, &payload, &mut out);
+                if is_small(&req) {
+                    pace.record(started.elapsed());
+                }
+            }
+            replies.send(out.filled());
+            out.clear();
+            budget.release(std::mem::take(&mut batch.cost));
+            batch.bytes = 0;
+        }
     };
     thread::scope(|s| {
         for _ in 1..workers {
@@ -350,55 +466,113 @@ fn transmit<R: Read + Send, W: Write + Send>(
     error.map_or(Ok(()), Err)
 }
 
-/// Reads requests until one is accepted; answers refusals on the way. `None`: the client is
-/// done (DISC or end of stream).
-fn next_job<R: Read, W: Write>(
-    r: &mut R,
-    replies: &Replies<W>,
+/// Fills `batch` with the next requests (refusals are answered into `out`). `Ok(false)`: the
+/// client is done; what was taken is still served.
+fn take_batch<R: Read>(
+    r: &mut BufReader<R>,
     session: &Session,
     budget: &Budget,
-) -> Result<Option<Job>, ExportError> {
+    pace: &Pace,
+    batch: &mut Batch,
+    out: &mut ReplyBuf,
+) -> Result<bool, ExportError> {
     loop {
-        let mut header = [0u8; REQUEST_LEN];
-        if !read_header(r, &mut header)? {
-            debug!(export = %session.name, "client closed the connection");
-            return Ok(None);
-        }
-        let req = parse_request(&header)?;
-        trace!(?req, "request");
-        if req.command == Command::Disc {
-            debug!(export = %session.name, "client disconnected");
-            return Ok(None);
-        }
-        if let Err(refusal) = check_request(&req, &session.limits) {
-            if req.command == Command::Write {
-                if req.length > MAX_PAYLOAD {
-                    return Err(ProtocolError::OversizeWrite(req.length).into());
+        let buffered = r.buffer().get(..REQUEST_LEN);
+        if !batch.requests.is_empty() || !out.is_empty() {
+            // Only what is already here joins the batch: the client may be waiting for
+            // these replies before it sends more.
+            let Some(header) = buffered else {
+                return Ok(true);
+            };
+            let mut h = [0u8; REQUEST_LEN];
+            h.copy_from_slice(header);
+            let joins = match parse_request(&h) {
+                Ok(next) => {
+                    !batch.requests.is_empty()
+                        && pace.fast()
+                        && is_small(&next)
+                        && batch.bytes + u64::from(next.length) <= BATCH_BYTES as u64
+                        && (next.command != Command::Write
+                            || r.buffer().len() >= REQUEST_LEN + next.length as usize)
                 }
-                skip(r, req.length)?;
+                // Refusals and bad magic are answered by whoever reads them next.
+                Err(_) => false,
+            };
+            if !joins && !batch.requests.is_empty() {
+                return Ok(true);
             }
-            let msg = format!(
-                "{:?} of {} bytes at offset {}: {refusal}",
-                req.command, req.length, req.offset
-            );
-            debug!(export = %session.name, "{msg}");
-            replies.send(&error_reply(session, req.cookie, refusal.errno(), &msg));
-            continue;
         }
-        let cost = match req.command {
+        let req = match next_request(r, session, out)? {
+            Next::Serve(req) => req,
+            Next::Refused => continue,
+            Next::Done => return Ok(false),
+        };
+        let bytes = match req.command {
             Command::Read | Command::Write => u64::from(req.length),
             _ => 0,
         };
-        budget.acquire(cost);
+        if batch.requests.is_empty() {
+            // The first request of a turn may be large: it is held to the connection's budget.
+            budget.acquire(bytes);
+            batch.cost = bytes;
+        }
         let mut payload = Vec::new();
         if req.command == Command::Write {
-            if let Err(e) = read_payload(r, req.length, &mut payload) {
-                budget.release(cost);
-                return Err(e.into());
-            }
+            read_payload(r, req.length, &mut payload)?;
         }
-        return Ok(Some(Job { req, payload, cost }));
+        batch.bytes += bytes;
+        batch.requests.push((req, payload));
+        if !pace.fast() {
+            return Ok(true);
+        }
     }
+}
+
+/// What the next request asks for.
+enum Next {
+    Serve(Request),
+    /// Refused; its error reply is in the pending replies.
+    Refused,
+    /// The client is done (DISC or end of stream).
+    Done,
+}
+
+/// Reads the next request; a refusal is answered into `pending`.
+fn next_request<R: Read>(
+    r: &mut BufReader<R>,
+    session: &Session,
+    pending: &mut ReplyBuf,
+) -> Result<Next, ExportError> {
+    let mut header = [0u8; REQUEST_LEN];
+    if let Some(buffered) = r.buffer().get(..REQUEST_LEN) {
+        header.copy_from_slice(buffered);
+        r.consume(REQUEST_LEN);
+    } else if !read_header(r, &mut header)? {
+        debug!(export = %session.name, "client closed the connection");
+        return Ok(Next::Done);
+    }
+    let req = parse_request(&header)?;
+    trace!(?req, "request");
+    if req.command == Command::Disc {
+        debug!(export = %session.name, "client disconnected");
+        return Ok(Next::Done);
+    }
+    if let Err(refusal) = check_request(&req, &session.limits) {
+        if req.command == Command::Write {
+            if req.length > MAX_PAYLOAD {
+                return Err(ProtocolError::OversizeWrite(req.length).into());
+            }
+            skip(r, req.length)?;
+        }
+        let msg = format!(
+            "{:?} of {} bytes at offset {}: {refusal}",
+            req.command, req.length, req.offset
+        );
+        debug!(export = %session.name, "{msg}");
+        push_error(session, pending, req.cookie, refusal.errno(), &msg);
+        return Ok(Next::Refused);
+    }
+    Ok(Next::Serve(req))
 }
 
 /// Reads a WRITE's payload into a buffer that grows as bytes arrive, so a client that
@@ -436,28 +610,23 @@ fn read_header<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-fn answer<W: Write>(s: &Session, replies: &Replies<W>, budget: &Budget, job: Job) {
-    replies.send(&execute(s, &job));
-    budget.release(job.cost);
-}
-
-/// Performs a checked request; returns the whole reply.
-fn execute(s: &Session, job: &Job) -> Vec<u8> {
+/// Performs a checked request; appends its whole reply to `out`.
+fn execute(s: &Session, req: &Request, payload: &[u8], out: &mut ReplyBuf) {
     let Request {
         flags,
         command,
         cookie,
         offset,
         length,
-    } = job.req;
+    } = *req;
     let dev = &*s.device;
     let fua = |r: Result<(), BlockError>| match r {
         Ok(()) if flags & CMD_FLAG_FUA != 0 => dev.flush(),
         other => other,
     };
     let result = match command {
-        Command::Read => return read_reply(s, cookie, offset, length as usize),
-        Command::Write => fua(dev.write_at(&job.payload, offset)),
+        Command::Read => return read_reply(s, cookie, offset, length as usize, out),
+        Command::Write => fua(dev.write_at(payload, offset)),
         Command::Flush => dev.flush(),
         Command::Trim if length == 0 => Ok(()),
         Command::Trim => fua(dev.discard(offset, u64::from(length))),
@@ -466,15 +635,15 @@ fn execute(s: &Session, job: &Job) -> Vec<u8> {
             fua(write_zero_buffers(s, offset, u64::from(length)))
         }
         Command::WriteZeroes => fua(dev.write_zeroes(offset, u64::from(length))),
-        // Refused by check_request before reaching a worker.
+        // Refused by check_request before being served.
         Command::Disc | Command::Other(_) => Ok(()),
     };
     match result {
-        Ok(()) => encode_simple_reply(0, cookie).to_vec(),
+        Ok(()) => out.push(&encode_simple_reply(0, cookie)),
         Err(e) => {
             let errno = errno_of(&e, command.writes());
             debug!(export = %s.name, "{command:?} failed: {e}");
-            error_reply(s, cookie, errno, &e.to_string())
+            push_error(s, out, cookie, errno, &e.to_string());
         }
     }
 }
@@ -492,41 +661,49 @@ fn write_zero_buffers(s: &Session, offset: u64, len: u64) -> Result<(), BlockErr
     Ok(())
 }
 
-/// A READ's reply, data read straight into the reply buffer so it leaves in one write.
-fn read_reply(s: &Session, cookie: u64, offset: u64, len: usize) -> Vec<u8> {
+/// A READ's reply, the data read straight into the reply buffer after its header.
+fn read_reply(s: &Session, cookie: u64, offset: u64, len: usize, out: &mut ReplyBuf) {
+    if s.limits.structured && len == 0 {
+        // A data chunk must carry at least one byte.
+        out.push(&encode_structured_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_NONE,
+            cookie,
+            0,
+        ));
+        return;
+    }
     let head = match s.limits.structured {
         true => STRUCTURED_HEADER_LEN + 8,
         false => SIMPLE_REPLY_LEN,
     };
-    if s.limits.structured && len == 0 {
-        // A data chunk must carry at least one byte.
-        return encode_structured_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0).to_vec();
-    }
-    let mut buf = vec![0u8; head + len];
-    if let Err(e) = s.device.read_at(&mut buf[head..], offset) {
+    let start = out.len;
+    let reply = out.extend(head + len);
+    if let Err(e) = s.device.read_at(&mut reply[head..], offset) {
         debug!(export = %s.name, "read failed: {e}");
-        return error_reply(s, cookie, errno_of(&e, false), &e.to_string());
+        out.len = start;
+        push_error(s, out, cookie, errno_of(&e, false), &e.to_string());
+        return;
     }
     if s.limits.structured {
         let chunk = (len + 8) as u32; // len <= MAX_PAYLOAD
-        buf[..STRUCTURED_HEADER_LEN].copy_from_slice(&encode_structured_header(
+        reply[..STRUCTURED_HEADER_LEN].copy_from_slice(&encode_structured_header(
             REPLY_FLAG_DONE,
             REPLY_TYPE_OFFSET_DATA,
             cookie,
             chunk,
         ));
-        buf[STRUCTURED_HEADER_LEN..head].copy_from_slice(&offset.to_be_bytes());
+        reply[STRUCTURED_HEADER_LEN..head].copy_from_slice(&offset.to_be_bytes());
     } else {
-        buf[..SIMPLE_REPLY_LEN].copy_from_slice(&encode_simple_reply(0, cookie));
+        reply[..SIMPLE_REPLY_LEN].copy_from_slice(&encode_simple_reply(0, cookie));
     }
-    buf
 }
 
-/// An error reply: structured (with a message) when negotiated, simple otherwise.
-fn error_reply(s: &Session, cookie: u64, errno: u32, message: &str) -> Vec<u8> {
+/// Appends an error reply: structured (with a message) when negotiated, simple otherwise.
+fn push_error(s: &Session, out: &mut ReplyBuf, cookie: u64, errno: u32, message: &str) {
     match s.limits.structured {
-        true => encode_structured_error(cookie, errno, message),
-        false => encode_simple_reply(errno, cookie).to_vec(),
+        true => out.push(&encode_structured_error(cookie, errno, message)),
+        false => out.push(&encode_simple_reply(errno, cookie)),
     }
 }
 

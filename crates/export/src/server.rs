@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
@@ -268,7 +268,6 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
         .spawn(move || {
             let peer = who;
             debug!(%peer, "client connected");
-            let reader = BufReader::with_capacity(128 << 10, reader);
             // The socket's timeout covers both of its handles.
             stream.set_read_timeout(s.config.handshake_timeout);
             let entered = || stream.set_read_timeout(None);
