@@ -11,6 +11,11 @@ use crate::error::{EngineError, Result};
 pub fn expand(patterns: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for pattern in patterns {
+        // A remote PV: connecting to it is what tells whether it is there.
+        if is_remote(pattern) {
+            push_unique(&mut out, pattern.clone());
+            continue;
+        }
         let is_glob = pattern.contains(['*', '?', '[']);
         if !is_glob {
             if !Path::new(pattern).exists() {
@@ -37,6 +42,24 @@ pub fn expand(patterns: &[String]) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// True if `name` is an NBD URI (`nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`)
+/// rather than a path.
+pub fn is_remote(name: &str) -> bool {
+    tessera_block::nbd::is_nbd_uri(name)
+}
+
+/// Connects to the NBD export `uri` names, read-only unless `write`. Its name in every
+/// message and in `show` is the URI as given.
+pub fn open_remote(uri: &str, write: bool) -> Result<tessera_block::SharedDevice> {
+    let options = tessera_block::NbdOptions {
+        read_only: !write,
+        ..Default::default()
+    };
+    Ok(std::sync::Arc::new(tessera_block::NbdDevice::open(
+        uri, options,
+    )?))
 }
 
 fn push_unique(out: &mut Vec<String>, path: String) {

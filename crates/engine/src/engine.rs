@@ -154,6 +154,9 @@ impl Engine {
     }
 
     pub(crate) fn open(path: &str, write: bool) -> Result<SharedDevice> {
+        if devices::is_remote(path) {
+            return devices::open_remote(path, write);
+        }
         let rw = OpenOptions {
             read_only: false,
             ..Default::default()
@@ -342,7 +345,7 @@ impl Engine {
     /// format module makes of them (`VG/LV`), activated in user space (writable when
     /// `write`).
     pub fn open_named(&self, path: &str, write: bool) -> Result<SharedDevice> {
-        if Path::new(path).exists() {
+        if Path::new(path).exists() || devices::is_remote(path) {
             return Self::open(path, write);
         }
         let (devs, _) = self.devices(write)?;
