@@ -1,9 +1,12 @@
 //! Silicon Image, VIA, JMicron, HighPoint 37x and 45x sets that tessera's writers lay out,
-//! read by the real dmraid and activated by it in the kernel lab: dmraid only looks at whole
-//! SCSI/ATA disks that answer with a serial number, which loop devices do not, so the members
-//! are scsi_debug disks there. dmraid -r must list every member with tessera's set name,
-//! type, size and data offset, dmraid -s every set with the size tessera's layout gives, and
-//! the set dmraid maps in device-mapper must hold the bytes tessera's layout put on the members.
+//! read two ways: tessera's `show --json` and read-only `serve` on the host, and the real
+//! dmraid in the kernel lab. dmraid only looks at whole SCSI/ATA disks that answer with a
+//! serial number, which loop devices do not, so the members are scsi_debug disks there.
+//! `show --json` must list every set with its members in order and blkid's type names, and
+//! agree with `dmraid -r` on every member's name, type, size and data offset and with
+//! `dmraid -s` on every set's size, stride, type and members; the set tessera serves and the
+//! set dmraid maps in device-mapper must both hold the bytes tessera's layout put on the
+//! members.
 
 mod common;
 
@@ -11,12 +14,16 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use serde_json::Value;
 use tessera_block::{FileDevice, OpenOptions};
 use tessera_formats::ataraid::{self, Level, Member, SetSpec, Vendor};
 
 /// Bytes of each member disk (scsi_debug's dev_size_mb).
 const DISK_MIB: u64 = 4;
 const DISK_SECTORS: u64 = DISK_MIB * 2048;
+
+/// A set to lay out: vendor, level, members, stripe sectors, name, id.
+type Planned = (Vendor, Level, u32, u32, &'static str, u32);
 
 type Writer =
     fn(&dyn tessera_block::BlockDevice, &SetSpec, u32) -> Result<(), ataraid::AtaraidError>;
@@ -28,6 +35,21 @@ struct Set {
     /// Image paths, by member index.
     images: Vec<String>,
     members: Vec<Member>,
+}
+
+/// Every node of `show --json`, depth first.
+fn nodes(json: &Value) -> Vec<&Value> {
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        out.push(v);
+        for c in v["children"].as_array().into_iter().flatten() {
+            walk(c, out);
+        }
+    }
+    let mut out = Vec::new();
+    for d in json["devices"].as_array().expect("devices") {
+        walk(d, &mut out);
+    }
+    out
 }
 
 fn writer(vendor: Vendor) -> Writer {
@@ -114,16 +136,9 @@ fn write_sector(path: &str, sector: u64, b: &[u8]) {
 }
 
 impl Set {
-    fn new(
-        dir: &Path,
-        vendor: Vendor,
-        level: Level,
-        count: u32,
-        stripe: u32,
-        name: &str,
-        id: u32,
-        first: usize,
-    ) -> Set {
+    /// The set `planned` describes, on images `disk-FIRST.img` on.
+    fn new(dir: &Path, planned: &Planned, first: usize) -> Set {
+        let &(vendor, level, count, stripe, name, id) = planned;
         let member_data_sectors = match vendor {
             // HighPoint 37x counts the first member's data from sector 0, the rest from 10.
             Vendor::Hpt37x => 6000,
@@ -222,24 +237,13 @@ impl Set {
     }
 }
 
-/// The type `dmraid -s` shows for a top set. dmraid names the stacking the other way round
-/// from the usual words: a stripe over mirror pairs is its "raid01", a mirror of two stripes
-/// its "raid10".
-fn dmraid_set_type(level: Level) -> &'static str {
-    match level {
-        Level::Raid10 => "raid01",
-        Level::Raid01 => "raid10",
-        other => other.dmraid_type(),
-    }
-}
-
 #[test]
 fn dmraid_reads_and_maps_the_sets_tessera_lays_out() {
     let dir = tempfile::Builder::new()
         .prefix("ataraid-part2-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let plan: &[(Vendor, Level, u32, u32, &str, u32)] = &[
+    let plan: &[Planned] = &[
         (Vendor::Sil, Level::Raid0, 2, 32, "", 111_111_111),
         (Vendor::Sil, Level::Raid1, 2, 0, "", 222_222_222),
         (Vendor::Via, Level::Raid0, 3, 16, "", 3),
@@ -256,23 +260,63 @@ fn dmraid_reads_and_maps_the_sets_tessera_lays_out() {
     ];
     let mut sets = Vec::new();
     let mut disks = 0;
-    for &(vendor, level, count, stripe, name, id) in plan {
-        sets.push(Set::new(
-            dir.path(),
-            vendor,
-            level,
-            count,
-            stripe,
-            name,
-            id,
-            disks,
-        ));
-        disks += count as usize;
+    for planned in plan {
+        sets.push(Set::new(dir.path(), planned, disks));
+        disks += planned.2 as usize;
     }
     let mut expected_sums = BTreeMap::new();
     for (i, set) in sets.iter().enumerate() {
         let content = set.fill(0x5EED_0000 + 2 * i as u64);
         expected_sums.insert(set.members[0].set_name.clone(), common::sha(&content));
+    }
+
+    // tessera on the host: every set shown with its members and served whole, read-only.
+    let all = common::images_in(dir.path());
+    let state = dir.path().join("state");
+    let json: Value =
+        serde_json::from_str(&common::tessera(&all, &state, &["show", "--json"])).unwrap();
+    let all_nodes = nodes(&json);
+    let set_node = |name: &str| -> &Value {
+        all_nodes
+            .iter()
+            .find(|n| n["kind"] == "md" && n["name"] == name)
+            .unwrap_or_else(|| panic!("no set {name} in {json:#}"))
+    };
+    for set in &sets {
+        let name = set.members[0].set_name.as_str();
+        let node = set_node(name);
+        assert_eq!(node["state"], "clean", "{node:#}");
+        assert_eq!(node["size_bytes"], set.sectors() * 512, "{node:#}");
+        assert_eq!(
+            node["detail"]["type"],
+            set.spec.level.dmraid_type(),
+            "{node:#}"
+        );
+        assert_eq!(node["detail"]["metadata"], set.vendor.dmraid_name());
+        let listed: Vec<&str> = node["detail"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["device"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, set.images, "{name} member order");
+        for image in &set.images {
+            let disk = json["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == image.as_str())
+                .unwrap_or_else(|| panic!("no disk {image} in {json:#}"));
+            assert_eq!(disk["format"], set.vendor.blkid_type(), "{disk:#}");
+        }
+    }
+    {
+        let server = common::serve(&all, &state, &["--read-only"]);
+        for set in &sets {
+            let name = &set.members[0].set_name;
+            let got = common::export_sum(&server.addr, &format!("md/{name}"), dir.path());
+            assert_eq!(got, expected_sums[name], "md/{name} served by tessera");
+        }
     }
 
     let script = format!(
@@ -371,6 +415,17 @@ echo '--- end'
             assert_eq!(f[4], "ok", "{image}");
             assert_eq!(f[5], m.data_sectors.to_string(), "{image}: sectors");
             assert_eq!(f[6], m.data_offset.to_string(), "{image}: data offset");
+            let shown = &set_node(&m.set_name)["detail"]["members"][m.index as usize];
+            assert_eq!(
+                f[5],
+                shown["data_sectors"].to_string(),
+                "{image}: shown sectors"
+            );
+            assert_eq!(
+                f[6],
+                shown["data_offset_sectors"].to_string(),
+                "{image}: shown data offset"
+            );
         }
     }
 
@@ -403,7 +458,7 @@ echo '--- end'
             _ => set.sectors(),
         };
         assert_eq!(f[1], shown_sectors.to_string(), "{}: size", m.set_name);
-        assert_eq!(f[3], dmraid_set_type(m.level), "{}: type", m.set_name);
+        assert_eq!(f[3], m.level.dmraid_type(), "{}: type", m.set_name);
         assert_eq!(
             f[6],
             set.images.len().to_string(),
