@@ -687,7 +687,7 @@ fn run(cli: Cli) -> Result<bool> {
                     println!("Labels on physical volume \"{d}\" successfully wiped.");
                 }
             }
-            PvCommand::Move(args) => return pvmove::run(&engine, args),
+            PvCommand::Move(args) => return pvmove::run(&engine, &socket, args),
             PvCommand::List(args) => {
                 let scan = engine.scan()?;
                 print!("{}", report::pv_list(&scan, &list_options(&args)?)?);

@@ -419,8 +419,8 @@ fn dm_verbs_suspend_semantics_and_the_version_handshake() {
         r#"{"version":[1,0,9],"command":"version"}"#,
     );
     assert_eq!(served["ok"], true, "{served}");
-    assert_eq!(served["data"]["protocol"], serde_json::json!([1, 3, 0]));
-    for v in ["[2,0,0]", "[1,4,0]", "[0,1,0]"] {
+    assert_eq!(served["data"]["protocol"], serde_json::json!([1, 4, 0]));
+    for v in ["[2,0,0]", "[1,5,0]", "[0,1,0]"] {
         let reply = raw_request(
             &daemon.control,
             &format!(r#"{{"version":{v},"command":"dm_ls"}}"#),
@@ -428,7 +428,7 @@ fn dm_verbs_suspend_semantics_and_the_version_handshake() {
         assert_eq!(reply["ok"], false);
         let err = reply["error"].as_str().unwrap();
         let asked = v.trim_matches(['[', ']']).replace(',', ".");
-        assert!(err.contains(&asked) && err.contains("1.3.0"), "{err}");
+        assert!(err.contains(&asked) && err.contains("1.4.0"), "{err}");
     }
     let reply = raw_request(&daemon.control, r#"{"command":"dm_ls"}"#);
     assert!(reply["error"].as_str().unwrap().contains("version"));

@@ -158,6 +158,35 @@ impl Client {
         self.ask(Request::Lv(change.clone()))
     }
 
+    /// Moves PV `source` (None: resumes the move in progress) while the daemon serves its
+    /// LVs; answers when the move has finished, `data` holding its figures. The copy keeps
+    /// to md's speed limits `min_rate_kib` and `max_rate_kib` (KiB/s; md's defaults when
+    /// None). Follow it from another client with [`Client::pv_move_status`].
+    pub fn pv_move(
+        &mut self,
+        source: Option<&str>,
+        dests: &[String],
+        lv: Option<&str>,
+        min_rate_kib: Option<u64>,
+        max_rate_kib: Option<u64>,
+    ) -> Result<Reply> {
+        self.ask(Request::PvMove {
+            source: source.map(str::to_string),
+            dests: dests.to_vec(),
+            lv: lv.map(str::to_string),
+            min_rate_kib,
+            max_rate_kib,
+        })
+    }
+
+    /// Where the daemon's moves are, by VG (`done_extents`, `total_extents`,
+    /// `extent_bytes`, `finished`, `error`).
+    pub fn pv_move_status(&mut self, vg: Option<&str>) -> Result<Reply> {
+        self.ask(Request::PvMoveStatus {
+            vg: vg.map(str::to_string),
+        })
+    }
+
     /// Whether the daemon serves LVs of VG `vg`.
     pub fn serves(&mut self, vg: &str) -> Result<bool> {
         let reply = self.ask(Request::Serves { vg: vg.into() })?;

@@ -19,7 +19,7 @@ use tessera_engine::LvCreateOptions;
 use crate::error::{DaemonError, Result};
 
 /// The protocol version this build speaks.
-pub const VERSION: [u32; 3] = [1, 3, 0];
+pub const VERSION: [u32; 3] = [1, 4, 0];
 
 /// The longest request line the daemon reads; a longer one closes the connection.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -111,6 +111,28 @@ pub enum Request {
     /// The whole stack as the daemon sees it (with the LUKS volumes it opened), as
     /// `tessera show --json` prints it. Since 1.2.
     Show,
+    /// Moves PV `source` of a VG the daemon serves to `dests` (every other allocatable PV
+    /// when empty), of LV `lv` or of all, while the LVs stay served (lvm2's pvmove); with
+    /// no source, resumes the move in progress. Answers when the move has finished. The
+    /// copy keeps to md's speed limits, KiB/s (md's defaults when None). Since 1.4.
+    PvMove {
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        dests: Vec<String>,
+        #[serde(default)]
+        lv: Option<String>,
+        #[serde(default)]
+        min_rate_kib: Option<u64>,
+        #[serde(default)]
+        max_rate_kib: Option<u64>,
+    },
+    /// Where the moves run by the daemon are (of VG `vg`, or all), by VG: extents done of
+    /// the total, finished, the error that stopped one. Since 1.4.
+    PvMoveStatus {
+        #[serde(default)]
+        vg: Option<String>,
+    },
 }
 
 /// The LV changes that the daemon performs itself, so that a served LV follows them online.
@@ -424,9 +446,9 @@ mod tests {
         assert!(matches!(decode(&line), Ok(Request::DmLs)));
         let line = envelope(&Request::DmLs, [1, 0, 7]);
         assert!(decode(&line).is_ok(), "a newer patch level is served");
-        let line = envelope(&Request::DmLs, [1, 3, 0]);
+        let line = envelope(&Request::DmLs, [1, 4, 0]);
         assert!(decode(&line).is_ok(), "this minor is served");
-        for v in [[2, 0, 0], [1, 4, 0], [0, 9, 0]] {
+        for v in [[2, 0, 0], [1, 5, 0], [0, 9, 0]] {
             let err = decode(&envelope(&Request::DmLs, v))
                 .unwrap_err()
                 .to_string();
@@ -439,12 +461,12 @@ mod tests {
             .to_string();
         assert!(err.contains("3.0.0"), "{err}");
         // The sentence old and new tools print, word for word.
-        let err = decode(&envelope(&Request::DmLs, [1, 4, 0])).unwrap_err();
+        let err = decode(&envelope(&Request::DmLs, [1, 5, 0])).unwrap_err();
         assert!(
             matches!(
                 err,
                 DaemonError::VersionRefused {
-                    request: [1, 4, 0],
+                    request: [1, 5, 0],
                     daemon: VERSION
                 }
             ),
@@ -452,8 +474,8 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "request speaks control protocol 1.4.0, this tessera daemon speaks 1.3.0 (it serves \
-             major version 1 up to minor 3): use a tessera of the daemon's version"
+            "request speaks control protocol 1.5.0, this tessera daemon speaks 1.4.0 (it serves \
+             major version 1 up to minor 4): use a tessera of the daemon's version"
         );
     }
 

@@ -30,14 +30,14 @@
 //! };
 //! let line = envelope(&request, VERSION);
 //! assert!(line.contains(r#""command":"dm_create""#));
-//! assert!(line.contains(r#""version":[1,3,0]"#));
+//! assert!(line.contains(r#""version":[1,4,0]"#));
 //! assert!(matches!(decode(&line), Ok(Request::DmCreate { name, .. }) if name == "zeros"));
 //!
 //! // A client of a newer minor version is told which versions meet.
 //! let newer = envelope(&Request::DmLs, [VERSION[0], VERSION[1] + 1, 0]);
 //! let refused = decode(&newer).unwrap_err();
 //! assert!(matches!(refused, DaemonError::VersionRefused { .. }));
-//! assert!(refused.to_string().contains("1.4.0") && refused.to_string().contains("1.3.0"));
+//! assert!(refused.to_string().contains("1.5.0") && refused.to_string().contains("1.4.0"));
 //! ```
 //!
 //! Talking to a running daemon (`tessera serve` prints its control socket):

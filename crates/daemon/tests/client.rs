@@ -98,7 +98,7 @@ fn a_daemon_over_image_files_answers_its_typed_client() {
     assert_eq!(version.data["protocol"], json!(VERSION));
     assert_eq!(version.data["tessera"], json!(env!("CARGO_PKG_VERSION")));
     assert!(
-        version.output.ends_with("control protocol 1.3.0\n"),
+        version.output.ends_with("control protocol 1.4.0\n"),
         "{}",
         version.output
     );
@@ -212,12 +212,12 @@ fn a_daemon_over_image_files_answers_its_typed_client() {
     // A client of a newer minor version is refused with both versions named; the
     // connection stays usable.
     let reply = client
-        .call_raw(&envelope(&Request::DmLs, [1, 4, 0]))
+        .call_raw(&envelope(&Request::DmLs, [1, 5, 0]))
         .unwrap();
     assert!(!reply.ok);
     assert_eq!(reply.version, VERSION);
     let why = reply.error.clone().unwrap();
-    assert!(why.contains("1.4.0") && why.contains("1.3.0"), "{why}");
+    assert!(why.contains("1.5.0") && why.contains("1.4.0"), "{why}");
     assert!(matches!(reply.into_result(), Err(DaemonError::Refused(e)) if e == why));
     let reply = client.call(&Request::DmLs).unwrap();
     assert!(reply.ok, "{reply:?}");

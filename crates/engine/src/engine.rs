@@ -30,6 +30,9 @@ pub struct Engine {
     pub(crate) source: Source,
     /// Devices running on top of the others (a daemon's MD arrays), scanned with them.
     stacked: std::sync::Mutex<NamedDevices>,
+    /// Devices that stand in for listed ones while they are set (a source PV being moved
+    /// online): see [`Engine::overlay_device`].
+    overlays: std::sync::Mutex<NamedDevices>,
     /// What the process that runs this engine provides to the format modules, by type
     /// (a daemon's live thin pools): see [`Engine::provide`].
     services: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
@@ -105,6 +108,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source,
             stacked: Default::default(),
+            overlays: Default::default(),
             services: Default::default(),
             assemble_arrays: false,
             description: String::new(),
@@ -122,6 +126,7 @@ impl Engine {
             state_dir: state_dir.into(),
             source: Source::Given(devices),
             stacked: Default::default(),
+            overlays: Default::default(),
             services: Default::default(),
             assemble_arrays: false,
             description: String::new(),
@@ -196,6 +201,19 @@ impl Engine {
         stacked.push((name, device));
     }
 
+    /// Makes `device` stand in for the device named `name` in every scan (tables built
+    /// from them then reach it), or with None lets go of it.
+    pub fn overlay_device(&self, name: &str, device: Option<SharedDevice>) {
+        let mut overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        overlays.retain(|(n, _)| n != name);
+        if let Some(device) = device {
+            overlays.push((name.to_string(), device));
+        }
+    }
+
     /// Forgets a stacked device.
     pub fn remove_stacked(&self, name: &str) {
         let mut stacked = self
@@ -245,6 +263,16 @@ impl Engine {
         for (name, device) in self.stacked() {
             if !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, device));
+            }
+        }
+        let overlays = self
+            .overlays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (name, device) in overlays {
+            if let Some(slot) = out.iter_mut().find(|(n, _)| *n == name) {
+                slot.1 = device;
             }
         }
         if self.assemble_arrays {

@@ -147,7 +147,9 @@ impl Daemon {
             | Request::MdReload { .. }
             | Request::LuksOpen { .. }
             | Request::LuksClose { .. }
-            | Request::Show => {
+            | Request::Show
+            | Request::PvMove { .. }
+            | Request::PvMoveStatus { .. } => {
                 unreachable!("handled by the caller")
             }
         }

@@ -25,6 +25,7 @@ mod dm;
 mod luks;
 mod lv;
 mod md;
+mod pvmove;
 mod thin;
 
 use dm::retire;
@@ -73,6 +74,8 @@ pub struct Daemon {
     /// The thin pools served, by `VG/POOL`: their stacks' unexported devices. Locked
     /// only while `volumes` is held.
     pools: Arc<Mutex<BTreeMap<String, thin::PoolStack>>>,
+    /// The online moves run or running, by VG.
+    moves: Mutex<BTreeMap<String, pvmove::MoveStatus>>,
     /// Exclusive claims on every member of what this daemon runs.
     _claims: Vec<tessera_engine::claim::Claim>,
 }
@@ -149,6 +152,7 @@ impl Daemon {
             read_only,
             volumes: Mutex::new(BTreeMap::new()),
             pools: Arc::new(Mutex::new(BTreeMap::new())),
+            moves: Mutex::new(BTreeMap::new()),
             _claims: claims,
         };
         daemon
@@ -535,6 +539,19 @@ impl Daemon {
                 )),
             },
             Request::LuksClose { name } => self.luks_close(&name),
+            Request::PvMove {
+                source,
+                dests,
+                lv,
+                min_rate_kib,
+                max_rate_kib,
+            } => {
+                let mut limits = tessera_engine::pvmove::MoveLimits::default();
+                limits.min_rate_kib = min_rate_kib.unwrap_or(limits.min_rate_kib);
+                limits.max_rate_kib = max_rate_kib.unwrap_or(limits.max_rate_kib);
+                self.pv_move(source.as_deref(), &dests, lv.as_deref(), limits)
+            }
+            Request::PvMoveStatus { vg } => self.pv_move_status(vg.as_deref()),
             Request::Show => self
                 .engine
                 .discover()

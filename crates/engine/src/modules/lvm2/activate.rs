@@ -92,6 +92,9 @@ pub fn lv_devices(scan: &Scan, state: &VgState, lv_name: &str) -> Result<Vec<Sta
     if let Some(g) = bbr::geometry(&state.vg, lv)? {
         return bbr::stack(scan, state, lv_name, &g);
     }
+    if !super::pvmove::pvmoves_under(&state.vg, lv_name).is_empty() {
+        return super::pvmove::pvmove_devices(scan, state, lv_name);
+    }
     Ok(vec![StackDevice {
         name: dm_name(&state.vg.name, lv_name),
         uuid: layer_uuid(&state.vg, lv, ""),

@@ -144,6 +144,9 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
     if let Some(origin) = stack_origin(&state.vg, lv) {
         return activate_stack(control, scan, state, origin, lv);
     }
+    if !super::pvmove::pvmoves_under(&state.vg, lv).is_empty() {
+        return activate_moving(control, scan, state, lv);
+    }
     let is_raid = state.vg.lv(lv).is_some_and(|l| l.raid().is_some());
     let rows = if is_raid {
         raid_rows(control, scan, state, lv)?
@@ -153,6 +156,33 @@ pub fn activate_lv(control: &Control, scan: &Scan, state: &VgState, lv: &str) ->
     let name = dm_name(&state.vg.name, lv);
     let uuid = lv_uuid(state, lv).expect("the LV exists: its table was built");
     load_device(control, state, Some(lv), &name, &uuid, &rows, false)
+}
+
+/// Activates LV `lv`, which lies on a pvmove LV, as lvm2 does in the middle of a move: the
+/// pvmove device first (`VG-pvmove0`, its `mirror` row where the copy runs), then the LV's
+/// own, its moved stripes on it (see [`super::pvmove::pvmove_devices`]).
+fn activate_moving(control: &Control, scan: &Scan, state: &VgState, lv: &str) -> Result<Activated> {
+    let devices = super::pvmove::pvmove_devices(scan, state, lv)?;
+    let mut made: Vec<(String, String)> = Vec::new();
+    let mut result = None;
+    for d in &devices {
+        let rows = rows_with_numbers(scan, state, &d.name, &d.table, &made)?;
+        let done = load_device(
+            control,
+            state,
+            d.lv.as_deref(),
+            &d.name,
+            &d.uuid,
+            &rows,
+            false,
+        )?;
+        let info = control
+            .info(&d.name)?
+            .ok_or_else(|| EngineError::Kernel(format!("{} vanished once loaded", d.name)))?;
+        made.push((d.name.clone(), format!("{}:{}", info.major, info.minor)));
+        result = Some(done);
+    }
+    Ok(result.expect("the LV's own device comes last"))
 }
 
 /// True if LV `lv` is a thin pool or a thin LV: activated as lvm2 stacks them.
@@ -393,6 +423,7 @@ pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<boo
         return Ok(false);
     }
     control.remove(&name)?;
+    release_pvmoves(control, state, lv)?;
     if let Some(raid) = state.vg.lv(lv).and_then(|l| l.raid()) {
         for image in &raid.images {
             for sub in image.meta.iter().chain(std::iter::once(&image.data)) {
@@ -400,6 +431,7 @@ pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<boo
                 if control.info(&sub_name)?.is_some() {
                     control.remove(&sub_name)?;
                     let _ = std::fs::remove_file(format!("/dev/mapper/{sub_name}"));
+                    release_pvmoves(control, state, sub)?;
                 }
             }
         }
@@ -410,6 +442,19 @@ pub fn deactivate_lv(control: &Control, state: &VgState, lv: &str) -> Result<boo
         let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
     }
     Ok(true)
+}
+
+/// Removes the pvmove devices LV `lv` lay on once nothing holds them, as lvm2 removes
+/// `VG-pvmove0` with the last LV on it.
+fn release_pvmoves(control: &Control, state: &VgState, lv: &str) -> Result<()> {
+    for pvmove in super::pvmove::pvmoves_under(&state.vg, lv) {
+        let name = dm_name(&state.vg.name, &pvmove);
+        if control.info(&name)?.is_some_and(|i| i.open_count == 0) {
+            control.remove(&name)?;
+            let _ = std::fs::remove_file(format!("/dev/mapper/{name}"));
+        }
+    }
+    Ok(())
 }
 
 /// Removes the stack of `origin` (its top first, `-real` last), whatever of it is active.

@@ -12,18 +12,24 @@
 //! A VG in the middle of a move is seen through [`settled`]: segments moved on their
 //! destination, the others on their source, which is where the data is.
 
+#[path = "pvmove_online.rs"]
+pub mod online;
+
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use tessera_formats::lvm2::config::{Node, Value};
 use tessera_formats::lvm2::id::Id;
 use tessera_formats::lvm2::vg::{
-    LogicalVolume, MirrorSegment, Segment, SegmentKind, Stripe, VolumeGroup, LOCKED, PVMOVE,
+    LogicalVolume, MirrorSegment, Segment, SegmentKind, Stripe, VolumeGroup,
+    DEFAULT_REGION_SECTORS, LOCKED, PVMOVE,
 };
 
 use super::alloc;
 use super::commit;
 use super::scan::{PvInfo, Scan, VgState};
+use super::snapshot::{layer_uuid, StackDevice};
+use super::table::{self, area_arg};
 use crate::engine::{now, Engine};
 use crate::error::{EngineError, Result};
 
@@ -557,6 +563,18 @@ impl Engine {
         dests: &[String],
         only: Option<&str>,
     ) -> Result<String> {
+        self.pv_move_start_with(source, dests, only, true)
+    }
+
+    /// As [`Engine::pv_move_start`]; without `claim` the PVs are not claimed, for a daemon
+    /// that serves the VG and holds them itself.
+    pub fn pv_move_start_with(
+        &self,
+        source: &str,
+        dests: &[String],
+        only: Option<&str>,
+        claim: bool,
+    ) -> Result<String> {
         let scan = self.scan_with(true)?;
         let i = Self::pv_index(&scan, source).ok_or_else(|| EngineError::NotPv {
             device: source.to_string(),
@@ -612,9 +630,88 @@ impl Engine {
         // Refused before anything is written when the PVs are in use.
         let mut involved: BTreeSet<String> = dest_keys.iter().cloned().collect();
         involved.insert(source_key.clone());
-        let _claims = claim_pvs(&scan, state, &involved)?;
+        let _claims = if claim {
+            claim_pvs(&scan, state, &involved)?
+        } else {
+            Vec::new()
+        };
         self.commit(&scan, Some(state), planned, &[])?;
         Ok(vg_name)
+    }
+
+    /// The source of the move in progress in VG `vg_name` as the LVs are to be served
+    /// while it runs: its path and the [`online::MovingPv`] that mirrors its segments not
+    /// yet moved onto their destinations (set it with [`Engine::overlay_device`]).
+    pub fn pv_move_source(&self, vg_name: &str) -> Result<(String, online::MovingPv)> {
+        let scan = self.scan_with(true)?;
+        let state = Self::vg_for_change(&scan, vg_name)?;
+        let vg = &state.vg;
+        let Some((pvmove, source_key)) = pvmove_of(vg) else {
+            return Err(EngineError::Refused {
+                vg: vg_name.into(),
+                why: "no move is in progress".into(),
+            });
+        };
+        let at = format!("VG '{vg_name}', LV '{}'", pvmove.name);
+        let extent_bytes = vg.extent_size_bytes();
+        let place = |area: &Stripe| -> Result<(&PvInfo, u64)> {
+            let pv = vg.pv(&area.pv).ok_or_else(|| EngineError::Refused {
+                vg: vg_name.into(),
+                why: format!("{at} names PV '{}', which the VG does not have", area.pv),
+            })?;
+            let i = state
+                .present
+                .get(&area.pv)
+                .ok_or_else(|| EngineError::VgPartial {
+                    vg: vg_name.into(),
+                    count: 1,
+                    list: area.pv.clone(),
+                })?;
+            Ok((
+                &scan.pvs[*i],
+                pv.pe_start_sectors * 512 + area.start_pe * extent_bytes,
+            ))
+        };
+        let mut areas = Vec::new();
+        let mut source = None;
+        for seg in &pvmove.segments {
+            let m = mirror(seg, &at)?;
+            if m.is_moved(seg.extent_count) {
+                continue;
+            }
+            let [src, dst] = m.areas.as_slice() else {
+                return Err(EngineError::Refused {
+                    vg: vg_name.into(),
+                    why: format!(
+                        "{at}: a segment with {} sides; a move has two",
+                        m.areas.len()
+                    ),
+                });
+            };
+            let (src_pv, from) = place(src)?;
+            let (dst_pv, to) = place(dst)?;
+            source = Some(src_pv);
+            areas.push(online::MovingArea {
+                from,
+                len: seg.extent_count * extent_bytes,
+                dest: dst_pv.device.clone(),
+                to,
+            });
+        }
+        let source = match source {
+            Some(pv) => pv,
+            None => {
+                place(&Stripe {
+                    pv: source_key,
+                    start_pe: 0,
+                })?
+                .0
+            }
+        };
+        Ok((
+            source.path.clone(),
+            online::MovingPv::new(source.device.clone(), areas),
+        ))
     }
 
     /// The VGs with a move in progress, with each move's source PV path.
@@ -646,6 +743,21 @@ impl Engine {
         limits: MoveLimits,
         progress: &mut dyn FnMut(&MoveProgress),
         stop: &dyn Fn() -> bool,
+    ) -> Result<MoveReport> {
+        self.pv_move_run_with(vg_name, limits, progress, stop, None)
+    }
+
+    /// As [`Engine::pv_move_run`]; with `online`, the move of a VG whose LVs a daemon
+    /// serves: the PVs are the daemon's (not claimed) and the copy goes through the source
+    /// it serves the LVs from ([`online::MovingPv`]), under its region locks, paced to
+    /// md's limits while clients do I/O.
+    pub fn pv_move_run_with(
+        &self,
+        vg_name: &str,
+        limits: MoveLimits,
+        progress: &mut dyn FnMut(&MoveProgress),
+        stop: &dyn Fn() -> bool,
+        online: Option<&online::MovingPv>,
     ) -> Result<MoveReport> {
         let _lock = self.lock_vg(vg_name)?;
         let scan = self.scan_with(true)?;
@@ -681,7 +793,11 @@ impl Engine {
         for s in &pvmove.segments {
             involved.extend(mirror(s, &at)?.areas.into_iter().map(|a| a.pv));
         }
-        let _claims = claim_pvs(&scan, state, &involved)?;
+        let _claims = match online {
+            None => claim_pvs(&scan, state, &involved)?,
+            Some(_) => Vec::new(),
+        };
+        let mut online_pace = online::Pace::new(limits);
         let extent_bytes = vg.extent_size_bytes();
         let mut pace = Pace {
             started: Instant::now(),
@@ -740,20 +856,30 @@ impl Engine {
                 if stop() {
                     return Ok(report);
                 }
-                copy_range(
-                    src_pv,
-                    dst_pv,
-                    src_at + moved * extent_bytes,
-                    dst_at + moved * extent_bytes,
-                    extent_bytes,
-                    &mut pace,
-                )?;
+                match online {
+                    Some(pv) => pv.copy(
+                        src_at + moved * extent_bytes,
+                        extent_bytes,
+                        &mut online_pace,
+                    )?,
+                    None => copy_range(
+                        src_pv,
+                        dst_pv,
+                        src_at + moved * extent_bytes,
+                        dst_at + moved * extent_bytes,
+                        extent_bytes,
+                        &mut pace,
+                    )?,
+                }
                 moved += 1;
                 done += 1;
                 report.copied_extents += 1;
                 show(done);
                 if moved == seg.extent_count || last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                    dst_pv.device.flush()?;
+                    match online {
+                        Some(pv) => tessera_block::BlockDevice::flush(pv)?,
+                        None => dst_pv.device.flush()?,
+                    }
                     m.extents_moved = Some(moved);
                     let lv = vg.lv_mut(&pvmove_name).expect("pvmove LV");
                     lv.segments[si] = m.to_segment(seg.start_extent, seg.extent_count);
@@ -862,6 +988,99 @@ pub fn settled_state(state: &VgState) -> Result<VgState> {
 /// Whether the scan's VG `name` has a move in progress.
 pub fn moving(scan: &Scan, name: &str) -> bool {
     scan.vg(name).is_some_and(|s| pvmove_of(&s.vg).is_some())
+}
+
+/// The pvmove LVs whose extents LV `lv_name`'s own stripes name (an LV being moved).
+pub fn pvmoves_under(vg: &VolumeGroup, lv_name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Some(lv) = vg.lv(lv_name) else {
+        return out;
+    };
+    for seg in &lv.segments {
+        if let SegmentKind::Striped { stripes, .. } = &seg.kind {
+            for st in stripes {
+                let on_move = vg.lv(&st.pv).is_some_and(|l| l.is_pvmove());
+                if on_move && !out.contains(&st.pv) {
+                    out.push(st.pv.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The table lvm2 loads for pvmove LV `name`, one row per segment: a segment moved is
+/// linear on its destination; the first one not moved is a `mirror` with a core log (the
+/// one the copy runs on, from its start: lvm2 keeps no record of a partial copy); those
+/// after it are linear on their sources until the copy reaches them.
+pub fn pvmove_table(scan: &Scan, state: &VgState, name: &str) -> Result<String> {
+    let vg = &state.vg;
+    let lv = vg
+        .lv(name)
+        .filter(|l| l.is_pvmove())
+        .ok_or_else(|| EngineError::LvNotFound {
+            vg: vg.name.clone(),
+            lv: name.into(),
+        })?;
+    let extent = vg.extent_size_sectors;
+    let at = format!("VG '{}', LV '{name}'", vg.name);
+    let mut table = String::new();
+    let mut copying = false;
+    for seg in &lv.segments {
+        let m = mirror(seg, &at)?;
+        let [source, dest] = &m.areas[..] else {
+            return Err(EngineError::Refused {
+                vg: vg.name.clone(),
+                why: format!(
+                    "{at} has a segment of {} areas; a pvmove segment has two",
+                    m.areas.len()
+                ),
+            });
+        };
+        let start = seg.start_extent * extent;
+        let len = seg.extent_count * extent;
+        let src = area_arg(scan, state, name, source)?;
+        let dst = area_arg(scan, state, name, dest)?;
+        let row = if m.is_moved(seg.extent_count) {
+            format!("{start} {len} linear {dst}")
+        } else if !copying {
+            copying = true;
+            let region = m.region_size_sectors.unwrap_or(DEFAULT_REGION_SECTORS);
+            format!("{start} {len} mirror core 1 {region} 2 {src} {dst}")
+        } else {
+            format!("{start} {len} linear {src}")
+        };
+        table.push_str(&row);
+        table.push('\n');
+    }
+    Ok(table)
+}
+
+/// The devices lvm2 loads for a linear or striped LV being moved: the pvmove LVs it lies
+/// on (`VG-pvmove0`, see [`pvmove_table`]), then its own, whose rows name them.
+pub fn pvmove_devices(scan: &Scan, state: &VgState, lv_name: &str) -> Result<Vec<StackDevice>> {
+    let vg = &state.vg;
+    let mut out = Vec::new();
+    for name in pvmoves_under(vg, lv_name) {
+        let lv = vg.lv(&name).expect("found among the VG's LVs");
+        out.push(StackDevice {
+            name: table::dm_name(&vg.name, &name),
+            uuid: layer_uuid(vg, lv, ""),
+            table: pvmove_table(scan, state, &name)?,
+            lv: None,
+        });
+    }
+    let lv = vg.lv(lv_name).ok_or_else(|| EngineError::LvNotFound {
+        vg: vg.name.clone(),
+        lv: lv_name.into(),
+    })?;
+    out.push(StackDevice {
+        name: table::dm_name(&vg.name, lv_name),
+        uuid: layer_uuid(vg, lv, ""),
+        table: table::plain_table(scan, state, lv_name)?,
+        lv: Some(lv_name.to_string()),
+    });
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use tessera_block::BlockError;
-use tessera_formats::lvm2::vg::SegmentKind;
+use tessera_formats::lvm2::vg::{SegmentKind, Stripe};
 use tessera_mapper::{escape_arg, MappedDevice, Table};
 
 use super::scan::{Scan, VgState};
@@ -44,23 +44,7 @@ pub fn plain_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String
         };
         let mut areas = Vec::new();
         for stripe in stripes {
-            let pv = vg.pv(&stripe.pv).ok_or_else(|| EngineError::Refused {
-                vg: vg.name.clone(),
-                why: format!(
-                    "LV '{lv_name}' names PV {}, which the VG does not have",
-                    stripe.pv
-                ),
-            })?;
-            let index = state
-                .present
-                .get(&stripe.pv)
-                .ok_or_else(|| EngineError::VgPartial {
-                    vg: vg.name.clone(),
-                    count: state.missing.len(),
-                    list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
-                })?;
-            let offset = pv.pe_start_sectors + stripe.start_pe * extent;
-            areas.push(format!("{} {offset}", escape_arg(&scan.pvs[*index].path)));
+            areas.push(area_arg(scan, state, lv_name, stripe)?);
         }
         if areas.len() == 1 {
             let _ = writeln!(table, "{start} {len} linear {}", areas[0]);
@@ -74,6 +58,35 @@ pub fn plain_table(scan: &Scan, state: &VgState, lv_name: &str) -> Result<String
         }
     }
     Ok(table)
+}
+
+/// A stripe's device and offset as a table names them: a PV by its path and sectors from
+/// its start; lvm2's pvmove LV (a stripe of an LV being moved) by its device name and
+/// sectors into it, as lvm2 points the moved LVs at `VG-pvmove0`.
+pub fn area_arg(scan: &Scan, state: &VgState, lv_name: &str, stripe: &Stripe) -> Result<String> {
+    let vg = &state.vg;
+    let extent = vg.extent_size_sectors;
+    if vg.lv(&stripe.pv).is_some_and(|l| l.is_pvmove()) {
+        let offset = stripe.start_pe * extent;
+        return Ok(format!("{} {offset}", dm_name(&vg.name, &stripe.pv)));
+    }
+    let pv = vg.pv(&stripe.pv).ok_or_else(|| EngineError::Refused {
+        vg: vg.name.clone(),
+        why: format!(
+            "LV '{lv_name}' names PV {}, which the VG does not have",
+            stripe.pv
+        ),
+    })?;
+    let index = state
+        .present
+        .get(&stripe.pv)
+        .ok_or_else(|| EngineError::VgPartial {
+            vg: vg.name.clone(),
+            count: state.missing.len(),
+            list: format!("{} ({}), which LV '{lv_name}' uses", stripe.pv, pv.device),
+        })?;
+    let offset = pv.pe_start_sectors + stripe.start_pe * extent;
+    Ok(format!("{} {offset}", escape_arg(&scan.pvs[*index].path)))
 }
 
 /// Loads a linear or striped LV's table as `device`'s inactive table, its PVs resolved

@@ -1,0 +1,212 @@
+//! `pv move` of a VG the daemon serves, online. The plan is committed as offline (lvm2's
+//! pvmove0, the LVs LOCKED on it); the served LVs are then reloaded over the source as
+//! `MovingPv` mirrors it (writes to the areas being moved reach both sides under region
+//! locks, reads come from the source), each with one suspend and resume; the copy runs
+//! through it with its checkpoints (`tessera_engine::pvmove::online`); the final metadata is committed and each LV reloaded
+//! once more, now on the destinations. Clients see no error, and no pause longer than a
+//! table swap.
+
+use std::time::Instant;
+
+use tessera_engine::pvmove::{settled_state, MoveLimits, MoveProgress};
+
+use super::*;
+
+/// Where a served move is, for `pv move`'s progress bar.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(super) struct MoveStatus {
+    pub source: String,
+    pub done_extents: u64,
+    pub total_extents: u64,
+    pub extent_bytes: u64,
+    pub resumed_at_extents: u64,
+    pub copied_extents: u64,
+    pub checkpoints: u64,
+    pub finished: bool,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+impl Daemon {
+    fn moves(&self) -> MutexGuard<'_, BTreeMap<String, MoveStatus>> {
+        self.moves.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves PV `source` (or resumes the move in progress in a VG the daemon serves when
+    /// None) while its LVs stay served; returns when the move has finished.
+    pub(super) fn pv_move(
+        &self,
+        source: Option<&str>,
+        dests: &[String],
+        lv: Option<&str>,
+        limits: MoveLimits,
+    ) -> Result<Reply> {
+        if self.read_only {
+            refuse!("the daemon serves read-only; it moves nothing");
+        }
+        let vg = match source {
+            Some(source) => {
+                let scan = self.engine.scan_with(true)?;
+                let Some(pv) = scan.pvs.iter().find(|p| p.path == source) else {
+                    refuse!("{source} is not a PV this daemon serves");
+                };
+                let Some(vg) = pv.vg_name.clone() else {
+                    refuse!("{source} belongs to no VG");
+                };
+                if !self.serves_vg(&vg) {
+                    return Ok(Reply {
+                        code: Some(NOT_SERVED.into()),
+                        ..Reply::error(format!("this daemon does not serve VG '{vg}'"))
+                    });
+                }
+                let moving = self.engine.pv_moves()?;
+                if moving.iter().any(|(v, _)| *v == vg) {
+                    if !dests.is_empty() || lv.is_some() {
+                        refuse!("a move is in progress in VG '{vg}'; resume it without destinations or LV");
+                    }
+                } else {
+                    let lv = lv.map(|n| n.rsplit_once('/').map_or(n, |(_, l)| l));
+                    self.engine.pv_move_start_with(source, dests, lv, false)?;
+                }
+                vg
+            }
+            None => {
+                let moving = self.engine.pv_moves()?;
+                let Some((vg, _)) = moving.into_iter().find(|(v, _)| self.serves_vg(v)) else {
+                    refuse!("no move is in progress in a VG this daemon serves");
+                };
+                vg
+            }
+        };
+        if self
+            .moves()
+            .get(&vg)
+            .is_some_and(|m| !m.finished && m.error.is_none())
+        {
+            refuse!("a move in VG '{vg}' is running already");
+        }
+        self.moves().insert(vg.clone(), MoveStatus::default());
+        let result = self.run_move(&vg, limits);
+        let mut moves = self.moves();
+        let status = moves.entry(vg.clone()).or_default();
+        match result {
+            Ok(()) => {
+                status.finished = true;
+                Ok(Reply::ok(
+                    format!(
+                        "  {}: moved {} extents in VG {vg} online ({} copied by this run, {} were \
+                         moved before it; {} checkpoints, {:.1} s).\n",
+                        status.source,
+                        status.total_extents,
+                        status.copied_extents,
+                        status.resumed_at_extents,
+                        status.checkpoints,
+                        status.seconds
+                    ),
+                    json!(status.clone()),
+                ))
+            }
+            Err(e) => {
+                status.error = Some(e.chain());
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the moves of VG `vg` (or of every VG) are.
+    pub(super) fn pv_move_status(&self, vg: Option<&str>) -> Result<Reply> {
+        let moves = self.moves();
+        let picked: BTreeMap<&String, &MoveStatus> = moves
+            .iter()
+            .filter(|(k, _)| vg.is_none_or(|v| v == *k))
+            .collect();
+        Ok(Reply::ok("", json!(picked)))
+    }
+
+    fn serves_vg(&self, vg: &str) -> bool {
+        self.lock()
+            .values()
+            .any(|v| v.lv.as_ref().is_some_and(|l| l.vg == vg))
+    }
+
+    fn run_move(&self, vg: &str, limits: MoveLimits) -> Result<()> {
+        let started = Instant::now();
+        let (path, moving) = self.engine.pv_move_source(vg)?;
+        let moving = Arc::new(moving);
+        self.engine
+            .overlay_device(&path, Some(moving.clone() as SharedDevice));
+        // The LVs now write through the mirrored source.
+        let through = self.reload_vg(vg);
+        let report = through.and_then(|()| {
+            let mut progress = |p: &MoveProgress| {
+                let mut moves = self.moves();
+                let s = moves.entry(vg.to_string()).or_default();
+                s.source = p.source.clone();
+                s.done_extents = p.done_extents;
+                s.total_extents = p.total_extents;
+                s.extent_bytes = p.extent_bytes;
+            };
+            Ok(self.engine.pv_move_run_with(
+                vg,
+                limits,
+                &mut progress,
+                &|| false,
+                Some(moving.as_ref()),
+            )?)
+        });
+        // Finished or not, the LVs go back to plain tables over the PVs themselves, on
+        // the destinations where the move finished; until then writes still reach both.
+        let reloaded = self.reload_vg_with(vg, Some(&path));
+        self.engine.overlay_device(&path, None);
+        let report = report?;
+        reloaded?;
+        let mut moves = self.moves();
+        let s = moves.entry(vg.to_string()).or_default();
+        s.resumed_at_extents = report.resumed_at_extents;
+        s.copied_extents = report.copied_extents;
+        s.checkpoints = report.checkpoints;
+        s.seconds = started.elapsed().as_secs_f64();
+        if !report.finished {
+            refuse!("the move in VG '{vg}' stopped before its end");
+        }
+        Ok(())
+    }
+
+    fn reload_vg(&self, vg: &str) -> Result<()> {
+        self.reload_vg_with(vg, None)
+    }
+
+    /// Reloads every plain and raid LV of VG `vg` the daemon serves from the metadata as it
+    /// is now (where the data lies, for a VG mid-move), one suspend and resume each; with
+    /// `without`, the device of that name taken as itself rather than its stand-in.
+    fn reload_vg_with(&self, vg: &str, without: Option<&str>) -> Result<()> {
+        let mut volumes = self.lock();
+        if let Some(path) = without {
+            self.engine.overlay_device(path, None);
+        }
+        let scan = self.engine.scan_with(true)?;
+        let Some(state) = scan.vg(vg) else {
+            refuse!("VG '{vg}' is gone from the daemon's devices");
+        };
+        let state = settled_state(state)?;
+        for volume in volumes.values_mut() {
+            let Some(lv_ref) = volume.lv.as_ref().filter(|l| l.vg == vg) else {
+                continue;
+            };
+            let Some(lv) =
+                state.vg.lvs.iter().find(|l| {
+                    l.id.to_string() == lv_ref.lv_id && (l.is_plain() || l.raid().is_some())
+                })
+            else {
+                continue;
+            };
+            let device = &volume.device;
+            device.suspend();
+            let loaded = activate::load_lv(&scan, &state, &lv.name, device);
+            let resumed = device.resume();
+            loaded?;
+            resumed?;
+        }
+        Ok(())
+    }
+}
