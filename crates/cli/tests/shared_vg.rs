@@ -351,6 +351,17 @@ fn two_hosts_share_a_vg_through_sanlock() {
     host2.ok(&devices, &["lock", "stop", "vg0"]);
     let s1 = host1.status(&devices);
     assert!(s1["shared_vgs"][0]["local_host_id"].is_null());
+
+    // Removing the VG takes its locks and leaves its lockspace behind it.
+    host1.ok(&devices, &["vg", "remove", "vg0"]);
+    let s1 = host1.status(&devices);
+    assert_eq!(s1["shared_vgs"], serde_json::json!([]));
+    let daemon = common::run_ok(
+        Command::new("sanlock")
+            .args(["client", "status"])
+            .env("SANLOCK_RUN_DIR", &host1.run_dir),
+    );
+    assert!(!daemon.contains("lvm_vg0"), "{daemon}");
 }
 
 #[test]

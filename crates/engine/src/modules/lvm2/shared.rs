@@ -787,6 +787,28 @@ pub struct CommitGuard {
 }
 
 impl CommitGuard {
+    /// After the VG was removed: its leases released and its lockspace left, so that the
+    /// daemon stops renewing a delta lease in what is now free space.
+    pub fn leave_lockspace(self) {
+        let CommitGuard {
+            _registration,
+            area,
+            client,
+            ..
+        } = self;
+        drop(_registration);
+        let joined = client.lockspaces().unwrap_or_default();
+        for ls in joined.iter().filter(|ls| ls.name == area.lockspace) {
+            if let Err(e) = client.rem_lockspace(ls) {
+                tracing::warn!(
+                    "VG '{}' removed: leaving lockspace {}: {e}",
+                    area.vg,
+                    ls.name
+                );
+            }
+        }
+    }
+
     /// After the commit landed: the removed LVs' slots get a free lease again.
     pub fn committed(&self) {
         for off in &self.freed {

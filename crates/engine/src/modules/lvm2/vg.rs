@@ -359,7 +359,19 @@ impl Engine {
         if state.is_partial() && !force {
             Self::vg_for_change(&scan, name)?;
         }
-        if !state.vg.lvs.is_empty() && !force {
+        // A shared VG's lock LV goes with it, as with lvm2.
+        let shared = super::shared::VgLocking::of(&state.vg)?;
+        let lock_lv = match &shared {
+            super::shared::VgLocking::Sanlock { lock_lv, .. } => Some(lock_lv.as_str()),
+            _ => None,
+        };
+        let user_lvs = state
+            .vg
+            .lvs
+            .iter()
+            .filter(|l| Some(l.name.as_str()) != lock_lv)
+            .count();
+        if user_lvs > 0 && !force {
             return Err(EngineError::Refused {
                 vg: name.into(),
                 why: format!(
@@ -378,8 +390,16 @@ impl Engine {
         if let Err(e) = self.archive().store(&state.vg, &state.info) {
             tracing::warn!("could not archive the metadata of VG '{name}': {e}");
         }
+        // No host may hold its VG lock or an LV lease while it goes.
+        let mut emptied = state.vg.clone();
+        emptied.lvs.clear();
+        let guard = self.shared_commit_guard(&scan, Some(state), &mut emptied)?;
         let pvs: Vec<&PvInfo> = state.present.values().map(|&i| &scan.pvs[i]).collect();
-        commit::release_pvs(&pvs)
+        commit::release_pvs(&pvs)?;
+        if let Some(guard) = guard {
+            guard.leave_lockspace();
+        }
+        Ok(())
     }
 
     pub fn vg_rename(&self, old: &str, new: &str) -> Result<VolumeGroup> {
