@@ -247,6 +247,12 @@ pub fn probe(device: &dyn BlockDevice) -> Result<Option<Member>, AtaraidError> {
     let state = member_state(line.raidstate);
     let dev_sectors = device.size_bytes() / SECTOR_BYTES;
     if line.raidtype == TYPE_SPARE {
+        if line.lcapcty == 0 || u64::from(line.lcapcty) > table_sector {
+            return Err(malformed(format!(
+                "a spare of {} sectors, with the RAID table at sector {table_sector}",
+                line.lcapcty
+            )));
+        }
         return Ok(Some(Member {
             vendor: Vendor::Asr,
             // dmraid pools every spare in one set of this name.

@@ -61,6 +61,11 @@ pub fn probe(device: &dyn BlockDevice) -> Result<Option<Member>, AtaraidError> {
         return Ok(None);
     }
     let malformed = |why: String| AtaraidError::malformed(device, Vendor::Lsi, why);
+    if meta_sector == 0 {
+        return Err(malformed(
+            "the metadata is in the disk's first sector: no room for data".into(),
+        ));
+    }
     let disk_number = record[DISK_NUMBER];
     let set_number = record[SET_NUMBER];
     let slot = usize::from(set_number) * 2 + usize::from(disk_number);

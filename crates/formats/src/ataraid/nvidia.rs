@@ -91,6 +91,11 @@ pub fn probe(device: &dyn BlockDevice) -> Result<Option<Member>, AtaraidError> {
         return Ok(None);
     }
     let malformed = |why: String| AtaraidError::malformed(device, Vendor::Nvidia, why);
+    if meta_sector == 0 {
+        return Err(malformed(
+            "the metadata is in the disk's first sector: no room for data".into(),
+        ));
+    }
     let words = le32(&record, SIZE);
     if words as usize != RECORD_BYTES / 4 {
         return Err(malformed(format!(
