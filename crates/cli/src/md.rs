@@ -297,6 +297,10 @@ pub fn run(engine: &Engine, socket: &std::path::Path, command: MdCommand) -> Res
                 eprintln!("tessera: warning: {p}");
             }
             let Some(a) = scan.array(&name) else {
+                // A subarray of an IMSM or DDF container, as mdadm --detail shows one.
+                if let Some(d) = subarray_detail(engine, &name)? {
+                    return external_detail(socket, d, json);
+                }
                 bail!("no MD array '{name}' on the devices scanned (tessera md list shows them)");
             };
             let running = running_json(socket, &a.name)?;
@@ -673,6 +677,107 @@ fn array_json(a: &MdArray) -> Value {
             "device": m.path, "events": m.sb.events(), "reason": why.to_string(),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The `md` detail of the IMSM or DDF subarray called `name` (with or without `md/`, or
+/// its UUID) that discovery finds on the devices: its container's node lists each of its
+/// subarrays' (a subarray's own node shows what lies on it).
+fn subarray_detail(engine: &Engine, name: &str) -> Result<Option<Value>> {
+    let wanted = name.strip_prefix("md/").unwrap_or(name);
+    let report = engine.discover()?;
+    Ok(report.walk().into_iter().find_map(|(_, n)| {
+        let listed = ["subarrays", "volumes"].iter().flat_map(|k| {
+            n.detail
+                .get(*k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        });
+        let d = listed
+            .filter_map(|s| s.get("md"))
+            .find(|d| d["metadata"].is_string() && (d["name"] == wanted || d["uuid"] == wanted))?;
+        let mut d = d.clone();
+        let device = format!("md/{}", d["name"].as_str().unwrap_or(wanted));
+        let own = format!("{device}:");
+        d["problems"] = json!(n
+            .problems
+            .iter()
+            .filter(|p| p.starts_with(&own))
+            .collect::<Vec<_>>());
+        d["device"] = json!(device);
+        Some(d)
+    }))
+}
+
+/// Prints a subarray's detail (`--json`: as it is, with what the daemon's running set
+/// reports under `running`).
+fn external_detail(socket: &std::path::Path, mut d: Value, json_out: bool) -> Result<bool> {
+    let name = d["name"].as_str().unwrap_or("").to_string();
+    let running = running_json(socket, &name)?;
+    if !running.is_null() {
+        // A running set knows its recovery better than the records' last checkpoint.
+        let done = running["done_sectors"].as_f64().unwrap_or(0.0);
+        let total = running["total_sectors"].as_f64().unwrap_or(0.0);
+        if running["sync_action"] == "recover" && total > 0.0 {
+            d["state"] = json!("recovering");
+            d["rebuild"] = json!({ "percent": (done * 1000.0 / total).floor() / 10.0 });
+        }
+    }
+    d["running"] = running;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(true);
+    }
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:>18} : {v}\n"));
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    line(
+        "Container",
+        format!("{}, member {}", text(&d["container"]), d["member"]),
+    );
+    line("Metadata", text(&d["metadata"]));
+    line("Raid Level", text(&d["level"]));
+    let bytes = d["size_bytes"].as_u64().unwrap_or(0);
+    line(
+        "Array Size",
+        format!("{} KiB ({} sectors)", bytes / 1024, bytes / 512),
+    );
+    line("Raid Devices", d["raid_disks"].to_string());
+    let mut state = text(&d["state"]);
+    if d["dirty"] == true {
+        state.push_str(", dirty");
+    }
+    line("State", state);
+    if let Some(l) = d["layout"].as_str() {
+        line("Layout", l.to_string());
+    }
+    if let Some(c) = d["chunk_bytes"].as_u64().filter(|c| *c > 0) {
+        line("Chunk Size", format!("{}K", c / 1024));
+    }
+    if let Some(p) = d["rebuild"]["percent"].as_f64() {
+        line("Rebuild Status", format!("{p}% complete"));
+    }
+    line("UUID", text(&d["uuid"]));
+    out.push_str("\n    Slot  State              Device\n");
+    for m in d["members"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:>8}  {:<17}  {}\n",
+            m["slot"],
+            text(&m["state"]),
+            m["device"].as_str().unwrap_or("-")
+        ));
+    }
+    for s in d["spares"].as_array().into_iter().flatten() {
+        out.push_str(&format!("{:>8}  {:<17}  {}\n", "-", "spare", text(s)));
+    }
+    print!("{out}");
+    for p in d["problems"].as_array().into_iter().flatten() {
+        eprintln!("tessera: {}", text(p));
+    }
+    Ok(true)
 }
 
 fn detail_text(a: &MdArray) -> String {

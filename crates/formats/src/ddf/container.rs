@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::records::{
-    pd_state, pd_type, prl, prl_name, rlq, srl, Guid, PhysEntry, VdConfig, VirtEntry,
+    pd_state, pd_type, prl, prl_name, rlq, srl, Guid, PhysEntry, VdConfig, VirtEntry, GUID_LEN,
 };
 use super::DdfMetadata;
 
@@ -73,6 +73,35 @@ pub enum Health {
     Complete,
     Degraded { missing: Vec<usize> },
     Failed { missing: Vec<usize> },
+}
+
+/// Controllers whose virtual disk GUIDs change at every boot, as mdadm lists them: their
+/// subarrays' UUIDs come from the container's GUID instead.
+const VARIABLE_VD_GUID_VENDORS: [&[u8; 8]; 1] = [b"LSI     "];
+
+impl Container {
+    /// The UUID mdadm gives subarray `s` (the start of a SHA-1 over its GUID, or for
+    /// controllers whose GUIDs change, over the container's GUID, its name and its
+    /// index), as mdadm prints it.
+    pub fn subarray_uuid(&self, s: &Subarray) -> String {
+        let controller = self
+            .disks
+            .get(self.newest)
+            .and_then(|(_, m)| m.controller.as_ref())
+            .map(|c| c.guid.0);
+        let variable =
+            controller.is_some_and(|g| VARIABLE_VD_GUID_VENDORS.iter().any(|v| g[..8] == v[..]));
+        let digest = if variable {
+            let mut buf = Vec::with_capacity(GUID_LEN + 18);
+            buf.extend_from_slice(&self.guid.0);
+            buf.extend_from_slice(&s.entry.name_bytes);
+            buf.extend_from_slice(&(s.index as u16).to_le_bytes());
+            tessera_cipher::Hash::Sha1.digest(&buf)
+        } else {
+            tessera_cipher::Hash::Sha1.digest(&s.entry.guid.0)
+        };
+        crate::imsm::mdadm_uuid_text(&digest[..16])
+    }
 }
 
 impl Subarray {

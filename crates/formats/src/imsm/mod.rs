@@ -583,7 +583,43 @@ pub struct Mpb {
 /// Header byte ranges [`Mpb::header_rest`] keeps.
 const HEADER_REST: [(usize, usize); 3] = [(0x3B, 0x40), (0x4E, 0x50), (0x58, 0xD8)];
 
+/// A 16-byte UUID as mdadm prints those of IMSM and DDF arrays: four groups of four
+/// bytes, each group's bytes last to first (mdadm prints the words of its hash as
+/// little-endian integers).
+pub fn mdadm_uuid_text(bytes: &[u8]) -> String {
+    bytes
+        .chunks(4)
+        .take(4)
+        .map(|g| {
+            g.iter()
+                .rev()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl Mpb {
+    /// The UUID mdadm gives volume `index` (IMSM records none; mdadm's is the start of a
+    /// SHA-1 over the signature, the original family number, the volume's index and its
+    /// name), as mdadm prints it.
+    pub fn volume_uuid(&self, index: usize) -> Option<String> {
+        let dev = self.devs.get(index)?;
+        let family = if self.orig_family_num == 0 {
+            self.family_num
+        } else {
+            self.orig_family_num
+        };
+        let digest = tessera_cipher::Hash::Sha1.digest_parts(&[
+            SIGNATURE,
+            &family.to_le_bytes(),
+            &(index as u32).to_le_bytes(),
+            &dev.volume,
+        ]);
+        Some(mdadm_uuid_text(&digest[..16]))
+    }
+
     /// A new MPB of container `family_num` (version 1.3.00, sector size 512).
     pub fn new(family_num: u32, generation_num: u32, disks: Vec<Disk>, devs: Vec<Dev>) -> Mpb {
         let mut version = [0u8; 8];

@@ -275,3 +275,12 @@ fn a_second_failure_while_rebuilding_stays_recorded_at_the_end() {
     assert_eq!(map.map_state, MAP_DEGRADED);
     assert_ne!(map.failed_disk_num, 0xff);
 }
+
+#[test]
+fn uuids_print_as_mdadm_prints_its_hash_words() {
+    let bytes: Vec<u8> = (0..16).collect();
+    assert_eq!(
+        mdadm_uuid_text(&bytes),
+        "03020100:07060504:0b0a0908:0f0e0d0c"
+    );
+}

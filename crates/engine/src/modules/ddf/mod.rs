@@ -17,8 +17,8 @@ use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, S
 use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
 
-use super::md::container::SubarraySets;
-use super::md::row::{not_a_member, run_raid_table, RaidRow};
+use super::md::container::{kernel_subarray, SubarraySets};
+use super::md::row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
 
 use crate::devices::NamedDevices;
 use crate::format::{
@@ -155,6 +155,23 @@ fn containers(devices: &[(String, SharedDevice)]) -> Vec<(Container, Vec<SharedD
             (c, devs)
         })
         .collect()
+}
+
+/// mdadm's words for md layout `code` of `level`, where it prints one.
+fn layout_words(level: i32, code: u32) -> Option<String> {
+    match (level, code) {
+        (5 | 6, 0) => Some("left-asymmetric".into()),
+        (5 | 6, 1) => Some("right-asymmetric".into()),
+        (5 | 6, 2) => Some("left-symmetric".into()),
+        (5 | 6, 3) => Some("right-symmetric".into()),
+        (5 | 6, 4) => Some("parity-first".into()),
+        (5 | 6, 5) => Some("parity-last".into()),
+        (10, c) => Some(match (c & 0xff, (c >> 8) & 0xff) {
+            (n, 1) => format!("near={n}"),
+            (_, f) => format!("far={f}"),
+        }),
+        _ => None,
+    }
 }
 
 /// A disk's entry in the container's newest physical disk records.
@@ -351,6 +368,8 @@ pub struct DdfVolume {
     spares: Vec<Extent>,
     /// Each slot's physical disk state in the newest records, in words.
     member_states: Vec<Option<String>>,
+    /// The UUID mdadm gives it.
+    uuid: String,
     /// The container's records, kept while the subarray runs writable, and its
     /// subarrays running writable (a disk failing in one fails in all).
     records: Option<(Arc<records::ContainerRecords>, Arc<SubarraySets>)>,
@@ -402,6 +421,7 @@ impl DdfVolume {
             extents,
             spares,
             member_states,
+            uuid: c.subarray_uuid(s),
             records,
         }
     }
@@ -600,19 +620,68 @@ impl DdfVolume {
             ));
         }
         let size = self.geometry().map(|(_, s)| s * 512).unwrap_or(0);
+        // Run in the kernel (by mdadm, or by tessera as mdmon): md's own progress.
+        let paths: Vec<String> = self.extents.iter().map(|e| e.path.clone()).collect();
+        let kernel = kernel_subarray(&paths, s.index);
+        let kernel_rebuild = kernel.as_ref().and_then(|k| {
+            let (done, total) = k.sync_completed?;
+            (k.sync_action == "recover").then(
+                || serde_json::json!({ "percent": (done * 1000 / total.max(1)) as f64 / 10.0 }),
+            )
+        });
+        // What `md detail` shows, as mdadm --detail shows a subarray.
+        let md_detail = serde_json::json!({
+            "name": self.name.clone(),
+            "metadata": "ddf",
+            "container": self.container,
+            "member": s.index,
+            "uuid": self.uuid,
+            "level": s.level_name(),
+            "layout": s.md.as_ref().ok().and_then(|(l, code)| layout_words(*l, *code)),
+            "chunk_bytes": s.chunk_sectors * 512,
+            "raid_disks": n,
+            "size_bytes": size,
+            "member_size_bytes": s.blocks * 512,
+            "state": if kernel_rebuild.is_some() { "recovering".to_string() } else { state.clone() },
+            "dirty": !s.entry.is_consistent(),
+            "rebuild": kernel_rebuild.clone(),
+            "kernel": kernel.as_ref().map(|k| k.json()),
+            "members": s.slots.iter().enumerate().map(|(i, sl)| {
+                let device = self.extents.iter().find(|e| e.slot == Some(i)).map(|e| e.path.clone());
+                let role = match (&device, sl.rebuilding) {
+                    (Some(_), false) => "active sync",
+                    (Some(_), true) => "spare rebuilding",
+                    (None, _) => "removed",
+                };
+                let role = match (&device, &s.md) {
+                    (Some(_), Ok((level, layout))) => mdadm_member_state(*level, *layout, n, i, role),
+                    _ => role.to_string(),
+                };
+                serde_json::json!({ "slot": i, "device": device, "state": role })
+            }).collect::<Vec<_>>(),
+            "spares": self.spares.iter().map(|e| e.path.clone()).collect::<Vec<_>>(),
+        });
         Node {
             kind: "md",
             name: self.name(),
             size_bytes: size,
             format: None,
             summary: format!(
-                "DDF virtual disk {} of {}, {} ({}) over {} of {n} members, chunk {} KiB, {state}",
+                "DDF virtual disk {} of {}, {} ({}) over {} of {n} members, chunk {} KiB, {state}{}",
                 s.index,
                 self.container,
                 s.level_name(),
                 s.ddf_level,
                 self.extents.len(),
-                s.chunk_sectors / 2
+                s.chunk_sectors / 2,
+                match (&kernel, &kernel_rebuild) {
+                    (Some(k), Some(r)) => format!(
+                        ", run by the kernel as {} (recovering, {}% done)",
+                        k.device, r["percent"]
+                    ),
+                    (Some(k), None) => format!(", run by the kernel as {}", k.device),
+                    _ => String::new(),
+                }
             ),
             state: Some(state.clone()),
             detail: serde_json::json!({
@@ -642,6 +711,8 @@ impl DdfVolume {
                 "spares": self.spares.iter().map(|e| serde_json::json!({
                     "device": e.path, "lba_offset": e.offset_sectors,
                 })).collect::<Vec<_>>(),
+                "kernel": kernel.as_ref().map(|k| k.json()),
+                "md": md_detail,
             }),
             problems,
             children: Vec::new(),

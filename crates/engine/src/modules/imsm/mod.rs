@@ -25,8 +25,8 @@ use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Mpb};
 use tessera_mapper::{MappedDevice, TargetRegistry};
 
-use super::md::container::SubarraySets;
-use super::md::row::{not_a_member, run_raid_table, RaidRow};
+use super::md::container::{kernel_subarray, SubarraySets};
+use super::md::row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
 use crate::devices::NamedDevices;
 use crate::format::{
     Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,
@@ -564,7 +564,63 @@ impl Container {
                 "percent": (done * 1000 / total.max(1)) as f64 / 10.0,
             })
         });
-        let summary = format!(
+        // Run in the kernel (by mdadm, or by tessera as mdmon): md's own progress.
+        let paths: Vec<String> = self.members.iter().map(|f| f.path.clone()).collect();
+        let kernel = kernel_subarray(&paths, index);
+        let kernel_rebuild = kernel.as_ref().and_then(|k| {
+            let (done, total) = k.sync_completed?;
+            (k.sync_action == "recover").then(
+                || serde_json::json!({ "percent": (done * 1000 / total.max(1)) as f64 / 10.0 }),
+            )
+        });
+        let state_shown = if kernel_rebuild.is_some() {
+            "recovering"
+        } else {
+            state
+        };
+        // What `md detail` shows, as mdadm --detail shows a subarray.
+        let md_detail = {
+            let members: Vec<serde_json::Value> = (0..n)
+                .map(|slot| {
+                    let (device, role) = match (slots.get(slot).copied().flatten(), rebuilding) {
+                        (Some(f), _) => (Some(f.path.clone()), "active sync"),
+                        (None, Some((s, f))) if s == slot => {
+                            (Some(f.path.clone()), "spare rebuilding")
+                        }
+                        _ => (None, "removed"),
+                    };
+                    let layout = if level == 10 { 0x102 } else { 0 };
+                    let role = match device {
+                        Some(_) => mdadm_member_state(level as i32, layout, n, slot, role),
+                        None => role.to_string(),
+                    };
+                    serde_json::json!({ "slot": slot, "device": device, "state": role })
+                })
+                .collect();
+            serde_json::json!({
+                "name": dev.name(),
+                "metadata": "imsm",
+                "container": self.label(),
+                "member": index,
+                "uuid": self.mpb.volume_uuid(index),
+                "level": format!("raid{level}"),
+                "layout": match level {
+                    5 => Some("left-asymmetric"),
+                    10 => Some("near=2"),
+                    _ => None,
+                },
+                "chunk_bytes": if level == 1 { 0 } else { chunk },
+                "raid_disks": n,
+                "size_bytes": dev.size.saturating_mul(512),
+                "state": state_shown,
+                "dirty": dev.is_dirty(),
+                "rebuild": kernel_rebuild.clone().or_else(|| rebuild_shown.clone()),
+                "kernel": kernel.as_ref().map(|k| k.json()),
+                "members": members,
+                "spares": spares.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            })
+        };
+        let mut summary = format!(
             "IMSM raid{level} volume {state}, {} of {n} members{}{}",
             n - lost.len(),
             if level == 1 {
@@ -582,6 +638,12 @@ impl Container {
                 None => String::new(),
             }
         );
+        if let Some(k) = &kernel {
+            summary.push_str(&format!(", run by the kernel as {}", k.device));
+            if let Some(r) = &kernel_rebuild {
+                summary.push_str(&format!(" (recovering, {}% done)", r["percent"]));
+            }
+        }
         let node = Node {
             kind: "md",
             name: name.clone(),
@@ -606,6 +668,8 @@ impl Container {
                 "dirty": dev.is_dirty(),
                 "migrating": dev.is_migrating().then(|| dev.migration_name()),
                 "container": self.label(),
+                "kernel": kernel.as_ref().map(|k| k.json()),
+                "md": md_detail,
             }),
             problems,
             children: Vec::new(),

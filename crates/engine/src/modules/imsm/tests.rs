@@ -5,6 +5,7 @@ use tessera_formats::imsm::{self, Dev, Disk, Map, Mpb};
 
 use super::ImsmMembers;
 use crate::format::{Finding, FormatModule, Member, Shown};
+use serde_json::Value;
 
 const SIZE: u64 = 16 << 20;
 
@@ -335,4 +336,50 @@ fn a_disk_failed_in_one_volume_is_rebuilt_in_every_volume_onto_the_one_spare() {
         v.device.read_at(&mut back, 1 << 20).unwrap();
         assert!(back == data);
     }
+}
+
+#[test]
+fn md_detail_names_each_slot_as_mdadm_detail_does() {
+    let mut all = members(raid5_and_raid0(), OK, None);
+    all.remove(1);
+    let sets = ImsmMembers.assemble(all);
+    let volumes = sets[0].node.detail["volumes"].as_array().unwrap().clone();
+    let r5 = &volumes[0]["md"];
+    assert_eq!(r5["metadata"], "imsm");
+    assert_eq!(r5["container"], "imsm-00000007");
+    assert_eq!(r5["member"], 0);
+    assert_eq!(r5["level"], "raid5");
+    assert_eq!(r5["layout"], "left-asymmetric");
+    assert_eq!(r5["chunk_bytes"], 64 * 1024);
+    assert_eq!(r5["size_bytes"], 3 * 4096 * 512);
+    assert_eq!(r5["state"], "degraded");
+    let slots: Vec<(String, Value)> = r5["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["state"].as_str().unwrap().to_string(),
+                m["device"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            ("active sync".to_string(), Value::from("/dev/loop0")),
+            ("removed".to_string(), Value::Null),
+            ("active sync".to_string(), Value::from("/dev/loop2")),
+            ("active sync".to_string(), Value::from("/dev/loop3")),
+        ]
+    );
+    // mdadm's UUID: four groups of eight hex digits, one per volume.
+    let uuid = |v: &Value| v["md"]["uuid"].as_str().unwrap().to_string();
+    let u0 = uuid(&volumes[0]);
+    assert_eq!(u0.len(), 35, "{u0}");
+    assert!(u0
+        .split(':')
+        .all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit())));
+    assert_ne!(u0, uuid(&volumes[1]));
+    assert_eq!(volumes[1]["md"]["state"], "failed");
 }

@@ -179,3 +179,92 @@ impl Target for Known {
         self.0.resume()
     }
 }
+
+/// A subarray the kernel's md runs (assembled by mdadm, or by tessera as mdmon): its
+/// device and how far its recovery or resync is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSubarray {
+    /// `/dev/mdN`.
+    pub device: String,
+    /// md's sync_action (`idle`, `recover`, `resync`...).
+    pub sync_action: String,
+    /// Sectors done and in all, while a sync runs.
+    pub sync_completed: Option<(u64, u64)>,
+    /// md's array_state.
+    pub array_state: String,
+}
+
+/// The md device running member `index` of the container whose disks include one of
+/// `members` (paths), as md's sysfs tells: its metadata_version `external:/mdC/INDEX`
+/// (`-mdC` while read-only), with mdC holding the disk.
+pub fn kernel_subarray(members: &[String], index: usize) -> Option<KernelSubarray> {
+    let ours: Vec<String> = members
+        .iter()
+        .filter_map(|p| {
+            let real = std::fs::canonicalize(p).ok()?;
+            Some(real.file_name()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let read = |path: String| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let md = entry.file_name().to_string_lossy().into_owned();
+        if !md.starts_with("md") {
+            continue;
+        }
+        let Some(version) = read(format!("/sys/block/{md}/md/metadata_version")) else {
+            continue;
+        };
+        let Some(rest) = version.strip_prefix("external:") else {
+            continue;
+        };
+        let rest = rest.trim_start_matches(['/', '-']);
+        let Some((container, member)) = rest.split_once('/') else {
+            continue;
+        };
+        if member.parse::<usize>().ok() != Some(index) {
+            continue;
+        }
+        let holds_ours = std::fs::read_dir(format!("/sys/block/{container}/slaves"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|s| ours.contains(&s.file_name().to_string_lossy().into_owned()));
+        if !holds_ours {
+            continue;
+        }
+        let sync_completed = read(format!("/sys/block/{md}/md/sync_completed")).and_then(|s| {
+            let (done, total) = s.split_once('/')?;
+            Some((done.trim().parse().ok()?, total.trim().parse().ok()?))
+        });
+        return Some(KernelSubarray {
+            device: format!("/dev/{md}"),
+            sync_action: read(format!("/sys/block/{md}/md/sync_action")).unwrap_or_default(),
+            sync_completed,
+            array_state: read(format!("/sys/block/{md}/md/array_state")).unwrap_or_default(),
+        });
+    }
+    None
+}
+
+impl KernelSubarray {
+    /// As `show` and `md detail` put it in a subarray's detail.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "device": self.device,
+            "array_state": self.array_state,
+            "sync_action": self.sync_action,
+            "sync_completed": self.sync_completed.map(|(d, t)| serde_json::json!({
+                "done_sectors": d,
+                "total_sectors": t,
+                "percent": (d * 1000 / t.max(1)) as f64 / 10.0,
+            })),
+        })
+    }
+}

@@ -123,6 +123,27 @@ pub fn run_raid_table(
     Ok(device)
 }
 
+/// A member's state as `mdadm --detail` words it: `words` ("active sync"), and for a
+/// raid10 whose copies are all near ones and divide the members, the set its slot is in
+/// (`set-A`, `set-B`...), as mdadm divides such arrays.
+pub fn mdadm_member_state(
+    level: i32,
+    layout: u32,
+    raid_disks: usize,
+    slot: usize,
+    words: &str,
+) -> String {
+    let near = (layout & 0xff) as usize;
+    let far = ((layout >> 8) & 0xff) as usize;
+    let sets = level == 10 && layout & !0x1ffff == 0 && far == 1 && near > 0 && near <= 26;
+    if sets && raid_disks % near == 0 {
+        let set = (b'A' + (slot % near) as u8) as char;
+        format!("{words} set-{set}")
+    } else {
+        words.to_string()
+    }
+}
+
 /// The error a resolver gives for a device the set does not hold.
 pub fn not_a_member(path: &str, what: &str) -> BlockError {
     BlockError::Open {
@@ -165,6 +186,27 @@ mod tests {
             ..row
         };
         assert!(mixed.text().unwrap_err().contains("mixes near and far"));
+    }
+
+    #[test]
+    fn mdadm_names_the_sets_of_a_near_raid10() {
+        assert_eq!(
+            mdadm_member_state(10, 0x102, 4, 3, "active sync"),
+            "active sync set-B"
+        );
+        assert_eq!(
+            mdadm_member_state(10, 0x102, 4, 2, "active sync"),
+            "active sync set-A"
+        );
+        assert_eq!(
+            mdadm_member_state(10, 0x102, 3, 2, "active sync"),
+            "active sync"
+        );
+        assert_eq!(
+            mdadm_member_state(10, 0x201, 4, 1, "active sync"),
+            "active sync"
+        );
+        assert_eq!(mdadm_member_state(5, 2, 4, 1, "active sync"), "active sync");
     }
 
     #[test]
