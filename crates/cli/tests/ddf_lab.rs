@@ -7,6 +7,8 @@
 //! with a member missing, the raid5 takes writes degraded and its records say so.
 
 mod common;
+#[path = "common/subarray_detail.rs"]
+mod subarray_detail;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +36,11 @@ for a in r5 r10 r1; do
   sync
   echo "SIZE $a $size"
   echo "SHA $a $(head -c $size $dev | sha256sum | cut -d' ' -f1)"
+done
+for a in r5 r10 r1; do
+  mdadm --wait-clean /dev/md/$a >/dev/null 2>&1 || true
+  mdadm --detail /dev/md/$a | sed "s|^|detail $a |"
+  mdadm --detail --export /dev/md/$a | sed "s|^|detail $a |"
 done
 mdadm --stop /dev/md/r5 /dev/md/r10 /dev/md/r1
 mdadm --stop /dev/md/ddf0
@@ -85,6 +92,19 @@ fn mdadm_ddf_subarrays_are_shown_and_served_byte_exact() {
         serde_json::from_str(&common::tessera(&all, &state, &["show", "--json"])).unwrap();
     let c = container(&json);
     assert_eq!(c["state"], "clean", "{c:#}");
+    // md detail says what mdadm --detail said of each subarray in the lab.
+    for a in ["r5", "r10", "r1"] {
+        let ours: Value = serde_json::from_str(&common::tessera(
+            &all,
+            &state,
+            &["md", "detail", a, "--json"],
+        ))
+        .unwrap();
+        subarray_detail::compare(&subarray_detail::mdadm_lines(&out, a), &ours, &|p| {
+            let stem = Path::new(p).file_stem().unwrap().to_string_lossy();
+            format!("/dev/loop{}", stem.trim_start_matches('d'))
+        });
+    }
     assert!(c["problems"].as_array().unwrap().is_empty(), "{c:#}");
     assert_eq!(c["detail"]["disks"].as_array().unwrap().len(), 4);
     let subs = c["detail"]["subarrays"].as_array().unwrap();
