@@ -199,17 +199,23 @@ fn ddf_runs_writable_and_its_global_spare_is_rebuilt_by_the_monitor() {
         log.contains(&format!("/dev/{spare} (dev-{spare}) takes slot")) && log.contains("done"),
         "{out}"
     );
+    // mdadm numbers the physical disks in the order they joined: loop0 first.
     let stopped = lines(&out, "stopped|examine|");
-    assert!(
+    let row = |disk: &str| -> String {
+        let n = disk.trim_start_matches("loop");
         stopped
             .iter()
-            .any(|l| l.contains(failed) && l.contains("Failed")),
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .unwrap_or_else(|| panic!("no physical disk {n} in mdadm's examine:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        row(failed).contains("Failed"),
         "{failed} not recorded Failed:\n{out}"
     );
+    let spare_row = row(spare);
     assert!(
-        stopped
-            .iter()
-            .any(|l| l.contains(spare) && l.contains("Online") && !l.contains("Rebuilding")),
-        "{spare} not recorded Online:\n{out}"
+        spare_row.contains("active/Online") && !spare_row.contains("Rebuilding"),
+        "{spare} not recorded an active member Online:\n{out}"
     );
 }
