@@ -65,11 +65,9 @@ impl Drop for Sanlock {
 fn lvmlockd_and_tessera_share_vgs_through_sanlock() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
-    for name in ["t0.img"] {
-        std::fs::File::create(d.join(name))
-            .and_then(|f| f.set_len(300 << 20))
-            .unwrap();
-    }
+    std::fs::File::create(d.join("t0.img"))
+        .and_then(|f| f.set_len(300 << 20))
+        .unwrap();
     // tessera makes the shared VG on the host, through a sanlock daemon of its own.
     let run_dir = d.join("sanlock");
     std::fs::create_dir_all(&run_dir).unwrap();
