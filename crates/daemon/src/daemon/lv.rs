@@ -25,6 +25,9 @@ impl Daemon {
         if self.read_only {
             refuse!("the daemon serves VG '{vg}' read-only; it makes no changes");
         }
+        if self.move_running(vg) {
+            refuse!("a pv move runs in VG '{vg}'; change its LVs once it has finished");
+        }
         let resized = match change {
             LvChange::Extend { lv, .. } | LvChange::Reduce { lv, .. } => volumes
                 .get(&activate::dm_name(vg, lv))

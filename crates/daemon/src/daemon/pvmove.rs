@@ -123,6 +123,13 @@ impl Daemon {
         Ok(Reply::ok("", json!(picked)))
     }
 
+    /// Whether a move runs in VG `vg` now (LV changes wait for it).
+    pub(super) fn move_running(&self, vg: &str) -> bool {
+        self.moves()
+            .get(vg)
+            .is_some_and(|m| !m.finished && m.error.is_none())
+    }
+
     fn serves_vg(&self, vg: &str) -> bool {
         self.lock()
             .values()
@@ -154,11 +161,13 @@ impl Daemon {
                 Some(moving.as_ref()),
             )?)
         });
-        // Finished or not, the LVs go back to plain tables over the PVs themselves, on
-        // the destinations where the move finished; until then writes still reach both.
+        // A move that stopped keeps the LVs on the mirrored source, so that writes keep
+        // reaching both sides of what its checkpoints count as copied; `pv move` resumes it.
+        let report = report?;
+        // Finished: the LVs go to plain tables on the destinations; until each is reloaded
+        // its writes still reach both sides.
         let reloaded = self.reload_vg_with(vg, Some(&path));
         self.engine.overlay_device(&path, None);
-        let report = report?;
         reloaded?;
         let mut moves = self.moves();
         let s = moves.entry(vg.to_string()).or_default();
