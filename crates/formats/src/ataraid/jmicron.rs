@@ -100,7 +100,11 @@ pub fn probe(device: &dyn BlockDevice) -> Result<Option<Member>, AtaraidError> {
     let members: Vec<u32> = (0..MEMBERS).map(|i| le32(&b, MEMBER + 4 * i)).collect();
     // dmraid counts up to the last slot in use.
     let member_count = members.iter().rposition(|&m| m != 0).map_or(0, |i| i + 1) as u32;
-    let Some(index) = members.iter().rposition(|&m| m & DISK_MASK == identity) else {
+    // An empty slot never names this disk, even where the disk's id is all segment bits.
+    let Some(index) = members
+        .iter()
+        .rposition(|&m| m != 0 && m & DISK_MASK == identity)
+    else {
         return Err(AtaraidError::malformed(
             device,
             Vendor::Jmicron,

@@ -99,17 +99,15 @@ pub fn probe(device: &dyn BlockDevice) -> Result<Option<Member>, AtaraidError> {
     let (level, index, member_count) = match raid_type(disk) {
         TYPE_RAID0 => (Level::Raid0, position, width),
         TYPE_SPAN => (Level::Jbod, position, width),
-        TYPE_RAID1 => {
-            let copy = match info & 3 {
-                0 => 0,
-                2 => 1,
-                _ => {
-                    state = MemberState::Spare;
-                    2
-                }
-            };
-            (Level::Raid1, copy, 2)
-        }
+        TYPE_RAID1 => match info & 3 {
+            0 => (Level::Raid1, 0, 2),
+            2 => (Level::Raid1, 1, 2),
+            // A mirror's hot spare: no copy of the set yet.
+            _ => {
+                state = MemberState::Spare;
+                (Level::Spare, 0, 1)
+            }
+        },
         TYPE_RAID01 => {
             let mirror = u32::from((info >> 3) & 1);
             (Level::Raid01, mirror * width + position, 2 * width)
