@@ -10,6 +10,8 @@
 //!   clean (no resync) and reads the same bytes.
 
 mod common;
+#[path = "common/subarray_detail.rs"]
+mod subarray_detail;
 
 use std::path::Path;
 use std::process::Command;
@@ -47,6 +49,10 @@ for v in vol5 vol0 vol10 vol1; do
   echo "sum $v $(sha256sum < /dev/md/$v | cut -d' ' -f1)"
 done
 sync
+for v in vol5 vol0 vol10 vol1; do
+  mdadm --wait-clean /dev/md/$v >/dev/null 2>&1
+  mdadm --detail /dev/md/$v | sed "s|^|detail $v |"
+done
 mdadm --stop /dev/md/vol5 /dev/md/vol0 /dev/md/vol10 /dev/md/vol1 || exit 1
 mdadm --stop /dev/md/imsm0 /dev/md/imsm1 /dev/md/imsm2 || exit 1
 echo "family imsm0 $(mdadm -E /dev/loop0 | awk '/^ *Family :/ {print $NF}')"
@@ -179,6 +185,17 @@ fn mdadm_imsm_containers_are_shown_and_served_byte_exact() {
 
     let cs = shown(&all, &state);
     assert_eq!(cs.len(), 3, "{cs:#?}");
+    // md detail says what mdadm --detail said of each volume in the lab.
+    for (v, _, _) in VOLUMES {
+        let ours: Value =
+            serde_json::from_str(&tessera(&all, &state, &["md", "detail", v, "--json"])).unwrap();
+        subarray_detail::compare(&subarray_detail::mdadm_lines(&out, v), &ours, &|p| {
+            format!(
+                "/dev/{}",
+                Path::new(p).file_stem().unwrap().to_string_lossy()
+            )
+        });
+    }
     for c in &cs {
         assert_eq!(c["state"], "complete", "{c}");
     }
