@@ -7,6 +7,11 @@
 //! again while files are being written, and after that fsck finds the filesystem clean and
 //! every file reads back whole.
 //!
+//! An MD raid1 with a write-intent bitmap over a local image and a remote disk (nbdkit on a
+//! Unix socket here), served by `tessera serve` under fio's verifying random writes: the
+//! remote server is killed mid-write; fio finishes with no error and no verify failure, and
+//! the local member's superblock records the array degraded.
+//!
 //! Needs root (network namespaces, veth, losetup, mount): the loop-devices group.
 
 mod common;
@@ -258,4 +263,94 @@ fn vg_over_a_local_and_a_remote_disk_keeps_its_files_through_a_server_restart() 
     run(Command::new("umount").arg(&fsdir));
     drop(lo);
     drop(m);
+}
+
+/// Starts nbdkit's file plugin over `image` on a Unix socket; waits until it answers.
+fn nbdkit_unix(image: &Path, sock: &Path) -> Child {
+    let child = Command::new("nbdkit")
+        .args(["-f", "-U"])
+        .arg(sock)
+        .arg("file")
+        .arg(image)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("nbdkit must be installed");
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("nbdinfo")
+        .args(["--size", &uri])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("nbdinfo must be installed")
+        .success()
+    {
+        assert!(Instant::now() < deadline, "nbdkit never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn raid1_over_a_local_and_a_remote_disk_degrades_when_the_remote_dies_under_fio() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let local = d.join("local.img");
+    let remote_img = d.join("remote.img");
+    for p in [&local, &remote_img] {
+        std::fs::File::create(p).unwrap().set_len(64 << 20).unwrap();
+    }
+    let sock = d.join("remote.sock");
+    let mut server = nbdkit_unix(&remote_img, &sock);
+    // A short timeout, so that the member fails 2 s after its server died.
+    let uri = format!("nbd+unix:///?socket={}&timeout=2", sock.display());
+    let local_s = local.to_string_lossy().into_owned();
+    let devices = format!("{local_s},{uri}");
+    common::tessera(
+        &devices,
+        &state,
+        &["md", "create", "r1", "-l", "1", "--bitmap", &local_s, &uri],
+    );
+    let served = common::serve(&devices, &state, &[]);
+    let fio = Command::new("fio")
+        .args(["--name=r1", "--ioengine=nbd", "--rw=randwrite", "--bs=4k"])
+        .args([
+            "--iodepth=8",
+            "--size=16M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+        ])
+        .args(["--time_based", "--runtime=8", "--output-format=json"])
+        .arg(format!("--uri={}/md/r1", served.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio must be installed");
+    std::thread::sleep(Duration::from_secs(3));
+    // The remote host dies mid-write.
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = fio.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // fio may print notes before its JSON.
+    let json = &stdout[stdout.find('{').expect("fio's JSON report")..];
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(report["jobs"][0]["error"], 0, "fio saw an error: {stdout}");
+    let written = report["jobs"][0]["write"]["io_bytes"].as_u64().unwrap();
+    assert!(written > 0);
+    drop(served);
+
+    // The local member's superblock records the array degraded, the remote one failed.
+    let shown = common::tessera(&local_s, &state, &["show"]);
+    assert!(
+        shown.contains("md/r1") && shown.contains("degraded, 1 of 2 members"),
+        "{shown}"
+    );
+    println!("fio wrote {written} bytes and verified them; after the remote died:\n{shown}");
 }
