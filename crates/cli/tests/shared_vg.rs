@@ -254,6 +254,10 @@ fn two_hosts_share_a_vg_through_sanlock() {
     let text = String::from_utf8_lossy(&std::fs::read(&imgs[0]).unwrap()[..1 << 20]).into_owned();
     assert!(text.contains(&format!("lock_args = \"1.0.0:{}\"", 67u64 << 20)));
 
+    // The lock LV is lvmlockd's: no verb but vg remove changes it.
+    let err = host1.refused(&devices, &["lv", "remove", "vg0/lvmlock"]);
+    assert!(err.contains("LV 'lvmlock' holds its locks"), "{err}");
+
     // Host 1 serves: it holds lv1's lease exclusively.
     let t0 = Instant::now();
     let served = host1.serve(&devices);

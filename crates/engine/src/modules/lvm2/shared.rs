@@ -613,6 +613,14 @@ impl Engine {
             }
             VgLocking::Sanlock { lock_lv, .. } => lock_lv,
         };
+        if old.vg.lv(&lock_lv) != vg.lv(&lock_lv) {
+            return Err(EngineError::Refused {
+                vg: old.vg.name.clone(),
+                why: format!(
+                    "LV '{lock_lv}' holds its locks (lvmlockd's); it is not changed but with the VG (vg remove)"
+                ),
+            });
+        }
         let area = LockArea::find(scan, &old.vg, &lock_lv)?;
         self.join_lockspace(&area)?;
         let client = self.host_locking().client;

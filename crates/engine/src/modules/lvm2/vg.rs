@@ -392,7 +392,7 @@ impl Engine {
         }
         // No host may hold its VG lock or an LV lease while it goes.
         let mut emptied = state.vg.clone();
-        emptied.lvs.clear();
+        emptied.lvs.retain(|l| Some(l.name.as_str()) == lock_lv);
         let guard = self.shared_commit_guard(&scan, Some(state), &mut emptied)?;
         let pvs: Vec<&PvInfo> = state.present.values().map(|&i| &scan.pvs[i]).collect();
         commit::release_pvs(&pvs)?;
