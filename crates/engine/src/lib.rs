@@ -16,6 +16,8 @@ mod error;
 pub mod format;
 mod lock;
 pub mod modules;
+pub mod raid_row;
+pub mod subarrays;
 pub mod units;
 
 pub use engine::Engine;

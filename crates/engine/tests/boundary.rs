@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-const CORE: [&str; 8] = [
+const CORE: [&str; 10] = [
     "engine.rs",
     "conflict.rs",
     "discover.rs",
@@ -14,6 +14,8 @@ const CORE: [&str; 8] = [
     "claim.rs",
     "lock.rs",
     "units.rs",
+    "raid_row.rs",
+    "subarrays.rs",
 ];
 const MODULES: [&str; 8] = [
     "lvm2",

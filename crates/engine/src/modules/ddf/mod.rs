@@ -17,8 +17,8 @@ use tessera_formats::ddf::{self as ddf_format, Container, DdfMetadata, Health, S
 use tessera_mapper::{MappedDevice, TargetRegistry};
 use tessera_raid::layout::{Geometry, Level};
 
-use super::md::container::{kernel_subarray, SubarraySets};
-use super::md::row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
+use crate::subarrays::{kernel_subarray, SubarraySets};
+use crate::raid_row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
 
 use crate::devices::NamedDevices;
 use crate::format::{

@@ -25,8 +25,8 @@ use tessera_block::SharedDevice;
 use tessera_formats::imsm::{self, Dev, Mpb};
 use tessera_mapper::{MappedDevice, TargetRegistry};
 
-use super::md::container::{kernel_subarray, SubarraySets};
-use super::md::row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
+use crate::subarrays::{kernel_subarray, SubarraySets};
+use crate::raid_row::{mdadm_member_state, not_a_member, run_raid_table, RaidRow};
 use crate::devices::NamedDevices;
 use crate::format::{
     Activated, Assembly, Finding, FormatModule, Inner, Member, Node, Place, Shown, Volume,

@@ -446,7 +446,7 @@ impl MdArray {
             .map(|m| m.as_ref().map(|m| m.path.clone()))
             .collect();
         let spares: Vec<String> = self.spares.iter().map(|m| m.path.clone()).collect();
-        super::row::RaidRow {
+        crate::raid_row::RaidRow {
             level: self.level,
             layout: self.layout,
             sectors: geo.array_sectors(),
@@ -475,10 +475,10 @@ impl MdArray {
                 .chain(&self.spares)
                 .find(|m| m.path == path)
                 .map(|m| m.device.clone())
-                .ok_or_else(|| super::row::not_a_member(path, "the array"))
+                .ok_or_else(|| crate::raid_row::not_a_member(path, "the array"))
         };
-        let registry = super::row::with_records(registry, records)?;
-        super::row::run_raid_table(name, &self.table()?, registry, &resolve)
+        let registry = crate::raid_row::with_records(registry, records)?;
+        crate::raid_row::run_raid_table(name, &self.table()?, registry, &resolve)
     }
 }
 

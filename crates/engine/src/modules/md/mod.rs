@@ -4,11 +4,9 @@
 //! writable are in [`records`]; the verbs that write arrays in [`ops`].
 
 pub mod array;
-pub mod container;
 pub mod force;
 pub mod ops;
 pub mod records;
-pub mod row;
 
 use std::sync::Arc;
 
