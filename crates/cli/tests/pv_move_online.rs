@@ -293,3 +293,29 @@ fn a_served_vg_is_moved_online_while_fio_writes_and_verifies() {
     );
     assert!(!through[3].is_empty());
 }
+
+/// A served VG with a snapshot is not moved online (the snapshot's layer would not see the
+/// move and its writes would stay on the source): the refusal says so and the VG is as it was.
+#[test]
+fn a_served_vg_with_snapshots_is_refused_an_online_move() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let imgs = image_files(dir.path(), "pv", 2, 64 << 20);
+    let devices = imgs.join(",");
+    let state = dir.path().join("state");
+    let t = |args: &[&str]| tessera(&devices, &state, args);
+    t(&["pv", "create", &imgs[0], &imgs[1]]);
+    t(&["vg", "create", "vg", &imgs[0], &imgs[1], "-s", "1m"]);
+    t(&["lv", "create", "vg/origin", "-L", "8m", "--pv", &imgs[0]]);
+    t(&["lv", "create", "-s", "vg/origin", "-n", "snap", "-L", "4m"]);
+    // Serving writes the snapshot's store header, so only where the extents lie is compared.
+    let layout = || t(&["pv", "list"]);
+    let before = layout();
+    let served = serve(&devices, &state, &[]);
+    let out = tessera_output(&devices, &state, &["pv", "move", &imgs[0]]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the move ran: {err}");
+    assert!(err.contains("holds snapshots or thin volumes"), "{err}");
+    assert!(err.contains("origin") && err.contains("offline"), "{err}");
+    drop(served);
+    assert_eq!(before, layout(), "a refused move changed the VG");
+}

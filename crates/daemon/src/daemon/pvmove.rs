@@ -65,6 +65,7 @@ impl Daemon {
                         refuse!("a move is in progress in VG '{vg}'; resume it without destinations or LV");
                     }
                 } else {
+                    refuse_stacked_lvs(&scan, &vg)?;
                     let lv = lv.map(|n| n.rsplit_once('/').map_or(n, |(_, l)| l));
                     self.engine.pv_move_start_with(source, dests, lv, false)?;
                 }
@@ -75,6 +76,7 @@ impl Daemon {
                 let Some((vg, _)) = moving.into_iter().find(|(v, _)| self.serves_vg(v)) else {
                     refuse!("no move is in progress in a VG this daemon serves");
                 };
+                refuse_stacked_lvs(&self.engine.scan_with(true)?, &vg)?;
                 vg
             }
         };
@@ -218,4 +220,33 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Snapshots and thin pools are served through layers the online move does not reload
+/// over its stand-in: their writes would reach only the source and be lost with it. Until
+/// they are, such a VG is moved offline.
+fn refuse_stacked_lvs(scan: &Scan, vg: &str) -> Result<()> {
+    let Some(state) = scan.vg(vg) else {
+        return Ok(());
+    };
+    let vg_meta = &state.vg;
+    let stacked: Vec<&str> = vg_meta
+        .lvs
+        .iter()
+        .filter(|l| {
+            l.snapshot().is_some()
+                || l.thin_pool().is_some()
+                || l.thin().is_some()
+                || vg_meta.is_origin(&l.name)
+        })
+        .map(|l| l.name.as_str())
+        .collect();
+    if !stacked.is_empty() {
+        refuse!(
+            "VG '{vg}' holds snapshots or thin volumes ({}); an online move does not carry \
+             their writes yet: stop serving the VG and run `tessera pv move` offline",
+            stacked.join(", ")
+        );
+    }
+    Ok(())
 }
