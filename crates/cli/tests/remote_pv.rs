@@ -320,6 +320,7 @@ fn raid1_over_a_local_and_a_remote_disk_degrades_when_the_remote_dies_under_fio(
             "--size=16M",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ])
         .args(["--time_based", "--runtime=8", "--output-format=json"])
         .arg(format!("--uri={}/md/r1", served.addr))
