@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in lvm2 mdadm e2fsprogs util-linux libnbd-bin fio fuse3 nbd-client cryptsetup-bin dosfstools xfsprogs btrfs-progs fdisk thin-provisioning-tools exfatprogs ntfs-3g dmraid sanlock; do
+for pkg in lvm2 mdadm e2fsprogs util-linux libnbd-bin fio fuse3 nbd-client cryptsetup-bin dosfstools xfsprogs btrfs-progs fdisk thin-provisioning-tools exfatprogs ntfs-3g dmraid sanlock lvm2-lockd nbdkit iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,7 +24,7 @@ fi
 bash "$KERNEL_LAB/install"
 export TESSERA_KERNEL_LAB=$KERNEL_LAB
 
-for tool in lvm mdadm losetup nbdinfo nbdcopy nbdfuse fusermount3 nbd-client mkfs.ext4 fsck.ext4 fio qemu-io cargo-nextest qemu-system-x86_64 cryptsetup mkfs.vfat mkfs.xfs mkfs.btrfs mkswap blkid sfdisk thin_check thin_dump thin_restore mkfs.exfat mkfs.ntfs dmraid sanlock; do
+for tool in lvm mdadm losetup nbdinfo nbdcopy nbdfuse fusermount3 nbd-client mkfs.ext4 fsck.ext4 fio qemu-io cargo-nextest qemu-system-x86_64 cryptsetup mkfs.vfat mkfs.xfs mkfs.btrfs mkswap blkid sfdisk thin_check thin_dump thin_restore mkfs.exfat mkfs.ntfs dmraid sanlock lvmlockd nbdkit qemu-nbd ip; do
     command -v "$tool" >/dev/null || { echo "missing $tool after install" >&2; exit 1; }
 done
 
