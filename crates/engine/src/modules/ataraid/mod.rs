@@ -84,9 +84,12 @@ impl FormatModule for AtaraidMembers {
         "ataraid"
     }
 
-    fn probe(&self, _name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
+    fn probe(&self, name: &str, device: &SharedDevice) -> Option<(Finding, Vec<Inner>)> {
         match read(device.as_ref()) {
             Ok(None) => None,
+            // A set whose first member's data starts at sector 0 (HighPoint 37x) holds that
+            // member's record inside itself: the assembled set is not a member of itself.
+            Ok(Some(m)) if name.strip_prefix("md/") == Some(m.set_name.as_str()) => None,
             Ok(Some(m)) => {
                 let role = if m.level == Level::Spare {
                     "spare".to_string()
