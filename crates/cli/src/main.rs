@@ -15,6 +15,7 @@ mod report;
 mod serve;
 mod show;
 mod thin;
+mod ublk;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

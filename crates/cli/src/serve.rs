@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// With --mount: let users other than this one reach the files.
     #[arg(long, requires = "mount")]
     allow_other: bool,
+    /// Also serve every volume as a /dev/ublkbN block device (root; the ublk_drv module). A
+    /// restarted server reattaches the devices a killed one left, with their I/O held.
+    #[arg(long)]
+    ublk: bool,
     /// Serve over NBD (`tessera mount` does not).
     #[arg(skip = true)]
     nbd: bool,
@@ -70,6 +74,7 @@ impl MountArgs {
             force: false,
             mount: Some(self.dir.clone()),
             allow_other: self.allow_other,
+            ublk: false,
             nbd: false,
         }
     }
@@ -86,6 +91,7 @@ impl ServeArgs {
             force: false,
             mount: None,
             allow_other: false,
+            ublk: false,
             nbd: true,
         }
     }
@@ -156,6 +162,16 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
             );
         }
     };
+    if args.ublk {
+        for served in crate::ublk::serve_all(&exports)? {
+            let how = if served.recovered {
+                " (reattached)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "ublk {} {}{how}", served.block_path(), served.export);
+        }
+    }
     if !args.nbd {
         mounted(&mut out);
         let _ = writeln!(out, "control socket {}", control.path().display());
