@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in lvm2 mdadm e2fsprogs util-linux libnbd-bin fio fuse3 nbd-client cryptsetup-bin dosfstools xfsprogs btrfs-progs fdisk thin-provisioning-tools exfatprogs ntfs-3g dmraid sanlock lvm2-lockd nbdkit iproute2; do
+for pkg in lvm2 mdadm e2fsprogs util-linux libnbd-bin fio fuse3 nbd-client cryptsetup-bin dosfstools xfsprogs btrfs-progs fdisk thin-provisioning-tools exfatprogs ntfs-3g dmraid sanlock lvm2-lockd nbdkit iproute2 libclang-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -29,14 +29,17 @@ for tool in lvm mdadm losetup nbdinfo nbdcopy nbdfuse fusermount3 nbd-client mkf
 done
 
 export LVM_SUPPRESS_FD_WARNINGS=1
-cargo build --workspace --all-targets
+# The ublk front end is a feature (libublk's bindings are generated with libclang); the tests
+# build it in.
+FEATURES=(--features tessera-cli/ublk)
+cargo build --workspace --all-targets "${FEATURES[@]}"
 # The static binary the boot test runs alone in the lab (glibc's static libraries come with
 # libc6-dev, which rustc needs anyway).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q \
     --target x86_64-unknown-linux-gnu -p tessera-cli
 export TESSERA_STATIC_BIN=$PWD/target/x86_64-unknown-linux-gnu/release/tessera
-cargo nextest run --workspace --no-fail-fast
-cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast "${FEATURES[@]}"
+cargo test --workspace --doc "${FEATURES[@]}"
 
 # The fuzz targets, briefly and deterministically (fixed seed, bounded runs) from their seed
 # corpora; longer campaigns: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET`.

@@ -15,6 +15,7 @@ mod report;
 mod serve;
 mod show;
 mod thin;
+#[cfg(feature = "ublk")]
 mod ublk;
 
 use std::path::{Path, PathBuf};

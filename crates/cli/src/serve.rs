@@ -41,6 +41,7 @@ pub struct ServeArgs {
     allow_other: bool,
     /// Also serve every volume as a /dev/ublkbN block device (root; the ublk_drv module). A
     /// restarted server reattaches the devices a killed one left, with their I/O held.
+    /// Needs a tessera built with `--features ublk`.
     #[arg(long)]
     ublk: bool,
     /// Serve over NBD (`tessera mount` does not).
@@ -100,6 +101,14 @@ impl ServeArgs {
 /// Runs the daemon until it is killed. With `hints`, it also prints how to reach the LVs
 /// with the usual clients (the demo does).
 pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -> Result<bool> {
+    #[cfg(not(feature = "ublk"))]
+    if args.ublk {
+        anyhow::bail!(
+            "--ublk: this tessera was built without the ublk front end; build it with \
+             `cargo build --release -p tessera-cli --features ublk` (libublk's bindings need \
+             libclang: apt-get install libclang-dev)"
+        );
+    }
     // Shared VGs: their LVs' leases, held until this process ends.
     if let Some(leases) = engine.take_lv_leases(&engine.scan()?, args.read_only)? {
         for l in &leases.held {
@@ -162,6 +171,7 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
             );
         }
     };
+    #[cfg(feature = "ublk")]
     if args.ublk {
         for served in crate::ublk::serve_all(&exports)? {
             let how = if served.recovered {
