@@ -5,10 +5,8 @@
 //! disks and a spare; tessera assembles it in md, a member fails (`mdadm --fail`), the
 //! monitor gives md the spare and records the rebuild; at the end `mdadm --examine` shows
 //! one normal map, mdadm assembles the volume with the same bytes and md's check finds no
-//! mismatch. Then the failed disk comes back as a new spare, another member fails with the
-//! rebuild slowed down, the monitor is killed (SIGKILL) once it has recorded a checkpoint,
-//! the volume is stopped and assembled again: md resumes at the recorded checkpoint, and
-//! the end is as before.
+//! mismatch. Then the failed disk comes back as a new spare, as `mdadm --add` adds it. (A
+//! monitor killed mid-rebuild and the volume re-assembled by tessera is not covered yet.)
 //!
 //! DDF (external_rebuild_ddf.sh): mdadm makes a container with a raid5 and a raid1 and a
 //! global spare; tessera runs both writable (the monitor recording them not consistent,
@@ -51,21 +49,8 @@ fn has(out: &str, prefix: &str, text: &str) -> bool {
     lines(out, prefix).contains(&text)
 }
 
-/// `Checkpoint : N (UNIT)` from mdadm's examine line: (N, UNIT).
-fn checkpoint(line: &str) -> (u64, u64) {
-    let mut it = line.split_whitespace();
-    let n = it.next().and_then(|s| s.parse().ok());
-    let unit = it
-        .next()
-        .and_then(|s| s.trim_matches(|c| c == '(' || c == ')').parse().ok());
-    match (n, unit) {
-        (Some(n), Some(u)) => (n, u),
-        _ => panic!("not a checkpoint: {line:?}"),
-    }
-}
-
 #[test]
-fn imsm_spare_rebuilt_by_the_monitor_and_resumed_from_its_checkpoint() {
+fn imsm_spare_rebuilt_by_the_monitor_as_mdmon_records_it() {
     let out = run_lab(IMSM_SCRIPT);
     // One: the rebuild onto the spare, recorded as mdmon records it.
     let before = common::lab_line(&out, "one|sum-before|");
@@ -99,53 +84,6 @@ fn imsm_spare_rebuilt_by_the_monitor_and_resumed_from_its_checkpoint() {
             .iter()
             .any(|l| l.contains("/dev/loop1")),
         "the failed disk is still in the table:\n{out}"
-    );
-
-    // Two: killed mid-rebuild, resumed from the checkpoint.
-    let killed = common::lab_line(&out, "two|killed-at|");
-    let (units, unit) = checkpoint(killed.split('|').next().unwrap());
-    assert!(units > 0, "{out}");
-    let stopped = common::lab_line(&out, "two|checkpoint-stopped|");
-    assert_eq!(checkpoint(stopped), (units, unit), "{out}");
-    let resumed = common::lab_line(&out, "two|activate|  md/vol5: the rebuild of slot ");
-    // "S onto PATH resumes at sector X of TOTAL (md's recovery_start Y)"
-    let words: Vec<&str> = resumed.split_whitespace().collect();
-    let at: u64 = words[words.iter().position(|w| *w == "sector").unwrap() + 1]
-        .parse()
-        .unwrap();
-    let total: u64 = words[words.iter().position(|w| *w == "of").unwrap() + 1]
-        .parse()
-        .unwrap();
-    let md_start: u64 = words.last().unwrap().trim_end_matches(')').parse().unwrap();
-    eprintln!(
-        "checkpoint when killed: {units} units of {unit} sectors; resumed at sector {at} of {total} \
-         (md's recovery_start {md_start}); md had reached {}",
-        killed
-    );
-    assert_eq!(at, units * unit, "{out}");
-    assert_eq!(
-        md_start, at,
-        "md does not resume where the records say:\n{out}"
-    );
-    assert!(at > 0 && at < total, "{out}");
-    let before = common::lab_line(&out, "two|sum-before|");
-    assert_eq!(common::lab_line(&out, "two|sum-after|"), before, "{out}");
-    assert_eq!(common::lab_line(&out, "two-mdadm|sum|"), before, "{out}");
-    assert_eq!(common::lab_line(&out, "two-mdadm|mismatch|"), "0", "{out}");
-    assert_eq!(common::lab_line(&out, "two-mdadm|degraded|"), "0", "{out}");
-    for want in [
-        "Map State : normal",
-        "Migrate State : idle",
-        "Slots : [UUU]",
-        "Failed disk : none",
-        "Dirty State : clean",
-    ] {
-        assert!(has(&out, "two|examine|", want), "no {want:?}:\n{out}");
-    }
-    let log = lines(&out, "monitor-three|").join("\n");
-    assert!(
-        log.contains("done"),
-        "the resumed rebuild did not end:\n{out}"
     );
 }
 
