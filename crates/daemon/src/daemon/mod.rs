@@ -187,6 +187,20 @@ impl Daemon {
             let mut volumes = daemon.lock();
             for state in scan.vgs.values() {
                 for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
+                    // An LV on a pvmove LV belongs to a move cut short (a crash, a killed
+                    // serve): its writes must reach both sides, which only a running move
+                    // does, so it waits for the move to be finished or aborted.
+                    if !tessera_engine::pvmove::pvmoves_under(&state.vg, &lv.name).is_empty() {
+                        warnings.push(format!(
+                            "skipping {vg}/{lv}: VG '{vg}' is in the middle of a pv move that was \
+                             cut short; finish it with `tessera pv move` (no arguments) or lvm2's \
+                             `pvmove`, or undo it with `tessera pv move --abort`, with the VG not \
+                             served, then serve it",
+                            vg = state.vg.name,
+                            lv = lv.name
+                        ));
+                        continue;
+                    }
                     if let Err(e) = daemon.add_lv(&scan, state, &lv.name, &mut volumes) {
                         warnings.push(format!("skipping {}/{}: {e}", state.vg.name, lv.name));
                     }
