@@ -319,3 +319,96 @@ fn a_served_vg_with_snapshots_is_refused_an_online_move() {
     drop(served);
     assert_eq!(before, layout(), "a refused move changed the VG");
 }
+
+/// A move cut short by SIGKILL leaves the LV on the pvmove LV: `serve` serves the VG's other
+/// LVs and skips that one with a warning that says how to finish the move; once `pv move`
+/// has finished it, the LV is served with its bytes.
+#[test]
+fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = dir.path();
+    let imgs = image_files(d, "pv", 2, 96 << 20);
+    let devices = imgs.join(",");
+    let state = d.join("state");
+    let t = |args: &[&str]| tessera(&devices, &state, args);
+    t(&["pv", "create", &imgs[0], &imgs[1]]);
+    t(&["vg", "create", "vg", &imgs[0], &imgs[1], "-s", "4m"]);
+    t(&["lv", "create", "vg/a", "-L", "64m", "--pv", &imgs[0]]);
+    t(&["lv", "create", "vg/b", "-L", "8m", "--pv", &imgs[1]]);
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let file = d.join("a.data");
+    std::fs::write(&file, &data).unwrap();
+    {
+        let served = serve(&devices, &state, &[]);
+        let out = Command::new("nbdcopy")
+            .arg(&file)
+            .arg(format!("{}/vg/a", served.addr))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(served.stop().success());
+    }
+    // 64 MiB at 2 MiB/s: the move is far from its end when the plan is seen committed.
+    let mut mover = Command::new(tessera_path())
+        .args(["--devices", &devices, "--state-dir"])
+        .arg(&state)
+        .args(["pv", "move", &imgs[0], "--max-rate", "2048"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !t(&["lv", "list", "-a"]).contains("[pvmove0]") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no pvmove0 appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mover.kill().unwrap();
+    mover.wait().unwrap();
+    assert!(
+        t(&["lv", "list", "-a"]).contains("[pvmove0]"),
+        "the move ended before the kill"
+    );
+
+    let mut server = Command::new(tessera_path())
+        .args(["--devices", &devices, "--state-dir"])
+        .arg(&state)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("nbd://"))
+        .unwrap()
+        .to_string();
+    let addr = addr.trim_end_matches("/VG/LV").to_string();
+    let list = Command::new("nbdinfo")
+        .args(["--list", &addr])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let out = server.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(list.contains("vg/b") && !list.contains("vg/a"), "{list}");
+    assert!(
+        err.contains("skipping vg/a") && err.contains("in the middle of a pv move"),
+        "{err}"
+    );
+
+    let finished = t(&["pv", "move"]);
+    assert!(finished.contains("moved 16 extents"), "{finished}");
+    let served = serve(&devices, &state, &[]);
+    assert_eq!(export_sum(&served.addr, "vg/a", d), sha(&data));
+}
