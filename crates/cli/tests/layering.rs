@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-/// From the bottom: the block layer, the kernel's drivers and the ciphers know nothing of tessera;
+/// From the bottom: the block layer, the kernel's drivers, the ciphers and the lock manager's
+/// client (sanlock) know nothing of tessera;
 /// the mapper, the formats and the NBD server build on block devices; the raid
 /// personalities and the crypt target are targets of the mapper, FUSE serves the NBD exports' devices; the
 /// engine joins formats, mapper, raid and kernel; the daemon drives the engine; the CLI is
 /// the top.
-const LAYERS: [(&str, u32); 15] = [
+const LAYERS: [(&str, u32); 16] = [
     ("tessera-block", 0),
     ("tessera-kernel", 0),
     ("tessera-cipher", 0),
+    ("tessera-lock", 0),
     ("tessera-mapper", 1),
     ("tessera-formats", 1),
     ("tessera-export", 1),
