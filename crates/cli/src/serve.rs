@@ -117,7 +117,8 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
         }
         tessera_engine::modules::lvm2::shared::hold_for_process(leases);
     }
-    let (daemon, warnings) = Daemon::start_forced(engine, args.read_only, args.degraded, args.force)?;
+    let (daemon, warnings) =
+        Daemon::start_forced(engine, args.read_only, args.degraded, args.force)?;
     for w in &warnings {
         eprintln!("tessera: warning: {w}");
     }
@@ -146,6 +147,8 @@ pub fn run(engine: Engine, control_path: &Path, args: &ServeArgs, hints: bool) -
         }
     });
     let control = daemon.listen(control_path)?;
+    // Moves a crash cut short go on, as lvm2's lvmpolld resumes them on activation.
+    daemon.resume_moves();
 
     // A closed stdout (a supervisor that stopped reading) must not stop the service, so
     // these lines ignore write errors.

@@ -320,11 +320,12 @@ fn a_served_vg_with_snapshots_is_refused_an_online_move() {
     assert_eq!(before, layout(), "a refused move changed the VG");
 }
 
-/// A move cut short by SIGKILL leaves the LV on the pvmove LV: `serve` serves the VG's other
-/// LVs and skips that one with a warning that says how to finish the move; once `pv move`
-/// has finished it, the LV is served with its bytes.
+/// A move cut short by SIGKILL leaves the LV on the pvmove LV. A read-only `serve` serves
+/// the VG's other LVs and skips that one with a warning that says how to finish the move; a
+/// writable `serve` serves it over the mirrored source and finishes the move in the
+/// background, as lvm2's lvmpolld does on activation, without losing a write made meanwhile.
 #[test]
-fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
+fn a_move_cut_short_is_resumed_by_serve() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path();
@@ -336,19 +337,24 @@ fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
     t(&["vg", "create", "vg", &imgs[0], &imgs[1], "-s", "4m"]);
     t(&["lv", "create", "vg/a", "-L", "64m", "--pv", &imgs[0]]);
     t(&["lv", "create", "vg/b", "-L", "8m", "--pv", &imgs[1]]);
-    let data: Vec<u8> = (0..64u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let file = d.join("a.data");
-    std::fs::write(&file, &data).unwrap();
-    {
-        let served = serve(&devices, &state, &[]);
+    let pattern = |seed: u32| -> Vec<u8> {
+        (0..64u32 << 20)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+            .collect()
+    };
+    let write = |addr: &str, data: &[u8]| {
+        let file = d.join("a.data");
+        std::fs::write(&file, data).unwrap();
         let out = Command::new("nbdcopy")
             .arg(&file)
-            .arg(format!("{}/vg/a", served.addr))
+            .arg(format!("{addr}/vg/a"))
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+    };
+    {
+        let served = serve(&devices, &state, &[]);
+        write(&served.addr, &pattern(1));
         assert!(served.stop().success());
     }
     // 64 MiB at 2 MiB/s: the move is far from its end when the plan is seen committed.
@@ -375,10 +381,11 @@ fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
         "the move ended before the kill"
     );
 
+    // Read-only: nothing is resumed, the moved LV waits.
     let mut server = Command::new(tessera_path())
         .args(["--devices", &devices, "--state-dir"])
         .arg(&state)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--read-only"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -391,8 +398,8 @@ fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
         .split_whitespace()
         .find(|w| w.starts_with("nbd://"))
         .unwrap()
+        .trim_end_matches("/VG/LV")
         .to_string();
-    let addr = addr.trim_end_matches("/VG/LV").to_string();
     let list = Command::new("nbdinfo")
         .args(["--list", &addr])
         .output()
@@ -406,9 +413,31 @@ fn an_lv_of_a_move_cut_short_waits_for_the_move_to_be_finished() {
         err.contains("skipping vg/a") && err.contains("in the middle of a pv move"),
         "{err}"
     );
+    assert!(
+        t(&["lv", "list", "-a"]).contains("[pvmove0]"),
+        "read-only moved"
+    );
 
-    let finished = t(&["pv", "move"]);
-    assert!(finished.contains("moved 16 extents"), "{finished}");
+    // Writable: the LV is served at once and the move finishes behind it.
+    let second = pattern(2);
+    {
+        let served = serve(&devices, &state, &[]);
+        write(&served.addr, &second);
+        assert_eq!(export_sum(&served.addr, "vg/a", d), sha(&second));
+        let started = Instant::now();
+        while t(&["lv", "list", "-a"]).contains("[pvmove0]") {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the move did not end"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(export_sum(&served.addr, "vg/a", d), sha(&second));
+        assert!(served.stop().success());
+    }
+    let pvs = t(&["pv", "list"]);
+    let source = pvs.lines().find(|l| l.contains("pv-0.img")).unwrap();
+    assert!(source.trim_end().ends_with("92.00m 92.00m"), "{pvs}");
     let served = serve(&devices, &state, &[]);
-    assert_eq!(export_sum(&served.addr, "vg/a", d), sha(&data));
+    assert_eq!(export_sum(&served.addr, "vg/a", d), sha(&second));
 }

@@ -181,21 +181,46 @@ impl Daemon {
                 }
             }
         }
+        // A move cut short (a crash, a killed serve): as during an online move, the source
+        // stands in mirrored, so the LVs on it are served from where their data lies and
+        // writes to the areas being moved reach both sides; `resume_moves` then finishes it.
+        let mut cut_short: Vec<String> = Vec::new();
+        if !read_only {
+            for (vg, _) in daemon.engine.pv_moves()? {
+                match daemon.engine.pv_move_source(&vg) {
+                    Ok((path, moving)) => {
+                        let moving: SharedDevice = Arc::new(moving);
+                        daemon.engine.overlay_device(&path, Some(moving));
+                        cut_short.push(vg);
+                    }
+                    Err(e) => warnings.push(format!(
+                        "VG '{vg}': the pv move cut short cannot resume: {e}"
+                    )),
+                }
+            }
+        }
         let scan = daemon.engine.scan_with(!read_only)?;
         warnings.extend(scan.problems.iter().map(|p| p.to_string()));
         {
             let mut volumes = daemon.lock();
             for state in scan.vgs.values() {
+                let settled;
+                let state = if cut_short.contains(&state.vg.name) {
+                    settled = tessera_engine::pvmove::settled_state(state)?;
+                    &settled
+                } else {
+                    state
+                };
                 for lv in state.vg.lvs.iter().filter(|lv| lv.is_visible()) {
-                    // An LV on a pvmove LV belongs to a move cut short (a crash, a killed
-                    // serve): its writes must reach both sides, which only a running move
-                    // does, so it waits for the move to be finished or aborted.
+                    // An LV on a pvmove LV belongs to a move cut short that this daemon does
+                    // not resume (read-only, or the move cannot run): it waits for the move
+                    // to be finished or aborted.
                     if !tessera_engine::pvmove::pvmoves_under(&state.vg, &lv.name).is_empty() {
                         warnings.push(format!(
                             "skipping {vg}/{lv}: VG '{vg}' is in the middle of a pv move that was \
-                             cut short; finish it with `tessera pv move` (no arguments) or lvm2's \
-                             `pvmove`, or undo it with `tessera pv move --abort`, with the VG not \
-                             served, then serve it",
+                             cut short; a writable serve resumes it, or finish it with `tessera pv \
+                             move` (no arguments) or lvm2's `pvmove`, or undo it with `tessera pv \
+                             move --abort`, with the VG not served",
                             vg = state.vg.name,
                             lv = lv.name
                         ));

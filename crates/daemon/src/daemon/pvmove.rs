@@ -80,6 +80,11 @@ impl Daemon {
                 vg
             }
         };
+        self.run_tracked(vg, limits)
+    }
+
+    /// Runs VG `vg`'s move with its status kept for `pv_move_status`.
+    fn run_tracked(&self, vg: String, limits: MoveLimits) -> Result<Reply> {
         if self
             .moves()
             .get(&vg)
@@ -116,6 +121,40 @@ impl Daemon {
     }
 
     /// Where the moves of VG `vg` (or of every VG) are.
+    /// Finishes in the background every move that `start` found cut short (its LVs already
+    /// served over the source's stand-in), as lvm2's lvmpolld resumes a pvmove when its VG
+    /// is activated. A VG whose move cannot run online keeps its LVs on the stand-in, so
+    /// their writes still reach both sides, until `pv move` finishes it offline.
+    pub fn resume_moves(self: &Arc<Self>) {
+        if self.read_only {
+            return;
+        }
+        let Ok(moves) = self.engine.pv_moves() else {
+            return;
+        };
+        for (vg, _) in moves {
+            if !self.serves_vg(&vg) {
+                continue;
+            }
+            let daemon = self.clone();
+            std::thread::spawn(move || {
+                let resumed = daemon
+                    .engine
+                    .scan_with(true)
+                    .map_err(DaemonError::from)
+                    .and_then(|scan| refuse_stacked_lvs(&scan, &vg))
+                    .and_then(|()| daemon.run_tracked(vg.clone(), MoveLimits::default()));
+                match resumed {
+                    Ok(reply) => eprint!("tessera: resumed a move cut short:\n{}", reply.output),
+                    Err(e) => eprintln!(
+                        "tessera: warning: VG '{vg}': the move cut short did not resume: {}",
+                        e.chain()
+                    ),
+                }
+            });
+        }
+    }
+
     pub(super) fn pv_move_status(&self, vg: Option<&str>) -> Result<Reply> {
         let moves = self.moves();
         let picked: BTreeMap<&String, &MoveStatus> = moves
