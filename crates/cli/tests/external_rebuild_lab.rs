@@ -130,6 +130,12 @@ fn ddf_runs_writable_and_its_global_spare_is_rebuilt_by_the_monitor() {
             .any(|l| l.contains("Not Consistent")),
         "{out}"
     );
+    let idle = lines(&out, "idle|examine|");
+    assert!(
+        idle.iter().filter(|l| l.contains("Optimal, Consistent")).count() == 2
+            && !idle.iter().any(|l| l.contains("Not Consistent")),
+        "{out}"
+    );
     let log = lines(&out, "monitor|").join("\n");
     let spare = common::lab_line(&out, "fail|spare|");
     let failed = common::lab_line(&out, "fail|member|");
