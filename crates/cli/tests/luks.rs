@@ -90,7 +90,7 @@ impl Drop for Stack {
             let _ = Command::new("losetup").args(["-d", &l]).status();
         }
         if let Some(f) = self.fuse.take() {
-            let _ = Command::new("fusermount3").arg("-u").arg(&f).status();
+            common::unmount_fuse(&f);
         }
         // Unmounted, nbdfuse exits.
         if let Some(mut child) = self.nbdfuse.take() {

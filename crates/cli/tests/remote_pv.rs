@@ -130,10 +130,7 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.dir)
-            .status();
+        common::unmount_fuse(&self.dir);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -422,3 +422,27 @@ detach() { for d in "${devs[@]}"; do losetup -d "$d"; done; devs=(); }
 sum() { sha256sum < "/dev/mapper/vg-$1" | cut -d' ' -f1; }
 json() { tr -d ' \n'; echo; }
 "#;
+
+/// Unmounts the FUSE mount at `dir` for good. A loop device just detached may still hold a
+/// file of the mount for a moment, so a plain unmount is retried; if the mount is still busy
+/// after that, it is detached lazily. A mount left behind with its server gone answers
+/// "Transport endpoint is not connected" to every later stat of the mount table, which
+/// breaks tools run by other tests (mkfs.btrfs checks every mount point).
+pub fn unmount_fuse(dir: &Path) {
+    let mounted = || {
+        std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(dir.to_str().unwrap_or("")))
+    };
+    for _ in 0..30 {
+        if !mounted() {
+            return;
+        }
+        let _ = Command::new("fusermount3").arg("-u").arg(dir).output();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if mounted() {
+        let _ = Command::new("fusermount3").arg("-uz").arg(dir).output();
+    }
+}
