@@ -102,7 +102,15 @@ fn lvmlockd_and_tessera_share_vgs_through_sanlock() {
     t(&["lock", "stop", "tvg"]);
 
     let started = std::time::Instant::now();
-    let out = common::lab_script(d, &INSIDE.replace("@TESSERA@", common::tessera_path()), 500);
+    // A copy in the lab's working directory: the VM sees the host's files, but not its /tmp,
+    // where a checkout (and its target directory) may live.
+    let tessera = d.join("tessera");
+    std::fs::copy(common::tessera_path(), &tessera).unwrap();
+    let out = common::lab_script(
+        d,
+        &INSIDE.replace("@TESSERA@", &tessera.display().to_string()),
+        500,
+    );
     eprintln!("lab: {:?}", started.elapsed());
     assert!(out.contains("\ndone"), "{out}");
     // (a) lvm2 reads tessera's VG.

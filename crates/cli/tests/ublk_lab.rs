@@ -108,10 +108,14 @@ fn ublk_devices_survive_a_killed_server() {
     args.extend(members.iter().map(String::as_str));
     common::tessera(&members.join(","), &state, &args);
 
+    // A copy in the lab's working directory: the VM sees the host's files, but not its /tmp,
+    // where a checkout (and its target directory) may live.
+    let tessera = d.join("tessera");
+    std::fs::copy(common::tessera_path(), &tessera).unwrap();
     let script = format!(
         "DIR={}\nTESSERA={}\n{LAB_SCRIPT}",
         d.display(),
-        common::tessera_path()
+        tessera.display()
     );
     let path = d.join("inside.sh");
     std::fs::write(&path, script).unwrap();
